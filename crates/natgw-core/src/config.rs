@@ -1,0 +1,275 @@
+//! What the admin asked for: the TOML config file and command-line flags, merged with
+//! flags taking precedence. Unknown keys and malformed values are errors naming file,
+//! line and column.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The config file as written (`/etc/natgw/natgw.toml`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public (uplink) interface; autodetected from the IPv4 default route when absent.
+    pub public: Option<String>,
+    /// Private interfaces; autodetected when empty.
+    #[serde(default)]
+    pub private: Vec<String>,
+    /// Source address for translated packets; the public interface's address when absent.
+    pub snat_to: Option<IpAddr>,
+    /// Masquerade (follow the public interface's current address) instead of SNAT.
+    #[serde(default)]
+    pub masquerade: bool,
+    /// Extra private prefixes to translate, beyond the private interfaces' own networks.
+    #[serde(default)]
+    pub private_prefixes: Vec<toml::Spanned<IpNet>>,
+    /// Private networks behind routers on the private side (the recipe's static routes).
+    #[serde(default)]
+    pub routes: Vec<toml::Spanned<RouteEntry>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub to: IpNet,
+    pub via: IpAddr,
+}
+
+/// A route to a private network behind a router, with where it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub to: IpNet,
+    pub via: IpAddr,
+    /// Where the admin wrote it, for error messages (`natgw.toml:7`).
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// Command-line flags that override the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub public: Option<String>,
+    pub private: Vec<String>,
+    pub snat_to: Vec<IpAddr>,
+    pub masquerade: bool,
+}
+
+/// Config and flags merged: what natgw was asked for, before looking at the system.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Settings {
+    pub public: Option<String>,
+    pub private: Vec<String>,
+    pub snat_to: Option<IpAddr>,
+    pub masquerade: bool,
+    pub private_prefixes: Vec<(IpNet, String)>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {value} is not a network address (host bits are set); write {suggestion} instead")]
+    NotANetwork {
+        origin: String,
+        value: IpNet,
+        suggestion: IpNet,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses config text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                file: file.display().to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.check_networks(text, file)?;
+        Ok(config)
+    }
+
+    fn check_networks(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let prefixes = self
+            .private_prefixes
+            .iter()
+            .map(|p| (*p.get_ref(), p.span()));
+        let routes = self.routes.iter().map(|r| (r.get_ref().to, r.span()));
+        for (net, span) in prefixes.chain(routes) {
+            check_network(&net, || origin(text, file, span.start))?;
+        }
+        Ok(())
+    }
+
+    /// Merges flags over this config (flags win).
+    pub fn merge(self, flags: &Flags, text: &str, file: &Path) -> Result<Settings, ConfigError> {
+        if flags.snat_to.len() > 1 {
+            return Err(ConfigError::Invalid(
+                "--snat-to was given more than once; address pools are not supported yet, pass one address".into(),
+            ));
+        }
+        let snat_to = flags.snat_to.first().copied().or(self.snat_to);
+        let masquerade = flags.masquerade || (self.masquerade && flags.snat_to.is_empty());
+        if masquerade && snat_to.is_some() {
+            return Err(ConfigError::Invalid(
+                "both masquerade and snat_to are set; choose one (--masquerade or --snat-to ADDR)"
+                    .into(),
+            ));
+        }
+        Ok(Settings {
+            public: flags.public.clone().or(self.public),
+            private: if flags.private.is_empty() {
+                self.private
+            } else {
+                flags.private.clone()
+            },
+            snat_to,
+            masquerade,
+            private_prefixes: self
+                .private_prefixes
+                .iter()
+                .map(|p| (*p.get_ref(), origin(text, file, p.span().start)))
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteSpec {
+                    to: r.get_ref().to,
+                    via: r.get_ref().via,
+                    origin: origin(text, file, r.span().start),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Settings {
+    /// Settings from flags alone (no config file).
+    pub fn from_flags(flags: &Flags) -> Result<Settings, ConfigError> {
+        Config::default().merge(flags, "", Path::new("(flags)"))
+    }
+}
+
+/// Rejects `10.0.0.5/24`: a prefix must be a network, not a host inside one.
+pub fn check_network(net: &IpNet, origin: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if net.trunc() != *net {
+        return Err(ConfigError::NotANetwork {
+            origin: origin(),
+            value: *net,
+            suggestion: net.trunc(),
+        });
+    }
+    Ok(())
+}
+
+fn origin(text: &str, file: &Path, offset: usize) -> String {
+    let (line, _) = line_column(text, offset);
+    format!("{}:{}", file.display(), line)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("natgw.toml"))
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = r#"
+public = "wan0"
+private = ["lan0", "lan1"]
+snat_to = "203.0.113.1"
+private_prefixes = ["10.9.0.0/16"]
+routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
+"#;
+        let settings = parse(text)
+            .unwrap()
+            .merge(&Flags::default(), text, Path::new("natgw.toml"))
+            .unwrap();
+        assert_eq!(settings.public.as_deref(), Some("wan0"));
+        assert_eq!(settings.private, vec!["lan0", "lan1"]);
+        assert_eq!(settings.snat_to, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(settings.routes[0].to, "10.20.0.0/16".parse::<IpNet>().unwrap());
+        assert_eq!(settings.routes[0].origin, "natgw.toml:6");
+        assert_eq!(settings.private_prefixes[0].1, "natgw.toml:5");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let err = parse("public = \"wan0\"\nprivte = [\"lan0\"]\n").unwrap_err();
+        let ConfigError::Parse { line, column, message, .. } = &err else { panic!("{err}") };
+        assert_eq!((*line, *column), (2, 1));
+        assert!(message.contains("unknown field `privte`"), "{message}");
+        assert!(err.to_string().starts_with("natgw.toml:2:1:"), "{err}");
+    }
+
+    #[test]
+    fn malformed_address_is_rejected_with_position() {
+        let err = parse("snat_to = \"203.0.113.300\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err}");
+        assert!(err.to_string().contains("invalid IP address"), "{err}");
+    }
+
+    #[test]
+    fn prefix_with_host_bits_is_not_a_network() {
+        let err = parse("\nprivate_prefixes = [\"10.0.0.5/24\"]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:2: 10.0.0.5/24 is not a network address (host bits are set); write 10.0.0.0/24 instead"
+        );
+        let err = parse("routes = [{ to = \"10.20.1.1/16\", via = \"10.0.0.254\" }]").unwrap_err();
+        assert!(matches!(err, ConfigError::NotANetwork { .. }), "{err}");
+    }
+
+    #[test]
+    fn flags_override_config() {
+        let text = "public = \"wan0\"\nprivate = [\"lan0\"]\nmasquerade = true\n";
+        let flags = Flags {
+            public: Some("eth1".into()),
+            private: vec!["eth0".into()],
+            snat_to: vec!["198.51.100.7".parse().unwrap()],
+            masquerade: false,
+        };
+        let s = parse(text).unwrap().merge(&flags, text, Path::new("x")).unwrap();
+        assert_eq!(s.public.as_deref(), Some("eth1"));
+        assert_eq!(s.private, vec!["eth0"]);
+        assert_eq!(s.snat_to, Some("198.51.100.7".parse().unwrap()));
+        assert!(!s.masquerade, "--snat-to overrides masquerade from the file");
+    }
+
+    #[test]
+    fn masquerade_and_snat_to_conflict() {
+        let flags = Flags {
+            masquerade: true,
+            snat_to: vec!["198.51.100.7".parse().unwrap()],
+            ..Flags::default()
+        };
+        assert!(matches!(Settings::from_flags(&flags), Err(ConfigError::Invalid(_))));
+    }
+}

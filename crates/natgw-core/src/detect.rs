@@ -1,0 +1,449 @@
+//! Settings + observed system → the desired gateway. Anything not given is detected:
+//! the public interface holds the IPv4 default route, the private interfaces are the
+//! other up interfaces with RFC 1918 / RFC 6598 addresses, and the SNAT address is the
+//! public interface's primary IPv4 address (masquerade when that address is dynamic).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::Settings;
+use crate::desired::{Desired, Interface, SnatMode};
+use crate::observed::{Link, Observed};
+
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DetectError {
+    #[error("{role} interface {name:?} does not exist (interfaces here: {available}); fix the name with {flag}")]
+    NoSuchInterface {
+        role: &'static str,
+        name: String,
+        available: String,
+        flag: &'static str,
+    },
+    #[error("{name:?} is loopback and cannot be the {role} interface; name another with {flag}")]
+    Loopback {
+        role: &'static str,
+        name: String,
+        flag: &'static str,
+    },
+    #[error("{name:?} is given as both public and private interface; a gateway needs two different sides (check --public/--private or `public`/`private` in the config)")]
+    PublicIsPrivate { name: String },
+    #[error("no IPv4 default route, so the public interface cannot be detected; name it with --public IFACE (config key `public`)")]
+    NoDefaultRoute,
+    #[error("several IPv4 default routes leave through different interfaces ({0}); name the public one with --public IFACE (config key `public`)")]
+    SeveralDefaultRoutes(String),
+    #[error("no private interface found (no other up interface carries an RFC 1918 / RFC 6598 address); name it with --private IFACE (config key `private`)")]
+    NoPrivateInterface,
+    #[error("public interface {0:?} has no IPv4 address to translate to; assign one, or name the address with --snat-to ADDR (config key `snat_to`)")]
+    PublicWithoutIpv4(String),
+    #[error("private interface {0:?} has no IPv4 address, so it has no private network to translate; assign one (ip addr add ADDR/LEN dev {0}) or name another interface with --private")]
+    PrivateWithoutIpv4(String),
+    #[error("{role} interface {name:?} is down; bring it up first: ip link set {name} up")]
+    InterfaceDown { role: &'static str, name: String },
+    #[error("{origin}: route to {to} via {via}: the gateway is not on the network of any private interface ({networks}); use a router address on one of them")]
+    GatewayNotOnLink {
+        origin: String,
+        to: IpNet,
+        via: IpAddr,
+        networks: String,
+    },
+    #[error("{0} is not an IPv4 address; IPv6 translation is not supported yet")]
+    Ipv6NotSupported(String),
+}
+
+impl DetectError {
+    /// True when the admin's input (flags, config) is what must change: exit code 2.
+    /// False when the system is in a state natgw will not fix itself: exit code 1.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, DetectError::InterfaceDown { .. })
+    }
+}
+
+/// RFC 1918 private networks and the RFC 6598 shared address space.
+const PRIVATE_V4: [(Ipv4Addr, u8); 4] = [
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+];
+
+pub fn is_private_v4(addr: Ipv4Addr) -> bool {
+    PRIVATE_V4
+        .iter()
+        .any(|(net, len)| Ipv4Net::new(*net, *len).unwrap().contains(&addr))
+}
+
+/// Resolves what the gateway should be from settings and the observed system.
+pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, DetectError> {
+    let public = public_link(settings, observed)?;
+    let private = private_links(settings, observed, public)?;
+    let mut warnings = Vec::new();
+    for (link, role) in std::iter::once((public, "public")).chain(private.iter().map(|l| (*l, "private"))) {
+        if !link.up {
+            return Err(DetectError::InterfaceDown {
+                role,
+                name: link.name.clone(),
+            });
+        }
+        if !link.carrier {
+            warnings.push(format!(
+                "{role} interface {} has no carrier (cable unplugged or peer down)",
+                link.name
+            ));
+        }
+    }
+
+    let snat = snat_mode(settings, observed, public)?;
+    let connected = connected_v4(observed, &private)?;
+    for route in &settings.routes {
+        if !matches!(route.via, IpAddr::V4(_)) || !matches!(route.to, IpNet::V4(_)) {
+            return Err(DetectError::Ipv6NotSupported(format!("{}: route {} via {}", route.origin, route.to, route.via)));
+        }
+        if !connected.iter().any(|net| net.contains(&route.via)) {
+            return Err(DetectError::GatewayNotOnLink {
+                origin: route.origin.clone(),
+                to: route.to,
+                via: route.via,
+                networks: join(&connected),
+            });
+        }
+    }
+    for (prefix, origin) in &settings.private_prefixes {
+        if !matches!(prefix, IpNet::V4(_)) {
+            return Err(DetectError::Ipv6NotSupported(format!("{origin}: {prefix}")));
+        }
+    }
+
+    let all_prefixes = connected
+        .iter()
+        .copied()
+        .chain(settings.private_prefixes.iter().map(|(p, _)| *p))
+        .chain(settings.routes.iter().map(|r| r.to));
+    Ok(Desired {
+        public: interface(observed, public),
+        private: private.iter().map(|l| interface(observed, l)).collect(),
+        private_prefixes: normalise(all_prefixes),
+        snat,
+        routes: settings.routes.clone(),
+        sysctls: BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]),
+        warnings,
+    })
+}
+
+fn named_link<'a>(
+    observed: &'a Observed,
+    name: &str,
+    role: &'static str,
+    flag: &'static str,
+) -> Result<&'a Link, DetectError> {
+    let link = observed.link(name).ok_or_else(|| DetectError::NoSuchInterface {
+        role,
+        name: name.to_string(),
+        available: observed
+            .links
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        flag,
+    })?;
+    if link.loopback {
+        return Err(DetectError::Loopback {
+            role,
+            name: name.to_string(),
+            flag,
+        });
+    }
+    Ok(link)
+}
+
+fn public_link<'a>(settings: &Settings, observed: &'a Observed) -> Result<&'a Link, DetectError> {
+    if let Some(name) = &settings.public {
+        return named_link(observed, name, "public", "--public");
+    }
+    let mut oifs: Vec<u32> = observed.ipv4_defaults().filter_map(|r| r.oif).collect();
+    oifs.sort_unstable();
+    oifs.dedup();
+    match oifs.as_slice() {
+        [] => Err(DetectError::NoDefaultRoute),
+        [index] => observed.link_by_index(*index).ok_or(DetectError::NoDefaultRoute),
+        several => Err(DetectError::SeveralDefaultRoutes(
+            several
+                .iter()
+                .filter_map(|i| observed.link_by_index(*i))
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
+}
+
+fn private_links<'a>(
+    settings: &Settings,
+    observed: &'a Observed,
+    public: &Link,
+) -> Result<Vec<&'a Link>, DetectError> {
+    if !settings.private.is_empty() {
+        let mut links = Vec::new();
+        for name in &settings.private {
+            let link = named_link(observed, name, "private", "--private")?;
+            if link.index == public.index {
+                return Err(DetectError::PublicIsPrivate { name: name.clone() });
+            }
+            if !links.iter().any(|l: &&Link| l.index == link.index) {
+                links.push(link);
+            }
+        }
+        return Ok(links);
+    }
+    let links: Vec<&Link> = observed
+        .links
+        .iter()
+        .filter(|l| !l.loopback && l.up && l.index != public.index)
+        .filter(|l| {
+            observed
+                .addresses_of(l.index)
+                .any(|a| matches!(a.address, IpAddr::V4(v4) if is_private_v4(v4)))
+        })
+        .collect();
+    if links.is_empty() {
+        return Err(DetectError::NoPrivateInterface);
+    }
+    Ok(links)
+}
+
+fn snat_mode(settings: &Settings, observed: &Observed, public: &Link) -> Result<SnatMode, DetectError> {
+    if let Some(addr) = settings.snat_to {
+        if !addr.is_ipv4() {
+            return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
+        }
+        return Ok(SnatMode::To(addr));
+    }
+    let primary = observed
+        .addresses_of(public.index)
+        .filter(|a| a.address.is_ipv4())
+        .min_by_key(|a| a.secondary);
+    match primary {
+        None => Err(DetectError::PublicWithoutIpv4(public.name.clone())),
+        Some(a) if settings.masquerade || a.dynamic => Ok(SnatMode::Masquerade),
+        Some(a) => Ok(SnatMode::To(a.address)),
+    }
+}
+
+fn connected_v4(observed: &Observed, private: &[&Link]) -> Result<Vec<IpNet>, DetectError> {
+    let mut networks = Vec::new();
+    for link in private {
+        let before = networks.len();
+        networks.extend(
+            observed
+                .addresses_of(link.index)
+                .filter(|a| a.address.is_ipv4())
+                .map(|a| a.network()),
+        );
+        if networks.len() == before {
+            return Err(DetectError::PrivateWithoutIpv4(link.name.clone()));
+        }
+    }
+    Ok(networks)
+}
+
+fn interface(observed: &Observed, link: &Link) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        addresses: observed
+            .addresses_of(link.index)
+            .map(|a| IpNet::new(a.address, a.prefix_len).expect("valid prefix"))
+            .collect(),
+    }
+}
+
+/// Sorted, deduplicated, and without prefixes contained in another (nftables interval
+/// sets reject overlapping elements).
+pub fn normalise(prefixes: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
+    let mut all: Vec<IpNet> = prefixes.into_iter().map(|p| p.trunc()).collect();
+    all.sort();
+    all.dedup();
+    let kept: Vec<IpNet> = all
+        .iter()
+        .filter(|p| !all.iter().any(|q| q != *p && q.contains(*p)))
+        .copied()
+        .collect();
+    kept
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Flags, RouteSpec};
+    use crate::observed::{Address, Route};
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            up: true,
+            carrier: true,
+            loopback: index == 1,
+            mtu: 1500,
+        }
+    }
+
+    fn addr(ifindex: u32, cidr: &str) -> Address {
+        let net: IpNet = cidr.parse().unwrap();
+        Address {
+            ifindex,
+            address: net.addr(),
+            prefix_len: net.prefix_len(),
+            secondary: false,
+            dynamic: false,
+        }
+    }
+
+    fn default_via(oif: u32) -> Route {
+        Route {
+            destination: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("203.0.113.254".parse().unwrap()),
+            oif: Some(oif),
+            protocol: 4,
+            metric: 0,
+        }
+    }
+
+    /// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.
+    fn headnode() -> Observed {
+        Observed {
+            links: vec![link(1, "lo"), link(2, "wan0"), link(3, "lan0"), link(4, "lan1")],
+            addresses: vec![
+                addr(1, "127.0.0.1/8"),
+                addr(2, "203.0.113.1/24"),
+                addr(3, "10.0.0.1/24"),
+                addr(4, "192.168.5.1/24"),
+            ],
+            routes: vec![default_via(2)],
+            ..Observed::default()
+        }
+    }
+
+    fn detect(flags: Flags, observed: &Observed) -> Result<Desired, DetectError> {
+        desired(&Settings::from_flags(&flags).unwrap(), observed)
+    }
+
+    #[test]
+    fn autodetects_roles_prefixes_and_address() {
+        let d = detect(Flags::default(), &headnode()).unwrap();
+        assert_eq!(d.public.name, "wan0");
+        let private: Vec<_> = d.private.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(private, ["lan0", "lan1"]);
+        assert_eq!(d.private_prefixes, vec!["10.0.0.0/24".parse::<IpNet>().unwrap(), "192.168.5.0/24".parse().unwrap()]);
+        assert_eq!(d.snat, SnatMode::To("203.0.113.1".parse().unwrap()));
+        assert_eq!(d.sysctls[IP_FORWARD], "1");
+        assert!(d.warnings.is_empty());
+    }
+
+    #[test]
+    fn public_address_outside_private_ranges_is_not_private() {
+        let mut o = headnode();
+        o.addresses.push(addr(5, "198.51.100.9/24"));
+        o.links.push(link(5, "dmz0"));
+        let d = detect(Flags::default(), &o).unwrap();
+        assert!(!d.private.iter().any(|i| i.name == "dmz0"));
+    }
+
+    #[test]
+    fn dynamic_public_address_means_masquerade() {
+        let mut o = headnode();
+        o.addresses[1].dynamic = true;
+        assert_eq!(detect(Flags::default(), &o).unwrap().snat, SnatMode::Masquerade);
+    }
+
+    #[test]
+    fn masquerade_on_request_and_explicit_snat_address() {
+        let flags = Flags { masquerade: true, ..Flags::default() };
+        assert_eq!(detect(flags, &headnode()).unwrap().snat, SnatMode::Masquerade);
+        let flags = Flags { snat_to: vec!["203.0.113.9".parse().unwrap()], ..Flags::default() };
+        assert_eq!(detect(flags, &headnode()).unwrap().snat, SnatMode::To("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn ambiguity_errors_name_the_flag() {
+        let mut o = headnode();
+        o.routes.clear();
+        let e = detect(Flags::default(), &o).unwrap_err();
+        assert_eq!(e, DetectError::NoDefaultRoute);
+        assert!(e.to_string().contains("--public"));
+
+        let mut o = headnode();
+        o.routes.push(default_via(3));
+        let e = detect(Flags::default(), &o).unwrap_err();
+        assert_eq!(e, DetectError::SeveralDefaultRoutes("wan0, lan0".into()));
+
+        let mut o = headnode();
+        o.addresses.retain(|a| a.ifindex < 3);
+        let e = detect(Flags::default(), &o).unwrap_err();
+        assert_eq!(e, DetectError::NoPrivateInterface);
+        assert!(e.to_string().contains("--private"));
+
+        let mut o = headnode();
+        o.addresses.retain(|a| a.ifindex != 2);
+        let e = detect(Flags::default(), &o).unwrap_err();
+        assert!(e.to_string().contains("--snat-to"), "{e}");
+    }
+
+    #[test]
+    fn bad_interface_names() {
+        let e = detect(Flags { public: Some("eth9".into()), ..Flags::default() }, &headnode()).unwrap_err();
+        assert!(matches!(e, DetectError::NoSuchInterface { .. }));
+        assert!(e.to_string().contains("\"eth9\"") && e.to_string().contains("wan0"), "{e}");
+        assert!(e.is_usage());
+
+        let flags = Flags { public: Some("wan0".into()), private: vec!["wan0".into()], ..Flags::default() };
+        assert_eq!(detect(flags, &headnode()).unwrap_err(), DetectError::PublicIsPrivate { name: "wan0".into() });
+    }
+
+    #[test]
+    fn interface_down_is_a_system_problem_not_usage() {
+        let mut o = headnode();
+        o.links[2].up = false;
+        let flags = Flags { private: vec!["lan0".into()], ..Flags::default() };
+        let e = detect(flags, &o).unwrap_err();
+        assert!(!e.is_usage());
+        assert!(e.to_string().contains("ip link set lan0 up"), "{e}");
+    }
+
+    #[test]
+    fn no_carrier_is_a_warning() {
+        let mut o = headnode();
+        o.links[1].carrier = false;
+        let d = detect(Flags::default(), &o).unwrap();
+        assert_eq!(d.warnings.len(), 1);
+    }
+
+    #[test]
+    fn routes_behind_routers_must_be_on_link_and_join_the_prefixes() {
+        let mut settings = Settings::from_flags(&Flags::default()).unwrap();
+        settings.routes.push(RouteSpec {
+            to: "10.20.0.0/16".parse().unwrap(),
+            via: "10.0.0.254".parse().unwrap(),
+            origin: "natgw.toml:3".into(),
+        });
+        let d = desired(&settings, &headnode()).unwrap();
+        assert!(d.private_prefixes.contains(&"10.20.0.0/16".parse().unwrap()));
+
+        settings.routes[0].via = "172.16.0.1".parse().unwrap();
+        let e = desired(&settings, &headnode()).unwrap_err();
+        assert!(e.to_string().starts_with("natgw.toml:3: route to 10.20.0.0/16 via 172.16.0.1"), "{e}");
+    }
+
+    #[test]
+    fn normalise_drops_contained_prefixes() {
+        let got = normalise(["10.1.0.0/16", "10.0.0.0/8", "192.168.0.0/24", "192.168.0.0/24"].map(|s| s.parse().unwrap()));
+        assert_eq!(got, vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "192.168.0.0/24".parse().unwrap()]);
+    }
+}
