@@ -215,7 +215,10 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
         assert_eq!(settings.public.as_deref(), Some("wan0"));
         assert_eq!(settings.private, vec!["lan0", "lan1"]);
         assert_eq!(settings.snat_to, Some("203.0.113.1".parse().unwrap()));
-        assert_eq!(settings.routes[0].to, "10.20.0.0/16".parse::<IpNet>().unwrap());
+        assert_eq!(
+            settings.routes[0].to,
+            "10.20.0.0/16".parse::<IpNet>().unwrap()
+        );
         assert_eq!(settings.routes[0].origin, "natgw.toml:6");
         assert_eq!(settings.private_prefixes[0].1, "natgw.toml:5");
     }
@@ -223,7 +226,15 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
     #[test]
     fn unknown_key_names_line_and_column() {
         let err = parse("public = \"wan0\"\nprivte = [\"lan0\"]\n").unwrap_err();
-        let ConfigError::Parse { line, column, message, .. } = &err else { panic!("{err}") };
+        let ConfigError::Parse {
+            line,
+            column,
+            message,
+            ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
         assert_eq!((*line, *column), (2, 1));
         assert!(message.contains("unknown field `privte`"), "{message}");
         assert!(err.to_string().starts_with("natgw.toml:2:1:"), "{err}");
@@ -256,11 +267,17 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             snat_to: vec!["198.51.100.7".parse().unwrap()],
             masquerade: false,
         };
-        let s = parse(text).unwrap().merge(&flags, text, Path::new("x")).unwrap();
+        let s = parse(text)
+            .unwrap()
+            .merge(&flags, text, Path::new("x"))
+            .unwrap();
         assert_eq!(s.public.as_deref(), Some("eth1"));
         assert_eq!(s.private, vec!["eth0"]);
         assert_eq!(s.snat_to, Some("198.51.100.7".parse().unwrap()));
-        assert!(!s.masquerade, "--snat-to overrides masquerade from the file");
+        assert!(
+            !s.masquerade,
+            "--snat-to overrides masquerade from the file"
+        );
     }
 
     #[test]
@@ -270,6 +287,9 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             snat_to: vec!["198.51.100.7".parse().unwrap()],
             ..Flags::default()
         };
-        assert!(matches!(Settings::from_flags(&flags), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Settings::from_flags(&flags),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

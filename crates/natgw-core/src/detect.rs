@@ -81,7 +81,9 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
     let public = public_link(settings, observed)?;
     let private = private_links(settings, observed, public)?;
     let mut warnings = Vec::new();
-    for (link, role) in std::iter::once((public, "public")).chain(private.iter().map(|l| (*l, "private"))) {
+    for (link, role) in
+        std::iter::once((public, "public")).chain(private.iter().map(|l| (*l, "private")))
+    {
         if !link.up {
             return Err(DetectError::InterfaceDown {
                 role,
@@ -100,7 +102,10 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
     let connected = connected_v4(observed, &private)?;
     for route in &settings.routes {
         if !matches!(route.via, IpAddr::V4(_)) || !matches!(route.to, IpNet::V4(_)) {
-            return Err(DetectError::Ipv6NotSupported(format!("{}: route {} via {}", route.origin, route.to, route.via)));
+            return Err(DetectError::Ipv6NotSupported(format!(
+                "{}: route {} via {}",
+                route.origin, route.to, route.via
+            )));
         }
         if !connected.iter().any(|net| net.contains(&route.via)) {
             return Err(DetectError::GatewayNotOnLink {
@@ -139,17 +144,19 @@ fn named_link<'a>(
     role: &'static str,
     flag: &'static str,
 ) -> Result<&'a Link, DetectError> {
-    let link = observed.link(name).ok_or_else(|| DetectError::NoSuchInterface {
-        role,
-        name: name.to_string(),
-        available: observed
-            .links
-            .iter()
-            .map(|l| l.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        flag,
-    })?;
+    let link = observed
+        .link(name)
+        .ok_or_else(|| DetectError::NoSuchInterface {
+            role,
+            name: name.to_string(),
+            available: observed
+                .links
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            flag,
+        })?;
     if link.loopback {
         return Err(DetectError::Loopback {
             role,
@@ -169,7 +176,9 @@ fn public_link<'a>(settings: &Settings, observed: &'a Observed) -> Result<&'a Li
     oifs.dedup();
     match oifs.as_slice() {
         [] => Err(DetectError::NoDefaultRoute),
-        [index] => observed.link_by_index(*index).ok_or(DetectError::NoDefaultRoute),
+        [index] => observed
+            .link_by_index(*index)
+            .ok_or(DetectError::NoDefaultRoute),
         several => Err(DetectError::SeveralDefaultRoutes(
             several
                 .iter()
@@ -215,7 +224,11 @@ fn private_links<'a>(
     Ok(links)
 }
 
-fn snat_mode(settings: &Settings, observed: &Observed, public: &Link) -> Result<SnatMode, DetectError> {
+fn snat_mode(
+    settings: &Settings,
+    observed: &Observed,
+    public: &Link,
+) -> Result<SnatMode, DetectError> {
     if let Some(addr) = settings.snat_to {
         if !addr.is_ipv4() {
             return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
@@ -275,7 +288,10 @@ pub fn normalise(prefixes: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
 }
 
 fn join(nets: &[IpNet]) -> String {
-    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -319,7 +335,12 @@ mod tests {
     /// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.
     fn headnode() -> Observed {
         Observed {
-            links: vec![link(1, "lo"), link(2, "wan0"), link(3, "lan0"), link(4, "lan1")],
+            links: vec![
+                link(1, "lo"),
+                link(2, "wan0"),
+                link(3, "lan0"),
+                link(4, "lan1"),
+            ],
             addresses: vec![
                 addr(1, "127.0.0.1/8"),
                 addr(2, "203.0.113.1/24"),
@@ -341,7 +362,13 @@ mod tests {
         assert_eq!(d.public.name, "wan0");
         let private: Vec<_> = d.private.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(private, ["lan0", "lan1"]);
-        assert_eq!(d.private_prefixes, vec!["10.0.0.0/24".parse::<IpNet>().unwrap(), "192.168.5.0/24".parse().unwrap()]);
+        assert_eq!(
+            d.private_prefixes,
+            vec![
+                "10.0.0.0/24".parse::<IpNet>().unwrap(),
+                "192.168.5.0/24".parse().unwrap()
+            ]
+        );
         assert_eq!(d.snat, SnatMode::To("203.0.113.1".parse().unwrap()));
         assert_eq!(d.sysctls[IP_FORWARD], "1");
         assert!(d.warnings.is_empty());
@@ -360,15 +387,30 @@ mod tests {
     fn dynamic_public_address_means_masquerade() {
         let mut o = headnode();
         o.addresses[1].dynamic = true;
-        assert_eq!(detect(Flags::default(), &o).unwrap().snat, SnatMode::Masquerade);
+        assert_eq!(
+            detect(Flags::default(), &o).unwrap().snat,
+            SnatMode::Masquerade
+        );
     }
 
     #[test]
     fn masquerade_on_request_and_explicit_snat_address() {
-        let flags = Flags { masquerade: true, ..Flags::default() };
-        assert_eq!(detect(flags, &headnode()).unwrap().snat, SnatMode::Masquerade);
-        let flags = Flags { snat_to: vec!["203.0.113.9".parse().unwrap()], ..Flags::default() };
-        assert_eq!(detect(flags, &headnode()).unwrap().snat, SnatMode::To("203.0.113.9".parse().unwrap()));
+        let flags = Flags {
+            masquerade: true,
+            ..Flags::default()
+        };
+        assert_eq!(
+            detect(flags, &headnode()).unwrap().snat,
+            SnatMode::Masquerade
+        );
+        let flags = Flags {
+            snat_to: vec!["203.0.113.9".parse().unwrap()],
+            ..Flags::default()
+        };
+        assert_eq!(
+            detect(flags, &headnode()).unwrap().snat,
+            SnatMode::To("203.0.113.9".parse().unwrap())
+        );
     }
 
     #[test]
@@ -398,20 +440,42 @@ mod tests {
 
     #[test]
     fn bad_interface_names() {
-        let e = detect(Flags { public: Some("eth9".into()), ..Flags::default() }, &headnode()).unwrap_err();
+        let e = detect(
+            Flags {
+                public: Some("eth9".into()),
+                ..Flags::default()
+            },
+            &headnode(),
+        )
+        .unwrap_err();
         assert!(matches!(e, DetectError::NoSuchInterface { .. }));
-        assert!(e.to_string().contains("\"eth9\"") && e.to_string().contains("wan0"), "{e}");
+        assert!(
+            e.to_string().contains("\"eth9\"") && e.to_string().contains("wan0"),
+            "{e}"
+        );
         assert!(e.is_usage());
 
-        let flags = Flags { public: Some("wan0".into()), private: vec!["wan0".into()], ..Flags::default() };
-        assert_eq!(detect(flags, &headnode()).unwrap_err(), DetectError::PublicIsPrivate { name: "wan0".into() });
+        let flags = Flags {
+            public: Some("wan0".into()),
+            private: vec!["wan0".into()],
+            ..Flags::default()
+        };
+        assert_eq!(
+            detect(flags, &headnode()).unwrap_err(),
+            DetectError::PublicIsPrivate {
+                name: "wan0".into()
+            }
+        );
     }
 
     #[test]
     fn interface_down_is_a_system_problem_not_usage() {
         let mut o = headnode();
         o.links[2].up = false;
-        let flags = Flags { private: vec!["lan0".into()], ..Flags::default() };
+        let flags = Flags {
+            private: vec!["lan0".into()],
+            ..Flags::default()
+        };
         let e = detect(flags, &o).unwrap_err();
         assert!(!e.is_usage());
         assert!(e.to_string().contains("ip link set lan0 up"), "{e}");
@@ -434,16 +498,36 @@ mod tests {
             origin: "natgw.toml:3".into(),
         });
         let d = desired(&settings, &headnode()).unwrap();
-        assert!(d.private_prefixes.contains(&"10.20.0.0/16".parse().unwrap()));
+        assert!(d
+            .private_prefixes
+            .contains(&"10.20.0.0/16".parse().unwrap()));
 
         settings.routes[0].via = "172.16.0.1".parse().unwrap();
         let e = desired(&settings, &headnode()).unwrap_err();
-        assert!(e.to_string().starts_with("natgw.toml:3: route to 10.20.0.0/16 via 172.16.0.1"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("natgw.toml:3: route to 10.20.0.0/16 via 172.16.0.1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn normalise_drops_contained_prefixes() {
-        let got = normalise(["10.1.0.0/16", "10.0.0.0/8", "192.168.0.0/24", "192.168.0.0/24"].map(|s| s.parse().unwrap()));
-        assert_eq!(got, vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "192.168.0.0/24".parse().unwrap()]);
+        let got = normalise(
+            [
+                "10.1.0.0/16",
+                "10.0.0.0/8",
+                "192.168.0.0/24",
+                "192.168.0.0/24",
+            ]
+            .map(|s| s.parse().unwrap()),
+        );
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.168.0.0/24".parse().unwrap()
+            ]
+        );
     }
 }

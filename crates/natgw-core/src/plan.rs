@@ -15,7 +15,11 @@ use crate::ROUTE_PROTOCOL;
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
     /// Write a sysctl (`sysctl -w name=to`); `from` is recorded for `down`.
-    SetSysctl { name: String, from: String, to: String },
+    SetSysctl {
+        name: String,
+        from: String,
+        to: String,
+    },
     /// `ip route add TO via VIA proto 88`.
     AddRoute { route: RouteSpec },
     /// A route natgw added earlier that is no longer configured.
@@ -77,7 +81,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     };
     for spec in &desired.routes {
         if !present(spec) {
-            changes.push(Change::AddRoute { route: spec.clone() });
+            changes.push(Change::AddRoute {
+                route: spec.clone(),
+            });
         }
     }
     for route in owned {
@@ -102,7 +108,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         Some(listing) if listed_digest(listing) != Some(ruleset.digest.as_str()) => {
             Some(TableReason::Update)
         }
-        Some(listing) => match observed.state.as_ref().and_then(|s| s.table_listing.as_ref()) {
+        Some(listing) => match observed
+            .state
+            .as_ref()
+            .and_then(|s| s.table_listing.as_ref())
+        {
             Some(recorded) if recorded != listing => Some(TableReason::Drift),
             _ => None,
         },
@@ -121,8 +131,16 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Change::SetSysctl { name, from, to } => write!(f, "set sysctl {name}: {from} -> {to}"),
-            Change::AddRoute { route } => write!(f, "add route {} via {} (proto {ROUTE_PROTOCOL})", route.to, route.via),
-            Change::DelRoute { route } => write!(f, "delete route {} via {} (no longer configured)", route.to, route.via),
+            Change::AddRoute { route } => write!(
+                f,
+                "add route {} via {} (proto {ROUTE_PROTOCOL})",
+                route.to, route.via
+            ),
+            Change::DelRoute { route } => write!(
+                f,
+                "delete route {} via {} (no longer configured)",
+                route.to, route.via
+            ),
             Change::ReplaceTable { reason, digest, .. } => {
                 let what = match reason {
                     TableReason::Create => "create",
@@ -156,7 +174,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn desired() -> Desired {
-        let iface = |n: &str| Interface { name: n.into(), addresses: vec![] };
+        let iface = |n: &str| Interface {
+            name: n.into(),
+            addresses: vec![],
+        };
         Desired {
             public: iface("wan0"),
             private: vec![iface("lan0")],
@@ -189,7 +210,10 @@ mod tests {
             sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
             routes: vec![route("10.20.0.0/16", "10.0.0.254", ROUTE_PROTOCOL)],
             table_listing: Some(listing.clone()),
-            state: Some(RecordedState { table_listing: Some(listing), ..Default::default() }),
+            state: Some(RecordedState {
+                table_listing: Some(listing),
+                ..Default::default()
+            }),
             ..Observed::default()
         }
     }
@@ -201,7 +225,13 @@ mod tests {
         assert_eq!(p.changes.len(), 3, "{text}");
         assert!(text.contains("set sysctl net.ipv4.ip_forward: unset -> 1"));
         assert!(text.contains("add route 10.20.0.0/16 via 10.0.0.254"));
-        assert!(matches!(p.changes[2], Change::ReplaceTable { reason: TableReason::Create, .. }));
+        assert!(matches!(
+            p.changes[2],
+            Change::ReplaceTable {
+                reason: TableReason::Create,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -216,24 +246,47 @@ mod tests {
         let mut o = applied();
         o.sysctls.insert("net.ipv4.ip_forward".into(), "0".into());
         let p = plan(&desired(), &o);
-        assert_eq!(p.changes, vec![Change::SetSysctl { name: "net.ipv4.ip_forward".into(), from: "0".into(), to: "1".into() }]);
+        assert_eq!(
+            p.changes,
+            vec![Change::SetSysctl {
+                name: "net.ipv4.ip_forward".into(),
+                from: "0".into(),
+                to: "1".into()
+            }]
+        );
     }
 
     #[test]
     fn changed_desire_updates_and_edited_table_is_drift() {
         let mut d = desired();
         d.snat = SnatMode::Masquerade;
-        assert!(matches!(plan(&d, &applied()).changes[..], [Change::ReplaceTable { reason: TableReason::Update, .. }]));
+        assert!(matches!(
+            plan(&d, &applied()).changes[..],
+            [Change::ReplaceTable {
+                reason: TableReason::Update,
+                ..
+            }]
+        ));
 
         let mut o = applied();
-        o.table_listing = Some(o.table_listing.unwrap().replace("\t\tct state invalid counter name \"dropped_invalid\" drop\n", ""));
-        assert!(matches!(plan(&desired(), &o).changes[..], [Change::ReplaceTable { reason: TableReason::Drift, .. }]));
+        o.table_listing = Some(o.table_listing.unwrap().replace(
+            "\t\tct state invalid counter name \"dropped_invalid\" drop\n",
+            "",
+        ));
+        assert!(matches!(
+            plan(&desired(), &o).changes[..],
+            [Change::ReplaceTable {
+                reason: TableReason::Drift,
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn stale_owned_routes_are_removed_and_foreign_routes_left_alone() {
         let mut o = applied();
-        o.routes.push(route("10.30.0.0/16", "10.0.0.254", ROUTE_PROTOCOL));
+        o.routes
+            .push(route("10.30.0.0/16", "10.0.0.254", ROUTE_PROTOCOL));
         o.routes.push(route("10.40.0.0/16", "10.0.0.254", 4));
         let p = plan(&desired(), &o);
         assert_eq!(p.changes.len(), 1, "{p}");

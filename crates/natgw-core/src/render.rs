@@ -10,12 +10,27 @@ use crate::desired::{Desired, SnatMode};
 
 /// Named counters in the table, with what each counts. `status` reads them back.
 pub const COUNTERS: [(&str, &str); 6] = [
-    ("translated_connections", "new connections source-translated"),
+    (
+        "translated_connections",
+        "new connections source-translated",
+    ),
     ("outbound", "packets forwarded from private to public"),
-    ("inbound_replies", "reply packets forwarded from public to private"),
-    ("dropped_invalid", "forwarded packets dropped as conntrack-invalid"),
-    ("dropped_spoofed", "packets from a private interface with a source outside the private prefixes"),
-    ("dropped_unsolicited", "new connections from the public side to the private side"),
+    (
+        "inbound_replies",
+        "reply packets forwarded from public to private",
+    ),
+    (
+        "dropped_invalid",
+        "forwarded packets dropped as conntrack-invalid",
+    ),
+    (
+        "dropped_spoofed",
+        "packets from a private interface with a source outside the private prefixes",
+    ),
+    (
+        "dropped_unsolicited",
+        "new connections from the public side to the private side",
+    ),
 ];
 
 /// The rendered table and the digest that identifies it.
@@ -53,7 +68,11 @@ fn render_body(d: &Desired) -> String {
     let public = quote(&d.public.name);
     let private = format!(
         "{{ {} }}",
-        d.private.iter().map(|i| quote(&i.name)).collect::<Vec<_>>().join(", ")
+        d.private
+            .iter()
+            .map(|i| quote(&i.name))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let prefixes: Vec<String> = d
         .private_prefixes
@@ -118,7 +137,10 @@ mod tests {
         Desired {
             public: iface("wan0"),
             private: vec![iface("lan0"), iface("lan1")],
-            private_prefixes: vec!["10.0.0.0/24".parse().unwrap(), "192.168.5.0/24".parse().unwrap()],
+            private_prefixes: vec![
+                "10.0.0.0/24".parse().unwrap(),
+                "192.168.5.0/24".parse().unwrap(),
+            ],
             snat,
             routes: vec![],
             sysctls: BTreeMap::new(),
@@ -138,7 +160,9 @@ mod tests {
         let snat = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
         let masq = render(&desired(SnatMode::Masquerade));
         assert_ne!(snat.digest, masq.digest);
-        assert!(masq.text.contains("counter name \"translated_connections\" masquerade\n"));
+        assert!(masq
+            .text
+            .contains("counter name \"translated_connections\" masquerade\n"));
         assert!(!masq.text.contains("snat ip to"));
     }
 
@@ -149,6 +173,10 @@ mod tests {
         d.private_prefixes.push("10.20.0.0/16".parse().unwrap());
         let b = render(&d);
         assert_ne!(a.digest, b.digest);
-        assert_eq!(a, render(&desired(SnatMode::Masquerade)), "rendering is deterministic");
+        assert_eq!(
+            a,
+            render(&desired(SnatMode::Masquerade)),
+            "rendering is deterministic"
+        );
     }
 }

@@ -1,1 +1,13 @@
+//! Throwaway network topologies in network namespaces, for `natgw lab`, the end-to-end
+//! tests and the benchmarks. Nothing here touches the root namespace: every interface
+//! is created inside a lab namespace, and dropping a `Lab` deletes its namespaces.
 
+mod netns;
+mod services;
+mod topology;
+
+pub use netns::{in_netns, ip, NetnsError};
+pub use services::{tcp_exchange, udp_exchange, Listener};
+pub use topology::{
+    remove, Lab, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER,
+};

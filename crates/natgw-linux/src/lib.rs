@@ -1,1 +1,15 @@
+//! Linux adapters: thin modules, one per kernel object, converting kernel messages into
+//! natgw-core's types at the boundary. `observe` reads everything once; `apply` makes
+//! the changes of a plan, atomically from the caller's point of view.
 
+pub mod apply;
+pub mod conntrack;
+pub mod netlink;
+pub mod nft;
+pub mod observe;
+pub mod privilege;
+pub mod state_store;
+pub mod sysctl;
+
+pub use apply::{apply, teardown, ApplyError, Teardown};
+pub use observe::{observe, ObserveError};

@@ -1,0 +1,68 @@
+//! Running things inside a named network namespace: `ip` commands, and closures on a
+//! thread that joined the namespace with setns(2) (only that thread moves).
+
+use std::fs::File;
+use std::process::{Command, Output};
+
+use nix::sched::{setns, CloneFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot run `{command}`; is iproute2 installed? (apt-get install iproute2)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("cannot enter network namespace {name}")]
+    Enter {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs `ip ARGS...` and fails with its stderr when it fails.
+pub fn ip(args: &[&str]) -> Result<Output, NetnsError> {
+    run("ip", args)
+}
+
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<Output, NetnsError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `f` on a new thread inside namespace `name`; sockets it opens stay there.
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let enter_error = |source| NetnsError::Enter {
+        name: name.to_string(),
+        source,
+    };
+    let file = File::open(format!("/run/netns/{name}")).map_err(enter_error)?;
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        Ok(f())
+    })
+    .join()
+    .expect("namespace thread panicked")
+    .map_err(enter_error)
+}

@@ -1,0 +1,266 @@
+//! The lab network:
+//!
+//! ```text
+//!  NAME-n1 10.0.0.11 ─┐                                              NAME-pub
+//!  NAME-n2 10.0.0.12 ─┼─ NAME-sw (br0) ─ lan0 NAME-head wan0 ───── eth0 203.0.113.254
+//!  NAME-r1 10.0.0.254 ┘  (bridge only)   10.0.0.1     203.0.113.1      lo 198.51.100.10 (server)
+//!     └ eth1 10.20.0.1 ── NAME-far 10.20.0.5   (with Spec::router)
+//! ```
+//! The headnode gets plain interfaces; the private switch lives in its own namespace
+//! with bridge netfilter off, so only the headnode's own rules act on its traffic.
+//! `pub` is the upstream router and the public server in one, and has no route to the
+//! private network: replies reach private nodes only through the headnode's NAT.
+
+use std::net::Ipv4Addr;
+
+use crate::netns::{in_netns, ip, NetnsError};
+
+pub const PRIVATE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const HEAD_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+pub const BEHIND_ROUTER_NODE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
+
+/// Every role a lab namespace can have; `remove` looks for exactly these.
+const ROLES: [&str; 13] = [
+    "head", "sw", "pub", "r1", "far", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8",
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Private nodes n1..nN (1 to 8).
+    pub nodes: usize,
+    /// Add router r1 on the private network with the network 10.20.0.0/24 behind it.
+    pub router: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            nodes: 2,
+            router: false,
+        }
+    }
+}
+
+/// A built lab; dropping it removes every namespace it created.
+pub struct Lab {
+    pub name: String,
+    pub spec: Spec,
+    created: Vec<String>,
+    pub keep: bool,
+}
+
+impl Lab {
+    /// Builds the topology. On error, whatever was created is removed again.
+    pub fn build(name: &str, spec: Spec) -> Result<Lab, NetnsError> {
+        assert!(
+            (1..=8).contains(&spec.nodes),
+            "a lab has 1 to 8 private nodes"
+        );
+        let mut lab = Lab {
+            name: name.to_string(),
+            spec,
+            created: Vec::new(),
+            keep: false,
+        };
+        lab.create()?;
+        Ok(lab)
+    }
+
+    /// Namespace name of a role (`head`, `pub`, `n1`, ...).
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    /// Private node names: n1, n2, ...
+    pub fn nodes(&self) -> Vec<String> {
+        (1..=self.spec.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    pub fn node_address(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+    }
+
+    /// Namespaces that exist for this lab, in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.created
+    }
+
+    /// `ip -n NS ARGS...` for a role.
+    pub fn ip(&self, role: &str, args: &[&str]) -> Result<std::process::Output, NetnsError> {
+        let ns = self.ns(role);
+        let mut full = vec!["-n", ns.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Writes a sysctl inside a role's namespace.
+    pub fn sysctl(&self, role: &str, name: &str, value: &str) -> Result<(), NetnsError> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let value = value.to_string();
+        in_netns(&self.ns(role), move || std::fs::write(&path, value))?.map_err(|source| {
+            NetnsError::Enter {
+                name: format!("{role} (sysctl {name})"),
+                source,
+            }
+        })
+    }
+
+    /// Reads a sysctl inside a role's namespace.
+    pub fn read_sysctl(&self, role: &str, name: &str) -> Result<String, NetnsError> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        in_netns(&self.ns(role), move || std::fs::read_to_string(&path))?
+            .map(|v| v.trim().to_string())
+            .map_err(|source| NetnsError::Enter {
+                name: format!("{role} (sysctl {name})"),
+                source,
+            })
+    }
+
+    fn add_ns(&mut self, role: &str) -> Result<(), NetnsError> {
+        let ns = self.ns(role);
+        ip(&["netns", "add", &ns])?;
+        self.created.push(ns);
+        self.ip(role, &["link", "set", "lo", "up"]).map(drop)
+    }
+
+    /// A veth pair from `role`'s `ifname` to a port of the private switch.
+    fn plug_into_switch(&self, role: &str, ifname: &str, cidr: &str) -> Result<(), NetnsError> {
+        let port = format!("p-{role}");
+        let sw = self.ns("sw");
+        self.ip(
+            role,
+            &[
+                "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns", &sw,
+            ],
+        )?;
+        self.ip("sw", &["link", "set", &port, "master", "br0", "up"])?;
+        self.ip(role, &["addr", "add", cidr, "dev", ifname])?;
+        self.ip(role, &["link", "set", ifname, "up"]).map(drop)
+    }
+
+    fn create(&mut self) -> Result<(), NetnsError> {
+        for role in ["sw", "head", "pub"] {
+            self.add_ns(role)?;
+        }
+        self.ip("sw", &["link", "add", "br0", "type", "bridge"])?;
+        self.ip("sw", &["link", "set", "br0", "up"])?;
+        for family in ["iptables", "ip6tables", "arptables"] {
+            // Absent when br_netfilter is not loaded: then there is nothing to turn off.
+            let _ = self.sysctl("sw", &format!("net.bridge.bridge-nf-call-{family}"), "0");
+        }
+
+        // Headnode: private side on the switch, public side straight to the upstream.
+        self.plug_into_switch("head", "lan0", &format!("{PRIVATE_GATEWAY}/24"))?;
+        let pub_ns = self.ns("pub");
+        self.ip(
+            "head",
+            &[
+                "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &pub_ns,
+            ],
+        )?;
+        self.ip(
+            "head",
+            &["addr", "add", &format!("{HEAD_PUBLIC}/24"), "dev", "wan0"],
+        )?;
+        self.ip("head", &["link", "set", "wan0", "up"])?;
+        self.ip(
+            "head",
+            &["route", "add", "default", "via", &UPSTREAM.to_string()],
+        )?;
+        // Start from a plain host: forwarding off, whatever the root namespace has.
+        self.sysctl("head", "net.ipv4.ip_forward", "0")?;
+
+        self.ip(
+            "pub",
+            &["addr", "add", &format!("{UPSTREAM}/24"), "dev", "eth0"],
+        )?;
+        self.ip("pub", &["link", "set", "eth0", "up"])?;
+        self.ip(
+            "pub",
+            &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
+        )?;
+
+        for (i, node) in self.nodes().iter().enumerate() {
+            self.add_ns(node)?;
+            self.plug_into_switch(node, "eth0", &format!("{}/24", Lab::node_address(i + 1)))?;
+            self.ip(
+                node,
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &PRIVATE_GATEWAY.to_string(),
+                ],
+            )?;
+        }
+
+        if self.spec.router {
+            self.add_ns("r1")?;
+            self.add_ns("far")?;
+            self.plug_into_switch("r1", "eth0", &format!("{ROUTER}/24"))?;
+            let far = self.ns("far");
+            self.ip(
+                "r1",
+                &[
+                    "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far,
+                ],
+            )?;
+            self.ip("r1", &["addr", "add", "10.20.0.1/24", "dev", "eth1"])?;
+            self.ip("r1", &["link", "set", "eth1", "up"])?;
+            self.ip(
+                "r1",
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &PRIVATE_GATEWAY.to_string(),
+                ],
+            )?;
+            self.sysctl("r1", "net.ipv4.ip_forward", "1")?;
+            self.ip(
+                "far",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{BEHIND_ROUTER_NODE}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            self.ip("far", &["link", "set", "eth0", "up"])?;
+            self.ip("far", &["route", "add", "default", "via", "10.20.0.1"])?;
+        }
+        Ok(())
+    }
+
+    /// Removes every namespace of this lab (also done on drop unless `keep`).
+    pub fn teardown(&mut self) {
+        for ns in self.created.drain(..).rev() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+/// Removes the namespaces of a lab named `name` left behind earlier (`natgw lab down`).
+/// Returns the namespaces removed.
+pub fn remove(name: &str) -> Vec<String> {
+    ROLES
+        .iter()
+        .map(|role| format!("{name}-{role}"))
+        .filter(|ns| std::path::Path::new("/run/netns").join(ns).exists())
+        .filter(|ns| ip(&["netns", "del", ns]).is_ok())
+        .collect()
+}

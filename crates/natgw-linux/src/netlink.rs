@@ -1,0 +1,230 @@
+//! Links, addresses and routes over rtnetlink. The crate is async; natgw's commands
+//! are short-lived and sequential, so each call runs on a private current-thread runtime.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use natgw_core::{Address, Link, Route, RouteSpec, ROUTE_PROTOCOL};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use nix::errno::Errno;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {what}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+pub struct Netlink {
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(NetlinkError::Connect)?;
+        let handle = {
+            let _guard = runtime.enter();
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+            runtime.spawn(connection);
+            handle
+        };
+        Ok(Netlink { runtime, handle })
+    }
+
+    /// `ip link show`
+    pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let messages: Vec<_> = self
+            .runtime
+            .block_on(self.handle.link().get().execute().try_collect())
+            .map_err(|source| request("dump links", source))?;
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                let mut link = Link {
+                    index: m.header.index,
+                    name: String::new(),
+                    up: m.header.flags.contains(LinkFlags::Up),
+                    carrier: m.header.flags.contains(LinkFlags::LowerUp),
+                    loopback: m.header.flags.contains(LinkFlags::Loopback),
+                    mtu: 0,
+                };
+                for attribute in m.attributes {
+                    match attribute {
+                        LinkAttribute::IfName(name) => link.name = name,
+                        LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                        _ => {}
+                    }
+                }
+                link
+            })
+            .collect())
+    }
+
+    /// `ip addr show`
+    pub fn addresses(&self) -> Result<Vec<Address>, NetlinkError> {
+        let messages: Vec<_> = self
+            .runtime
+            .block_on(self.handle.address().get().execute().try_collect())
+            .map_err(|source| request("dump addresses", source))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let mut local = None;
+                let mut address = None;
+                let mut permanent = m.header.flags.contains(AddressHeaderFlags::Permanent);
+                for attribute in m.attributes {
+                    match attribute {
+                        AddressAttribute::Local(ip) => local = Some(ip),
+                        AddressAttribute::Address(ip) => address = Some(ip),
+                        AddressAttribute::Flags(flags) => {
+                            permanent = flags.contains(AddressFlags::Permanent)
+                        }
+                        _ => {}
+                    }
+                }
+                // IFA_LOCAL is the interface's own address on point-to-point links.
+                Some(Address {
+                    ifindex: m.header.index,
+                    address: local.or(address)?,
+                    prefix_len: m.header.prefix_len,
+                    secondary: m.header.flags.contains(AddressHeaderFlags::Secondary),
+                    dynamic: !permanent,
+                })
+            })
+            .collect())
+    }
+
+    /// `ip route show table main` and `ip -6 route show table main`
+    pub fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
+        let mut routes = Vec::new();
+        for filter in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let messages: Vec<RouteMessage> = self
+                .runtime
+                .block_on(self.handle.route().get(filter).execute().try_collect())
+                .map_err(|source| request("dump routes", source))?;
+            routes.extend(messages.into_iter().filter_map(route_of));
+        }
+        Ok(routes)
+    }
+
+    /// `ip route add TO via VIA proto 88`; an identical route already there is success.
+    pub fn add_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+        let result = self
+            .runtime
+            .block_on(self.handle.route().add(route_message(spec)).execute());
+        match result {
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+            other => other.map_err(|source| {
+                request(&format!("add route {} via {}", spec.to, spec.via), source)
+            }),
+        }
+    }
+
+    /// `ip route del TO via VIA proto 88`; a route already gone is success.
+    pub fn del_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+        let result = self
+            .runtime
+            .block_on(self.handle.route().del(route_message(spec)).execute());
+        match result {
+            Err(e) if matches!(errno(&e), Some(Errno::ESRCH | Errno::ENOENT)) => Ok(()),
+            other => other.map_err(|source| {
+                request(
+                    &format!("delete route {} via {}", spec.to, spec.via),
+                    source,
+                )
+            }),
+        }
+    }
+}
+
+fn request(what: &str, source: rtnetlink::Error) -> NetlinkError {
+    NetlinkError::Request {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn errno(error: &rtnetlink::Error) -> Option<Errno> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => {
+            message.to_io().raw_os_error().map(Errno::from_raw)
+        }
+        _ => None,
+    }
+}
+
+fn route_message(spec: &RouteSpec) -> RouteMessage {
+    let builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(spec.to.addr(), spec.to.prefix_len())
+        .expect("destination family checked by detection")
+        .gateway(spec.via)
+        .expect("gateway family checked by detection");
+    builder
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .build()
+}
+
+fn route_of(m: RouteMessage) -> Option<Route> {
+    let main = m.header.table == RouteHeader::RT_TABLE_MAIN;
+    let mut table_main = main;
+    let mut destination = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut metric = 0;
+    for attribute in &m.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => destination = ip_of(a),
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::Table(t) => table_main = *t == u32::from(RouteHeader::RT_TABLE_MAIN),
+            _ => {}
+        }
+    }
+    if !table_main {
+        return None;
+    }
+    let unspecified = match m.header.address_family {
+        netlink_packet_route::AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let destination = IpNet::new(
+        destination.unwrap_or(unspecified),
+        m.header.destination_prefix_length,
+    )
+    .ok()?;
+    Some(Route {
+        destination,
+        gateway,
+        oif,
+        protocol: u8::from(m.header.protocol),
+        metric,
+    })
+}
+
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}

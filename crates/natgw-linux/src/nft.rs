@@ -1,0 +1,194 @@
+//! natgw's nftables table through the `nft` tool. natgw owns exactly `table inet natgw`
+//! and replaces it in one atomic batch (add; delete; add with full contents), never
+//! flushing anything else.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("the nft tool is not installed; install it with: apt-get install nftables (Debian/Ubuntu) or dnf install nftables (RHEL/Fedora)")]
+    Missing,
+    #[error("cannot run nft")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft {what} failed: {stderr}")]
+    Failed { what: String, stderr: String },
+    #[error("cannot parse nft JSON output")]
+    Json(#[source] serde_json::Error),
+}
+
+/// The `nft` binary, if installed.
+pub fn binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("nft"))
+        .find(|p| p.is_file())
+}
+
+fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {
+    let nft = binary().ok_or(NftError::Missing)?;
+    let mut child = Command::new(nft)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(input.as_bytes())
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        return Err(NftError::Failed {
+            what: what.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `nft -s list table inet natgw`, or `None` when the table does not exist.
+pub fn list_table() -> Result<Option<String>, NftError> {
+    match run(
+        &["-s", "list", "table", "inet", "natgw"],
+        None,
+        "list table inet natgw",
+    ) {
+        Ok(listing) => Ok(Some(listing)),
+        Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The batch that replaces the table whatever its current state.
+fn replace_batch(ruleset: &str) -> String {
+    format!("table inet natgw {{}}\ndelete table inet natgw\n{ruleset}")
+}
+
+/// `nft -c`: the kernel validates the batch without committing it. Fails when the
+/// kernel lacks nftables NAT support, before anything changed.
+pub fn check(ruleset: &str) -> Result<(), NftError> {
+    run(
+        &["-c", "-f", "-"],
+        Some(&replace_batch(ruleset)),
+        "check of the ruleset",
+    )
+    .map(drop)
+}
+
+/// Replaces the table with `ruleset` in one transaction.
+pub fn replace(ruleset: &str) -> Result<(), NftError> {
+    run(
+        &["-f", "-"],
+        Some(&replace_batch(ruleset)),
+        "load of table inet natgw",
+    )
+    .map(drop)
+}
+
+/// `nft delete table inet natgw`; a missing table is success.
+pub fn delete_table() -> Result<(), NftError> {
+    run(
+        &["-f", "-"],
+        Some("table inet natgw {}\ndelete table inet natgw\n"),
+        "delete table inet natgw",
+    )
+    .map(drop)
+}
+
+/// Puts back a table as it was listed earlier, or removes it when there was none.
+pub fn restore(listing: Option<&str>) -> Result<(), NftError> {
+    match listing {
+        Some(listing) => replace(listing),
+        None => delete_table(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Counter {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Named counters of table inet natgw (`nft -j list counters table inet natgw`).
+pub fn counters() -> Result<Vec<Counter>, NftError> {
+    let json = run(
+        &["-j", "list", "counters", "table", "inet", "natgw"],
+        None,
+        "list counters",
+    )?;
+    parse_counters(&json)
+}
+
+fn parse_counters(json: &str) -> Result<Vec<Counter>, NftError> {
+    #[derive(Deserialize)]
+    struct Listing {
+        nftables: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        counter: Option<RawCounter>,
+    }
+    #[derive(Deserialize)]
+    struct RawCounter {
+        name: String,
+        packets: u64,
+        bytes: u64,
+    }
+    let listing: Listing = serde_json::from_str(json).map_err(NftError::Json)?;
+    Ok(listing
+        .nftables
+        .into_iter()
+        .filter_map(|i| i.counter)
+        .map(|c| Counter {
+            name: c.name,
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters_as_nft_1_0_6_prints_them() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"counter": {"family": "inet", "name": "outbound", "table": "natgw", "handle": 3, "packets": 12, "bytes": 3400}}, {"counter": {"family": "inet", "name": "dropped_invalid", "table": "natgw", "handle": 4, "comment": "invalid", "packets": 0, "bytes": 0}}]}"#;
+        let counters = parse_counters(json).unwrap();
+        assert_eq!(
+            counters[0],
+            Counter {
+                name: "outbound".into(),
+                packets: 12,
+                bytes: 3400
+            }
+        );
+        assert_eq!(counters.len(), 2);
+    }
+
+    #[test]
+    fn replace_batch_is_add_delete_add() {
+        let batch = replace_batch("table inet natgw {\n}\n");
+        assert_eq!(
+            batch,
+            "table inet natgw {}\ndelete table inet natgw\ntable inet natgw {\n}\n"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! natgw's records between commands, one file per network namespace, under /run
+//! (gone after a reboot, exactly like the kernel state it describes). The namespace is
+//! identified by the device and inode of /proc/self/ns/net, so two natgw instances in
+//! two namespaces never share or clobber state.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use natgw_core::RecordedState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot identify this network namespace (/proc/self/ns/net)")]
+    Namespace(#[source] std::io::Error),
+    #[error("cannot {action} natgw state {path}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("natgw state {path} is corrupt; remove it after checking `natgw status`")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+const BASE: &str = "/run/natgw";
+
+/// The state file of the current network namespace.
+pub fn path() -> Result<PathBuf, StateError> {
+    let meta = std::fs::metadata("/proc/self/ns/net").map_err(StateError::Namespace)?;
+    Ok(PathBuf::from(BASE)
+        .join(format!("netns-{}-{}", meta.dev(), meta.ino()))
+        .join("state.json"))
+}
+
+pub fn load() -> Result<Option<RecordedState>, StateError> {
+    let path = path()?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io("read", &path, source)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Writes the state atomically (temporary file, then rename).
+pub fn save(state: &RecordedState) -> Result<(), StateError> {
+    let path = path()?;
+    let dir = path.parent().expect("state path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state).expect("state serialises");
+    std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
+}
+
+pub fn remove() -> Result<(), StateError> {
+    let path = path()?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &path, e)),
+        _ => {}
+    }
+    let _ = std::fs::remove_dir(path.parent().expect("state path has a parent"));
+    Ok(())
+}
+
+fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> StateError {
+    StateError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}

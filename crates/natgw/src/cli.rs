@@ -1,0 +1,89 @@
+//! Command-line arguments (stage one: raw flags; `commands::gateway` resolves them).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natgw",
+    version,
+    about = "Make this Linux host the outbound NAT gateway of its private network"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure forwarding, routes and source NAT so private nodes reach the outside.
+    Up {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what `up` would change, and what was detected (same as `up --dry-run`).
+    Plan {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything natgw added and restore the sysctl values it changed.
+    Down {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roles, drift against the desired state, translation counters, conntrack usage.
+    Status {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
+    Lab(LabArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GatewayArgs {
+    /// Config file [default: /etc/natgw/natgw.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Public (uplink) interface [default: the one holding the IPv4 default route].
+    #[arg(long, value_name = "IFACE")]
+    pub public: Option<String>,
+    /// Private interface, repeatable [default: up interfaces with RFC 1918/6598 addresses].
+    #[arg(long, value_name = "IFACE")]
+    pub private: Vec<String>,
+    /// Address to translate to [default: the public interface's primary IPv4 address].
+    #[arg(long, value_name = "ADDR")]
+    pub snat_to: Vec<IpAddr>,
+    /// Masquerade: follow the public interface's current address (dynamic addresses).
+    #[arg(long)]
+    pub masquerade: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub action: Option<LabAction>,
+    /// Leave the topology up afterwards and print how to enter each namespace.
+    #[arg(long)]
+    pub keep: bool,
+    /// Prefix of the lab's namespace names.
+    #[arg(long, default_value = "natgw-lab")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Remove a topology left by `natgw lab --keep`.
+    Down,
+}

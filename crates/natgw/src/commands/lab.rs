@@ -1,0 +1,209 @@
+//! `natgw lab`: the demo. Builds a throwaway network in namespaces, runs this very
+//! binary's `up` (autodetection) in the headnode namespace, proves outbound
+//! connectivity from every private node and that unsolicited inbound is dropped, and
+//! removes everything again (also on error and Ctrl-C).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER};
+
+use crate::cli::{LabAction, LabArgs};
+use crate::exit::{self, problem};
+
+const SERVICE_PORT: u16 = 7000;
+const INBOUND_PORT: u16 = 7001;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn run(args: &LabArgs) -> exit::Result<i32> {
+    super::gateway::require_privilege()?;
+    if let Some(LabAction::Down) = args.action {
+        let removed = natgw_lab::remove(&args.name);
+        println!(
+            "removed {} namespace(s) of lab {}",
+            removed.len(),
+            args.name
+        );
+        return Ok(exit::OK);
+    }
+    if !natgw_lab::remove(&args.name).is_empty() {
+        println!("removed a lab {} left from an earlier run", args.name);
+    }
+    let name = args.name.clone();
+    ctrlc::set_handler(move || {
+        natgw_lab::remove(&name);
+        eprintln!("\nnatgw lab: interrupted, topology removed");
+        std::process::exit(130);
+    })
+    .context("cannot install the Ctrl-C handler")
+    .map_err(problem)?;
+
+    println!(
+        "building lab {}: 2 private nodes, headnode, public server {SERVER}",
+        args.name
+    );
+    let mut lab = Lab::build(&args.name, Spec::default())
+        .context("cannot build the lab topology")
+        .map_err(problem)?;
+    let report = prove(&lab).map_err(problem)?;
+    println!("\n{} passed, {} failed", report.passed, report.failed);
+
+    if args.keep {
+        lab.keep = true;
+        println!("\nthe lab stays up; enter a namespace with:");
+        for ns in lab.namespaces() {
+            println!("  ip netns exec {ns} bash");
+        }
+        println!("remove it with: natgw lab down{}", name_flag(&args.name));
+    }
+    Ok(if report.failed == 0 {
+        exit::OK
+    } else {
+        exit::PROBLEM
+    })
+}
+
+fn name_flag(name: &str) -> String {
+    if name == "natgw-lab" {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, what: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("PASS  {what}: {detail}");
+            }
+            Err(detail) => {
+                self.failed += 1;
+                println!("FAIL  {what}: {detail}");
+            }
+        }
+    }
+}
+
+fn natgw_in(lab: &Lab, role: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let exe = std::env::current_exe().context("cannot find the natgw binary")?;
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role)])
+        .arg(exe)
+        .args(args)
+        .output()
+        .context("cannot run natgw inside the headnode namespace")
+}
+
+fn prove(lab: &Lab) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let up = natgw_in(lab, "head", &["up"])?;
+    println!("\n$ natgw up   (in {}, autodetection)", lab.ns("head"));
+    for line in String::from_utf8_lossy(&up.stdout).lines() {
+        println!("  {line}");
+    }
+    let stderr = String::from_utf8_lossy(&up.stderr).trim().to_string();
+    if !up.status.success() {
+        return Err(anyhow!(
+            "natgw up failed in the headnode namespace: {stderr}"
+        ));
+    }
+    println!();
+
+    let server = SocketAddr::new(IpAddr::V4(SERVER), SERVICE_PORT);
+    let _server = Listener::start(&lab.ns("pub"), server)?;
+    let public = IpAddr::V4(HEAD_PUBLIC);
+    let seen = |result: Result<SocketAddr, String>| {
+        let peer = result?;
+        if peer.ip() == public {
+            Ok(format!("server saw {peer} (the headnode's public address)"))
+        } else {
+            Err(format!("server saw {peer}, not {public}: not translated"))
+        }
+    };
+    for (i, node) in lab.nodes().iter().enumerate() {
+        let who = format!("{node} {}", Lab::node_address(i + 1));
+        report.check(
+            &format!("{who} ICMP echo to {SERVER}"),
+            ping(&lab.ns(node), SERVER.into()),
+        );
+        report.check(
+            &format!("{who} TCP exchange with {server}"),
+            seen(tcp_exchange(&lab.ns(node), server, TIMEOUT)),
+        );
+        report.check(
+            &format!("{who} UDP exchange with {server}"),
+            seen(udp_exchange(&lab.ns(node), server, TIMEOUT)),
+        );
+    }
+
+    // An upstream host that routes the private network at the headnode anyway.
+    let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), INBOUND_PORT);
+    let _inbound = Listener::start(&lab.ns("n1"), target)?;
+    lab.ip(
+        "pub",
+        &[
+            "route",
+            "add",
+            "10.0.0.0/24",
+            "via",
+            &HEAD_PUBLIC.to_string(),
+        ],
+    )?;
+    let inbound = match tcp_exchange(&lab.ns("pub"), target, Duration::from_secs(1)) {
+        Ok(peer) => Err(format!("connection got through (n1 saw {peer})")),
+        Err(e) => Ok(format!("dropped ({e})")),
+    };
+    report.check(
+        &format!("unsolicited TCP from the public side to {target}"),
+        inbound,
+    );
+
+    let status = natgw_in(lab, "head", &["status"])?;
+    println!("\n$ natgw status   (in {})", lab.ns("head"));
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+    Ok(report)
+}
+
+/// One ICMP echo with iputils' ping, run inside `ns`.
+pub fn ping(ns: &str, to: IpAddr) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("cannot run ping: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let rtt = text
+            .lines()
+            .find_map(|l| l.split("time=").nth(1))
+            .unwrap_or("?");
+        return Ok(format!("reply in {}", rtt.trim()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file") || err.contains("not found") {
+        return Err("ping is not installed (apt-get install iputils-ping)".into());
+    }
+    Err("no reply".into())
+}

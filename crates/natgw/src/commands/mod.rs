@@ -1,0 +1,24 @@
+//! One short function per command: observe → core → adapter → print.
+
+mod down;
+mod gateway;
+mod lab;
+mod status;
+mod up;
+
+use crate::cli::{Cli, Command};
+use crate::exit;
+
+pub fn run(cli: Cli) -> exit::Result<i32> {
+    match cli.command {
+        Command::Up {
+            gateway,
+            dry_run,
+            json,
+        } => up::run(&gateway, dry_run, json),
+        Command::Plan { gateway, json } => up::run(&gateway, true, json),
+        Command::Down { json } => down::run(json),
+        Command::Status { gateway, json } => status::run(&gateway, json),
+        Command::Lab(args) => lab::run(&args),
+    }
+}

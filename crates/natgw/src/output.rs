@@ -1,0 +1,41 @@
+//! Printing helpers shared by the commands.
+
+use natgw_core::Desired;
+
+pub fn json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable output")
+    );
+}
+
+/// The detected gateway in a few lines.
+pub fn describe(desired: &Desired) -> String {
+    let iface = |i: &natgw_core::Interface| {
+        let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
+        format!("{} ({})", i.name, addrs.join(", "))
+    };
+    let private: Vec<String> = desired.private.iter().map(iface).collect();
+    let prefixes: Vec<String> = desired
+        .private_prefixes
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let mut text = format!(
+        "public interface:  {}\nprivate interfaces: {}\ntranslate:         {} -> {}\n",
+        iface(&desired.public),
+        private.join(", "),
+        prefixes.join(", "),
+        desired.snat
+    );
+    for route in &desired.routes {
+        text.push_str(&format!(
+            "route:             {} via {}\n",
+            route.to, route.via
+        ));
+    }
+    for warning in &desired.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
+}
