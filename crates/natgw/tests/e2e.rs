@@ -1,0 +1,578 @@
+//! End-to-end tests: the real kernel, in network namespaces built by natgw-lab, driven
+//! through natgw's binary exactly as an admin would run it. They need root; without it
+//! they are skipped with a visible message, except under CI (CI=true) where that fails.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: end-to-end tests must run as root under CI");
+    }
+    eprintln!("SKIPPED {test}: end-to-end tests need root (run the suite with sudo)");
+    false
+}
+
+/// A lab with a name unique to this test process and call.
+fn lab(spec: Spec) -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "ngwt{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    Lab::build(&name, spec).expect("build lab")
+}
+
+/// Runs natgw inside a lab namespace with optional extra environment.
+fn natgw_env(lab: &Lab, role: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role), env!("CARGO_BIN_EXE_natgw")])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run natgw")
+}
+
+fn natgw(lab: &Lab, args: &[&str]) -> Output {
+    natgw_env(lab, "head", args, &[])
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+}
+
+fn server() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(SERVER), 7000)
+}
+
+/// Runs a shell-free command inside a lab namespace and returns its stdout.
+fn in_ns(lab: &Lab, role: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role)])
+        .args(args)
+        .output()
+        .expect("run command in namespace");
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything natgw may touch in the headnode: the whole ruleset, the routes, the
+/// forwarding sysctl and natgw's state file.
+fn headnode_snapshot(lab: &Lab) -> String {
+    let ruleset = in_ns(lab, "head", &["nft", "list", "ruleset"]);
+    let routes = String::from_utf8_lossy(
+        &lab.ip("head", &["route", "show", "table", "all"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    let forward = lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap();
+    let state = natgw_state_exists(lab);
+    format!("{ruleset}\n{routes}\nip_forward={forward}\nstate={state}")
+}
+
+fn natgw_state_exists(lab: &Lab) -> bool {
+    // natgw-linux's state_store names the file after the namespace's device and inode.
+    let out = in_ns(
+        lab,
+        "head",
+        &["stat", "-L", "-c", "%d-%i", "/proc/self/ns/net"],
+    );
+    let id = out.trim();
+    std::path::Path::new(&format!("/run/natgw/netns-{id}/state.json")).exists()
+}
+
+#[track_caller]
+fn assert_translated(lab: &Lab, node: &str, expect: IpAddr) {
+    let ns = lab.ns(node);
+    let tcp = tcp_exchange(&ns, server(), TIMEOUT).unwrap_or_else(|e| panic!("{node} TCP: {e}"));
+    assert_eq!(tcp.ip(), expect, "{node}: server saw TCP from {tcp}");
+    let udp = udp_exchange(&ns, server(), TIMEOUT).unwrap_or_else(|e| panic!("{node} UDP: {e}"));
+    assert_eq!(udp.ip(), expect, "{node}: server saw UDP from {udp}");
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+#[test]
+fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
+    if !root_or_skip("up_with_autodetection_translates_and_drops_unsolicited_inbound") {
+        return;
+    }
+    let lab = lab(Spec::default());
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+
+    // Control: without natgw the private nodes cannot reach out, and with plain
+    // forwarding a hostile upstream reaches n1: so the checks below can fail.
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
+    let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
+    lab.ip(
+        "pub",
+        &[
+            "route",
+            "add",
+            "10.0.0.0/24",
+            "via",
+            &HEAD_PUBLIC.to_string(),
+        ],
+    )
+    .unwrap();
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    assert!(
+        tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),
+        "control: plain forwarding lets inbound through"
+    );
+    lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
+
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("public interface:  wan0"), "{stdout}");
+    assert!(
+        stdout.contains("10.0.0.0/24 -> snat to 203.0.113.1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("set sysctl net.ipv4.ip_forward: 0 -> 1"),
+        "{stdout}"
+    );
+
+    for node in ["n1", "n2"] {
+        assert_translated(&lab, node, IpAddr::V4(HEAD_PUBLIC));
+    }
+    let inbound = tcp_exchange(&lab.ns("pub"), target, Duration::from_secs(1));
+    assert!(
+        inbound.is_err(),
+        "unsolicited inbound got through: {inbound:?}"
+    );
+
+    let status = natgw(&lab, &["status", "--json"]);
+    assert_exit(&status, 0);
+    let status = json(&status);
+    assert_eq!(status["in_sync"], true);
+    let counter = |name: &str| {
+        status["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        counter("translated_connections"),
+        4,
+        "2 nodes x (TCP + UDP)"
+    );
+    assert!(counter("outbound") >= 4 && counter("inbound_replies") >= 4);
+    assert!(counter("dropped_unsolicited") >= 1);
+    assert!(status["conntrack"]["count"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn second_up_changes_nothing_and_plan_is_empty() {
+    if !root_or_skip("second_up_changes_nothing_and_plan_is_empty") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let before = headnode_snapshot(&lab);
+    assert!(
+        before.ends_with("state=true"),
+        "up records its state: {before}"
+    );
+    let again = natgw(&lab, &["up"]);
+    assert_exit(&again, 0);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no changes"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    let plan = json(&natgw(&lab, &["plan", "--json"]));
+    assert_eq!(plan["plan"]["changes"], serde_json::json!([]));
+    assert_eq!(plan["desired"]["public"]["name"], "wan0");
+}
+
+#[test]
+fn up_with_flags_uses_the_given_address() {
+    if !root_or_skip("up_with_flags_uses_the_given_address") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    lab.ip("head", &["addr", "add", "203.0.113.7/24", "dev", "wan0"])
+        .unwrap();
+    let out = natgw(
+        &lab,
+        &[
+            "up",
+            "--public",
+            "wan0",
+            "--private",
+            "lan0",
+            "--snat-to",
+            "203.0.113.7",
+        ],
+    );
+    assert_exit(&out, 0);
+    assert_translated(&lab, "n1", "203.0.113.7".parse().unwrap());
+
+    // Changing the desire replaces the table in place; masquerade uses the primary.
+    let out = natgw(&lab, &["up", "--masquerade"]);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("update (rules changed)"),
+        "{}",
+        text(&out)
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+}
+
+#[test]
+fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everything() {
+    if !root_or_skip(
+        "config_file_routes_reach_networks_behind_a_router_and_down_restores_everything",
+    ) {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: true,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    // A foreign table that must survive untouched.
+    in_ns(&lab, "head", &["nft", "add", "table", "inet", "foreign"]);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "foreign",
+            "pass",
+            "{ type filter hook forward priority 10; policy accept; }",
+        ],
+    );
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "foreign",
+            "pass",
+            "ip",
+            "saddr",
+            "10.0.0.0/8",
+            "accept",
+        ],
+    );
+    let before = headnode_snapshot(&lab);
+
+    let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
+    std::fs::write(
+        &config,
+        "# natgw for the lab\npublic = \"wan0\"\nprivate = [\"lan0\"]\nroutes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    )
+    .unwrap();
+    let out = natgw(&lab, &["up", "--config", config.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("add route 10.20.0.0/24 via 10.0.0.254 (proto 88)"));
+    let routes = String::from_utf8_lossy(
+        &lab.ip("head", &["route", "show", "proto", "88"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(routes.contains("10.20.0.0/24 via 10.0.0.254"), "{routes}");
+    // The node behind the router is translated too (its prefix joined the private set).
+    let seen = tcp_exchange(&lab.ns("far"), server(), TIMEOUT).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+
+    let down = natgw(&lab, &["down"]);
+    assert_exit(&down, 0);
+    assert_eq!(
+        headnode_snapshot(&lab),
+        before,
+        "down restores exactly the state before up"
+    );
+    let again = natgw(&lab, &["down"]);
+    assert_exit(&again, 0);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to remove"));
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn down_keeps_forwarding_that_was_already_on() {
+    if !root_or_skip("down_keeps_forwarding_that_was_already_on") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "1");
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    if !root_or_skip("bad_input_exits_2_and_changes_nothing") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let before = headnode_snapshot(&lab);
+    let dir = std::env::temp_dir().join(format!("{}-bad", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "unknown-key.toml",
+            "public = \"wan0\"\nprivte = [\"lan0\"]\n",
+            "unknown-key.toml:2:1: unknown field `privte`",
+        ),
+        (
+            "bad-address.toml",
+            "snat_to = \"203.0.113.300\"\n",
+            "bad-address.toml:1:11: invalid IP address syntax",
+        ),
+        (
+            "not-network.toml",
+            "private_prefixes = [\"10.0.0.5/24\"]\n",
+            "10.0.0.5/24 is not a network address (host bits are set); write 10.0.0.0/24 instead",
+        ),
+        (
+            "same.toml",
+            "public = \"lan0\"\nprivate = [\"lan0\"]\n",
+            "\"lan0\" is given as both public and private interface",
+        ),
+    ];
+    for (file, content, message) in cases {
+        let path = dir.join(file);
+        std::fs::write(&path, content).unwrap();
+        let out = natgw(&lab, &["up", "--config", path.to_str().unwrap()]);
+        assert_exit(&out, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(message),
+            "{file}: expected {message:?} in {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");
+    }
+    let out = natgw(&lab, &["up", "--public", "eth9"]);
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("public interface \"eth9\" does not exist"),
+        "{}",
+        text(&out)
+    );
+    let out = natgw(&lab, &["up", "--config", "/nonexistent/natgw.toml"]);
+    assert_exit(&out, 2);
+    let out = natgw(&lab, &["up", "--snat-to", "203.0.113.300"]);
+    assert_exit(&out, 2);
+
+    // No privilege: an unprivileged user without capabilities.
+    let exe = env!("CARGO_BIN_EXE_natgw");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("head"),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            exe,
+            "up",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs CAP_NET_ADMIN; run natgw as root"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(
+        headnode_snapshot(&lab),
+        before,
+        "bad input changed the system"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn interface_down_is_reported_and_nothing_changes() {
+    if !root_or_skip("interface_down_is_reported_and_nothing_changes") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
+    let before = headnode_snapshot(&lab);
+    let out = natgw(&lab, &["up", "--private", "lan0"]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ip link set lan0 up"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+}
+
+#[test]
+fn failure_half_way_rolls_back() {
+    if !root_or_skip("failure_half_way_rolls_back") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: true,
+    });
+    let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
+    std::fs::write(
+        &config,
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let before = headnode_snapshot(&lab);
+
+    // The table step fails after forwarding and the route were changed.
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", &config],
+        &[("NATGW_TEST_FAIL_AT", "table")],
+    );
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("create nftables table inet natgw")
+            && stderr.contains("every earlier change was rolled back"),
+        "{stderr}"
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+
+    // An update whose last step fails puts the previous table back.
+    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    let installed = headnode_snapshot(&lab);
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", &config, "--masquerade"],
+        &[("NATGW_TEST_FAIL_AT", "state")],
+    );
+    assert_exit(&out, 1);
+    assert_eq!(headnode_snapshot(&lab), installed);
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn drift_is_reported_by_status_and_repaired_by_up() {
+    if !root_or_skip("drift_is_reported_by_status_and_repaired_by_up") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    // Someone flushes natgw's NAT chain and turns forwarding off.
+    in_ns(
+        &lab,
+        "head",
+        &["nft", "flush", "chain", "inet", "natgw", "postrouting"],
+    );
+    lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+
+    let status = natgw(&lab, &["status", "--json"]);
+    assert_exit(&status, 1);
+    let status = json(&status);
+    assert_eq!(status["in_sync"], false);
+    let changes: Vec<&str> = status["drift"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["set_sysctl", "replace_table"]);
+    assert_eq!(status["drift"]["changes"][1]["reason"], "drift");
+
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    // down still restores the value from before natgw's first change.
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "0");
+}
+
+#[test]
+fn lab_demo_passes_and_cleans_up() {
+    if !root_or_skip("lab_demo_passes_and_cleans_up") {
+        return;
+    }
+    let name = format!("ngwdemo{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_natgw"))
+        .args(["lab", "--name", &name])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
+    assert_eq!(stdout.matches("PASS").count(), 7);
+    let left: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&name))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
