@@ -141,6 +141,47 @@ impl Lab {
         self.ip(role, &["link", "set", ifname, "up"]).map(drop)
     }
 
+    /// A veth pair between two namespaces, each end addressed and up.
+    fn cable(
+        &self,
+        (a, a_if, a_cidr): (&str, &str, &str),
+        (b, b_if, b_cidr): (&str, &str, &str),
+    ) -> Result<(), NetnsError> {
+        let b_ns = self.ns(b);
+        self.ip(
+            a,
+            &[
+                "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b_ns,
+            ],
+        )?;
+        for (role, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+            self.ip(role, &["addr", "add", cidr, "dev", ifname])?;
+            self.ip(role, &["link", "set", ifname, "up"])?;
+        }
+        Ok(())
+    }
+
+    fn default_route(&self, role: &str, via: Ipv4Addr) -> Result<(), NetnsError> {
+        self.ip(role, &["route", "add", "default", "via", &via.to_string()])
+            .map(drop)
+    }
+
+    /// Makes the upstream host route the private network at the headnode's public
+    /// address: a hostile neighbour trying unsolicited connections to private nodes.
+    pub fn route_private_from_upstream(&self) -> Result<(), NetnsError> {
+        self.ip(
+            "pub",
+            &[
+                "route",
+                "add",
+                "10.0.0.0/24",
+                "via",
+                &HEAD_PUBLIC.to_string(),
+            ],
+        )
+        .map(drop)
+    }
+
     fn create(&mut self) -> Result<(), NetnsError> {
         for role in ["sw", "head", "pub"] {
             self.add_ns(role)?;
@@ -154,30 +195,16 @@ impl Lab {
 
         // Headnode: private side on the switch, public side straight to the upstream.
         self.plug_into_switch("head", "lan0", &format!("{PRIVATE_GATEWAY}/24"))?;
-        let pub_ns = self.ns("pub");
-        self.ip(
-            "head",
-            &[
-                "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &pub_ns,
-            ],
+        self.cable(
+            ("head", "wan0", &format!("{HEAD_PUBLIC}/24")),
+            ("pub", "eth0", &format!("{UPSTREAM}/24")),
         )?;
-        self.ip(
-            "head",
-            &["addr", "add", &format!("{HEAD_PUBLIC}/24"), "dev", "wan0"],
-        )?;
-        self.ip("head", &["link", "set", "wan0", "up"])?;
         self.ip(
             "head",
             &["route", "add", "default", "via", &UPSTREAM.to_string()],
         )?;
         // Start from a plain host: forwarding off, whatever the root namespace has.
         self.sysctl("head", "net.ipv4.ip_forward", "0")?;
-
-        self.ip(
-            "pub",
-            &["addr", "add", &format!("{UPSTREAM}/24"), "dev", "eth0"],
-        )?;
-        self.ip("pub", &["link", "set", "eth0", "up"])?;
         self.ip(
             "pub",
             &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
@@ -186,54 +213,20 @@ impl Lab {
         for (i, node) in self.nodes().iter().enumerate() {
             self.add_ns(node)?;
             self.plug_into_switch(node, "eth0", &format!("{}/24", Lab::node_address(i + 1)))?;
-            self.ip(
-                node,
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &PRIVATE_GATEWAY.to_string(),
-                ],
-            )?;
+            self.default_route(node, PRIVATE_GATEWAY)?;
         }
 
         if self.spec.router {
             self.add_ns("r1")?;
             self.add_ns("far")?;
             self.plug_into_switch("r1", "eth0", &format!("{ROUTER}/24"))?;
-            let far = self.ns("far");
-            self.ip(
-                "r1",
-                &[
-                    "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &far,
-                ],
+            self.cable(
+                ("r1", "eth1", "10.20.0.1/24"),
+                ("far", "eth0", &format!("{BEHIND_ROUTER_NODE}/24")),
             )?;
-            self.ip("r1", &["addr", "add", "10.20.0.1/24", "dev", "eth1"])?;
-            self.ip("r1", &["link", "set", "eth1", "up"])?;
-            self.ip(
-                "r1",
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &PRIVATE_GATEWAY.to_string(),
-                ],
-            )?;
+            self.default_route("r1", PRIVATE_GATEWAY)?;
             self.sysctl("r1", "net.ipv4.ip_forward", "1")?;
-            self.ip(
-                "far",
-                &[
-                    "addr",
-                    "add",
-                    &format!("{BEHIND_ROUTER_NODE}/24"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            self.ip("far", &["link", "set", "eth0", "up"])?;
-            self.ip("far", &["route", "add", "default", "via", "10.20.0.1"])?;
+            self.default_route("far", Ipv4Addr::new(10, 20, 0, 1))?;
         }
         Ok(())
     }

@@ -128,17 +128,7 @@ fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
     assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
     let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
     let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
-    lab.ip(
-        "pub",
-        &[
-            "route",
-            "add",
-            "10.0.0.0/24",
-            "via",
-            &HEAD_PUBLIC.to_string(),
-        ],
-    )
-    .unwrap();
+    lab.route_private_from_upstream().unwrap();
     lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
     assert!(
         tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),

@@ -149,16 +149,7 @@ fn prove(lab: &Lab) -> anyhow::Result<Report> {
     // An upstream host that routes the private network at the headnode anyway.
     let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), INBOUND_PORT);
     let _inbound = Listener::start(&lab.ns("n1"), target)?;
-    lab.ip(
-        "pub",
-        &[
-            "route",
-            "add",
-            "10.0.0.0/24",
-            "via",
-            &HEAD_PUBLIC.to_string(),
-        ],
-    )?;
+    lab.route_private_from_upstream()?;
     let inbound = match tcp_exchange(&lab.ns("pub"), target, Duration::from_secs(1)) {
         Ok(peer) => Err(format!("connection got through (n1 saw {peer})")),
         Err(e) => Ok(format!("dropped ({e})")),
