@@ -199,10 +199,7 @@ impl Lab {
             ("head", "wan0", &format!("{HEAD_PUBLIC}/24")),
             ("pub", "eth0", &format!("{UPSTREAM}/24")),
         )?;
-        self.ip(
-            "head",
-            &["route", "add", "default", "via", &UPSTREAM.to_string()],
-        )?;
+        self.default_route("head", UPSTREAM)?;
         // Start from a plain host: forwarding off, whatever the root namespace has.
         self.sysctl("head", "net.ipv4.ip_forward", "0")?;
         self.ip(
