@@ -79,7 +79,7 @@ pub fn is_private_v4(addr: Ipv4Addr) -> bool {
 /// Resolves what the gateway should be from settings and the observed system.
 pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, DetectError> {
     let public = public_link(settings, observed)?;
-    let private = private_links(settings, observed, public)?;
+    let private = private_links(settings, observed, public, false)?;
     let mut warnings = Vec::new();
     for (link, role) in
         std::iter::once((public, "public")).chain(private.iter().map(|l| (*l, "private")))
@@ -135,6 +135,37 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         routes: settings.routes.clone(),
         sysctls: BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]),
         warnings,
+    })
+}
+
+/// Interface roles alone, for diagnosis: like `desired`, but an interface that is
+/// down still takes its role, so the doctor can report it instead of stopping.
+pub struct Roles<'a> {
+    pub public: &'a Link,
+    pub private: Vec<&'a Link>,
+    /// Connected IPv4 networks of the private interfaces plus configured prefixes.
+    pub private_prefixes: Vec<IpNet>,
+}
+
+pub fn roles<'a>(settings: &Settings, observed: &'a Observed) -> Result<Roles<'a>, DetectError> {
+    let public = public_link(settings, observed)?;
+    let private = private_links(settings, observed, public, true)?;
+    let connected = private.iter().flat_map(|l| {
+        observed
+            .addresses_of(l.index)
+            .filter(|a| a.address.is_ipv4())
+            .map(|a| a.network())
+    });
+    let configured = settings
+        .private_prefixes
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(settings.routes.iter().map(|r| r.to));
+    let private_prefixes = normalise(connected.chain(configured).collect::<Vec<_>>());
+    Ok(Roles {
+        public,
+        private,
+        private_prefixes,
     })
 }
 
@@ -194,6 +225,7 @@ fn private_links<'a>(
     settings: &Settings,
     observed: &'a Observed,
     public: &Link,
+    include_down: bool,
 ) -> Result<Vec<&'a Link>, DetectError> {
     if !settings.private.is_empty() {
         let mut links = Vec::new();
@@ -211,7 +243,7 @@ fn private_links<'a>(
     let links: Vec<&Link> = observed
         .links
         .iter()
-        .filter(|l| !l.loopback && l.up && l.index != public.index)
+        .filter(|l| !l.loopback && (l.up || include_down) && l.index != public.index)
         .filter(|l| {
             observed
                 .addresses_of(l.index)

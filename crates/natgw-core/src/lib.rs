@@ -7,6 +7,7 @@
 pub mod config;
 pub mod desired;
 pub mod detect;
+pub mod doctor;
 pub mod observed;
 pub mod plan;
 pub mod render;

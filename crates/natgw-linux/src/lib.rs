@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod conntrack;
+pub mod firewall;
 pub mod netlink;
 pub mod nft;
 pub mod observe;

@@ -76,6 +76,14 @@ impl Netlink {
             .collect())
     }
 
+    /// `ip link set NAME up`
+    pub fn set_link_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(index).up().build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|source| request(&format!("set link {index} up"), source))
+    }
+
     /// `ip addr show`
     pub fn addresses(&self) -> Result<Vec<Address>, NetlinkError> {
         let messages: Vec<_> = self

@@ -75,6 +75,11 @@ pub fn list_table() -> Result<Option<String>, NftError> {
     }
 }
 
+/// `nft -s list ruleset`: every table, for diagnosis.
+pub fn list_ruleset() -> Result<String, NftError> {
+    run(&["-s", "list", "ruleset"], None, "list ruleset")
+}
+
 /// The batch that replaces the table whatever its current state.
 fn replace_batch(ruleset: &str) -> String {
     format!("table inet natgw {{}}\ndelete table inet natgw\n{ruleset}")
@@ -89,6 +94,13 @@ pub fn check(ruleset: &str) -> Result<(), NftError> {
         "check of the ruleset",
     )
     .map(drop)
+}
+
+/// Whether the kernel can do nftables NAT: a check-only transaction of a minimal NAT
+/// table (nothing is committed).
+pub fn check_nat_support() -> Result<(), NftError> {
+    let probe = "table inet natgw {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta l4proto udp masquerade\n\t}\n}\n";
+    check(probe)
 }
 
 /// Replaces the table with `ruleset` in one transaction.

@@ -31,8 +31,23 @@ pub fn observe(netlink: &Netlink) -> Result<Observed, ObserveError> {
     for name in SYSCTLS {
         sysctls.insert(name.to_string(), sysctl::read(name)?);
     }
+    let links = netlink.links()?;
+    // Per-interface values the doctor weighs; an interface may vanish meanwhile.
+    let per_link = links
+        .iter()
+        .filter(|l| !l.loopback)
+        .map(|l| l.name.as_str())
+        .chain(["all"]);
+    for iface in per_link {
+        for key in ["forwarding", "rp_filter"] {
+            let name = format!("net.ipv4.conf.{iface}.{key}");
+            if let Ok(value) = sysctl::read(&name) {
+                sysctls.insert(name, value);
+            }
+        }
+    }
     Ok(Observed {
-        links: netlink.links()?,
+        links,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,
         sysctls,

@@ -13,7 +13,20 @@ pub struct SysctlError {
     pub source: std::io::Error,
 }
 
+/// `/proc/sys` path of a dotted name. Interface names may contain dots
+/// (`net.ipv4.conf.eth0.100.forwarding`), so the part between `conf.` and the last dot
+/// stays whole.
 fn path(name: &str) -> PathBuf {
+    for family in ["net.ipv4.conf.", "net.ipv6.conf."] {
+        if let Some(rest) = name.strip_prefix(family) {
+            if let Some((iface, key)) = rest.rsplit_once('.') {
+                return PathBuf::from("/proc/sys")
+                    .join(family.replace('.', "/"))
+                    .join(iface)
+                    .join(key);
+            }
+        }
+    }
     PathBuf::from("/proc/sys").join(name.replace('.', "/"))
 }
 
@@ -39,4 +52,19 @@ pub fn write(name: &str, value: &str) -> Result<(), SysctlError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interface_names_with_dots_stay_whole() {
+        assert_eq!(
+            super::path("net.ipv4.conf.eth0.100.forwarding").to_str(),
+            Some("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
+        assert_eq!(
+            super::path("net.ipv4.ip_forward").to_str(),
+            Some("/proc/sys/net/ipv4/ip_forward")
+        );
+    }
 }

@@ -47,6 +47,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find every reason the gateway fails to give outbound connectivity; --fix repairs
+    /// what is safe to repair.
+    Doctor {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// Bring configured interfaces up, turn forwarding on, apply natgw's rules.
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
 }

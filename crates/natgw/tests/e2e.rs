@@ -566,3 +566,230 @@ fn lab_demo_passes_and_cleans_up() {
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
+
+fn doctor(lab: &Lab, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut full = vec!["doctor", "--json"];
+    full.extend_from_slice(args);
+    let out = natgw(lab, &full);
+    let report = json(&out);
+    (out, report)
+}
+
+/// Status of check `id` (the first finding with that id).
+fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no {id}: {report}"))
+}
+
+fn fails(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn doctor_passes_a_healthy_gateway() {
+    if !root_or_skip("doctor_passes_a_healthy_gateway") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert!(fails(&report).is_empty(), "{report}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 12);
+}
+
+#[test]
+fn doctor_fix_repairs_interface_down_and_forwarding_off() {
+    if !root_or_skip("doctor_fix_repairs_interface_down_and_forwarding_off") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
+    lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
+    let (out, report) = doctor(&lab, &["--private", "lan0"]);
+    assert_exit(&out, 1);
+    assert_eq!(check(&report, "private-interface")["status"], "fail");
+    assert_eq!(
+        check(&report, "private-interface")["fix"],
+        "ip link set lan0 up"
+    );
+    assert_eq!(check(&report, "ip-forward")["status"], "fail");
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+
+    let (out, report) = doctor(&lab, &["--private", "lan0", "--fix"]);
+    assert_exit(&out, 0);
+    assert!(fails(&report).is_empty(), "{report}");
+    let fixed: Vec<&str> = report["fixed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(fixed.contains(&"ip link set lan0 up"), "{fixed:?}");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+}
+
+#[test]
+fn doctor_reports_a_foreign_forward_drop_and_leaves_it_alone() {
+    if !root_or_skip("doctor_reports_a_foreign_forward_drop_and_leaves_it_alone") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    // What a container engine does: iptables FORWARD policy DROP (iptables-nft).
+    in_ns(&lab, "head", &["iptables", "-P", "FORWARD", "DROP"]);
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "forward-policy");
+    assert_eq!(finding["status"], "fail");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ip filter FORWARD"),
+        "{finding}"
+    );
+    assert!(
+        in_ns(&lab, "head", &["iptables", "-S", "FORWARD"]).contains("-P FORWARD DROP"),
+        "doctor --fix must not touch foreign firewalls"
+    );
+    // The printed fix, run by the admin, restores connectivity.
+    let fix = finding["fix"].as_str().unwrap();
+    for command in fix.split("; ") {
+        let words = shell_words(command);
+        let args: Vec<&str> = words.iter().map(String::as_str).collect();
+        in_ns(&lab, "head", &args);
+    }
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (out, _) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+}
+
+/// Splits a command line with double-quoted words (enough for the fixes doctor prints).
+fn shell_words(command: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in command.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn doctor_finds_a_stale_iptables_snat_address() {
+    if !root_or_skip("doctor_finds_a_stale_iptables_snat_address") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    // The recipe's rule, written before the headnode was renumbered.
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan0",
+            "-j",
+            "SNAT",
+            "--to",
+            "203.0.113.99",
+        ],
+    );
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "snat");
+    assert_eq!(finding["status"], "fail");
+    assert!(
+        finding["detail"].as_str().unwrap().contains("203.0.113.99"),
+        "{finding}"
+    );
+    assert!(
+        finding["fix"]
+            .as_str()
+            .unwrap()
+            .contains("delete the stale rule in ip nat POSTROUTING"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn doctor_warns_on_a_second_default_route() {
+    if !root_or_skip("doctor_warns_on_a_second_default_route") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip(
+        "head",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.11",
+            "metric",
+            "500",
+        ],
+    )
+    .unwrap();
+    let (_, report) = doctor(&lab, &["--public", "wan0"]);
+    assert_eq!(
+        check(&report, "default-route")["status"],
+        "warn",
+        "{report}"
+    );
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    assert!(
+        check(&report, "default-route")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--public"),
+        "{report}"
+    );
+}

@@ -1,5 +1,6 @@
 //! One short function per command: observe → core → adapter → print.
 
+mod doctor;
 mod down;
 mod gateway;
 mod lab;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Plan { gateway, json } => up::run(&gateway, true, json),
         Command::Down { json } => down::run(json),
         Command::Status { gateway, json } => status::run(&gateway, json),
+        Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Lab(args) => lab::run(&args),
     }
 }

@@ -50,16 +50,7 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         return Ok(exit::OK);
     }
 
-    natgw_linux::apply(&plan, &observed, &netlink).map_err(problem)?;
-
-    // Verify: the system as it is now must need no further change.
-    let after = gateway::observe(&netlink)?;
-    let remaining = natgw_core::plan(&desired, &after);
-    if !remaining.is_empty() {
-        return Err(problem(anyhow!(
-            "applied, but the system still differs from the desired gateway:\n{remaining}"
-        )));
-    }
+    apply_and_verify(&plan, &observed, &desired, &netlink)?;
     if json {
         output::json(&Report {
             desired: &desired,
@@ -73,4 +64,23 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+/// Applies `plan` (rolled back on failure), then re-reads the system: it must need no
+/// further change.
+pub fn apply_and_verify(
+    plan: &Plan,
+    observed: &natgw_core::Observed,
+    desired: &Desired,
+    netlink: &natgw_linux::netlink::Netlink,
+) -> exit::Result<()> {
+    natgw_linux::apply(plan, observed, netlink).map_err(problem)?;
+    let after = gateway::observe(netlink)?;
+    let remaining = natgw_core::plan(desired, &after);
+    if !remaining.is_empty() {
+        return Err(problem(anyhow!(
+            "applied, but the system still differs from the desired gateway:\n{remaining}"
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,125 @@
+//! `natgw doctor [--fix]`: run every check, print one line each; with --fix, repair what
+//! is safe (interfaces natgw was told to use, forwarding, natgw's own rules), say what
+//! it will not touch, and check again.
+
+use anyhow::anyhow;
+use natgw_core::doctor::{self, Finding, Inputs, Repair, Status};
+use natgw_core::Settings;
+use natgw_linux::netlink::Netlink;
+use serde::Serialize;
+
+use super::{gateway, up};
+use crate::cli::GatewayArgs;
+use crate::exit::{self, problem};
+use crate::output;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    checks: &'a [Finding],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fixed: Vec<String>,
+}
+
+pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
+    let settings = gateway::settings(args)?;
+    gateway::require_privilege()?;
+    let netlink = gateway::connect()?;
+    let mut findings = diagnose(&settings, &netlink)?;
+    let mut fixed = Vec::new();
+    if fix {
+        if !json {
+            print_findings(&findings);
+        }
+        fixed = repair(&settings, &netlink, &findings)?;
+        findings = diagnose(&settings, &netlink)?;
+        if !json {
+            println!("\nfixed:");
+            fixed.iter().for_each(|f| println!("  {f}"));
+            if fixed.is_empty() {
+                println!("  nothing natgw may fix by itself");
+            }
+            println!("\nafter --fix:");
+        }
+    }
+    if json {
+        output::json(&Report {
+            checks: &findings,
+            fixed,
+        });
+    } else {
+        print_findings(&findings);
+    }
+    let failed = findings.iter().any(|f| f.status == Status::Fail);
+    Ok(if failed { exit::PROBLEM } else { exit::OK })
+}
+
+fn diagnose(settings: &Settings, netlink: &Netlink) -> exit::Result<Vec<Finding>> {
+    let observed = natgw_linux::observe(netlink).map_err(problem)?;
+    let (chains, nat_check) = if observed.nft_present {
+        let chains = natgw_linux::firewall::chains().map_err(problem)?;
+        let check = natgw_linux::nft::check_nat_support().map_err(|e| e.to_string());
+        (chains, Some(check))
+    } else {
+        (Vec::new(), None)
+    };
+    Ok(doctor::diagnose(&Inputs {
+        settings,
+        observed: &observed,
+        chains,
+        nat_check,
+        nameservers: natgw_linux::firewall::nameservers(),
+        conntrack_stats: natgw_linux::firewall::conntrack_stats(),
+    }))
+}
+
+fn repair(
+    settings: &Settings,
+    netlink: &Netlink,
+    findings: &[Finding],
+) -> exit::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let repairs: Vec<&Repair> = findings
+        .iter()
+        .filter(|f| f.status != Status::Pass)
+        .filter_map(|f| f.repair.as_ref())
+        .collect();
+    for repair in &repairs {
+        if let Repair::LinkUp(name) = repair {
+            let observed = natgw_linux::observe(netlink).map_err(problem)?;
+            let link = observed
+                .link(name)
+                .ok_or_else(|| problem(anyhow!("interface {name} vanished")))?;
+            netlink.set_link_up(link.index).map_err(problem)?;
+            done.push(format!("ip link set {name} up"));
+        }
+    }
+    if repairs.contains(&&Repair::ApplyGateway) || !done.is_empty() {
+        let observed = gateway::observe(netlink)?;
+        let desired = gateway::desired(settings, &observed)?;
+        let plan = natgw_core::plan(&desired, &observed);
+        if !plan.is_empty() {
+            up::apply_and_verify(&plan, &observed, &desired, netlink)?;
+            done.extend(plan.changes.iter().map(|c| c.to_string()));
+        }
+    }
+    Ok(done)
+}
+
+fn print_findings(findings: &[Finding]) {
+    for f in findings {
+        let status = match f.status {
+            Status::Pass => "pass",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        println!("{status}  {:<18} {}", f.id, f.detail);
+        if let (Some(fix), false) = (&f.fix, f.status == Status::Pass) {
+            let who = if f.repair.is_some() {
+                "fix (doctor --fix does it)"
+            } else {
+                "fix (natgw will not touch this)"
+            };
+            println!("      {who}: {fix}");
+        }
+    }
+}
