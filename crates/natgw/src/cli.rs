@@ -89,7 +89,7 @@ pub struct LabArgs {
     #[arg(long)]
     pub keep: bool,
     /// Prefix of the lab's namespace names.
-    #[arg(long, default_value = "natgw-lab")]
+    #[arg(long, default_value = "natgw-lab", global = true)]
     pub name: String,
 }
 

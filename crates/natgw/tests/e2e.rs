@@ -793,3 +793,30 @@ fn doctor_warns_on_a_second_default_route() {
         "{report}"
     );
 }
+
+#[test]
+fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
+    if !root_or_skip("lab_keep_leaves_the_topology_and_lab_down_removes_it") {
+        return;
+    }
+    let name = format!("ngwkeep{}", std::process::id());
+    let exe = env!("CARGO_BIN_EXE_natgw");
+    let out = Command::new(exe)
+        .args(["lab", "--keep", "--name", &name])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("ip netns exec {name}-n1 bash")));
+    assert!(std::path::Path::new(&format!("/run/netns/{name}-head")).exists());
+    let out = Command::new(exe)
+        .args(["lab", "down", "--name", &name])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 5 namespace(s)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!std::path::Path::new(&format!("/run/netns/{name}-head")).exists());
+}
