@@ -1,16 +1,18 @@
 //! natgw's records between commands, one file per network namespace, under /run
 //! (gone after a reboot, exactly like the kernel state it describes). The namespace is
-//! identified by the device and inode of /proc/self/ns/net, so two natgw instances in
+//! identified by its cookie (SO_NETNS_COOKIE), which the kernel never reuses while it
+//! runs, unlike the inode of /proc/self/ns/net: a namespace created after another was
+//! deleted can get the old inode, and with it a stale record. So two natgw instances in
 //! two namespaces never share or clobber state.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use natgw_core::RecordedState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot identify this network namespace (/proc/self/ns/net)")]
+    #[error("cannot identify this network namespace (SO_NETNS_COOKIE, Linux 5.14 or later)")]
     Namespace(#[source] std::io::Error),
     #[error("cannot {action} natgw state {path}")]
     Io {
@@ -31,10 +33,35 @@ const BASE: &str = "/run/natgw";
 
 /// The state file of the current network namespace.
 pub fn path() -> Result<PathBuf, StateError> {
-    let meta = std::fs::metadata("/proc/self/ns/net").map_err(StateError::Namespace)?;
     Ok(PathBuf::from(BASE)
-        .join(format!("netns-{}-{}", meta.dev(), meta.ino()))
+        .join(format!(
+            "netns-{}",
+            netns_cookie().map_err(StateError::Namespace)?
+        ))
         .join("state.json"))
+}
+
+/// The current network namespace's cookie, read from a throwaway socket.
+fn netns_cookie() -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // A wildcard bind works even with no interface up.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 pub fn load() -> Result<Option<RecordedState>, StateError> {

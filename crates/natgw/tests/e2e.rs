@@ -92,14 +92,11 @@ fn headnode_snapshot(lab: &Lab) -> String {
 }
 
 fn natgw_state_exists(lab: &Lab) -> bool {
-    // natgw-linux's state_store names the file after the namespace's device and inode.
-    let out = in_ns(
-        lab,
-        "head",
-        &["stat", "-L", "-c", "%d-%i", "/proc/self/ns/net"],
-    );
-    let id = out.trim();
-    std::path::Path::new(&format!("/run/natgw/netns-{id}/state.json")).exists()
+    // Resolved inside the headnode namespace, exactly as natgw resolves it.
+    natgw_lab::in_netns(&lab.ns("head"), || {
+        natgw_linux::state_store::path().unwrap().exists()
+    })
+    .unwrap()
 }
 
 #[track_caller]
@@ -819,4 +816,104 @@ fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
         text(&out)
     );
     assert!(!std::path::Path::new(&format!("/run/netns/{name}-head")).exists());
+}
+
+#[test]
+fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables() {
+    if !root_or_skip("doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.sysctl("head", "net.ipv4.conf.all.rp_filter", "1")
+        .unwrap();
+    lab.ip("head", &["link", "set", "lan0", "mtu", "9000"])
+        .unwrap();
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "iptables-legacy",
+            "-A",
+            "FORWARD",
+            "-s",
+            "10.0.0.0/24",
+            "-j",
+            "ACCEPT",
+        ],
+    );
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(check(&report, "rp-filter")["status"], "warn", "{report}");
+    assert!(check(&report, "rp-filter")["fix"]
+        .as_str()
+        .unwrap()
+        .contains("rp_filter=2"));
+    assert_eq!(check(&report, "mtu")["status"], "warn", "{report}");
+    assert_eq!(check(&report, "netfilter")["status"], "warn", "{report}");
+    assert!(check(&report, "netfilter")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("iptables-legacy"));
+}
+
+#[test]
+fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
+    if !root_or_skip("doctor_fix_restores_a_missing_route_to_a_network_behind_a_router") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: true,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
+    std::fs::write(
+        &config,
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    lab.ip("head", &["route", "del", "10.20.0.0/24"]).unwrap();
+    assert!(tcp_exchange(&lab.ns("far"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &["--config", &config]);
+    assert_exit(&out, 1);
+    assert_eq!(
+        check(&report, "private-routes")["status"],
+        "fail",
+        "{report}"
+    );
+    let (out, _) = doctor(&lab, &["--config", &config, "--fix"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        tcp_exchange(&lab.ns("far"), server(), TIMEOUT)
+            .unwrap()
+            .ip(),
+        IpAddr::V4(HEAD_PUBLIC)
+    );
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn doctor_warns_when_no_nameserver_is_configured() {
+    if !root_or_skip("doctor_warns_when_no_nameserver_is_configured") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    // `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
+    let dir = std::path::PathBuf::from(format!("/etc/netns/{}", lab.ns("head")));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resolv.conf"), "# no nameserver\n").unwrap();
+    let (out, report) = doctor(&lab, &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_exit(&out, 0);
+    assert_eq!(check(&report, "dns")["status"], "warn", "{report}");
 }

@@ -188,13 +188,14 @@ fn netfilter(inputs: &Inputs) -> Finding {
         .chains
         .iter()
         .any(|c| c.legacy && !c.rules.is_empty());
-    let nft_foreign = inputs.chains.iter().any(|c| !c.legacy && !c.is_natgw());
+    // natgw's own table counts: its rules are invisible to iptables-legacy and vice versa.
+    let nft_in_use = inputs.chains.iter().any(|c| !c.legacy);
     let checked = if inputs.nat_check.is_some() {
         "nftables NAT works (kernel accepted natgw's ruleset in a check-only transaction)"
     } else {
         "nft is installed"
     };
-    if legacy_rules && nft_foreign {
+    if legacy_rules && nft_in_use {
         return Finding::warn(ID, format!("{checked}, but rules exist in both iptables-legacy and nftables: neither tool shows the other's rules"), "list both (iptables-legacy-save; nft list ruleset) and move the legacy rules to nftables (iptables-legacy-save | iptables-restore-translate)");
     }
     Finding::pass(ID, checked)
