@@ -20,8 +20,12 @@ pub enum NftError {
     Json(#[source] serde_json::Error),
 }
 
-/// The `nft` binary, if installed.
+/// The `nft` binary, if installed: `$NATGW_NFT` when set, else found on PATH or in
+/// the sbin directories (cron and some service managers leave them off PATH).
 pub fn binary() -> Option<PathBuf> {
+    if let Some(explicit) = std::env::var_os("NATGW_NFT") {
+        return Some(PathBuf::from(explicit)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))

@@ -917,3 +917,133 @@ fn doctor_warns_when_no_nameserver_is_configured() {
     assert_exit(&out, 0);
     assert_eq!(check(&report, "dns")["status"], "warn", "{report}");
 }
+
+#[test]
+fn doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route() {
+    if !root_or_skip("doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route")
+    {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    // Taking the uplink down also takes the admin's default route with it.
+    lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
+    let (out, report) = doctor(&lab, &["--public", "wan0"]);
+    assert_exit(&out, 1);
+    assert_eq!(check(&report, "public-interface")["status"], "fail");
+    assert_eq!(
+        check(&report, "public-interface")["fix"],
+        "ip link set wan0 up"
+    );
+    assert_eq!(check(&report, "default-route")["status"], "fail");
+
+    let (out, report) = doctor(&lab, &["--public", "wan0", "--fix"]);
+    assert_exit(&out, 1);
+    assert_eq!(
+        check(&report, "public-interface")["status"],
+        "pass",
+        "{report}"
+    );
+    // The default route is not natgw's: doctor says what to run instead of guessing.
+    let route = check(&report, "default-route");
+    assert_eq!(route["status"], "fail");
+    assert!(
+        route["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("ip route add default via"),
+        "{route}"
+    );
+}
+
+#[test]
+fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
+    if !root_or_skip("doctor_reports_conntrack_insert_failures_from_port_exhaustion") {
+        return;
+    }
+    let lab = lab(Spec::default());
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let (_, report) = doctor(&lab, &[]);
+    assert_eq!(check(&report, "conntrack")["status"], "pass", "{report}");
+    // A foreign NAT rule that squeezes all UDP into one source port: the second
+    // private node's flow to the same server clashes and the kernel drops it.
+    in_ns(&lab, "head", &["nft", "add", "table", "ip", "squeeze"]);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "squeeze",
+            "post",
+            "{ type nat hook postrouting priority 50; }",
+        ],
+    );
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "squeeze",
+            "post",
+            "oifname",
+            "wan0",
+            "meta",
+            "l4proto",
+            "udp",
+            "snat",
+            "to",
+            "203.0.113.1:5000",
+        ],
+    );
+    assert!(udp_exchange(&lab.ns("n1"), server(), TIMEOUT).is_ok());
+    assert!(udp_exchange(&lab.ns("n2"), server(), Duration::from_millis(500)).is_err());
+    let (_, report) = doctor(&lab, &[]);
+    let finding = check(&report, "conntrack");
+    assert_eq!(finding["status"], "warn", "{report}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed to insert 1"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn missing_nft_tool_is_named_with_its_package() {
+    if !root_or_skip("missing_nft_tool_is_named_with_its_package") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let before = headnode_snapshot(&lab);
+    let no_nft = [("NATGW_NFT", "/nonexistent/nft")];
+    let out = natgw_env(&lab, "head", &["doctor", "--json"], &no_nft);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    assert_eq!(check(&report, "netfilter")["status"], "fail");
+    assert!(check(&report, "netfilter")["fix"]
+        .as_str()
+        .unwrap()
+        .contains("apt-get install nftables"));
+    let out = natgw_env(&lab, "head", &["up"], &no_nft);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("apt-get install nftables"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+}
