@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages natgw, its lab and its tests use (Debian/Ubuntu):
-# iproute2 (ip), nftables (nft), iptables (doctor reads iptables-legacy; tests add foreign rules), iputils-ping (lab's ICMP check), util-linux (setpriv,
-# used by the no-privilege test), gcc (the linker Rust needs).
+# iproute2 (ip), nftables (nft), iptables (doctor reads iptables-legacy; tests add
+# foreign rules), iputils-ping (the lab's ICMP check), util-linux (setpriv, for the
+# no-privilege test), coturn (a second STUN implementation for the interop tests),
+# gcc (the linker Rust needs).
 set -euo pipefail
-packages=(iproute2 nftables iptables iputils-ping util-linux gcc)
+packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive

@@ -9,5 +9,5 @@ mod topology;
 pub use netns::{in_netns, ip, NetnsError};
 pub use services::{tcp_exchange, udp_exchange, Listener};
 pub use topology::{
-    remove, Lab, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER,
+    remove, Lab, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER, SERVER_ALT,
 };

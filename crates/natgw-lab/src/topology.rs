@@ -4,7 +4,7 @@
 //!  NAME-n1 10.0.0.11 ─┐                                              NAME-pub
 //!  NAME-n2 10.0.0.12 ─┼─ NAME-sw (br0) ─ lan0 NAME-head wan0 ───── eth0 203.0.113.254
 //!  NAME-r1 10.0.0.254 ┘  (bridge only)   10.0.0.1     203.0.113.1      lo 198.51.100.10 (server)
-//!     └ eth1 10.20.0.1 ── NAME-far 10.20.0.5   (with Spec::router)
+//!     └ eth1 10.20.0.1 ── NAME-far 10.20.0.5   (with Spec::router)    lo 198.51.100.11 (alternate)
 //! ```
 //! The headnode gets plain interfaces; the private switch lives in its own namespace
 //! with bridge netfilter off, so only the headnode's own rules act on its traffic.
@@ -19,6 +19,8 @@ pub const PRIVATE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const HEAD_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// A second address of the public server, for RFC 5780 STUN behaviour tests.
+pub const SERVER_ALT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 pub const BEHIND_ROUTER_NODE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
 
@@ -205,6 +207,10 @@ impl Lab {
         self.ip(
             "pub",
             &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
+        )?;
+        self.ip(
+            "pub",
+            &["addr", "add", &format!("{SERVER_ALT}/32"), "dev", "lo"],
         )?;
 
         for (i, node) in self.nodes().iter().enumerate() {

@@ -58,6 +58,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// From a private node: reachability probes and, with a STUN server, the public
+    /// address the outside sees and the NAT's behaviour (RFC 5780, RFC 4787).
+    Probe(ProbeArgs),
+    /// Run a STUN server (RFC 5389 Binding, RFC 5780 with --alt) on a public host.
+    StunServer {
+        /// Primary address [port 3478 when omitted].
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        listen: String,
+        /// Alternate address (a second IP of this host) [port 3479 when omitted].
+        #[arg(long, value_name = "ADDR[:PORT]")]
+        alt: Option<String>,
+    },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
 }
@@ -97,4 +109,28 @@ pub struct LabArgs {
 pub enum LabAction {
     /// Remove a topology left by `natgw lab --keep`.
     Down,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// STUN server for the mapped address and the behaviour tests.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun: Option<String>,
+    /// TCP connect probe, repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tcp: Vec<String>,
+    /// UDP request/response probe, repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub udp: Vec<String>,
+    /// ICMP echo probe, repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub icmp: Vec<String>,
+    /// Per-probe timeout in seconds.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Also measure the UDP binding lifetime, up to SECS idle (takes about 2 x SECS).
+    #[arg(long, value_name = "SECS")]
+    pub lifetime: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
 }

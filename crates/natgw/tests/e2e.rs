@@ -551,8 +551,8 @@ fn lab_demo_passes_and_cleans_up() {
         .unwrap();
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
-    assert_eq!(stdout.matches("PASS").count(), 7);
+    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+    assert_eq!(stdout.matches("PASS").count(), 8);
     let left: Vec<_> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok())

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER};
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER, SERVER_ALT};
 
 use crate::cli::{LabAction, LabArgs};
 use crate::exit::{self, problem};
@@ -159,12 +159,59 @@ fn prove(lab: &Lab) -> anyhow::Result<Report> {
         inbound,
     );
 
+    report.check(
+        "n1 STUN behaviour test against the public server",
+        stun_behaviour(lab),
+    );
+
     let status = natgw_in(lab, "head", &["status"])?;
     println!("\n$ natgw status   (in {})", lab.ns("head"));
     for line in String::from_utf8_lossy(&status.stdout).lines() {
         println!("  {line}");
     }
     Ok(report)
+}
+
+/// Runs natgw's STUN server on the public host (two addresses, two ports) and the
+/// RFC 5780 behaviour test from n1; prints the report; passes when the server saw the
+/// headnode's public address.
+fn stun_behaviour(lab: &Lab) -> Result<String, String> {
+    let config = natgw_probe::server::Config {
+        primary: SocketAddr::new(IpAddr::V4(SERVER), natgw_probe::server::DEFAULT_PORT),
+        alternate: Some(SocketAddr::new(
+            IpAddr::V4(SERVER_ALT),
+            natgw_probe::server::DEFAULT_ALT_PORT,
+        )),
+    };
+    let _server = natgw_lab::in_netns(&lab.ns("pub"), move || {
+        natgw_probe::server::Server::start(config)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let target = config.primary.to_string();
+    let stun = natgw_lab::in_netns(&lab.ns("n1"), move || {
+        super::probe::stun_report(&target, TIMEOUT, None)
+    })
+    .map_err(|e| e.to_string())?;
+    println!(
+        "\n$ natgw probe --stun {}   (in {})",
+        config.primary,
+        lab.ns("n1")
+    );
+    super::probe::print_stun(&stun);
+    println!();
+    let mapped = stun
+        .behaviour
+        .as_ref()
+        .map(|b| b.mapped)
+        .ok_or_else(|| stun.error.clone().unwrap_or_default())?;
+    if mapped.ip() == IpAddr::V4(HEAD_PUBLIC) {
+        Ok(format!("mapped address {mapped}"))
+    } else {
+        Err(format!(
+            "mapped address {mapped} is not the headnode's public address"
+        ))
+    }
 }
 
 /// One ICMP echo with iputils' ping, run inside `ns`.

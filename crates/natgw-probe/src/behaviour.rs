@@ -1,0 +1,370 @@
+//! NAT behaviour discovery (RFC 5780 section 4) and what it means against RFC 4787.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{binding, ClientError};
+use crate::wire::{AttrRepr, Repr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// No translation seen at all (mapped = local).
+    NoNat,
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::NoNat => "no NAT (endpoint-independent)",
+            Kind::EndpointIndependent => "endpoint-independent",
+            Kind::AddressDependent => "address-dependent",
+            Kind::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
+/// RFC 5780 4.3: mapping from the mapped addresses of tests I, II (alternate address,
+/// primary port) and III (alternate address and port).
+pub fn classify_mapping(
+    local: SocketAddr,
+    m1: SocketAddr,
+    m2: SocketAddr,
+    m3: Option<SocketAddr>,
+) -> Kind {
+    if m1 == local {
+        Kind::NoNat
+    } else if m2 == m1 {
+        Kind::EndpointIndependent
+    } else if m3 == Some(m2) {
+        Kind::AddressDependent
+    } else {
+        Kind::AddressAndPortDependent
+    }
+}
+
+/// RFC 5780 4.4: filtering from whether a response came back when the server answered
+/// from the other address and port (test II) or only the other port (test III).
+pub fn classify_filtering(other_address_and_port: bool, other_port: bool) -> Kind {
+    if other_address_and_port {
+        Kind::EndpointIndependent
+    } else if other_port {
+        Kind::AddressDependent
+    } else {
+        Kind::AddressAndPortDependent
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lifetime {
+    /// Longest idle time after which the binding still delivered a packet.
+    pub alive_after_secs: Option<u64>,
+    /// Shortest idle time after which it no longer did.
+    pub expired_after_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Behaviour {
+    pub server: SocketAddr,
+    pub local: SocketAddr,
+    /// The address and port the outside world sees.
+    pub mapped: SocketAddr,
+    pub other_address: Option<SocketAddr>,
+    pub mapping: Option<Kind>,
+    pub filtering: Option<Kind>,
+    pub hairpinning: Option<bool>,
+    pub port_preserved: bool,
+    pub lifetime: Option<Lifetime>,
+    /// Why a test could not run.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub timeout: Duration,
+    /// Measure the binding lifetime up to this many seconds (slow: about twice that).
+    pub lifetime_max: Option<u64>,
+}
+
+fn socket(local_ip: std::net::IpAddr) -> Result<UdpSocket, ClientError> {
+    UdpSocket::bind(SocketAddr::new(local_ip, 0))
+        .map_err(|e| ClientError::Io(SocketAddr::new(local_ip, 0), e.to_string()))
+}
+
+fn wildcard(server: SocketAddr) -> std::net::IpAddr {
+    if server.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    }
+}
+
+/// Local address the kernel picks towards `server` (a connected UDP socket sends nothing).
+fn local_towards(server: SocketAddr) -> Result<std::net::IpAddr, ClientError> {
+    let s = socket(wildcard(server))?;
+    s.connect(server)
+        .map_err(|e| ClientError::Io(server, e.to_string()))?;
+    Ok(s.local_addr()
+        .map_err(|e| ClientError::Io(server, e.to_string()))?
+        .ip())
+}
+
+/// Runs the RFC 5780 tests against `server`.
+pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, ClientError> {
+    let t = options.timeout;
+    let local_ip = local_towards(server)?;
+    let main = socket(local_ip)?;
+    let local = main
+        .local_addr()
+        .map_err(|e| ClientError::Io(server, e.to_string()))?;
+    let test1 = binding(&main, server, vec![], t)?;
+    let mapped = test1
+        .repr
+        .mapped_address()
+        .ok_or_else(|| ClientError::Io(server, "response without a mapped address".into()))?;
+    let other = test1.repr.other_address();
+    let mut behaviour = Behaviour {
+        server,
+        local,
+        mapped,
+        other_address: other,
+        mapping: None,
+        filtering: None,
+        hairpinning: None,
+        port_preserved: mapped.port() == local.port(),
+        lifetime: None,
+        notes: Vec::new(),
+    };
+
+    match other {
+        None => behaviour.notes.push("the server sent no OTHER-ADDRESS: mapping and filtering need an RFC 5780 server with two addresses".into()),
+        Some(alt) => {
+            let m2 = binding(&main, SocketAddr::new(alt.ip(), server.port()), vec![], t)?.repr.mapped_address().unwrap_or(mapped);
+            let m3 = if m2 == mapped { None } else { binding(&main, alt, vec![], t)?.repr.mapped_address() };
+            behaviour.mapping = Some(classify_mapping(local, mapped, m2, m3));
+            behaviour.filtering = Some(filtering(server, local_ip, t)?);
+        }
+    }
+    behaviour.hairpinning = Some(hairpinning(&main, mapped, local_ip, t)?);
+    if let Some(max) = options.lifetime_max {
+        behaviour.lifetime = Some(lifetime(server, local_ip, max, t)?);
+    }
+    Ok(behaviour)
+}
+
+/// Fresh socket, so the mapping tests' packets to the alternate address have opened no
+/// filter for it.
+fn filtering(
+    server: SocketAddr,
+    local_ip: std::net::IpAddr,
+    t: Duration,
+) -> Result<Kind, ClientError> {
+    let s = socket(local_ip)?;
+    binding(&s, server, vec![], t)?;
+    let answered =
+        |ip, port| match binding(&s, server, vec![AttrRepr::ChangeRequest { ip, port }], t) {
+            Ok(_) => Ok(true),
+            Err(ClientError::Timeout(..)) => Ok(false),
+            Err(e) => Err(e),
+        };
+    let both = answered(true, true)?;
+    let port = !both && answered(false, true)?;
+    Ok(classify_filtering(both, port))
+}
+
+/// RFC 5780 4.5: a request from a second socket to the first socket's mapped address
+/// must arrive at the first socket.
+fn hairpinning(
+    main: &UdpSocket,
+    mapped: SocketAddr,
+    local_ip: std::net::IpAddr,
+    t: Duration,
+) -> Result<bool, ClientError> {
+    let other = socket(local_ip)?;
+    let tid = [0x68; 12];
+    let probe = Repr::binding_request(tid).emit(true);
+    other
+        .send_to(&probe, mapped)
+        .map_err(|e| ClientError::Io(mapped, e.to_string()))?;
+    let mut buf = [0u8; 2048];
+    main.set_read_timeout(Some(t))
+        .map_err(|e| ClientError::Io(mapped, e.to_string()))?;
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        match main.recv_from(&mut buf) {
+            Ok((n, _)) if Repr::parse_bytes(&buf[..n]).is_ok_and(|r| r.transaction_id == tid) => {
+                return Ok(true)
+            }
+            Ok(_) => continue,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+/// RFC 5780 4.6: open a binding, stay idle, then have the server answer into it from a
+/// second socket's request (RESPONSE-PORT). Idle times double from 1 s up to `max`.
+fn lifetime(
+    server: SocketAddr,
+    local_ip: std::net::IpAddr,
+    max: u64,
+    t: Duration,
+) -> Result<Lifetime, ClientError> {
+    let mut result = Lifetime {
+        alive_after_secs: None,
+        expired_after_secs: None,
+    };
+    let mut idle = 1;
+    loop {
+        let idle_now = idle.min(max);
+        let a = socket(local_ip)?;
+        let mapped = binding(&a, server, vec![], t)?
+            .repr
+            .mapped_address()
+            .unwrap_or(server);
+        std::thread::sleep(Duration::from_secs(idle_now));
+        let b = socket(local_ip)?;
+        // The answers go to A's mapping, so B's own transaction times out after `t`;
+        // by then whatever the NAT let through is waiting at A.
+        let _ = binding(&b, server, vec![AttrRepr::ResponsePort(mapped.port())], t);
+        let mut buf = [0u8; 2048];
+        let arrived = a.set_nonblocking(true).is_ok()
+            && a.recv_from(&mut buf)
+                .is_ok_and(|(n, _)| Repr::parse_bytes(&buf[..n]).is_ok());
+        if arrived {
+            result.alive_after_secs = Some(idle_now);
+        } else {
+            result.expired_after_secs = Some(idle_now);
+            return Ok(result);
+        }
+        if idle_now >= max {
+            return Ok(result);
+        }
+        idle *= 2;
+    }
+}
+
+/// One line of the conformance report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Requirement {
+    pub id: &'static str,
+    pub text: &'static str,
+    /// `Some(true)` met, `Some(false)` missed, `None` not measured.
+    pub met: Option<bool>,
+    pub observed: String,
+}
+
+/// RFC 4787 (UDP) requirements the observed behaviour meets or misses.
+pub fn requirements(b: &Behaviour) -> Vec<Requirement> {
+    let show = |k: Option<Kind>| k.map_or("not measured".to_string(), |k| k.to_string());
+    let eim = b
+        .mapping
+        .map(|m| matches!(m, Kind::EndpointIndependent | Kind::NoNat));
+    let filtering_ok = b.filtering.map(|f| f != Kind::AddressAndPortDependent);
+    let lifetime_ok =
+        b.lifetime
+            .as_ref()
+            .and_then(|l| match (l.alive_after_secs, l.expired_after_secs) {
+                (_, Some(expired)) if expired < 120 => Some(false),
+                (Some(alive), _) if alive >= 120 => Some(true),
+                _ => None,
+            });
+    let lifetime_seen =
+        b.lifetime
+            .as_ref()
+            .map_or("not measured (use --lifetime 130)".to_string(), |l| {
+                format!(
+                    "alive after {:?} s, expired after {:?} s",
+                    l.alive_after_secs, l.expired_after_secs
+                )
+            });
+    vec![
+        Requirement { id: "RFC 4787 REQ-1", text: "MUST have endpoint-independent mapping", met: eim, observed: show(b.mapping) },
+        Requirement { id: "RFC 4787 REQ-3", text: "port preservation is not required (informational)", met: None, observed: format!("local port {} mapped to {}", b.local.port(), b.mapped.port()) },
+        Requirement { id: "RFC 4787 REQ-5", text: "a UDP binding MUST NOT expire in less than 2 minutes", met: lifetime_ok, observed: lifetime_seen },
+        Requirement { id: "RFC 4787 REQ-8", text: "RECOMMENDED endpoint-independent filtering (transparency) or address-dependent filtering (stricter)", met: filtering_ok, observed: show(b.filtering) },
+        Requirement { id: "RFC 4787 REQ-9", text: "MUST support hairpinning", met: b.hairpinning, observed: b.hairpinning.map_or("not measured".into(), |h| if h { "supported".into() } else { "not supported".into() }) },
+        Requirement { id: "RFC 5382", text: "TCP behaviour (REQ-1 mapping, REQ-5 idle timeout >= 2 h 4 min)", met: None, observed: "not measured: STUN runs over UDP".into() },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn mapping_classes() {
+        let local = a("10.0.0.11:5000");
+        assert_eq!(classify_mapping(local, local, local, None), Kind::NoNat);
+        assert_eq!(
+            classify_mapping(local, a("203.0.113.1:5000"), a("203.0.113.1:5000"), None),
+            Kind::EndpointIndependent
+        );
+        assert_eq!(
+            classify_mapping(
+                local,
+                a("203.0.113.1:5000"),
+                a("203.0.113.1:6000"),
+                Some(a("203.0.113.1:6000"))
+            ),
+            Kind::AddressDependent
+        );
+        assert_eq!(
+            classify_mapping(
+                local,
+                a("203.0.113.1:5000"),
+                a("203.0.113.1:6000"),
+                Some(a("203.0.113.1:7000"))
+            ),
+            Kind::AddressAndPortDependent
+        );
+    }
+
+    #[test]
+    fn filtering_classes() {
+        assert_eq!(classify_filtering(true, false), Kind::EndpointIndependent);
+        assert_eq!(classify_filtering(false, true), Kind::AddressDependent);
+        assert_eq!(
+            classify_filtering(false, false),
+            Kind::AddressAndPortDependent
+        );
+    }
+
+    #[test]
+    fn requirements_follow_the_observations() {
+        let mut b = Behaviour {
+            server: a("198.51.100.10:3478"),
+            local: a("10.0.0.11:5000"),
+            mapped: a("203.0.113.1:5000"),
+            other_address: None,
+            mapping: Some(Kind::EndpointIndependent),
+            filtering: Some(Kind::AddressAndPortDependent),
+            hairpinning: Some(false),
+            port_preserved: true,
+            lifetime: Some(Lifetime {
+                alive_after_secs: Some(4),
+                expired_after_secs: None,
+            }),
+            notes: vec![],
+        };
+        let met: Vec<Option<bool>> = requirements(&b).iter().map(|r| r.met).collect();
+        assert_eq!(
+            met,
+            [Some(true), None, None, Some(false), Some(false), None]
+        );
+        b.lifetime = Some(Lifetime {
+            alive_after_secs: Some(16),
+            expired_after_secs: Some(32),
+        });
+        assert_eq!(requirements(&b)[2].met, Some(false));
+    }
+}
