@@ -134,6 +134,7 @@ pub fn answer(
     };
 
     // Comprehension-required attributes natgw does not know: 420 (RFC 5389 7.3.1).
+    // ICE's PRIORITY and USE-CANDIDATE (0x0024, 0x0025) are understood and ignored.
     let unknown: Vec<u16> = message
         .attributes()
         .flatten()
@@ -143,6 +144,7 @@ pub fn answer(
                 && ![
                     attr::CHANGE_REQUEST,
                     attr::RESPONSE_PORT,
+                    attr::PADDING,
                     attr::USERNAME,
                     attr::MESSAGE_INTEGRITY,
                     0x0024,
@@ -210,6 +212,18 @@ pub fn answer(
         reply.attributes.push(AttrRepr::OtherAddress(alt));
     }
     reply.attributes.push(AttrRepr::Software(SOFTWARE.into()));
+    // RFC 5780 7.6: a padded request gets a response padded to the same length, so the
+    // client can see how the path treats large (fragmented) datagrams.
+    if let Some(padding) = message
+        .attributes()
+        .flatten()
+        .find(|a| a.kind == attr::PADDING)
+    {
+        reply.attributes.push(AttrRepr::Other {
+            kind: attr::PADDING,
+            value: vec![0; padding.value.len()],
+        });
+    }
     Some((reply.emit(true), from, to))
 }
 
@@ -328,6 +342,19 @@ mod tests {
             .unwrap()
             .attributes
             .contains(&AttrRepr::UnknownAttributes(vec![0x0042])));
+    }
+
+    #[test]
+    fn padding_is_reflected() {
+        let c = config(true);
+        let padded = request(vec![AttrRepr::Other {
+            kind: attr::PADDING,
+            value: vec![0; 1200],
+        }]);
+        let (bytes, _, _) = answer(&padded, PEER.parse().unwrap(), c.primary, c).unwrap();
+        let reply = Repr::parse_bytes(&bytes).unwrap();
+        assert_eq!(reply.class, Class::Success);
+        assert!(bytes.len() > 1200);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod attr {
     pub const UNKNOWN_ATTRIBUTES: u16 = 0x000a;
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     /// RFC 5780
+    pub const PADDING: u16 = 0x0026;
+    /// RFC 5780
     pub const RESPONSE_PORT: u16 = 0x0027;
     pub const SOFTWARE: u16 = 0x8022;
     pub const FINGERPRINT: u16 = 0x8028;

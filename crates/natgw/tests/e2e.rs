@@ -1047,3 +1047,306 @@ fn missing_nft_tool_is_named_with_its_package() {
     );
     assert_eq!(headnode_snapshot(&lab), before);
 }
+
+/// A process started in a lab namespace, killed when dropped.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_in(lab: &Lab, role: &str, program: &str, args: &[&str]) -> Background {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role), program])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn in namespace");
+    // Give it time to bind its sockets.
+    std::thread::sleep(Duration::from_millis(400));
+    Background(child)
+}
+
+fn natgw_stun_server(lab: &Lab) -> Background {
+    spawn_in(
+        lab,
+        "pub",
+        env!("CARGO_BIN_EXE_natgw"),
+        &[
+            "stun-server",
+            "--listen",
+            "198.51.100.10",
+            "--alt",
+            "198.51.100.11",
+        ],
+    )
+}
+
+fn probe_json(lab: &Lab, role: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut full = vec!["probe", "--json"];
+    full.extend_from_slice(args);
+    let out = natgw_env(lab, role, &full, &[]);
+    let report = json(&out);
+    (out, report)
+}
+
+#[test]
+fn probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour() {
+    if !root_or_skip(
+        "probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour",
+    ) {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let _server = natgw_stun_server(&lab);
+    let (out, report) = probe_json(
+        &lab,
+        "n1",
+        &[
+            "--stun",
+            "198.51.100.10:3478",
+            "--lifetime",
+            "2",
+            "--icmp",
+            "198.51.100.10",
+            "--udp",
+            "198.51.100.10:3478",
+        ],
+    );
+    assert_exit(&out, 0);
+    let b = &report["stun"]["behaviour"];
+    let mapped: SocketAddr = b["mapped"].as_str().unwrap().parse().unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(b["other_address"], "198.51.100.11:3479");
+    // Linux conntrack NAT as configured by natgw: port-preserving endpoint-independent
+    // mapping, address-and-port-dependent filtering, no hairpinning.
+    assert_eq!(b["mapping"], "endpoint-independent");
+    assert_eq!(b["filtering"], "address-and-port-dependent");
+    assert_eq!(b["hairpinning"], false);
+    assert_eq!(b["port_preserved"], true);
+    assert_eq!(b["lifetime"]["alive_after_secs"], 2);
+    let reqs = report["stun"]["requirements"].as_array().unwrap();
+    assert_eq!(reqs[0]["met"], true, "REQ-1");
+    assert_eq!(reqs[4]["met"], false, "REQ-9 hairpinning");
+    for p in report["probes"].as_array().unwrap() {
+        assert_eq!(p["ok"], true, "{p}");
+    }
+}
+
+#[test]
+fn behaviour_classifier_on_topologies_known_by_construction() {
+    if !root_or_skip("behaviour_classifier_on_topologies_known_by_construction") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let _server = natgw_stun_server(&lab);
+    // No NAT at all: the headnode's own traffic leaves with its own address.
+    let (out, report) = probe_json(&lab, "head", &["--stun", "198.51.100.10"]);
+    assert_exit(&out, 0);
+    assert_eq!(report["stun"]["behaviour"]["mapping"], "no-nat");
+    assert_eq!(
+        report["stun"]["behaviour"]["filtering"],
+        "endpoint-independent"
+    );
+
+    // A NAT that maps every flow to a fresh random port.
+    in_ns(&lab, "head", &["nft", "add", "table", "ip", "scramble"]);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "scramble",
+            "post",
+            "{ type nat hook postrouting priority 50; }",
+        ],
+    );
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "scramble",
+            "post",
+            "oifname",
+            "wan0",
+            "meta",
+            "l4proto",
+            "udp",
+            "snat",
+            "to",
+            "203.0.113.1:1024-65535",
+            "random",
+        ],
+    );
+    let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        report["stun"]["behaviour"]["mapping"], "address-and-port-dependent",
+        "{report}"
+    );
+    assert_eq!(report["stun"]["requirements"][0]["met"], false);
+}
+
+#[test]
+fn stun_interoperates_with_coturn_both_ways() {
+    if !root_or_skip("stun_interoperates_with_coturn_both_ways") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    {
+        // coturn's clients against natgw's server. turnutils_stunclient waits without a
+        // timeout for its change-request answers, which a filtering NAT drops: run it
+        // from the headnode's public side, where all three RFC 5780 answers arrive.
+        let _server = natgw_stun_server(&lab);
+        let client = in_ns(
+            &lab,
+            "head",
+            &[
+                "timeout",
+                "10",
+                "turnutils_stunclient",
+                "-p",
+                "3478",
+                "198.51.100.10",
+            ],
+        );
+        assert!(client.contains("RFC 5780 response 3"), "{client}");
+        assert!(
+            client.contains("UDP reflexive addr: 203.0.113.1:"),
+            "{client}"
+        );
+        assert!(
+            client.contains("Other addr: : 198.51.100.11:3479"),
+            "{client}"
+        );
+        assert!(!client.contains("error"), "{client}");
+        let discovery = in_ns(
+            &lab,
+            "n1",
+            &["turnutils_natdiscovery", "-m", "-f", "198.51.100.10"],
+        );
+        assert!(
+            discovery.contains("NAT with Endpoint Independent Mapping!"),
+            "{discovery}"
+        );
+        assert!(
+            discovery.contains("NAT with Address and Port Dependent Filtering!"),
+            "{discovery}"
+        );
+    }
+    // natgw's client against coturn's server, with the same verdict.
+    let _coturn = spawn_in(
+        &lab,
+        "pub",
+        "turnserver",
+        &[
+            "--stun-only",
+            "-L",
+            "198.51.100.10",
+            "-L",
+            "198.51.100.11",
+            "--no-cli",
+            "-n",
+            "--log-file",
+            "stdout",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10:3478"]);
+    assert_exit(&out, 0);
+    let b = &report["stun"]["behaviour"];
+    assert_eq!(b["mapping"], "endpoint-independent", "{report}");
+    assert_eq!(b["filtering"], "address-and-port-dependent");
+    assert_eq!(
+        b["mapped"].as_str().unwrap().split(':').next(),
+        Some("203.0.113.1")
+    );
+}
+
+#[test]
+fn probe_failures_are_per_probe_results_within_their_timeout() {
+    if !root_or_skip("probe_failures_are_per_probe_results_within_their_timeout") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let _not_stun = Listener::start(&lab.ns("pub"), server()).unwrap();
+    // Names resolve with no nameserver, so an unknown host fails at once, locally.
+    let dir = std::path::PathBuf::from(format!("/etc/netns/{}", lab.ns("n1")));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resolv.conf"), "").unwrap();
+    let started = std::time::Instant::now();
+    let (out, report) = probe_json(
+        &lab,
+        "n1",
+        &[
+            "--timeout",
+            "1",
+            "--stun",
+            "198.51.100.10:7000",
+            "--tcp",
+            "198.51.100.99:80",
+            "--tcp",
+            "no-such-host.invalid:80",
+            "--udp",
+            "198.51.100.10:9",
+            "--icmp",
+            "198.51.100.99",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_exit(&out, 1);
+    assert!(elapsed < Duration::from_secs(10), "probes took {elapsed:?}");
+    let probes = report["probes"].as_array().unwrap();
+    let detail = |i: usize| probes[i]["detail"].as_str().unwrap().to_string();
+    assert!(probes.iter().all(|p| p["ok"] == false), "{report}");
+    assert!(detail(0).contains("no echo reply"), "{}", detail(0));
+    assert!(
+        detail(1).contains("no answer from 198.51.100.99:80"),
+        "{}",
+        detail(1)
+    );
+    assert!(
+        detail(2).contains("unknown host no-such-host.invalid"),
+        "{}",
+        detail(2)
+    );
+    assert!(detail(3).contains("port unreachable"), "{}", detail(3));
+    assert!(
+        report["stun"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no STUN answer from 198.51.100.10:7000"),
+        "{report}"
+    );
+
+    let out = natgw_env(&lab, "n1", &["probe"], &[]);
+    assert_exit(&out, 2);
+}
