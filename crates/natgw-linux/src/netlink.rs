@@ -147,6 +147,78 @@ impl Netlink {
         }
     }
 
+    /// `ip route add TO via VIA proto PROTOCOL`: puts back a route natgw did not own,
+    /// with the protocol it had.
+    pub fn restore_route(&self, spec: &RouteSpec, protocol: u8) -> Result<(), NetlinkError> {
+        let result = self.runtime.block_on(
+            self.handle
+                .route()
+                .add(route_message_with(spec, protocol))
+                .execute(),
+        );
+        match result {
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+            other => other.map_err(|source| {
+                request(&format!("add route {} via {}", spec.to, spec.via), source)
+            }),
+        }
+    }
+
+    /// `ip route replace TO via VIA proto 88`
+    pub fn replace_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .route()
+                    .add(route_message(spec))
+                    .replace()
+                    .execute(),
+            )
+            .map_err(|source| {
+                request(
+                    &format!("replace route {} via {}", spec.to, spec.via),
+                    source,
+                )
+            })
+    }
+
+    /// Whether `ip` answered neighbour discovery on `ifindex` (`ip neigh show`):
+    /// `Some(true)` reachable or recently so, `Some(false)` failed, `None` unknown yet.
+    pub fn neighbour_answered(
+        &self,
+        ifindex: u32,
+        ip: IpAddr,
+    ) -> Result<Option<bool>, NetlinkError> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourState,
+        };
+        let messages: Vec<_> = self
+            .runtime
+            .block_on(self.handle.neighbours().get().execute().try_collect())
+            .map_err(|source| request("dump neighbours", source))?;
+        let entry = messages.into_iter().find(|m| {
+            m.header.ifindex == ifindex
+                && m.attributes.iter().any(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        IpAddr::V4(*v4) == ip
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        IpAddr::V6(*v6) == ip
+                    }
+                    _ => false,
+                })
+        });
+        Ok(entry.and_then(|m| match m.header.state {
+            NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp => Some(true),
+            NeighbourState::Failed => Some(false),
+            _ => None,
+        }))
+    }
+
     /// `ip route del TO via VIA proto 88`; a route already gone is success.
     pub fn del_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
         let result = self
@@ -181,14 +253,16 @@ fn errno(error: &rtnetlink::Error) -> Option<Errno> {
 }
 
 fn route_message(spec: &RouteSpec) -> RouteMessage {
+    route_message_with(spec, ROUTE_PROTOCOL)
+}
+
+fn route_message_with(spec: &RouteSpec, protocol: u8) -> RouteMessage {
     let builder = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(spec.to.addr(), spec.to.prefix_len())
         .expect("destination family checked by detection")
         .gateway(spec.via)
         .expect("gateway family checked by detection");
-    builder
-        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-        .build()
+    builder.protocol(RouteProtocol::from(protocol)).build()
 }
 
 fn route_of(m: RouteMessage) -> Option<Route> {

@@ -61,3 +61,36 @@ pub fn observe(netlink: &Netlink) -> Result<Observed, ObserveError> {
         state: state_store::load()?,
     })
 }
+
+/// Links, addresses and routes only: what a private node needs (it may have no nft).
+pub fn observe_network(netlink: &Netlink) -> Result<Observed, ObserveError> {
+    Ok(Observed {
+        links: netlink.links()?,
+        addresses: netlink.addresses()?,
+        routes: netlink.routes()?,
+        ..Observed::default()
+    })
+}
+
+/// Whether `gateway` answers neighbour discovery on `ifindex` within `timeout`. A
+/// datagram to its discard port makes the kernel resolve it; only the answer counts.
+pub fn gateway_answers(
+    netlink: &Netlink,
+    ifindex: u32,
+    gateway: std::net::IpAddr,
+    timeout: std::time::Duration,
+) -> Result<bool, ObserveError> {
+    let deadline = std::time::Instant::now() + timeout;
+    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        let _ = socket.send_to(b"natgw", (gateway, 9));
+    }
+    loop {
+        if let Some(answered) = netlink.neighbour_answered(ifindex, gateway)? {
+            return Ok(answered);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

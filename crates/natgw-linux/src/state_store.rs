@@ -31,14 +31,20 @@ pub enum StateError {
 
 const BASE: &str = "/run/natgw";
 
-/// The state file of the current network namespace.
+/// The gateway's state file in the current network namespace.
 pub fn path() -> Result<PathBuf, StateError> {
+    path_of(GATEWAY)
+}
+
+/// Record names: the gateway (`natgw up`) and the private node (`natgw node up`).
+pub const GATEWAY: &str = "state.json";
+pub const NODE: &str = "node.json";
+
+fn path_of(name: &str) -> Result<PathBuf, StateError> {
+    let cookie = netns_cookie().map_err(StateError::Namespace)?;
     Ok(PathBuf::from(BASE)
-        .join(format!(
-            "netns-{}",
-            netns_cookie().map_err(StateError::Namespace)?
-        ))
-        .join("state.json"))
+        .join(format!("netns-{cookie}"))
+        .join(name))
 }
 
 /// The current network namespace's cookie, read from a throwaway socket.
@@ -65,7 +71,19 @@ fn netns_cookie() -> std::io::Result<u64> {
 }
 
 pub fn load() -> Result<Option<RecordedState>, StateError> {
-    let path = path()?;
+    load_named(GATEWAY)
+}
+
+pub fn save(state: &RecordedState) -> Result<(), StateError> {
+    save_named(GATEWAY, state)
+}
+
+pub fn remove() -> Result<(), StateError> {
+    remove_named(GATEWAY)
+}
+
+pub fn load_named<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T>, StateError> {
+    let path = path_of(name)?;
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -79,9 +97,9 @@ pub fn load() -> Result<Option<RecordedState>, StateError> {
         })
 }
 
-/// Writes the state atomically (temporary file, then rename).
-pub fn save(state: &RecordedState) -> Result<(), StateError> {
-    let path = path()?;
+/// Writes a record atomically (temporary file, then rename).
+pub fn save_named<T: serde::Serialize>(name: &str, state: &T) -> Result<(), StateError> {
+    let path = path_of(name)?;
     let dir = path.parent().expect("state path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let tmp = path.with_extension("json.tmp");
@@ -90,12 +108,13 @@ pub fn save(state: &RecordedState) -> Result<(), StateError> {
     std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
 }
 
-pub fn remove() -> Result<(), StateError> {
-    let path = path()?;
+pub fn remove_named(name: &str) -> Result<(), StateError> {
+    let path = path_of(name)?;
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &path, e)),
         _ => {}
     }
+    // Only succeeds once the namespace has no other record.
     let _ = std::fs::remove_dir(path.parent().expect("state path has a parent"));
     Ok(())
 }

@@ -58,6 +58,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// On a private node: route through the headnode (recipe section 1).
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// From a private node: reachability probes and, with a STUN server, the public
     /// address the outside sees and the NAT's behaviour (RFC 5780, RFC 4787).
     Probe(ProbeArgs),
@@ -133,4 +138,41 @@ pub struct ProbeArgs {
     pub lifetime: Option<u64>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Point the IPv4 default route at the gateway (checks it is on-link and answers).
+    Up {
+        #[arg(long, value_name = "ADDR")]
+        gateway: IpAddr,
+        /// Replace a different existing default route (it is recorded for `node down`).
+        #[arg(long)]
+        replace: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the default route as it was before `node up`.
+    Down {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report the default route, whether the gateway answers, and the DNS resolvers.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the default route survive reboot, for the network manager in use.
+    Persist {
+        #[arg(long, value_name = "ADDR")]
+        gateway: IpAddr,
+        /// Print the file changes without writing them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Operate on the configuration under this directory instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }

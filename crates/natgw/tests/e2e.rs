@@ -1350,3 +1350,197 @@ fn probe_failures_are_per_probe_results_within_their_timeout() {
     let out = natgw_env(&lab, "n1", &["probe"], &[]);
     assert_exit(&out, 2);
 }
+
+fn n1_routes(lab: &Lab) -> String {
+    String::from_utf8_lossy(&lab.ip("n1", &["route", "show"]).unwrap().stdout).into_owned()
+}
+
+#[test]
+fn node_up_and_down_manage_the_default_route() {
+    if !root_or_skip("node_up_and_down_manage_the_default_route") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 2,
+        router: false,
+    });
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("n1", &["route", "del", "default"]).unwrap();
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+
+    let out = natgw_env(&lab, "n1", &["node", "up", "--gateway", "10.0.0.1"], &[]);
+    assert_exit(&out, 0);
+    assert!(
+        n1_routes(&lab).contains("default via 10.0.0.1 dev eth0 proto 88"),
+        "{}",
+        n1_routes(&lab)
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let again = natgw_env(&lab, "n1", &["node", "up", "--gateway", "10.0.0.1"], &[]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no changes"),
+        "{}",
+        text(&again)
+    );
+    let check = natgw_env(&lab, "n1", &["node", "check", "--json"], &[]);
+    assert_exit(&check, 0);
+    assert_eq!(check_status(&json(&check), "gateway"), "pass");
+    assert_exit(&natgw_env(&lab, "n1", &["node", "down"], &[]), 0);
+    assert!(!n1_routes(&lab).contains("default"), "{}", n1_routes(&lab));
+    let check = natgw_env(&lab, "n1", &["node", "check", "--json"], &[]);
+    assert_exit(&check, 1);
+    assert_eq!(check_status(&json(&check), "default-route"), "fail");
+
+    // A different default is only replaced on request, and comes back with `down`.
+    lab.ip("n1", &["route", "add", "default", "via", "10.0.0.12"])
+        .unwrap();
+    let before = n1_routes(&lab);
+    let out = natgw_env(&lab, "n1", &["node", "up", "--gateway", "10.0.0.1"], &[]);
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("default via 10.0.0.12 dev eth0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(n1_routes(&lab), before);
+    assert_exit(
+        &natgw_env(
+            &lab,
+            "n1",
+            &["node", "up", "--gateway", "10.0.0.1", "--replace"],
+            &[],
+        ),
+        0,
+    );
+    assert!(n1_routes(&lab).contains("default via 10.0.0.1"));
+    assert_exit(&natgw_env(&lab, "n1", &["node", "down"], &[]), 0);
+    assert_eq!(
+        n1_routes(&lab),
+        before,
+        "node down restores the previous default exactly"
+    );
+}
+
+fn check_status(report: &serde_json::Value, id: &str) -> String {
+    check(report, id)["status"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn node_up_refuses_gateways_that_are_off_link_or_silent() {
+    if !root_or_skip("node_up_refuses_gateways_that_are_off_link_or_silent") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let before = n1_routes(&lab);
+    let out = natgw_env(
+        &lab,
+        "n1",
+        &["node", "up", "--gateway", "192.168.77.1", "--replace"],
+        &[],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not on-link"),
+        "{}",
+        text(&out)
+    );
+    let started = std::time::Instant::now();
+    let out = natgw_env(
+        &lab,
+        "n1",
+        &["node", "up", "--gateway", "10.0.0.99", "--replace"],
+        &[],
+    );
+    assert_exit(&out, 1);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not answer ARP"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(n1_routes(&lab), before, "nothing half-changed");
+}
+
+#[test]
+fn node_persist_writes_the_config_of_the_network_manager_found() {
+    if !root_or_skip("node_persist_writes_the_config_of_the_network_manager_found") {
+        return;
+    }
+    let lab = lab(Spec {
+        nodes: 1,
+        router: false,
+    });
+    let root = std::env::temp_dir().join(format!("{}-root", lab.name));
+    let network = root.join("etc/systemd/network");
+    std::fs::create_dir_all(&network).unwrap();
+    std::fs::write(
+        network.join("10-lan.network"),
+        "[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.11/24\n",
+    )
+    .unwrap();
+    let root_arg = root.to_str().unwrap();
+    let dry = natgw_env(
+        &lab,
+        "n1",
+        &[
+            "node",
+            "persist",
+            "--gateway",
+            "10.0.0.1",
+            "--root",
+            root_arg,
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_exit(&dry, 0);
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would write"),
+        "{}",
+        text(&dry)
+    );
+    let dropin = network.join("10-lan.network.d/natgw-gateway.conf");
+    assert!(!dropin.exists(), "--dry-run wrote a file");
+    assert_exit(
+        &natgw_env(
+            &lab,
+            "n1",
+            &[
+                "node",
+                "persist",
+                "--gateway",
+                "10.0.0.1",
+                "--root",
+                root_arg,
+            ],
+            &[],
+        ),
+        0,
+    );
+    assert!(std::fs::read_to_string(&dropin)
+        .unwrap()
+        .contains("[Network]\nGateway=10.0.0.1\n"));
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let none = natgw_env(
+        &lab,
+        "n1",
+        &[
+            "node",
+            "persist",
+            "--gateway",
+            "10.0.0.1",
+            "--root",
+            empty.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_exit(&none, 1);
+    assert!(String::from_utf8_lossy(&none.stdout)
+        .contains("GATEWAY=10.0.0.1 in /etc/sysconfig/network"));
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -105,7 +105,7 @@ fn repair(
     Ok(done)
 }
 
-fn print_findings(findings: &[Finding]) {
+pub fn print_findings(findings: &[Finding]) {
     for f in findings {
         let status = match f.status {
             Status::Pass => "pass",

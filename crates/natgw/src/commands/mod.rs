@@ -4,6 +4,8 @@ mod doctor;
 mod down;
 mod gateway;
 mod lab;
+mod node;
+mod persist;
 mod probe;
 mod status;
 mod up;
@@ -22,6 +24,7 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Down { json } => down::run(json),
         Command::Status { gateway, json } => status::run(&gateway, json),
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
+        Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),
         Command::StunServer { listen, alt } => probe::stun_server(&listen, alt.as_deref()),
         Command::Lab(args) => lab::run(&args),

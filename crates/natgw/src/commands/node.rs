@@ -1,0 +1,256 @@
+//! `natgw node up/down/check/persist`: the private-node end of the recipe.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use natgw_core::doctor::{Finding, Status};
+use natgw_core::node::{self, NodeChange, NodeState};
+use natgw_core::{Observed, RouteSpec};
+use natgw_linux::netlink::Netlink;
+use natgw_linux::observe::{gateway_answers, observe_network};
+use natgw_linux::state_store;
+use serde::Serialize;
+
+use super::{gateway, persist};
+use crate::cli::NodeAction;
+use crate::exit::{self, problem, usage};
+use crate::output;
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn run(action: NodeAction) -> exit::Result<i32> {
+    match action {
+        NodeAction::Up {
+            gateway,
+            replace,
+            json,
+        } => up(gateway, replace, json),
+        NodeAction::Down { json } => down(json),
+        NodeAction::Check { json } => check(json),
+        NodeAction::Persist {
+            gateway,
+            dry_run,
+            root,
+            json,
+        } => persist::run(gateway, dry_run, &root, json),
+    }
+}
+
+fn default_via(gateway: IpAddr) -> RouteSpec {
+    RouteSpec {
+        to: node::default_v4(),
+        via: gateway,
+        origin: "natgw node".into(),
+    }
+}
+
+fn observe(netlink: &Netlink) -> exit::Result<Observed> {
+    observe_network(netlink).map_err(problem)
+}
+
+#[derive(Serialize)]
+struct UpReport<'a> {
+    plan: &'a node::NodePlan,
+    applied: bool,
+}
+
+fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
+    gateway::require_privilege()?;
+    let netlink = gateway::connect()?;
+    let observed = observe(&netlink)?;
+    let plan = node::plan(gateway_ip, &observed, replace).map_err(usage)?;
+    if plan.change == NodeChange::None {
+        if json {
+            output::json(&UpReport {
+                plan: &plan,
+                applied: false,
+            });
+        } else {
+            println!(
+                "no changes: the default route already goes through {gateway_ip} (dev {})",
+                plan.interface
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if !gateway_answers(&netlink, plan.ifindex, gateway_ip, ANSWER_TIMEOUT).map_err(problem)? {
+        return Err(problem(anyhow!(
+            "gateway {gateway_ip} does not answer ARP on {} within {ANSWER_TIMEOUT:?}; is the headnode up with that address? (nothing was changed)",
+            plan.interface
+        )));
+    }
+    // Record first: if the route change then fails, the record only says what was there.
+    let state = NodeState {
+        gateway: gateway_ip,
+        previous: plan.previous.clone(),
+    };
+    let recorded: Option<NodeState> =
+        state_store::load_named(state_store::NODE).map_err(problem)?;
+    let keep = recorded.map_or(state.clone(), |old| NodeState {
+        gateway: gateway_ip,
+        previous: old.previous,
+    });
+    state_store::save_named(state_store::NODE, &keep).map_err(problem)?;
+    let result = match plan.change {
+        NodeChange::Add => netlink.add_route(&default_via(gateway_ip)),
+        _ => netlink.replace_route(&default_via(gateway_ip)),
+    };
+    if let Err(e) = result {
+        let _ = state_store::remove_named(state_store::NODE);
+        return Err(problem(e));
+    }
+    if json {
+        output::json(&UpReport {
+            plan: &plan,
+            applied: true,
+        });
+    } else {
+        let what = if plan.change == NodeChange::Add {
+            "added"
+        } else {
+            "replaced"
+        };
+        println!(
+            "{what} default route via {gateway_ip} dev {} (gateway answers ARP)",
+            plan.interface
+        );
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Serialize, Default)]
+struct DownReport {
+    done: Vec<String>,
+}
+
+fn down(json: bool) -> exit::Result<i32> {
+    gateway::require_privilege()?;
+    let netlink = gateway::connect()?;
+    let observed = observe(&netlink)?;
+    let recorded: Option<NodeState> =
+        state_store::load_named(state_store::NODE).map_err(problem)?;
+    let mut report = DownReport::default();
+    for gw in node::owned_defaults(&observed) {
+        netlink.del_route(&default_via(gw)).map_err(problem)?;
+        report.done.push(format!("deleted default route via {gw}"));
+    }
+    if let Some(previous) = recorded.and_then(|s| s.previous) {
+        match previous.gateway {
+            Some(gw) => {
+                // The previous route belonged to someone else: put it back as it was.
+                netlink
+                    .restore_route(&default_via(gw), previous.protocol)
+                    .map_err(problem)?;
+                report.done.push(format!(
+                    "restored default route via {gw} dev {}",
+                    previous.interface
+                ));
+            }
+            None => report.done.push(format!(
+                "the previous default (dev {}) had no gateway; restore it by hand",
+                previous.interface
+            )),
+        }
+    }
+    state_store::remove_named(state_store::NODE).map_err(problem)?;
+    if json {
+        output::json(&report);
+    } else if report.done.is_empty() {
+        println!("nothing to restore: natgw node up was not run here");
+    } else {
+        report.done.iter().for_each(|l| println!("  {l}"));
+    }
+    Ok(exit::OK)
+}
+
+fn check(json: bool) -> exit::Result<i32> {
+    gateway::require_privilege()?;
+    let netlink = gateway::connect()?;
+    let observed = observe(&netlink)?;
+    let mut findings = Vec::new();
+    let defaults: Vec<_> = observed.ipv4_defaults().collect();
+    match defaults.iter().min_by_key(|r| r.metric) {
+        None => findings.push(Finding::fail(
+            "default-route",
+            "no IPv4 default route: outbound traffic has nowhere to go",
+            "natgw node up --gateway HEADNODE_PRIVATE_ADDRESS",
+        )),
+        Some(route) => {
+            let gw = route.gateway;
+            let dev = route
+                .oif
+                .and_then(|i| observed.link_by_index(i))
+                .map_or("?".into(), |l| l.name.clone());
+            findings.push(Finding::pass(
+                "default-route",
+                format!(
+                    "default via {} dev {dev}",
+                    gw.map_or("-".into(), |g| g.to_string())
+                ),
+            ));
+            match (gw, route.oif) {
+                (Some(gw), Some(oif))
+                    if gateway_answers(&netlink, oif, gw, ANSWER_TIMEOUT).map_err(problem)? =>
+                {
+                    findings.push(Finding::pass(
+                        "gateway",
+                        format!("{gw} answers ARP on {dev}"),
+                    ))
+                }
+                (Some(gw), _) => findings.push(Finding::fail(
+                    "gateway",
+                    format!("{gw} does not answer ARP on {dev}"),
+                    "check that the headnode is up and has this address on the private network",
+                )),
+                (None, _) => findings.push(Finding::warn(
+                    "gateway",
+                    format!("the default route has no gateway (dev {dev})"),
+                    "natgw node up --gateway HEADNODE_PRIVATE_ADDRESS --replace",
+                )),
+            }
+        }
+    }
+    let nameservers = natgw_linux::firewall::nameservers();
+    let routable = |ns: &IpAddr| {
+        ns.is_loopback() || observed.routes.iter().any(|r| r.destination.contains(ns))
+    };
+    findings.push(match nameservers.as_slice() {
+        [] => Finding::warn(
+            "dns",
+            "no nameserver in /etc/resolv.conf",
+            "add `nameserver ADDR` (often the headnode) to /etc/resolv.conf",
+        ),
+        list if list.iter().any(routable) => Finding::pass(
+            "dns",
+            format!(
+                "nameservers {} configured and routable (not queried)",
+                list.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        list => Finding::warn(
+            "dns",
+            format!(
+                "no route to nameservers {}",
+                list.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "set the default route first (natgw node up)",
+        ),
+    });
+    if json {
+        output::json(&serde_json::json!({ "checks": findings }));
+    } else {
+        super::doctor::print_findings(&findings);
+    }
+    Ok(if findings.iter().any(|f| f.status == Status::Fail) {
+        exit::PROBLEM
+    } else {
+        exit::OK
+    })
+}
