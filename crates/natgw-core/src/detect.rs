@@ -10,6 +10,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::Settings;
 use crate::desired::{Desired, Interface, SnatMode};
+use crate::join;
 use crate::observed::{Link, Observed};
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
@@ -319,49 +320,15 @@ pub fn normalise(prefixes: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
     kept
 }
 
-fn join(nets: &[IpNet]) -> String {
-    nets.iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Flags, RouteSpec};
-    use crate::observed::{Address, Route};
-
-    fn link(index: u32, name: &str) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            up: true,
-            carrier: true,
-            loopback: index == 1,
-            mtu: 1500,
-        }
-    }
-
-    fn addr(ifindex: u32, cidr: &str) -> Address {
-        let net: IpNet = cidr.parse().unwrap();
-        Address {
-            ifindex,
-            address: net.addr(),
-            prefix_len: net.prefix_len(),
-            secondary: false,
-            dynamic: false,
-        }
-    }
+    use crate::fixtures::{addr, link, route};
+    use crate::observed::Route;
 
     fn default_via(oif: u32) -> Route {
-        Route {
-            destination: "0.0.0.0/0".parse().unwrap(),
-            gateway: Some("203.0.113.254".parse().unwrap()),
-            oif: Some(oif),
-            protocol: 4,
-            metric: 0,
-        }
+        route("0.0.0.0/0", Some("203.0.113.254"), oif)
     }
 
     /// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.

@@ -22,6 +22,18 @@ pub use observed::{Address, Link, Observed, Route};
 pub use plan::{plan, Change, Plan};
 pub use state::RecordedState;
 
+/// `a, b, c` for messages.
+pub(crate) fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
 /// Route protocol id that marks routes natgw installed (`ip route show proto 88`).
 pub const ROUTE_PROTOCOL: u8 = 88;
 /// The one nftables table natgw owns.

@@ -971,40 +971,7 @@ fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
     assert_eq!(check(&report, "conntrack")["status"], "pass", "{report}");
     // A foreign NAT rule that squeezes all UDP into one source port: the second
     // private node's flow to the same server clashes and the kernel drops it.
-    in_ns(&lab, "head", &["nft", "add", "table", "ip", "squeeze"]);
-    in_ns(
-        &lab,
-        "head",
-        &[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "squeeze",
-            "post",
-            "{ type nat hook postrouting priority 50; }",
-        ],
-    );
-    in_ns(
-        &lab,
-        "head",
-        &[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "squeeze",
-            "post",
-            "oifname",
-            "wan0",
-            "meta",
-            "l4proto",
-            "udp",
-            "snat",
-            "to",
-            "203.0.113.1:5000",
-        ],
-    );
+    foreign_udp_snat(&lab, "squeeze", "203.0.113.1:5000");
     assert!(udp_exchange(&lab.ns("n1"), server(), TIMEOUT).is_ok());
     assert!(udp_exchange(&lab.ns("n2"), server(), Duration::from_millis(500)).is_err());
     let (_, report) = doctor(&lab, &[]);
@@ -1046,6 +1013,24 @@ fn missing_nft_tool_is_named_with_its_package() {
         text(&out)
     );
     assert_eq!(headnode_snapshot(&lab), before);
+}
+
+/// A foreign nftables table (not natgw's) whose NAT chain runs before natgw's and
+/// source-translates the headnode's outgoing UDP with `translation`.
+fn foreign_udp_snat(lab: &Lab, table: &str, translation: &str) {
+    in_ns(lab, "head", &["nft", "add", "table", "ip", table]);
+    let hook = "{ type nat hook postrouting priority 50; }";
+    in_ns(
+        lab,
+        "head",
+        &["nft", "add", "chain", "ip", table, "post", hook],
+    );
+    let mut rule = vec![
+        "nft", "add", "rule", "ip", table, "post", "oifname", "wan0", "meta", "l4proto", "udp",
+        "snat", "to",
+    ];
+    rule.extend(translation.split_whitespace());
+    in_ns(lab, "head", &rule);
 }
 
 /// A process started in a lab namespace, killed when dropped.
@@ -1162,41 +1147,7 @@ fn behaviour_classifier_on_topologies_known_by_construction() {
     );
 
     // A NAT that maps every flow to a fresh random port.
-    in_ns(&lab, "head", &["nft", "add", "table", "ip", "scramble"]);
-    in_ns(
-        &lab,
-        "head",
-        &[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "scramble",
-            "post",
-            "{ type nat hook postrouting priority 50; }",
-        ],
-    );
-    in_ns(
-        &lab,
-        "head",
-        &[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "scramble",
-            "post",
-            "oifname",
-            "wan0",
-            "meta",
-            "l4proto",
-            "udp",
-            "snat",
-            "to",
-            "203.0.113.1:1024-65535",
-            "random",
-        ],
-    );
+    foreign_udp_snat(&lab, "scramble", "203.0.113.1:1024-65535 random");
     let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10"]);
     assert_exit(&out, 0);
     assert_eq!(

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use super::firewall::{snat_rules, Chain};
 use super::{Finding, Inputs, Repair, Status};
 use crate::detect::{is_private_v4, roles, DetectError, Roles, IP_FORWARD};
+use crate::join;
 use crate::observed::{Link, Observed};
 
 pub fn all(inputs: &Inputs) -> Vec<Finding> {
@@ -529,59 +530,21 @@ fn dns(inputs: &Inputs) -> Finding {
     )
 }
 
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::doctor::firewall::{parse_iptables_save, parse_nft};
-    use crate::observed::{Address, Conntrack, Route};
+    use crate::fixtures::{addr, link, route};
+    use crate::observed::{Conntrack, Route};
     use std::collections::BTreeMap;
-
-    fn link(index: u32, name: &str) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            up: true,
-            carrier: true,
-            loopback: index == 1,
-            mtu: 1500,
-        }
-    }
-
-    fn addr(ifindex: u32, ip: &str, len: u8) -> Address {
-        Address {
-            ifindex,
-            address: ip.parse().unwrap(),
-            prefix_len: len,
-            secondary: false,
-            dynamic: false,
-        }
-    }
-
-    fn route(dst: &str, gw: Option<&str>, oif: u32) -> Route {
-        Route {
-            destination: dst.parse().unwrap(),
-            gateway: gw.map(|g| g.parse().unwrap()),
-            oif: Some(oif),
-            protocol: 4,
-            metric: 0,
-        }
-    }
 
     const NATGW: &str = "table inet natgw {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"wan0\" ip saddr @private4 counter name \"translated_connections\" snat ip to 203.0.113.1\n\t}\n}\n";
 
     fn healthy() -> Observed {
         Observed {
             links: vec![link(1, "lo"), link(2, "wan0"), link(3, "lan0")],
-            addresses: vec![addr(2, "203.0.113.1", 24), addr(3, "10.0.0.1", 24)],
+            addresses: vec![addr(2, "203.0.113.1/24"), addr(3, "10.0.0.1/24")],
             routes: vec![
                 route("0.0.0.0/0", Some("203.0.113.254"), 2),
                 route("10.0.0.0/24", None, 3),
