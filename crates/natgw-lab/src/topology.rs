@@ -37,6 +37,24 @@ pub struct Spec {
     pub router: bool,
 }
 
+impl Spec {
+    /// `n` private nodes, no router.
+    pub fn nodes(n: usize) -> Spec {
+        Spec {
+            nodes: n,
+            router: false,
+        }
+    }
+
+    /// Adds router r1 with 10.20.0.0/24 behind it.
+    pub fn with_router(self) -> Spec {
+        Spec {
+            router: true,
+            ..self
+        }
+    }
+}
+
 impl Default for Spec {
     fn default() -> Self {
         Spec {

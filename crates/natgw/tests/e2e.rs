@@ -22,6 +22,11 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// The lab for one test, or `None` (with the skip message) without root.
+fn lab_or_skip(test: &str, spec: Spec) -> Option<Lab> {
+    root_or_skip(test).then(|| lab(spec))
+}
+
 /// A lab with a name unique to this test process and call.
 fn lab(spec: Spec) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -114,10 +119,12 @@ fn json(out: &Output) -> serde_json::Value {
 
 #[test]
 fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
-    if !root_or_skip("up_with_autodetection_translates_and_drops_unsolicited_inbound") {
+    let Some(lab) = lab_or_skip(
+        "up_with_autodetection_translates_and_drops_unsolicited_inbound",
+        Spec::default(),
+    ) else {
         return;
-    }
-    let lab = lab(Spec::default());
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
 
     // Control: without natgw the private nodes cannot reach out, and with plain
@@ -181,13 +188,12 @@ fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
 
 #[test]
 fn second_up_changes_nothing_and_plan_is_empty() {
-    if !root_or_skip("second_up_changes_nothing_and_plan_is_empty") {
+    let Some(lab) = lab_or_skip(
+        "second_up_changes_nothing_and_plan_is_empty",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     let before = headnode_snapshot(&lab);
     assert!(
@@ -209,13 +215,9 @@ fn second_up_changes_nothing_and_plan_is_empty() {
 
 #[test]
 fn up_with_flags_uses_the_given_address() {
-    if !root_or_skip("up_with_flags_uses_the_given_address") {
+    let Some(lab) = lab_or_skip("up_with_flags_uses_the_given_address", Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     lab.ip("head", &["addr", "add", "203.0.113.7/24", "dev", "wan0"])
         .unwrap();
@@ -247,15 +249,12 @@ fn up_with_flags_uses_the_given_address() {
 
 #[test]
 fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everything() {
-    if !root_or_skip(
+    let Some(lab) = lab_or_skip(
         "config_file_routes_reach_networks_behind_a_router_and_down_restores_everything",
-    ) {
+        Spec::nodes(1).with_router(),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: true,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     // A foreign table that must survive untouched.
     in_ns(&lab, "head", &["nft", "add", "table", "inet", "foreign"]);
@@ -327,13 +326,9 @@ fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everythin
 
 #[test]
 fn down_keeps_forwarding_that_was_already_on() {
-    if !root_or_skip("down_keeps_forwarding_that_was_already_on") {
+    let Some(lab) = lab_or_skip("down_keeps_forwarding_that_was_already_on", Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     assert_exit(&natgw(&lab, &["down"]), 0);
@@ -345,10 +340,7 @@ fn bad_input_exits_2_and_changes_nothing() {
     if !root_or_skip("bad_input_exits_2_and_changes_nothing") {
         return;
     }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    let lab = lab(Spec::nodes(1));
     let before = headnode_snapshot(&lab);
     let dir = std::env::temp_dir().join(format!("{}-bad", lab.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -432,13 +424,12 @@ fn bad_input_exits_2_and_changes_nothing() {
 
 #[test]
 fn interface_down_is_reported_and_nothing_changes() {
-    if !root_or_skip("interface_down_is_reported_and_nothing_changes") {
+    let Some(lab) = lab_or_skip(
+        "interface_down_is_reported_and_nothing_changes",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
     let before = headnode_snapshot(&lab);
     let out = natgw(&lab, &["up", "--private", "lan0"]);
@@ -453,13 +444,9 @@ fn interface_down_is_reported_and_nothing_changes() {
 
 #[test]
 fn failure_half_way_rolls_back() {
-    if !root_or_skip("failure_half_way_rolls_back") {
+    let Some(lab) = lab_or_skip("failure_half_way_rolls_back", Spec::nodes(1).with_router()) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: true,
-    });
+    };
     let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
     std::fs::write(
         &config,
@@ -501,13 +488,12 @@ fn failure_half_way_rolls_back() {
 
 #[test]
 fn drift_is_reported_by_status_and_repaired_by_up() {
-    if !root_or_skip("drift_is_reported_by_status_and_repaired_by_up") {
+    let Some(lab) = lab_or_skip(
+        "drift_is_reported_by_status_and_repaired_by_up",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     // Someone flushes natgw's NAT chain and turns forwarding off.
@@ -594,13 +580,9 @@ fn fails(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn doctor_passes_a_healthy_gateway() {
-    if !root_or_skip("doctor_passes_a_healthy_gateway") {
+    let Some(lab) = lab_or_skip("doctor_passes_a_healthy_gateway", Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
@@ -610,13 +592,12 @@ fn doctor_passes_a_healthy_gateway() {
 
 #[test]
 fn doctor_fix_repairs_interface_down_and_forwarding_off() {
-    if !root_or_skip("doctor_fix_repairs_interface_down_and_forwarding_off") {
+    let Some(lab) = lab_or_skip(
+        "doctor_fix_repairs_interface_down_and_forwarding_off",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
@@ -646,13 +627,12 @@ fn doctor_fix_repairs_interface_down_and_forwarding_off() {
 
 #[test]
 fn doctor_reports_a_foreign_forward_drop_and_leaves_it_alone() {
-    if !root_or_skip("doctor_reports_a_foreign_forward_drop_and_leaves_it_alone") {
+    let Some(lab) = lab_or_skip(
+        "doctor_reports_a_foreign_forward_drop_and_leaves_it_alone",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     // What a container engine does: iptables FORWARD policy DROP (iptables-nft).
@@ -709,13 +689,10 @@ fn shell_words(command: &str) -> Vec<String> {
 
 #[test]
 fn doctor_finds_a_stale_iptables_snat_address() {
-    if !root_or_skip("doctor_finds_a_stale_iptables_snat_address") {
+    let Some(lab) = lab_or_skip("doctor_finds_a_stale_iptables_snat_address", Spec::nodes(1))
+    else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     // The recipe's rule, written before the headnode was renumbered.
     in_ns(
         &lab,
@@ -753,13 +730,9 @@ fn doctor_finds_a_stale_iptables_snat_address() {
 
 #[test]
 fn doctor_warns_on_a_second_default_route() {
-    if !root_or_skip("doctor_warns_on_a_second_default_route") {
+    let Some(lab) = lab_or_skip("doctor_warns_on_a_second_default_route", Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.ip(
         "head",
@@ -820,13 +793,12 @@ fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
 
 #[test]
 fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables() {
-    if !root_or_skip("doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables") {
+    let Some(lab) = lab_or_skip(
+        "doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.sysctl("head", "net.ipv4.conf.all.rp_filter", "1")
         .unwrap();
@@ -862,13 +834,12 @@ fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables() {
 
 #[test]
 fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
-    if !root_or_skip("doctor_fix_restores_a_missing_route_to_a_network_behind_a_router") {
+    let Some(lab) = lab_or_skip(
+        "doctor_fix_restores_a_missing_route_to_a_network_behind_a_router",
+        Spec::nodes(1).with_router(),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: true,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
     std::fs::write(
@@ -900,13 +871,12 @@ fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
 
 #[test]
 fn doctor_warns_when_no_nameserver_is_configured() {
-    if !root_or_skip("doctor_warns_when_no_nameserver_is_configured") {
+    let Some(lab) = lab_or_skip(
+        "doctor_warns_when_no_nameserver_is_configured",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     // `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
     let dir = std::path::PathBuf::from(format!("/etc/netns/{}", lab.ns("head")));
@@ -924,10 +894,7 @@ fn doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route(
     {
         return;
     }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    let lab = lab(Spec::nodes(1));
     assert_exit(&natgw(&lab, &["up"]), 0);
     // Taking the uplink down also takes the admin's default route with it.
     lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
@@ -961,10 +928,12 @@ fn doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route(
 
 #[test]
 fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
-    if !root_or_skip("doctor_reports_conntrack_insert_failures_from_port_exhaustion") {
+    let Some(lab) = lab_or_skip(
+        "doctor_reports_conntrack_insert_failures_from_port_exhaustion",
+        Spec::default(),
+    ) else {
         return;
-    }
-    let lab = lab(Spec::default());
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     let (_, report) = doctor(&lab, &[]);
@@ -988,13 +957,10 @@ fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
 
 #[test]
 fn missing_nft_tool_is_named_with_its_package() {
-    if !root_or_skip("missing_nft_tool_is_named_with_its_package") {
+    let Some(lab) = lab_or_skip("missing_nft_tool_is_named_with_its_package", Spec::nodes(1))
+    else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let before = headnode_snapshot(&lab);
     let no_nft = [("NATGW_NFT", "/nonexistent/nft")];
     let out = natgw_env(&lab, "head", &["doctor", "--json"], &no_nft);
@@ -1081,15 +1047,12 @@ fn probe_json(lab: &Lab, role: &str, args: &[&str]) -> (Output, serde_json::Valu
 
 #[test]
 fn probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour() {
-    if !root_or_skip(
+    let Some(lab) = lab_or_skip(
         "probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour",
-    ) {
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     let _server = natgw_stun_server(&lab);
     let (out, report) = probe_json(
@@ -1128,13 +1091,12 @@ fn probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behav
 
 #[test]
 fn behaviour_classifier_on_topologies_known_by_construction() {
-    if !root_or_skip("behaviour_classifier_on_topologies_known_by_construction") {
+    let Some(lab) = lab_or_skip(
+        "behaviour_classifier_on_topologies_known_by_construction",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     let _server = natgw_stun_server(&lab);
     // No NAT at all: the headnode's own traffic leaves with its own address.
@@ -1159,13 +1121,9 @@ fn behaviour_classifier_on_topologies_known_by_construction() {
 
 #[test]
 fn stun_interoperates_with_coturn_both_ways() {
-    if !root_or_skip("stun_interoperates_with_coturn_both_ways") {
+    let Some(lab) = lab_or_skip("stun_interoperates_with_coturn_both_ways", Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     {
         // coturn's clients against natgw's server. turnutils_stunclient waits without a
@@ -1239,13 +1197,12 @@ fn stun_interoperates_with_coturn_both_ways() {
 
 #[test]
 fn probe_failures_are_per_probe_results_within_their_timeout() {
-    if !root_or_skip("probe_failures_are_per_probe_results_within_their_timeout") {
+    let Some(lab) = lab_or_skip(
+        "probe_failures_are_per_probe_results_within_their_timeout",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     assert_exit(&natgw(&lab, &["up"]), 0);
     let _not_stun = Listener::start(&lab.ns("pub"), server()).unwrap();
     // Names resolve with no nameserver, so an unknown host fails at once, locally.
@@ -1308,13 +1265,9 @@ fn n1_routes(lab: &Lab) -> String {
 
 #[test]
 fn node_up_and_down_manage_the_default_route() {
-    if !root_or_skip("node_up_and_down_manage_the_default_route") {
+    let Some(lab) = lab_or_skip("node_up_and_down_manage_the_default_route", Spec::nodes(2)) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 2,
-        router: false,
-    });
+    };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.ip("n1", &["route", "del", "default"]).unwrap();
@@ -1379,13 +1332,12 @@ fn check_status(report: &serde_json::Value, id: &str) -> String {
 
 #[test]
 fn node_up_refuses_gateways_that_are_off_link_or_silent() {
-    if !root_or_skip("node_up_refuses_gateways_that_are_off_link_or_silent") {
+    let Some(lab) = lab_or_skip(
+        "node_up_refuses_gateways_that_are_off_link_or_silent",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let before = n1_routes(&lab);
     let out = natgw_env(
         &lab,
@@ -1418,13 +1370,12 @@ fn node_up_refuses_gateways_that_are_off_link_or_silent() {
 
 #[test]
 fn node_persist_writes_the_config_of_the_network_manager_found() {
-    if !root_or_skip("node_persist_writes_the_config_of_the_network_manager_found") {
+    let Some(lab) = lab_or_skip(
+        "node_persist_writes_the_config_of_the_network_manager_found",
+        Spec::nodes(1),
+    ) else {
         return;
-    }
-    let lab = lab(Spec {
-        nodes: 1,
-        router: false,
-    });
+    };
     let root = std::env::temp_dir().join(format!("{}-root", lab.name));
     let network = root.join("etc/systemd/network");
     std::fs::create_dir_all(&network).unwrap();
