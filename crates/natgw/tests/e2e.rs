@@ -2,6 +2,7 @@
 //! through natgw's binary exactly as an admin would run it. They need root; without it
 //! they are skipped with a visible message, except under CI (CI=true) where that fails.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,11 @@ fn root_or_skip(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: end-to-end tests must run as root under CI");
     }
-    eprintln!("SKIPPED {test}: end-to-end tests need root (run the suite with sudo)");
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: end-to-end tests need root (run the suite with sudo)"
+    );
     false
 }
 
