@@ -255,7 +255,7 @@ impl Lab {
     /// Removes every namespace of this lab (also done on drop unless `keep`).
     pub fn teardown(&mut self) {
         for ns in self.created.drain(..).rev() {
-            let _ = ip(&["netns", "del", &ns]);
+            delete_namespace(&ns);
         }
     }
 }
@@ -275,6 +275,12 @@ pub fn remove(name: &str) -> Vec<String> {
         .iter()
         .map(|role| format!("{name}-{role}"))
         .filter(|ns| std::path::Path::new("/run/netns").join(ns).exists())
-        .filter(|ns| ip(&["netns", "del", ns]).is_ok())
+        .filter(|ns| delete_namespace(ns))
         .collect()
+}
+
+/// Deletes a namespace together with the records natgw kept for it.
+fn delete_namespace(ns: &str) -> bool {
+    let _ = in_netns(ns, natgw_linux::state_store::remove_namespace_records);
+    ip(&["netns", "del", ns]).is_ok()
 }

@@ -119,6 +119,19 @@ pub fn remove_named(name: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Removes every natgw record of the current network namespace: for whoever deletes
+/// the namespace (the lab), since records of a dead namespace mean nothing.
+pub fn remove_namespace_records() -> Result<(), StateError> {
+    let dir = path_of(GATEWAY)?
+        .parent()
+        .expect("state path has a parent")
+        .to_path_buf();
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir, e)),
+        _ => Ok(()),
+    }
+}
+
 fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> StateError {
     StateError::Io {
         action,
