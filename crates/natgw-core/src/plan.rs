@@ -24,9 +24,11 @@ pub enum Change {
     AddRoute { route: RouteSpec },
     /// A route natgw added earlier that is no longer configured.
     DelRoute { route: RouteSpec },
-    /// Replace the table `inet natgw` atomically with `ruleset`.
+    /// Replace the table `inet natgw` atomically with `ruleset`; `from` is the digest the
+    /// live table carries (none when there is no table), `digest` the new one.
     ReplaceTable {
         reason: TableReason,
+        from: Option<String>,
         digest: String,
         ruleset: String,
     },
@@ -120,6 +122,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     if let Some(reason) = reason {
         changes.push(Change::ReplaceTable {
             reason,
+            from: observed
+                .table_listing
+                .as_deref()
+                .and_then(listed_digest)
+                .map(str::to_string),
             digest: ruleset.digest,
             ruleset: ruleset.text,
         });
@@ -141,13 +148,24 @@ impl fmt::Display for Change {
                 "delete route {} via {} (no longer configured)",
                 route.to, route.via
             ),
-            Change::ReplaceTable { reason, digest, .. } => {
+            Change::ReplaceTable {
+                reason,
+                from,
+                digest,
+                ..
+            } => {
                 let what = match reason {
                     TableReason::Create => "create",
                     TableReason::Update => "update (rules changed)",
                     TableReason::Drift => "restore (the live table was modified outside natgw)",
                 };
-                write!(f, "{what} nftables table inet natgw, digest {digest}")
+                let from = from
+                    .as_deref()
+                    .map_or("none".to_string(), |d| format!("digest {d}"));
+                write!(
+                    f,
+                    "{what} nftables table inet natgw: {from} -> digest {digest}"
+                )
             }
         }
     }

@@ -11,8 +11,14 @@ pub fn json(value: &impl serde::Serialize) {
 
 /// The detected gateway in a few lines.
 pub fn describe(desired: &Desired) -> String {
+    // Link-local IPv6 addresses are on every interface and say nothing about its role.
     let iface = |i: &natgw_core::Interface| {
-        let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
+        let addrs: Vec<String> = i
+            .addresses
+            .iter()
+            .filter(|a| !matches!(a, ipnet::IpNet::V6(v6) if v6.addr().segments()[0] & 0xffc0 == 0xfe80))
+            .map(|a| a.to_string())
+            .collect();
         format!("{} ({})", i.name, addrs.join(", "))
     };
     let private: Vec<String> = desired.private.iter().map(iface).collect();
@@ -22,17 +28,14 @@ pub fn describe(desired: &Desired) -> String {
         .map(|p| p.to_string())
         .collect();
     let mut text = format!(
-        "public interface:  {}\nprivate interfaces: {}\ntranslate:         {} -> {}\n",
+        "public:     {}\nprivate:    {}\ntranslate:  {} -> {}\n",
         iface(&desired.public),
         private.join(", "),
         prefixes.join(", "),
         desired.snat
     );
     for route in &desired.routes {
-        text.push_str(&format!(
-            "route:             {} via {}\n",
-            route.to, route.via
-        ));
+        text.push_str(&format!("route:      {} via {}\n", route.to, route.via));
     }
     for warning in &desired.warnings {
         text.push_str(&format!("warning: {warning}\n"));

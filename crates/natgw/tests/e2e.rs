@@ -148,7 +148,10 @@ fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
     let out = natgw(&lab, &["up"]);
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("public interface:  wan0"), "{stdout}");
+    assert!(
+        stdout.contains("public:     wan0 (203.0.113.1/24)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("10.0.0.0/24 -> snat to 203.0.113.1"),
         "{stdout}"

@@ -60,12 +60,12 @@ fn print_human(status: &Status) {
     print!("{}", output::describe(&status.desired));
     match (status.state, status.in_sync) {
         ("down", _) => println!(
-            "state:             down (run `natgw up`)\nwould change:\n{}",
+            "state:      down (run `natgw up`)\nwould change:\n{}",
             status.drift
         ),
-        (_, true) => println!("state:             up, in sync with the desired gateway"),
+        (_, true) => println!("state:      up, in sync with the desired gateway"),
         _ => println!(
-            "state:             up, DRIFTED; `natgw up` would change:\n{}",
+            "state:      up, DRIFTED; `natgw up` would change:\n{}",
             status.drift
         ),
     }
@@ -81,7 +81,7 @@ fn print_human(status: &Status) {
     if let Some(ct) = status.conntrack {
         let percent = ct.count as f64 * 100.0 / ct.max.max(1) as f64;
         println!(
-            "conntrack:         {} of {} entries in use ({percent:.1} %)",
+            "conntrack:  {} of {} entries in use ({percent:.1} %)",
             ct.count, ct.max
         );
     }
