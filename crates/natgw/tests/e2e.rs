@@ -1265,6 +1265,32 @@ fn probe_failures_are_per_probe_results_within_their_timeout() {
 
     let out = natgw_env(&lab, "n1", &["probe"], &[]);
     assert_exit(&out, 2);
+    // A server without a distinct alternate cannot do RFC 5780; refused before binding.
+    let out = natgw_env(
+        &lab,
+        "pub",
+        &[
+            "stun-server",
+            "--listen",
+            "198.51.100.10",
+            "--alt",
+            "198.51.100.10:3479",
+        ],
+        &[],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--alt must differ"),
+        "{}",
+        text(&out)
+    );
+    let out = natgw_env(
+        &lab,
+        "pub",
+        &["stun-server", "--listen", "not-an-address"],
+        &[],
+    );
+    assert_exit(&out, 2);
 }
 
 fn n1_routes(lab: &Lab) -> String {
