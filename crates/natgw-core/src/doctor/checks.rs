@@ -30,7 +30,12 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
                 e.to_string(),
                 "name the interfaces with --public / --private (or fix what the message says)",
             );
-            return vec![fail, netfilter(inputs), conntrack(inputs), dns(inputs)];
+            return vec![
+                fail,
+                netfilter(inputs),
+                conntrack(inputs),
+                dns(inputs.observed, &inputs.nameservers),
+            ];
         }
     };
     let mut findings = vec![public_interface(o, roles.public)];
@@ -45,7 +50,7 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         private_routes(o, &roles),
         conntrack(inputs),
         mtu(inputs, &roles),
-        dns(inputs),
+        dns(inputs.observed, &inputs.nameservers),
     ]);
     findings
 }
@@ -497,24 +502,23 @@ fn mtu(inputs: &Inputs, roles: &Roles) -> Finding {
 }
 
 /// Looks only: no query leaves the machine. A nameserver must be configured and routable.
-fn dns(inputs: &Inputs) -> Finding {
+/// Shared with `natgw node check`.
+pub fn dns(o: &Observed, nameservers: &[IpAddr]) -> Finding {
     const ID: &str = "dns";
-    let o = inputs.observed;
-    if inputs.nameservers.is_empty() {
-        return Finding::warn(ID, "no nameserver in /etc/resolv.conf: the headnode cannot resolve names (private nodes often use it as resolver)", "add `nameserver ADDR` to /etc/resolv.conf (or configure systemd-resolved)");
+    if nameservers.is_empty() {
+        return Finding::warn(ID, "no nameserver in /etc/resolv.conf: this host cannot resolve names (private nodes often use the headnode as resolver)", "add `nameserver ADDR` to /etc/resolv.conf (or configure systemd-resolved)");
     }
     let routable = |ns: &IpAddr| {
         ns.is_loopback()
             || o.routes.iter().any(|r| r.destination.contains(ns))
             || o.addresses.iter().any(|a| a.address == *ns)
     };
-    let unroutable: Vec<IpAddr> = inputs
-        .nameservers
+    let unroutable: Vec<IpAddr> = nameservers
         .iter()
         .filter(|ns| !routable(ns))
         .copied()
         .collect();
-    if unroutable.len() == inputs.nameservers.len() {
+    if unroutable.len() == nameservers.len() {
         return Finding::warn(
             ID,
             format!("no route to any nameserver ({})", join(&unroutable)),
@@ -525,7 +529,7 @@ fn dns(inputs: &Inputs) -> Finding {
         ID,
         format!(
             "nameservers {} are routable (not queried: doctor sends no traffic)",
-            join(&inputs.nameservers)
+            join(nameservers)
         ),
     )
 }

@@ -211,38 +211,10 @@ fn check(json: bool) -> exit::Result<i32> {
             }
         }
     }
-    let nameservers = natgw_linux::firewall::nameservers();
-    let routable = |ns: &IpAddr| {
-        ns.is_loopback() || observed.routes.iter().any(|r| r.destination.contains(ns))
-    };
-    findings.push(match nameservers.as_slice() {
-        [] => Finding::warn(
-            "dns",
-            "no nameserver in /etc/resolv.conf",
-            "add `nameserver ADDR` (often the headnode) to /etc/resolv.conf",
-        ),
-        list if list.iter().any(routable) => Finding::pass(
-            "dns",
-            format!(
-                "nameservers {} configured and routable (not queried)",
-                list.iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        list => Finding::warn(
-            "dns",
-            format!(
-                "no route to nameservers {}",
-                list.iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            "set the default route first (natgw node up)",
-        ),
-    });
+    findings.push(natgw_core::doctor::checks::dns(
+        &observed,
+        &natgw_linux::firewall::nameservers(),
+    ));
     if json {
         output::json(&serde_json::json!({ "checks": findings }));
     } else {
