@@ -70,3 +70,26 @@ pub fn desired(settings: &Settings, observed: &Observed) -> exit::Result<Desired
         }
     })
 }
+
+/// What every gateway command starts from: the system observed once, and the gateway
+/// it should be.
+pub struct Prepared {
+    pub netlink: Netlink,
+    pub observed: Observed,
+    pub desired: Desired,
+}
+
+/// Settings, privilege, one observation, the desired gateway: in that order, so bad
+/// input is reported before anything is read.
+pub fn prepare(args: &GatewayArgs) -> exit::Result<Prepared> {
+    let settings = settings(args)?;
+    require_privilege()?;
+    let netlink = connect()?;
+    let observed = observe(&netlink)?;
+    let desired = desired(&settings, &observed)?;
+    Ok(Prepared {
+        netlink,
+        observed,
+        desired,
+    })
+}

@@ -24,11 +24,9 @@ struct Status {
 }
 
 pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
-    let settings = gateway::settings(args)?;
-    gateway::require_privilege()?;
-    let netlink = gateway::connect()?;
-    let observed = gateway::observe(&netlink)?;
-    let desired = gateway::desired(&settings, &observed)?;
+    let gateway::Prepared {
+        observed, desired, ..
+    } = gateway::prepare(args)?;
     let drift = natgw_core::plan(&desired, &observed);
     let installed = observed.table_listing.is_some();
     let counters = if installed {

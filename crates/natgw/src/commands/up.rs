@@ -17,11 +17,11 @@ struct Report<'a> {
 }
 
 pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
-    let settings = gateway::settings(args)?;
-    gateway::require_privilege()?;
-    let netlink = gateway::connect()?;
-    let observed = gateway::observe(&netlink)?;
-    let desired = gateway::desired(&settings, &observed)?;
+    let gateway::Prepared {
+        netlink,
+        observed,
+        desired,
+    } = gateway::prepare(args)?;
     let plan = natgw_core::plan(&desired, &observed);
 
     if !json {
