@@ -47,12 +47,20 @@ impl Netlink {
         Ok(Netlink { runtime, handle })
     }
 
+    /// Runs a dump request to completion.
+    fn dump<T>(
+        &self,
+        what: &str,
+        stream: impl futures::Stream<Item = Result<T, rtnetlink::Error>>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        self.runtime
+            .block_on(stream.try_collect())
+            .map_err(|source| request(what, source))
+    }
+
     /// `ip link show`
     pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        let messages: Vec<_> = self
-            .runtime
-            .block_on(self.handle.link().get().execute().try_collect())
-            .map_err(|source| request("dump links", source))?;
+        let messages: Vec<_> = self.dump("dump links", self.handle.link().get().execute())?;
         Ok(messages
             .into_iter()
             .map(|m| {
@@ -86,10 +94,8 @@ impl Netlink {
 
     /// `ip addr show`
     pub fn addresses(&self) -> Result<Vec<Address>, NetlinkError> {
-        let messages: Vec<_> = self
-            .runtime
-            .block_on(self.handle.address().get().execute().try_collect())
-            .map_err(|source| request("dump addresses", source))?;
+        let messages: Vec<_> =
+            self.dump("dump addresses", self.handle.address().get().execute())?;
         Ok(messages
             .into_iter()
             .filter_map(|m| {
@@ -125,10 +131,8 @@ impl Netlink {
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
-            let messages: Vec<RouteMessage> = self
-                .runtime
-                .block_on(self.handle.route().get(filter).execute().try_collect())
-                .map_err(|source| request("dump routes", source))?;
+            let messages: Vec<RouteMessage> =
+                self.dump("dump routes", self.handle.route().get(filter).execute())?;
             routes.extend(messages.into_iter().filter_map(route_of));
         }
         Ok(routes)
@@ -192,10 +196,8 @@ impl Netlink {
         use netlink_packet_route::neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourState,
         };
-        let messages: Vec<_> = self
-            .runtime
-            .block_on(self.handle.neighbours().get().execute().try_collect())
-            .map_err(|source| request("dump neighbours", source))?;
+        let messages: Vec<_> =
+            self.dump("dump neighbours", self.handle.neighbours().get().execute())?;
         let entry = messages.into_iter().find(|m| {
             m.header.ifindex == ifindex
                 && m.attributes.iter().any(|a| match a {

@@ -78,16 +78,24 @@ fn repair(
     findings: &[Finding],
 ) -> exit::Result<Vec<String>> {
     let mut done = Vec::new();
-    let repairs: Vec<&Repair> = findings
+    // Several findings can name the same repair (a down interface also loses its
+    // routes): each is done once.
+    let mut repairs: Vec<&Repair> = Vec::new();
+    for repair in findings
         .iter()
         .filter(|f| f.status != Status::Pass)
         .filter_map(|f| f.repair.as_ref())
-        .collect();
+    {
+        if !repairs.contains(&repair) {
+            repairs.push(repair);
+        }
+    }
+    let links = netlink.links().map_err(problem)?;
     for repair in &repairs {
         if let Repair::LinkUp(name) = repair {
-            let observed = natgw_linux::observe(netlink).map_err(problem)?;
-            let link = observed
-                .link(name)
+            let link = links
+                .iter()
+                .find(|l| &l.name == name)
                 .ok_or_else(|| problem(anyhow!("interface {name} vanished")))?;
             netlink.set_link_up(link.index).map_err(problem)?;
             done.push(format!("ip link set {name} up"));
