@@ -28,6 +28,9 @@ pub struct Config {
     /// Private networks behind routers on the private side (the recipe's static routes).
     #[serde(default)]
     pub routes: Vec<toml::Spanned<RouteEntry>>,
+    /// Clamp the TCP MSS of forwarded connections to the path MTU.
+    #[serde(default)]
+    pub mss_clamp: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +68,7 @@ pub struct Settings {
     pub masquerade: bool,
     pub private_prefixes: Vec<(IpNet, String)>,
     pub routes: Vec<RouteSpec>,
+    pub mss_clamp: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -155,6 +159,7 @@ impl Config {
                     origin: origin(text, file, r.span().start),
                 })
                 .collect(),
+            mss_clamp: self.mss_clamp,
         })
     }
 }

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::RouteSpec;
+use crate::ifname::IfName;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
     pub public: Interface,
     pub private: Vec<Interface>,
@@ -20,18 +21,22 @@ pub struct Desired {
     pub routes: Vec<RouteSpec>,
     /// Sysctls that must hold, by dotted name.
     pub sysctls: BTreeMap<String, String>,
+    /// The uplink's IPv4 default route when `up` resolved the gateway.
+    pub uplink_default: Option<UplinkDefault>,
+    /// Clamp the TCP MSS of forwarded SYNs to the route's MTU (`mss_clamp = true`).
+    pub mss_clamp: bool,
     /// Things worth telling the admin that do not stop `up` (no carrier, ...).
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
-    pub name: String,
+    pub name: IfName,
     /// Its addresses with prefix length, for display.
     pub addresses: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode", content = "address")]
 pub enum SnatMode {
     /// Translate to this fixed address (`snat ip to ADDR`).
@@ -47,4 +52,13 @@ impl std::fmt::Display for SnatMode {
             SnatMode::Masquerade => write!(f, "masquerade"),
         }
     }
+}
+
+/// A default route of the public interface, as found when the gateway was resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkDefault {
+    pub gateway: Option<IpAddr>,
+    /// Route protocol (`boot`, `dhcp`, ...) so that a restored route is the admin's again.
+    pub protocol: u8,
+    pub metric: u32,
 }

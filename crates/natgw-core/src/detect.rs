@@ -9,9 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::Settings;
-use crate::desired::{Desired, Interface, SnatMode};
-use crate::join;
+use crate::desired::{Desired, Interface, SnatMode, UplinkDefault};
+use crate::ifname::{IfName, IfNameError};
 use crate::observed::{Link, Observed};
+use crate::{join, validate};
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
 
@@ -53,6 +54,27 @@ pub enum DetectError {
     },
     #[error("{0} is not an IPv4 address; IPv6 translation is not supported yet")]
     Ipv6NotSupported(String),
+    #[error("{role} {source}")]
+    BadName {
+        role: &'static str,
+        #[source]
+        source: IfNameError,
+    },
+    #[error("SNAT address {addr} {reason}; give the public address with --snat-to ADDR (config key `snat_to`)")]
+    BadSnatAddress { addr: IpAddr, reason: String },
+    #[error("{origin}: private prefix {prefix} {reason}; list only the private networks behind this gateway (config key `private_prefixes`)")]
+    BadPrivatePrefix {
+        origin: String,
+        prefix: IpNet,
+        reason: String,
+    },
+    #[error("{origin}: route to {to} via {via} {reason}; remove it from `routes` or give a network behind a private router")]
+    BadRoute {
+        origin: String,
+        to: IpNet,
+        via: IpAddr,
+        reason: String,
+    },
 }
 
 impl DetectError {
@@ -123,20 +145,70 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         }
     }
 
+    let public_networks: Vec<IpNet> = observed
+        .addresses_of(public.index)
+        .filter(|a| a.address.is_ipv4())
+        .map(|a| a.network())
+        .collect();
+    for (prefix, origin) in &settings.private_prefixes {
+        validate::private_prefix(prefix, origin, &public_networks)?;
+    }
+    validate::routes(&settings.routes, &public_networks, &connected)?;
+
     let all_prefixes = connected
         .iter()
         .copied()
         .chain(settings.private_prefixes.iter().map(|(p, _)| *p))
         .chain(settings.routes.iter().map(|r| r.to));
+    let private_prefixes = normalise(all_prefixes);
+    if let SnatMode::To(addr) = snat {
+        validate::snat_address(addr, &private_prefixes)?;
+        if !observed
+            .addresses_of(public.index)
+            .any(|a| a.address == addr)
+        {
+            warnings.push(format!(
+                "SNAT address {addr} is not an address of {}; replies reach this host only if the upstream routes {addr} here",
+                public.name
+            ));
+        }
+    }
+    let uplink_default = uplink_default(observed, public);
+    if uplink_default.is_none() {
+        warnings.push(format!(
+            "{} has no IPv4 default route: private nodes reach only what its routes cover",
+            public.name
+        ));
+    }
     Ok(Desired {
-        public: interface(observed, public),
-        private: private.iter().map(|l| interface(observed, l)).collect(),
-        private_prefixes: normalise(all_prefixes),
+        public: interface(observed, public, "public")?,
+        private: private
+            .iter()
+            .map(|l| interface(observed, l, "private"))
+            .collect::<Result<_, _>>()?,
+        private_prefixes,
         snat,
         routes: settings.routes.clone(),
         sysctls: BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]),
+        uplink_default,
+        mss_clamp: settings.mss_clamp,
         warnings,
     })
+}
+
+/// The preferred IPv4 default route through the public interface, as the admin's
+/// network configuration made it: `up` records it, and verification and the doctor
+/// notice when it is gone.
+fn uplink_default(observed: &Observed, public: &Link) -> Option<UplinkDefault> {
+    observed
+        .ipv4_defaults()
+        .filter(|r| r.oif == Some(public.index))
+        .min_by_key(|r| r.metric)
+        .map(|r| UplinkDefault {
+            gateway: r.gateway,
+            protocol: r.protocol,
+            metric: r.metric,
+        })
 }
 
 /// Interface roles alone, for diagnosis: like `desired`, but an interface that is
@@ -296,14 +368,18 @@ fn connected_v4(observed: &Observed, private: &[&Link]) -> Result<Vec<IpNet>, De
     Ok(networks)
 }
 
-fn interface(observed: &Observed, link: &Link) -> Interface {
-    Interface {
-        name: link.name.clone(),
+fn interface(
+    observed: &Observed,
+    link: &Link,
+    role: &'static str,
+) -> Result<Interface, DetectError> {
+    Ok(Interface {
+        name: IfName::new(&link.name).map_err(|source| DetectError::BadName { role, source })?,
         addresses: observed
             .addresses_of(link.index)
             .map(|a| IpNet::new(a.address, a.prefix_len).expect("valid prefix"))
             .collect(),
-    }
+    })
 }
 
 /// Sorted, deduplicated, and without prefixes contained in another (nftables interval

@@ -8,16 +8,20 @@ pub mod config;
 pub mod desired;
 pub mod detect;
 pub mod doctor;
+pub mod ifname;
 pub mod node;
 pub mod observed;
 pub mod persist;
 pub mod plan;
+pub mod remember;
 pub mod render;
 pub mod state;
+pub mod validate;
 
 pub use config::{Config, ConfigError, RouteSpec, Settings};
-pub use desired::{Desired, Interface, SnatMode};
+pub use desired::{Desired, Interface, SnatMode, UplinkDefault};
 pub use detect::{desired, DetectError};
+pub use ifname::IfName;
 pub use observed::{Address, Link, Observed, Route};
 pub use plan::{plan, Change, Plan};
 pub use state::RecordedState;
@@ -34,8 +38,12 @@ pub(crate) fn join<T: std::fmt::Display>(items: &[T]) -> String {
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-/// Route protocol id that marks routes natgw installed (`ip route show proto 88`).
+/// Route protocol id that marks the routes the gateway installed
+/// (`ip route show proto 88`). Each owner has its own mark, so neither deletes the
+/// other's routes.
 pub const ROUTE_PROTOCOL: u8 = 88;
-/// The one nftables table natgw owns.
+/// Route protocol id of the default route `natgw node up` installs on a private node.
+pub const NODE_ROUTE_PROTOCOL: u8 = 89;
+/// The one nftables table natgw owns: `inet natgw`.
 pub const TABLE_FAMILY: &str = "inet";
 pub const TABLE_NAME: &str = "natgw";

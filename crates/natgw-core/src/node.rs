@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::observed::Observed;
-use crate::ROUTE_PROTOCOL;
+use crate::NODE_ROUTE_PROTOCOL;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NodeError {
@@ -130,7 +130,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
 pub fn owned_defaults(observed: &Observed) -> Vec<IpAddr> {
     observed
         .ipv4_defaults()
-        .filter(|r| r.protocol == ROUTE_PROTOCOL)
+        .filter(|r| r.protocol == NODE_ROUTE_PROTOCOL)
         .filter_map(|r| r.gateway)
         .collect()
 }

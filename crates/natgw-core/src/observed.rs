@@ -18,11 +18,22 @@ pub struct Observed {
     pub sysctls: BTreeMap<String, String>,
     /// Whether the `nft` tool is installed.
     pub nft_present: bool,
-    /// `nft -s list table inet natgw`, when the table exists.
-    pub table_listing: Option<String>,
+    /// natgw's table, when it exists.
+    pub table: Option<LiveTable>,
     pub conntrack: Option<Conntrack>,
     /// What natgw recorded the last time it applied changes in this namespace.
     pub state: Option<RecordedState>,
+    /// Why the record could not be used (corrupt, foreign owner, ...), when it exists
+    /// but cannot be trusted; `state` is then `None`.
+    pub state_problem: Option<String>,
+}
+
+/// natgw's table as the data plane reads it back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LiveTable {
+    /// The table's content without volatile parts (handles, counter values); equal
+    /// fingerprints mean equal rules.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::config::RouteSpec;
 use crate::desired::Desired;
 use crate::observed::Observed;
-use crate::render::{listed_digest, render};
-use crate::ROUTE_PROTOCOL;
+use crate::render::render;
+use crate::{ROUTE_PROTOCOL, TABLE_FAMILY, TABLE_NAME};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -24,14 +24,18 @@ pub enum Change {
     AddRoute { route: RouteSpec },
     /// A route natgw added earlier that is no longer configured.
     DelRoute { route: RouteSpec },
-    /// Replace the table `inet natgw` atomically with `ruleset`; `from` is the digest the
-    /// live table carries (none when there is no table), `digest` the new one.
+    /// Install the desired rules in the data plane (for nftables: replace the table
+    /// `inet natgw` atomically); `from` is the digest the live rules carry (none when
+    /// there are none), `digest` the new one. The rules themselves are rendered from
+    /// the desired gateway by the data plane when it applies the change.
     ReplaceTable {
         reason: TableReason,
         from: Option<String>,
         digest: String,
-        ruleset: String,
     },
+    /// An earlier apply stopped half-way (killed, crashed): finish it and record the
+    /// gateway, even when the system already matches.
+    FinishApply { pid: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,11 +74,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
     }
 
-    let owned: Vec<_> = observed
-        .routes
-        .iter()
-        .filter(|r| r.protocol == ROUTE_PROTOCOL)
-        .collect();
     let present = |spec: &RouteSpec| {
         observed
             .routes
@@ -88,50 +87,88 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             });
         }
     }
-    for route in owned {
+    for route in owned_routes(observed) {
         let wanted = desired
             .routes
             .iter()
-            .any(|s| s.to == route.destination && Some(s.via) == route.gateway);
-        if let (false, Some(via)) = (wanted, route.gateway) {
-            changes.push(Change::DelRoute {
-                route: RouteSpec {
-                    to: route.destination,
-                    via,
-                    origin: "natgw".into(),
-                },
-            });
+            .any(|s| s.to == route.to && s.via == route.via);
+        if !wanted {
+            changes.push(Change::DelRoute { route });
         }
     }
 
-    let ruleset = render(desired);
-    let reason = match &observed.table_listing {
-        None => Some(TableReason::Create),
-        Some(listing) if listed_digest(listing) != Some(ruleset.digest.as_str()) => {
-            Some(TableReason::Update)
+    // nft 1.0.6 leaves table comments out of its JSON, so the digest of what was
+    // installed is read from natgw's record; the fingerprint tells whether the live
+    // table is still exactly that.
+    let digest = render(desired).digest;
+    let installed = observed.state.as_ref().and_then(|s| s.table.as_ref());
+    let reason = match (&observed.table, installed) {
+        (None, _) => Some(TableReason::Create),
+        (Some(_), None) => Some(TableReason::Update),
+        (Some(_), Some(installed)) if installed.digest != digest => Some(TableReason::Update),
+        (Some(live), Some(installed)) if installed.fingerprint != live.fingerprint => {
+            Some(TableReason::Drift)
         }
-        Some(listing) => match observed
-            .state
-            .as_ref()
-            .and_then(|s| s.table_listing.as_ref())
-        {
-            Some(recorded) if recorded != listing => Some(TableReason::Drift),
-            _ => None,
-        },
+        _ => None,
     };
     if let Some(reason) = reason {
         changes.push(Change::ReplaceTable {
             reason,
             from: observed
-                .table_listing
-                .as_deref()
-                .and_then(listed_digest)
-                .map(str::to_string),
-            digest: ruleset.digest,
-            ruleset: ruleset.text,
+                .table
+                .as_ref()
+                .and(installed)
+                .map(|t| t.digest.clone()),
+            digest,
         });
     }
+    if let Some(applying) = observed.state.as_ref().and_then(|s| s.applying) {
+        changes.push(Change::FinishApply { pid: applying.pid });
+    }
     Plan { changes }
+}
+
+/// The gateway's routes in the main table: natgw's mark, never a default route (the
+/// gateway never adds one; a default route with a natgw mark belongs to `node up`).
+pub fn owned_routes(observed: &Observed) -> Vec<RouteSpec> {
+    observed
+        .routes
+        .iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL && r.destination.prefix_len() > 0)
+        .filter_map(|r| {
+            Some(RouteSpec {
+                to: r.destination,
+                via: r.gateway?,
+                origin: "natgw".into(),
+            })
+        })
+        .collect()
+}
+
+/// What must hold after an apply besides an empty plan: the uplink keeps the default
+/// route it had when the gateway was recorded (another tool or owner may have taken
+/// it away; translated traffic would then have nowhere to go).
+pub fn verify(desired: &Desired, observed: &Observed) -> Result<(), String> {
+    let remaining = plan(desired, observed);
+    if !remaining.is_empty() {
+        return Err(format!(
+            "the system still differs from the desired gateway:\n{remaining}"
+        ));
+    }
+    let recorded = observed
+        .state
+        .as_ref()
+        .and_then(|s| s.gateway.as_ref())
+        .filter(|g| g.public.name == desired.public.name)
+        .and_then(|g| g.uplink_default);
+    if let (Some(was), None) = (recorded, desired.uplink_default) {
+        let via = was.gateway.map_or(String::new(), |g| format!(" via {g}"));
+        return Err(format!(
+            "the public interface {} lost its IPv4 default route (it had default{via}); restore it: ip route add default{via} dev {}",
+            desired.public.name, desired.public.name
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Change {
@@ -152,7 +189,6 @@ impl fmt::Display for Change {
                 reason,
                 from,
                 digest,
-                ..
             } => {
                 let what = match reason {
                     TableReason::Create => "create",
@@ -164,9 +200,13 @@ impl fmt::Display for Change {
                     .map_or("none".to_string(), |d| format!("digest {d}"));
                 write!(
                     f,
-                    "{what} nftables table inet natgw: {from} -> digest {digest}"
+                    "{what} nftables table {TABLE_FAMILY} {TABLE_NAME}: {from} -> digest {digest}"
                 )
             }
+            Change::FinishApply { pid } => write!(
+                f,
+                "finish the apply that natgw (pid {pid}) left unfinished, and record the gateway"
+            ),
         }
     }
 }
@@ -187,13 +227,14 @@ impl fmt::Display for Plan {
 mod tests {
     use super::*;
     use crate::desired::{Interface, SnatMode};
-    use crate::observed::Route;
+    use crate::observed::{LiveTable, Route};
     use crate::state::RecordedState;
+    use crate::state::{Applying, InstalledTable};
     use std::collections::BTreeMap;
 
     fn desired() -> Desired {
         let iface = |n: &str| Interface {
-            name: n.into(),
+            name: crate::IfName::new(n).unwrap(),
             addresses: vec![],
         };
         Desired {
@@ -207,6 +248,8 @@ mod tests {
                 origin: String::new(),
             }],
             sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
+            uplink_default: None,
+            mss_clamp: false,
             warnings: vec![],
         }
     }
@@ -223,13 +266,18 @@ mod tests {
 
     /// The system right after a successful apply of `desired()`.
     fn applied() -> Observed {
-        let listing = render(&desired()).text;
+        let table = LiveTable {
+            fingerprint: "as-installed".into(),
+        };
         Observed {
             sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
             routes: vec![route("10.20.0.0/16", "10.0.0.254", ROUTE_PROTOCOL)],
-            table_listing: Some(listing.clone()),
+            table: Some(table),
             state: Some(RecordedState {
-                table_listing: Some(listing),
+                table: Some(InstalledTable {
+                    digest: render(&desired()).digest,
+                    fingerprint: "as-installed".into(),
+                }),
                 ..Default::default()
             }),
             ..Observed::default()
@@ -287,10 +335,7 @@ mod tests {
         ));
 
         let mut o = applied();
-        o.table_listing = Some(o.table_listing.unwrap().replace(
-            "\t\tct state invalid counter name \"dropped_invalid\" drop\n",
-            "",
-        ));
+        o.table.as_mut().unwrap().fingerprint = "edited".into();
         assert!(matches!(
             plan(&desired(), &o).changes[..],
             [Change::ReplaceTable {
@@ -316,5 +361,45 @@ mod tests {
         let mut o = applied();
         o.routes = vec![route("10.20.0.0/16", "10.0.0.254", 4)];
         assert!(plan(&desired(), &o).is_empty());
+    }
+
+    #[test]
+    fn an_unfinished_apply_is_never_no_changes() {
+        let mut o = applied();
+        o.state.as_mut().unwrap().applying = Some(Applying {
+            pid: 42,
+            started: 0,
+        });
+        let p = plan(&desired(), &o);
+        assert_eq!(p.changes, vec![Change::FinishApply { pid: 42 }]);
+    }
+
+    #[test]
+    fn default_routes_and_other_owners_are_never_deleted() {
+        let mut o = applied();
+        o.routes
+            .push(route("0.0.0.0/0", "203.0.113.81", ROUTE_PROTOCOL));
+        o.routes.push(route(
+            "0.0.0.0/0",
+            "203.0.113.81",
+            crate::NODE_ROUTE_PROTOCOL,
+        ));
+        assert!(plan(&desired(), &o).is_empty());
+    }
+
+    #[test]
+    fn verification_fails_when_the_uplink_lost_its_default_route() {
+        let uplink = crate::UplinkDefault {
+            gateway: Some("203.0.113.80".parse().unwrap()),
+            protocol: 4,
+            metric: 0,
+        };
+        let mut recorded = desired();
+        recorded.uplink_default = Some(uplink);
+        let mut o = applied();
+        o.state.as_mut().unwrap().gateway = Some(recorded.clone());
+        assert_eq!(verify(&recorded, &o), Ok(()));
+        let err = verify(&desired(), &o).unwrap_err();
+        assert!(err.contains("wan0 lost its IPv4 default route"), "{err}");
     }
 }

@@ -7,9 +7,12 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use crate::desired::{Desired, SnatMode};
+use crate::ifname::IfName;
+use crate::validate::SPECIAL_V4;
+use crate::{TABLE_FAMILY, TABLE_NAME};
 
 /// Named counters in the table, with what each counts. `status` reads them back.
-pub const COUNTERS: [(&str, &str); 6] = [
+pub const COUNTERS: [(&str, &str); 7] = [
     (
         "translated_connections",
         "new connections source-translated",
@@ -28,6 +31,10 @@ pub const COUNTERS: [(&str, &str); 6] = [
         "packets from a private interface with a source outside the private prefixes",
     ),
     (
+        "dropped_spoofed_public",
+        "packets from the public side with a private or impossible source",
+    ),
+    (
         "dropped_unsolicited",
         "new connections from the public side to the private side",
     ),
@@ -43,12 +50,14 @@ pub struct Ruleset {
 /// Marker in the table comment that carries the digest.
 pub const DIGEST_MARK: &str = "natgw digest ";
 
-/// Extracts the digest from a table listing (`comment "natgw digest ..."`).
-pub fn listed_digest(listing: &str) -> Option<&str> {
-    let start = listing.find(DIGEST_MARK)? + DIGEST_MARK.len();
-    let rest = &listing[start..];
-    let end = rest.find(|c: char| !c.is_ascii_hexdigit())?;
-    Some(&rest[..end])
+/// Extracts the digest from the table comment (`natgw digest ...; managed by natgw`).
+pub fn listed_digest(comment: &str) -> Option<&str> {
+    let start = comment.find(DIGEST_MARK)? + DIGEST_MARK.len();
+    let rest = &comment[start..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(rest.len());
+    Some(&rest[..end]).filter(|d| !d.is_empty())
 }
 
 pub fn render(desired: &Desired) -> Ruleset {
@@ -59,7 +68,7 @@ pub fn render(desired: &Desired) -> Ruleset {
         .map(|b| format!("{b:02x}"))
         .collect();
     let text = format!(
-        "table inet natgw {{\n\tcomment \"{DIGEST_MARK}{digest}; managed by natgw, changes are overwritten\"\n{body}}}\n"
+        "table {TABLE_FAMILY} {TABLE_NAME} {{\n\tcomment \"{DIGEST_MARK}{digest}; managed by natgw, changes are overwritten\"\n{body}}}\n"
     );
     Ruleset { text, digest }
 }
@@ -80,15 +89,29 @@ fn render_body(d: &Desired) -> String {
         .filter(|p| matches!(p, IpNet::V4(_)))
         .map(|p| p.to_string())
         .collect();
+    let martians: Vec<String> = SPECIAL_V4
+        .iter()
+        .map(|(_, addr, len)| format!("{addr}/{len}"))
+        .collect();
     let translate = match &d.snat {
         SnatMode::To(addr) => format!("snat ip to {addr}"),
         SnatMode::Masquerade => "masquerade".to_string(),
+    };
+    // Before the accept rules: an accepted SYN leaves the chain unclamped.
+    let clamp = if d.mss_clamp {
+        format!("\t\tiifname {private} oifname {public} tcp flags syn tcp option maxseg size set rt mtu\n\t\tiifname {public} oifname {private} tcp flags syn tcp option maxseg size set rt mtu\n")
+    } else {
+        String::new()
     };
 
     let mut out = String::new();
     for (name, what) in COUNTERS {
         writeln!(out, "\tcounter {name} {{\n\t\tcomment \"{what}\"\n\t}}").unwrap();
     }
+    // The prerouting chain runs before conntrack and routing: a packet from outside
+    // that claims a private source never creates a translation (a pinhole to that
+    // private address), whatever rp_filter says. Only packets that entered through a
+    // private interface are translated.
     write!(
         out,
         "\tset private4 {{
@@ -96,9 +119,19 @@ fn render_body(d: &Desired) -> String {
 \t\tflags interval
 \t\telements = {{ {prefixes} }}
 \t}}
+\tset martians4 {{
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = {{ {martians} }}
+\t}}
+\tchain prerouting {{
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tiifname {public} ip saddr @private4 counter name \"dropped_spoofed_public\" drop
+\t\tiifname {public} ip saddr @martians4 counter name \"dropped_spoofed_public\" drop
+\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
-\t\tct state invalid counter name \"dropped_invalid\" drop
+{clamp}\t\tct state invalid counter name \"dropped_invalid\" drop
 \t\tiifname {private} ip saddr != @private4 counter name \"dropped_spoofed\" drop
 \t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
 \t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
@@ -106,18 +139,20 @@ fn render_body(d: &Desired) -> String {
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\toifname {public} ip saddr @private4 counter name \"translated_connections\" {translate}
+\t\tiifname {private} oifname {public} ip saddr @private4 counter name \"translated_connections\" {translate}
 \t}}
 ",
         prefixes = prefixes.join(", "),
+        martians = martians.join(", "),
     )
     .unwrap();
     out
 }
 
-/// Interface names go inside double quotes; the kernel forbids quotes and spaces in them.
-fn quote(name: &str) -> String {
-    format!("\"{name}\"")
+/// A name between double quotes. `IfName` holds only characters that are plain data
+/// to nft (no quote, backslash or `*` wildcard), so this cannot change a rule's meaning.
+fn quote(name: &IfName) -> String {
+    format!("\"{}\"", name.as_str())
 }
 
 #[cfg(test)]
@@ -128,7 +163,7 @@ mod tests {
 
     fn iface(name: &str) -> Interface {
         Interface {
-            name: name.into(),
+            name: IfName::new(name).unwrap(),
             addresses: vec![],
         }
     }
@@ -144,6 +179,8 @@ mod tests {
             snat,
             routes: vec![],
             sysctls: BTreeMap::new(),
+            uplink_default: None,
+            mss_clamp: false,
             warnings: vec![],
         }
     }
@@ -153,6 +190,31 @@ mod tests {
         let r = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
         insta::assert_snapshot!(r.text);
         assert_eq!(listed_digest(&r.text), Some(r.digest.as_str()));
+    }
+
+    #[test]
+    fn mss_clamp_comes_before_the_accepts() {
+        let mut d = desired(SnatMode::Masquerade);
+        d.mss_clamp = true;
+        let text = render(&d).text;
+        let clamp = text.find("tcp option maxseg size set rt mtu").unwrap();
+        assert!(clamp < text.find("counter name \"outbound\" accept").unwrap());
+        assert_ne!(
+            render(&d).digest,
+            render(&desired(SnatMode::Masquerade)).digest
+        );
+    }
+
+    #[test]
+    fn only_private_ingress_is_translated_and_public_spoofs_drop_first() {
+        let text = render(&desired(SnatMode::Masquerade)).text;
+        assert!(text.contains(
+            "iifname { \"lan0\", \"lan1\" } oifname \"wan0\" ip saddr @private4 counter name \"translated_connections\" masquerade"
+        ), "{text}");
+        assert!(text.contains("type filter hook prerouting priority raw;"));
+        assert!(text.contains(
+            "iifname \"wan0\" ip saddr @private4 counter name \"dropped_spoofed_public\" drop"
+        ));
     }
 
     #[test]

@@ -1,15 +1,29 @@
-//! Carries out a plan. Every step that succeeded registers how to undo it; when a later
-//! step fails, the undo list runs in reverse so the previous state is back in place.
-//! Teardown (`down`) is the opposite: it keeps going after an error and reports all.
+//! Carries out a plan, journaled and verified.
+//!
+//! Before each change the record (`state_store`) is written durably with what is
+//! about to change and its original value, and it says "apply in progress" until
+//! the result is verified. Every step that succeeded registers how to undo it; when a
+//! later step or the verification fails, the undo list runs in reverse so the previous
+//! state is back, and so is the previous record. A crash at any point leaves a record
+//! from which `down` restores everything and `up` finishes the job.
+//!
+//! Teardown (`down`) is the opposite: it keeps going after an error, reports all, and
+//! keeps in the record whatever it could not undo yet.
 
-use natgw_core::plan::Change;
-use natgw_core::{Observed, Plan, RecordedState, ROUTE_PROTOCOL};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use natgw_core::plan::{owned_routes, Change};
+use natgw_core::render::render;
+use natgw_core::state::{is_managed_sysctl, is_sysctl_value, Applying, InstalledTable};
+use natgw_core::{Desired, Observed, Plan, RecordedState, RouteSpec, ROUTE_PROTOCOL};
+use tracing::{info, warn};
+
+use crate::dataplane::{Dataplane, Snapshot};
 use crate::netlink::Netlink;
-use crate::{nft, state_store, sysctl};
+use crate::{state_store, sysctl};
 
-/// Test hook: `NATGW_TEST_FAIL_AT=table` (or `sysctl`, `route`, `state`) makes that step
-/// fail, to prove that a failure half-way rolls back what was already changed.
+/// Test hook: `NATGW_TEST_FAIL_AT=table` (or `sysctl`, `route`, `verify`) makes that
+/// step fail, to prove that a failure half-way rolls back what was already changed.
 const FAIL_AT_ENV: &str = "NATGW_TEST_FAIL_AT";
 
 #[derive(Debug, thiserror::Error)]
@@ -26,55 +40,109 @@ fn rollback_note(errors: &[String]) -> String {
     if errors.is_empty() {
         "; every earlier change was rolled back".into()
     } else {
-        format!("; rollback incomplete: {}", errors.join("; "))
+        format!(
+            "; rollback incomplete ({}); `natgw down` or `natgw up` completes it",
+            errors.join("; ")
+        )
     }
 }
 
 enum Undo {
     Sysctl { name: String, value: String },
-    AddRoute(natgw_core::RouteSpec),
-    DelRoute(natgw_core::RouteSpec),
-    Table(Option<String>),
+    AddRoute(RouteSpec),
+    DelRoute(RouteSpec),
+    Table(Snapshot),
 }
 
-/// Applies `plan` to a system last seen as `observed`; returns the new records.
+/// Everything `apply` works with.
+pub struct Target<'a> {
+    pub observed: &'a Observed,
+    pub desired: &'a Desired,
+    pub netlink: &'a Netlink,
+    pub dataplane: &'a dyn Dataplane,
+}
+
+/// Applies `plan`, then `verify`s the system against the record it is about to
+/// commit; returns that record. On any failure the system and the record are put back.
 pub fn apply(
     plan: &Plan,
-    observed: &Observed,
-    netlink: &Netlink,
+    target: &Target,
+    verify: impl FnOnce(&RecordedState) -> Result<(), String>,
 ) -> Result<RecordedState, ApplyError> {
-    // Validate the ruleset against the kernel first: a kernel without nftables NAT
-    // fails here, before anything changed.
-    for change in &plan.changes {
-        if let Change::ReplaceTable { ruleset, .. } = change {
-            nft::check(ruleset).map_err(|e| failed(change, e.to_string(), vec![]))?;
-        }
+    // The kernel validates the rules first: a kernel without nftables NAT fails here,
+    // before anything changed.
+    if plan
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::ReplaceTable { .. }))
+    {
+        target
+            .dataplane
+            .check(target.desired)
+            .map_err(|e| ApplyError {
+                step: "check of the rules by the kernel".into(),
+                cause: error_chain(&e),
+                rollback_errors: vec![],
+            })?;
     }
 
-    let mut state = observed.state.clone().unwrap_or_default();
+    let previous = target.observed.state.clone();
+    let mut journal = previous.clone().unwrap_or_default();
+    journal.applying = Some(Applying {
+        pid: std::process::id(),
+        started: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    state_store::save(&journal).map_err(|e| ApplyError {
+        step: "record of the changes about to be made".into(),
+        cause: error_chain(&e),
+        rollback_errors: vec![],
+    })?;
+
     let mut undo: Vec<Undo> = Vec::new();
     for change in &plan.changes {
-        if let Err(cause) = apply_one(change, observed, netlink, &mut state, &mut undo) {
-            let rollback_errors = roll_back(undo, netlink);
-            return Err(failed(change, cause, rollback_errors));
+        if let Err(cause) = apply_one(change, target, &mut journal, &mut undo) {
+            warn!(change = %change, %cause, "change failed; rolling back");
+            return Err(failed(change.to_string(), cause, undo, previous, target));
         }
+        info!(change = %change, "applied");
     }
-    let saved =
-        injected("state").and_then(|_| state_store::save(&state).map_err(|e| format!("{e:#}")));
-    if let Err(cause) = saved {
-        let rollback_errors = roll_back(undo, netlink);
-        return Err(ApplyError {
-            step: "record natgw state".into(),
-            cause,
-            rollback_errors,
-        });
+
+    let mut committed = journal.clone();
+    committed.applying = None;
+    committed.gateway = Some(target.desired.clone());
+    let verified = injected("verify")
+        .and_then(|()| verify(&committed))
+        .and_then(|()| state_store::save(&committed).map_err(|e| error_chain(&e)));
+    if let Err(cause) = verified {
+        warn!(%cause, "verification failed; rolling back");
+        return Err(failed("verification".into(), cause, undo, previous, target));
     }
-    Ok(state)
+    Ok(committed)
 }
 
-fn failed(change: &Change, cause: String, rollback_errors: Vec<String>) -> ApplyError {
+/// Rolls back and puts the previous record back; when the rollback is incomplete the
+/// journal stays, so that the next `up` or `down` finishes it.
+fn failed(
+    step: String,
+    cause: String,
+    undo: Vec<Undo>,
+    previous: Option<RecordedState>,
+    target: &Target,
+) -> ApplyError {
+    let mut rollback_errors = roll_back(undo, target);
+    if rollback_errors.is_empty() {
+        let restored = match &previous {
+            Some(state) => state_store::save(state),
+            None => state_store::remove(),
+        };
+        if let Err(e) = restored {
+            rollback_errors.push(format!("restore the record: {}", error_chain(&e)));
+        }
+    }
     ApplyError {
-        step: change.to_string(),
+        step,
         cause,
         rollback_errors,
     }
@@ -87,63 +155,90 @@ fn injected(step: &str) -> Result<(), String> {
     }
 }
 
+/// One change: journal first, then the system.
 fn apply_one(
     change: &Change,
-    observed: &Observed,
-    netlink: &Netlink,
-    state: &mut RecordedState,
+    target: &Target,
+    journal: &mut RecordedState,
     undo: &mut Vec<Undo>,
 ) -> Result<(), String> {
-    let text = |e: &dyn std::error::Error| error_chain(e);
+    let save = |journal: &RecordedState| state_store::save(journal).map_err(|e| error_chain(&e));
     match change {
         Change::SetSysctl { name, from, to } => {
             injected("sysctl")?;
-            sysctl::write(name, to).map_err(|e| text(&e))?;
+            // Only the value from before natgw's first change is what `down` restores.
+            journal
+                .sysctls
+                .entry(name.clone())
+                .or_insert_with(|| from.clone());
+            save(journal)?;
+            sysctl::write(name, to).map_err(|e| error_chain(&e))?;
             undo.push(Undo::Sysctl {
                 name: name.clone(),
                 value: from.clone(),
             });
-            // Only the value from before natgw's first change is what `down` restores.
-            state
-                .sysctls
-                .entry(name.clone())
-                .or_insert_with(|| from.clone());
         }
         Change::AddRoute { route } => {
             injected("route")?;
-            netlink.add_route(route).map_err(|e| text(&e))?;
+            journal.routes.push(route.clone());
+            save(journal)?;
+            if let Err(e) = target.netlink.add_route(route, ROUTE_PROTOCOL) {
+                // Never record a route natgw did not add.
+                journal.routes.pop();
+                return Err(error_chain(&e));
+            }
             undo.push(Undo::AddRoute(route.clone()));
-            state.routes.push(route.clone());
         }
         Change::DelRoute { route } => {
             injected("route")?;
-            netlink.del_route(route).map_err(|e| text(&e))?;
+            target
+                .netlink
+                .del_route(route, ROUTE_PROTOCOL)
+                .map_err(|e| error_chain(&e))?;
             undo.push(Undo::DelRoute(route.clone()));
-            state
+            journal
                 .routes
                 .retain(|r| !(r.to == route.to && r.via == route.via));
+            save(journal)?;
         }
-        Change::ReplaceTable { ruleset, .. } => {
+        Change::ReplaceTable { .. } => {
             injected("table")?;
-            nft::replace(ruleset).map_err(|e| text(&e))?;
-            undo.push(Undo::Table(observed.table_listing.clone()));
-            state.table_listing = nft::list_table().map_err(|e| text(&e))?;
+            let snapshot = target.dataplane.snapshot().map_err(|e| error_chain(&e))?;
+            let installed = target.dataplane.install(target.desired);
+            undo.push(Undo::Table(snapshot));
+            let installed = installed.map_err(|e| error_chain(&e))?;
+            journal.table = Some(InstalledTable {
+                digest: render(target.desired).digest,
+                fingerprint: installed.fingerprint,
+            });
+            save(journal)?;
         }
+        Change::FinishApply { .. } => {}
     }
     Ok(())
 }
 
-fn roll_back(undo: Vec<Undo>, netlink: &Netlink) -> Vec<String> {
+fn roll_back(undo: Vec<Undo>, target: &Target) -> Vec<String> {
     let mut errors = Vec::new();
     for step in undo.into_iter().rev() {
         let result = match &step {
             Undo::Sysctl { name, value } => sysctl::write(name, value).map_err(|e| error_chain(&e)),
-            Undo::AddRoute(route) => netlink.del_route(route).map_err(|e| error_chain(&e)),
-            Undo::DelRoute(route) => netlink.add_route(route).map_err(|e| error_chain(&e)),
-            Undo::Table(listing) => nft::restore(listing.as_deref()).map_err(|e| error_chain(&e)),
+            Undo::AddRoute(route) => target
+                .netlink
+                .del_route(route, ROUTE_PROTOCOL)
+                .map_err(|e| error_chain(&e)),
+            Undo::DelRoute(route) => target
+                .netlink
+                .add_route(route, ROUTE_PROTOCOL)
+                .map_err(|e| error_chain(&e)),
+            Undo::Table(snapshot) => target
+                .dataplane
+                .restore(snapshot)
+                .map_err(|e| error_chain(&e)),
         };
-        if let Err(e) = result {
-            errors.push(e);
+        match result {
+            Ok(()) => info!("rolled back"),
+            Err(e) => errors.push(e),
         }
     }
     errors
@@ -154,61 +249,122 @@ fn roll_back(undo: Vec<Undo>, netlink: &Netlink) -> Vec<String> {
 pub struct Teardown {
     pub done: Vec<String>,
     pub errors: Vec<String>,
+    /// Sysctls natgw may have changed but whose original value it no longer knows
+    /// (the record was corrupt), with their current values.
+    pub unknown: Vec<String>,
 }
 
-/// Removes everything natgw added and restores recorded sysctls, continuing past errors.
-pub fn teardown(observed: &Observed, netlink: &Netlink) -> Teardown {
-    let mut report = Teardown::default();
-    let mut record = |what: String, result: Result<(), String>| match result {
-        Ok(()) => report.done.push(what),
-        Err(e) => report.errors.push(format!("{what}: {e}")),
-    };
-    if observed.table_listing.is_some() {
-        record(
-            "delete nftables table inet natgw".into(),
-            nft::delete_table().map_err(|e| error_chain(&e)),
-        );
-    }
-    let state = observed.state.clone().unwrap_or_default();
-    let mut routes = state.routes.clone();
-    for route in observed
-        .routes
-        .iter()
-        .filter(|r| r.protocol == ROUTE_PROTOCOL)
-    {
-        if let Some(via) = route.gateway {
-            if !routes
-                .iter()
-                .any(|r| r.to == route.destination && r.via == via)
-            {
-                routes.push(natgw_core::RouteSpec {
-                    to: route.destination,
-                    via,
-                    origin: String::new(),
-                });
+impl Teardown {
+    /// Notes a step's outcome; true when it succeeded.
+    fn record(&mut self, what: String, result: Result<(), String>) -> bool {
+        match result {
+            Ok(()) => {
+                info!(change = %what, "removed");
+                self.done.push(what);
+                true
+            }
+            Err(e) => {
+                self.errors.push(format!("{what}: {e}"));
+                false
             }
         }
     }
-    for route in routes {
-        let result = netlink.del_route(&route).map_err(|e| error_chain(&e));
-        record(
-            format!("delete route {} via {}", route.to, route.via),
-            result,
-        );
+}
+
+/// Removes everything natgw added and restores recorded sysctls, continuing past
+/// errors. What could not be undone stays in the record for the next `down`.
+pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplane) -> Teardown {
+    let mut report = Teardown::default();
+    let mut remaining = observed.state.clone().unwrap_or_default();
+
+    let table_removed = if !dataplane.available() {
+        report.record(
+            format!("delete the {} rules", dataplane.name()),
+            Err(crate::nft::NftError::Missing.to_string()),
+        )
+    } else if observed.table.is_some() {
+        report.record(
+            "delete nftables table inet natgw".into(),
+            dataplane.remove().map_err(|e| error_chain(&e)),
+        )
+    } else {
+        true
+    };
+    if table_removed {
+        remaining.table = None;
     }
-    for (name, value) in &state.sysctls {
-        if observed.sysctls.get(name) != Some(value) {
-            record(
-                format!("restore sysctl {name} = {value}"),
-                sysctl::write(name, value).map_err(|e| error_chain(&e)),
-            );
+
+    // Routes natgw recorded and routes carrying its mark (the record may be gone).
+    let mut routes = remaining.routes.clone();
+    for route in owned_routes(observed) {
+        if !routes
+            .iter()
+            .any(|r| r.to == route.to && r.via == route.via)
+        {
+            routes.push(route);
         }
     }
-    if observed.state.is_some() {
-        record(
-            "remove natgw state".into(),
-            state_store::remove().map_err(|e| error_chain(&e)),
-        );
+    remaining.routes.clear();
+    for route in routes {
+        let result = netlink
+            .del_route(&route, ROUTE_PROTOCOL)
+            .map_err(|e| error_chain(&e));
+        if !report.record(
+            format!("delete route {} via {}", route.to, route.via),
+            result,
+        ) {
+            remaining.routes.push(route);
+        }
+    }
+
+    let sysctls = std::mem::take(&mut remaining.sysctls);
+    for (name, value) in sysctls {
+        if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
+            report.errors.push(format!(
+                "refusing to write sysctl {name:?} = {value:?} from the record: natgw never manages it (the record was tampered with)"
+            ));
+            continue;
+        }
+        if observed.sysctls.get(&name) == Some(&value) {
+            continue;
+        }
+        if !report.record(
+            format!("restore sysctl {name} = {value}"),
+            sysctl::write(&name, &value).map_err(|e| error_chain(&e)),
+        ) {
+            remaining.sysctls.insert(name, value);
+        }
+    }
+
+    if let Some(problem) = &observed.state_problem {
+        // Without a trustworthy record natgw cannot know what it changed there.
+        for name in crate::observe::SYSCTLS {
+            let now = observed.sysctls.get(name).map_or("unknown", String::as_str);
+            report.unknown.push(format!(
+                "{name} is {now}; natgw may have changed it but its record is unusable ({problem}); set it back yourself if needed: sysctl -w {name}=0"
+            ));
+        }
+        match state_store::set_aside() {
+            Ok(path) => report.done.push(format!(
+                "moved the unusable record aside to {}",
+                path.display()
+            )),
+            Err(e) => report.errors.push(error_chain(&e)),
+        }
+    } else if observed.state.is_some() {
+        let finished = report.errors.is_empty();
+        let result = if finished {
+            state_store::remove()
+        } else {
+            remaining.gateway = None;
+            state_store::save(&remaining)
+        };
+        let what = if finished {
+            "remove natgw state"
+        } else {
+            "keep in natgw state what is left to undo"
+        };
+        report.record(what.into(), result.map_err(|e| error_chain(&e)));
     }
     report
 }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod conntrack;
+pub mod dataplane;
 pub mod firewall;
 pub mod netlink;
 pub mod nft;
@@ -12,5 +13,6 @@ pub mod privilege;
 pub mod state_store;
 pub mod sysctl;
 
-pub use apply::{apply, teardown, ApplyError, Teardown};
+pub use apply::{apply, teardown, ApplyError, Target, Teardown};
+pub use dataplane::Dataplane;
 pub use observe::{observe, ObserveError};

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use natgw_core::{Address, Link, Route, RouteSpec, ROUTE_PROTOCOL};
+use natgw_core::{Address, Link, Route, RouteSpec};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{
@@ -138,43 +138,43 @@ impl Netlink {
         Ok(routes)
     }
 
-    /// `ip route add TO via VIA proto 88`; an identical route already there is success.
-    pub fn add_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
-        let result = self
-            .runtime
-            .block_on(self.handle.route().add(route_message(spec)).execute());
-        match result {
-            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
-            other => other.map_err(|source| {
-                request(&format!("add route {} via {}", spec.to, spec.via), source)
-            }),
-        }
-    }
-
-    /// `ip route add TO via VIA proto PROTOCOL`: puts back a route natgw did not own,
-    /// with the protocol it had.
-    pub fn restore_route(&self, spec: &RouteSpec, protocol: u8) -> Result<(), NetlinkError> {
-        let result = self.runtime.block_on(
-            self.handle
-                .route()
-                .add(route_message_with(spec, protocol))
-                .execute(),
-        );
-        match result {
-            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
-            other => other.map_err(|source| {
-                request(&format!("add route {} via {}", spec.to, spec.via), source)
-            }),
-        }
-    }
-
-    /// `ip route replace TO via VIA proto 88`
-    pub fn replace_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
+    /// `ip route add TO via VIA proto OWNER`. A route to TO that is already there is
+    /// an error (EEXIST): it is not natgw's, so natgw must neither record it as its own
+    /// nor silently leave the desired route out.
+    pub fn add_route(&self, spec: &RouteSpec, owner: u8) -> Result<(), NetlinkError> {
         self.runtime
             .block_on(
                 self.handle
                     .route()
-                    .add(route_message(spec))
+                    .add(route_message_with(spec, owner))
+                    .execute(),
+            )
+            .map_err(|source| {
+                request(
+                    &format!("add route {} via {} proto {owner}", spec.to, spec.via),
+                    source,
+                )
+            })
+    }
+
+    /// `ip route add TO via VIA proto PROTOCOL`: puts back a route natgw did not own,
+    /// with the protocol it had; one already there is success.
+    pub fn restore_route(&self, spec: &RouteSpec, protocol: u8) -> Result<(), NetlinkError> {
+        match self.add_route(spec, protocol) {
+            Err(NetlinkError::Request { source, .. }) if errno(&source) == Some(Errno::EEXIST) => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// `ip route replace TO via VIA proto OWNER`
+    pub fn replace_route(&self, spec: &RouteSpec, owner: u8) -> Result<(), NetlinkError> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .route()
+                    .add(route_message_with(spec, owner))
                     .replace()
                     .execute(),
             )
@@ -221,11 +221,16 @@ impl Netlink {
         }))
     }
 
-    /// `ip route del TO via VIA proto 88`; a route already gone is success.
-    pub fn del_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
-        let result = self
-            .runtime
-            .block_on(self.handle.route().del(route_message(spec)).execute());
+    /// `ip route del TO via VIA proto OWNER`: the kernel deletes only a route with that
+    /// protocol, so another owner's equal route is never removed; a route already gone
+    /// is success.
+    pub fn del_route(&self, spec: &RouteSpec, owner: u8) -> Result<(), NetlinkError> {
+        let result = self.runtime.block_on(
+            self.handle
+                .route()
+                .del(route_message_with(spec, owner))
+                .execute(),
+        );
         match result {
             Err(e) if matches!(errno(&e), Some(Errno::ESRCH | Errno::ENOENT)) => Ok(()),
             other => other.map_err(|source| {
@@ -252,10 +257,6 @@ fn errno(error: &rtnetlink::Error) -> Option<Errno> {
         }
         _ => None,
     }
-}
-
-fn route_message(spec: &RouteSpec) -> RouteMessage {
-    route_message_with(spec, ROUTE_PROTOCOL)
 }
 
 fn route_message_with(spec: &RouteSpec, protocol: u8) -> RouteMessage {

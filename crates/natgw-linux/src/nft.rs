@@ -1,12 +1,21 @@
 //! natgw's nftables table through the `nft` tool. natgw owns exactly `table inet natgw`
 //! and replaces it in one atomic batch (add; delete; add with full contents), never
 //! flushing anything else.
+//!
+//! Writing uses nft's text syntax: the ruleset is rendered from typed values only
+//! (addresses, prefixes, and interface names restricted to plain characters by
+//! `IfName`), so no input can become syntax, and the text stays readable in `plan`.
+//! Reading back uses `nft -j`, checked against the `nftables` crate's schema, so that
+//! drift is judged on the rules themselves, not on how one nft version prints them.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use natgw_core::observed::LiveTable;
+use natgw_core::{TABLE_FAMILY, TABLE_NAME};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -18,6 +27,8 @@ pub enum NftError {
     Failed { what: String, stderr: String },
     #[error("cannot parse nft JSON output")]
     Json(#[source] serde_json::Error),
+    #[error("unexpected nft JSON output: {0}")]
+    Schema(String),
 }
 
 /// The `nft` binary, if installed: `$NATGW_NFT` when set, else found on PATH or in
@@ -64,18 +75,77 @@ fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftErro
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `nft -s list table inet natgw`, or `None` when the table does not exist.
-pub fn list_table() -> Result<Option<String>, NftError> {
-    match run(
-        &["-s", "list", "table", "inet", "natgw"],
-        None,
-        "list table inet natgw",
-    ) {
+/// `table inet natgw`, as nft names it.
+fn table() -> String {
+    format!("table {TABLE_FAMILY} {TABLE_NAME}")
+}
+
+/// Runs a `list` command on natgw's table; `None` when the table does not exist.
+fn list_own(args: &[&str], what: &str) -> Result<Option<String>, NftError> {
+    let mut all = args.to_vec();
+    all.extend(["list", "table", TABLE_FAMILY, TABLE_NAME]);
+    match run(&all, None, what) {
         Ok(listing) => Ok(Some(listing)),
         Err(NftError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// `nft -s list table inet natgw` (text nft can load again), or `None`.
+pub fn list_table() -> Result<Option<String>, NftError> {
+    list_own(&["-s"], "list table")
+}
+
+/// natgw's table read back as JSON: its digest and fingerprint, or `None`.
+pub fn live_table() -> Result<Option<LiveTable>, NftError> {
+    list_own(&["-j"], "list table (JSON)")?
+        .map(|json| live_table_of(&json))
+        .transpose()
+}
+
+/// Digest and fingerprint of a `nft -j list table` document. The fingerprint hashes
+/// the document without what changes by itself (handles, counter values, nft's
+/// metainfo); it must also parse with the `nftables` schema, and a table natgw cannot
+/// read gets a fingerprint no installed table has (so it reads as drift).
+pub fn live_table_of(json: &str) -> Result<LiveTable, NftError> {
+    let mut doc: serde_json::Value = serde_json::from_str(json).map_err(NftError::Json)?;
+    let objects = doc
+        .get_mut("nftables")
+        .and_then(|o| o.as_array_mut())
+        .ok_or_else(|| NftError::Schema("no `nftables` array".into()))?;
+    objects.retain(|o| o.get("metainfo").is_none());
+    objects.iter_mut().for_each(strip_volatile);
+    let canonical = doc.to_string();
+    let typed = serde_json::from_value::<nftables::schema::Nftables>(doc).is_ok();
+    let hash: String = Sha256::digest(canonical.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(LiveTable {
+        fingerprint: if typed {
+            hash
+        } else {
+            format!("unreadable-{hash}")
+        },
+    })
+}
+
+/// Removes handles and counter values, recursively.
+fn strip_volatile(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("handle");
+            if let Some(serde_json::Value::Object(counter)) = map.get_mut("counter") {
+                counter.remove("packets");
+                counter.remove("bytes");
+            }
+            map.values_mut().for_each(strip_volatile);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_volatile),
+        _ => {}
     }
 }
 
@@ -86,7 +156,8 @@ pub fn list_ruleset() -> Result<String, NftError> {
 
 /// The batch that replaces the table whatever its current state.
 fn replace_batch(ruleset: &str) -> String {
-    format!("table inet natgw {{}}\ndelete table inet natgw\n{ruleset}")
+    let table = table();
+    format!("{table} {{}}\ndelete {table}\n{ruleset}")
 }
 
 /// `nft -c`: the kernel validates the batch without committing it. Fails when the
@@ -103,8 +174,8 @@ pub fn check(ruleset: &str) -> Result<(), NftError> {
 /// Whether the kernel can do nftables NAT: a check-only transaction of a minimal NAT
 /// table (nothing is committed).
 pub fn check_nat_support() -> Result<(), NftError> {
-    let probe = "table inet natgw {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta l4proto udp masquerade\n\t}\n}\n";
-    check(probe)
+    let probe = format!("{} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta l4proto udp masquerade\n\t}}\n}}\n", table());
+    check(&probe)
 }
 
 /// Replaces the table with `ruleset` in one transaction.
@@ -112,17 +183,18 @@ pub fn replace(ruleset: &str) -> Result<(), NftError> {
     run(
         &["-f", "-"],
         Some(&replace_batch(ruleset)),
-        "load of table inet natgw",
+        "load of the table",
     )
     .map(drop)
 }
 
 /// `nft delete table inet natgw`; a missing table is success.
 pub fn delete_table() -> Result<(), NftError> {
+    let table = table();
     run(
         &["-f", "-"],
-        Some("table inet natgw {}\ndelete table inet natgw\n"),
-        "delete table inet natgw",
+        Some(&format!("{table} {{}}\ndelete {table}\n")),
+        "delete of the table",
     )
     .map(drop)
 }
@@ -145,7 +217,7 @@ pub struct Counter {
 /// Named counters of table inet natgw (`nft -j list counters table inet natgw`).
 pub fn counters() -> Result<Vec<Counter>, NftError> {
     let json = run(
-        &["-j", "list", "counters", "table", "inet", "natgw"],
+        &["-j", "list", "counters", "table", TABLE_FAMILY, TABLE_NAME],
         None,
         "list counters",
     )?;
@@ -161,6 +233,8 @@ fn parse_counters(json: &str) -> Result<Vec<Counter>, NftError> {
     struct Item {
         counter: Option<RawCounter>,
     }
+    // nft prints counter values as 64-bit numbers; the `nftables` crate's Counter holds
+    // u32 and fails past 4 GiB, so counters are read with a struct of their own.
     #[derive(Deserialize)]
     struct RawCounter {
         name: String,

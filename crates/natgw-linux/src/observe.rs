@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use natgw_core::detect::IP_FORWARD;
 use natgw_core::Observed;
 
+use crate::dataplane::{Dataplane, DataplaneError};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::nft::NftError;
 use crate::state_store::StateError;
-use crate::{conntrack, nft, state_store, sysctl};
+use crate::{conntrack, state_store, sysctl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -17,7 +17,7 @@ pub enum ObserveError {
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
     #[error(transparent)]
-    Nft(#[from] NftError),
+    Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -25,8 +25,11 @@ pub enum ObserveError {
 /// The sysctls natgw manages.
 pub const SYSCTLS: [&str; 1] = [IP_FORWARD];
 
-pub fn observe(netlink: &Netlink) -> Result<Observed, ObserveError> {
-    let nft_present = nft::binary().is_some();
+/// Everything a gateway command looks at. An unusable record (corrupt, tampered) is
+/// reported in `state_problem` rather than failing: the live system can still be shown
+/// and `down` can still remove what natgw identifies by itself.
+pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed, ObserveError> {
+    let nft_present = dataplane.available();
     let mut sysctls = BTreeMap::new();
     for name in SYSCTLS {
         sysctls.insert(name.to_string(), sysctl::read(name)?);
@@ -46,19 +49,27 @@ pub fn observe(netlink: &Netlink) -> Result<Observed, ObserveError> {
             }
         }
     }
+    let (state, state_problem) = match state_store::load() {
+        Ok(state) => (state, None),
+        Err(e @ (StateError::Corrupt { .. } | StateError::Untrusted { .. })) => {
+            (None, Some(crate::apply::error_chain(&e)))
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(Observed {
         links,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,
         sysctls,
         nft_present,
-        table_listing: if nft_present {
-            nft::list_table()?
+        table: if nft_present {
+            dataplane.observe()?
         } else {
             None
         },
         conntrack: conntrack::usage(),
-        state: state_store::load()?,
+        state,
+        state_problem,
     })
 }
 

@@ -1,13 +1,23 @@
-//! natgw's records between commands, one file per network namespace, under /run
+//! natgw's records between commands, one directory per network namespace, under /run
 //! (gone after a reboot, exactly like the kernel state it describes). The namespace is
 //! identified by its cookie (SO_NETNS_COOKIE), which the kernel never reuses while it
 //! runs, unlike the inode of /proc/self/ns/net: a namespace created after another was
 //! deleted can get the old inode, and with it a stale record. So two natgw instances in
 //! two namespaces never share or clobber state.
+//!
+//! The directories are root-only (0700) and the records 0600; records are written
+//! atomically and durably (exclusive temporary file, fsync, rename, fsync of the
+//! directory) and never read through a symlink. A per-namespace lock (flock) makes
+//! natgw commands of one namespace run one at a time.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use natgw_core::state::STATE_VERSION;
 use natgw_core::RecordedState;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,30 +31,31 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("natgw state {path} is corrupt; remove it after checking `natgw status`")]
-    Corrupt {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("natgw state {path} is corrupt ({reason}); `natgw down` removes what natgw can identify by itself")]
+    Corrupt { path: String, reason: String },
+    #[error("natgw state {path} is not trusted: {reason}")]
+    Untrusted { path: String, reason: String },
+    #[error("another natgw command holds the lock of this network namespace ({holder}); waited {waited:?}; try again when it has finished")]
+    Locked { holder: String, waited: Duration },
 }
 
 const BASE: &str = "/run/natgw";
-
-/// The gateway's state file in the current network namespace.
-pub fn path() -> Result<PathBuf, StateError> {
-    path_of(GATEWAY)
-}
+/// Records are small; anything bigger is not natgw's.
+const MAX_RECORD: u64 = 16 << 20;
 
 /// Record names: the gateway (`natgw up`) and the private node (`natgw node up`).
 pub const GATEWAY: &str = "state.json";
 pub const NODE: &str = "node.json";
+const LOCK: &str = "lock";
 
-fn path_of(name: &str) -> Result<PathBuf, StateError> {
+/// The gateway's state file in the current network namespace.
+pub fn path() -> Result<PathBuf, StateError> {
+    Ok(namespace_dir()?.join(GATEWAY))
+}
+
+fn namespace_dir() -> Result<PathBuf, StateError> {
     let cookie = netns_cookie().map_err(StateError::Namespace)?;
-    Ok(PathBuf::from(BASE)
-        .join(format!("netns-{cookie}"))
-        .join(name))
+    Ok(PathBuf::from(BASE).join(format!("netns-{cookie}")))
 }
 
 /// The current network namespace's cookie, read from a throwaway socket.
@@ -70,10 +81,112 @@ fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-pub fn load() -> Result<Option<RecordedState>, StateError> {
-    load_named(GATEWAY)
+/// Creates `dir` (0700) or checks an existing one: a real directory (not a symlink),
+/// owned by us, not writable by anyone else. Repairs loose permissions of our own.
+fn secure_dir(dir: &Path) -> Result<(), StateError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create", dir, e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io("inspect", dir, e))?;
+    let untrusted = |reason: &str| StateError::Untrusted {
+        path: dir.display().to_string(),
+        reason: reason.to_string(),
+    };
+    if !meta.file_type().is_dir() {
+        return Err(untrusted("not a directory (a symlink?); remove it"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(untrusted("owned by another user; remove it"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("restrict", dir, e))?;
+    }
+    Ok(())
 }
 
+fn record_dir() -> Result<PathBuf, StateError> {
+    let dir = namespace_dir()?;
+    secure_dir(Path::new(BASE))?;
+    secure_dir(&dir)?;
+    Ok(dir)
+}
+
+/// A held per-namespace lock; released when dropped (or when the process dies).
+pub struct Lock {
+    _file: File,
+}
+
+/// Takes this namespace's lock, waiting up to `wait` for another natgw command to
+/// finish. The holder writes its pid and command line into the lock file, so a
+/// waiter can name it.
+pub fn lock(wait: Duration, command: &str) -> Result<Lock, StateError> {
+    let path = record_dir()?.join(LOCK);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| io("open", &path, e))?;
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io("lock", &path, err));
+        }
+        if start.elapsed() >= wait {
+            let mut holder = String::new();
+            let _ = (&file).take(256).read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StateError::Locked {
+                holder: if holder.is_empty() {
+                    "unknown process".into()
+                } else {
+                    holder.to_string()
+                },
+                waited: wait,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let who = format!("pid {}, `natgw {command}`", std::process::id());
+    file.set_len(0).map_err(|e| io("write", &path, e))?;
+    file.write_all(who.as_bytes())
+        .map_err(|e| io("write", &path, e))?;
+    Ok(Lock { _file: file })
+}
+
+/// The gateway record, checked: `Ok(None)` when there is none.
+pub fn load() -> Result<Option<RecordedState>, StateError> {
+    let Some((path, text)) = read_record(GATEWAY)? else {
+        return Ok(None);
+    };
+    let state: RecordedState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(StateError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!(
+                "layout version {} where {STATE_VERSION} is expected",
+                state.version
+            ),
+        });
+    }
+    Ok(Some(state))
+}
+
+/// Writes the gateway record durably: `apply` calls this before each change.
 pub fn save(state: &RecordedState) -> Result<(), StateError> {
     save_named(GATEWAY, state)
 }
@@ -82,57 +195,118 @@ pub fn remove() -> Result<(), StateError> {
     remove_named(GATEWAY)
 }
 
-pub fn load_named<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T>, StateError> {
-    let path = path_of(name)?;
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+/// Moves an unusable gateway record aside (`state.json.corrupt`), so that the next
+/// `up` starts clean while the evidence stays for the admin.
+pub fn set_aside() -> Result<PathBuf, StateError> {
+    let path = path()?;
+    let aside = path.with_extension("json.corrupt");
+    std::fs::rename(&path, &aside).map_err(|e| io("move aside", &path, e))?;
+    Ok(aside)
+}
+
+/// A record's text, refusing symlinks, foreign owners, loose modes and huge files.
+fn read_record(name: &str) -> Result<Option<(PathBuf, String)>, StateError> {
+    let path = namespace_dir()?.join(name);
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(io("read", &path, source)),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(StateError::Untrusted {
+                path: path.display().to_string(),
+                reason: "it is a symlink".into(),
+            })
+        }
+        Err(e) => return Err(io("read", &path, e)),
+    };
+    let meta = file.metadata().map_err(|e| io("inspect", &path, e))?;
+    let untrusted = |reason: &str| StateError::Untrusted {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    if !meta.is_file() {
+        return Err(untrusted("not a regular file"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(untrusted("owned by another user"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted("writable by other users"));
+    }
+    let mut text = String::new();
+    file.take(MAX_RECORD + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if text.len() as u64 > MAX_RECORD {
+        return Err(StateError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("larger than {MAX_RECORD} bytes"),
+        });
+    }
+    Ok(Some((path, text)))
+}
+
+pub fn load_named<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T>, StateError> {
+    let Some((path, text)) = read_record(name)? else {
+        return Ok(None);
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|source| StateError::Corrupt {
+        .map_err(|e| StateError::Corrupt {
             path: path.display().to_string(),
-            source,
+            reason: e.to_string(),
         })
 }
 
-/// Writes a record atomically (temporary file, then rename).
+/// Writes a record atomically and durably: an exclusive 0600 temporary file, fsync,
+/// rename over the record, fsync of the directory.
 pub fn save_named<T: serde::Serialize>(name: &str, state: &T) -> Result<(), StateError> {
-    let path = path_of(name)?;
-    let dir = path.parent().expect("state path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-    let tmp = path.with_extension("json.tmp");
+    let dir = record_dir()?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let text = serde_json::to_string_pretty(state).expect("state serialises");
-    std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| io("write", &tmp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", &dir, e))
 }
 
 pub fn remove_named(name: &str) -> Result<(), StateError> {
-    let path = path_of(name)?;
+    let path = namespace_dir()?.join(name);
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("remove", &path, e)),
-        _ => {}
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path, e)),
+        _ => Ok(()),
     }
-    // Only succeeds once the namespace has no other record.
-    let _ = std::fs::remove_dir(path.parent().expect("state path has a parent"));
-    Ok(())
 }
 
 /// Removes every natgw record of the current network namespace: for whoever deletes
 /// the namespace (the lab), since records of a dead namespace mean nothing.
 pub fn remove_namespace_records() -> Result<(), StateError> {
-    let dir = path_of(GATEWAY)?
-        .parent()
-        .expect("state path has a parent")
-        .to_path_buf();
+    let dir = namespace_dir()?;
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir, e)),
         _ => Ok(()),
     }
 }
 
-fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> StateError {
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> StateError {
     StateError::Io {
         action,
         path: path.display().to_string(),

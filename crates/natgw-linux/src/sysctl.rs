@@ -43,9 +43,21 @@ pub fn read(name: &str) -> Result<String, SysctlError> {
         })
 }
 
-/// `sysctl -w NAME=VALUE`
+/// `sysctl -w NAME=VALUE`. A name that would leave /proc/sys (`..`, `/`) is refused.
 pub fn write(name: &str, value: &str) -> Result<(), SysctlError> {
     let path = path(name);
+    if name.contains('/')
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(SysctlError {
+            name: name.into(),
+            action: "write",
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sysctl name"),
+        });
+    }
     std::fs::write(&path, value).map_err(|source| SysctlError {
         name: name.into(),
         action: "write",

@@ -487,7 +487,7 @@ fn failure_half_way_rolls_back() {
         &lab,
         "head",
         &["up", "--config", &config, "--masquerade"],
-        &[("NATGW_TEST_FAIL_AT", "state")],
+        &[("NATGW_TEST_FAIL_AT", "verify")],
     );
     assert_exit(&out, 1);
     assert_eq!(headnode_snapshot(&lab), installed);
@@ -761,6 +761,15 @@ fn doctor_warns_on_a_second_default_route() {
         "warn",
         "{report}"
     );
+    // Without flags the doctor checks the gateway `up` recorded: still wan0.
+    let (_, report) = doctor(&lab, &[]);
+    assert_eq!(
+        check(&report, "default-route")["status"],
+        "warn",
+        "{report}"
+    );
+    // With nothing recorded, detection itself is ambiguous and says which flag decides.
+    assert_exit(&natgw(&lab, &["down"]), 0);
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 1);
     assert!(
@@ -1310,7 +1319,7 @@ fn node_up_and_down_manage_the_default_route() {
     let out = natgw_env(&lab, "n1", &["node", "up", "--gateway", "10.0.0.1"], &[]);
     assert_exit(&out, 0);
     assert!(
-        n1_routes(&lab).contains("default via 10.0.0.1 dev eth0 proto 88"),
+        n1_routes(&lab).contains("default via 10.0.0.1 dev eth0 proto 89"),
         "{}",
         n1_routes(&lab)
     );

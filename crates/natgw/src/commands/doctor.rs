@@ -23,6 +23,7 @@ struct Report<'a> {
 pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
     let settings = gateway::settings(args)?;
     gateway::require_privilege()?;
+    let _lock = gateway::lock("doctor")?;
     let netlink = gateway::connect()?;
     let mut findings = diagnose(&settings, &netlink)?;
     let mut fixed = Vec::new();
@@ -54,7 +55,10 @@ pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
 }
 
 fn diagnose(settings: &Settings, netlink: &Netlink) -> exit::Result<Vec<Finding>> {
-    let observed = natgw_linux::observe(netlink).map_err(problem)?;
+    let observed =
+        natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
+    // The gateway `up` made, unless the admin names other roles.
+    let settings = &remembered(settings, &observed);
     let (chains, nat_check) = if observed.nft_present {
         let chains = natgw_linux::firewall::chains().map_err(problem)?;
         let check = natgw_linux::nft::check_nat_support().map_err(|e| e.to_string());
@@ -102,15 +106,21 @@ fn repair(
         }
     }
     if repairs.contains(&&Repair::ApplyGateway) || !done.is_empty() {
-        let observed = gateway::observe(netlink)?;
-        let desired = gateway::desired(settings, &observed)?;
+        let dataplane = natgw_linux::dataplane::current();
+        let observed = gateway::observe(netlink, &dataplane)?;
+        let desired = gateway::desired(&remembered(settings, &observed), &observed)?;
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
-            up::apply_and_verify(&plan, &observed, &desired, netlink)?;
+            up::apply_and_verify(&plan, &observed, &desired, netlink, &dataplane)?;
             done.extend(plan.changes.iter().map(|c| c.to_string()));
         }
     }
     Ok(done)
+}
+
+fn remembered(settings: &Settings, observed: &natgw_core::Observed) -> Settings {
+    let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
+    natgw_core::remember::settings_with_recorded_roles(settings, recorded)
 }
 
 pub fn print_findings(findings: &[Finding]) {

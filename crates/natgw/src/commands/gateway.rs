@@ -2,11 +2,14 @@
 //! every command that touches the gateway starts with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use natgw_core::config::Flags;
-use natgw_core::{Config, Desired, Observed, Settings};
+use natgw_core::{remember, Config, Desired, Observed, Settings};
+use natgw_linux::dataplane::{Dataplane, Nftables};
 use natgw_linux::netlink::Netlink;
+use natgw_linux::state_store::{self, Lock};
 
 use crate::cli::GatewayArgs;
 use crate::exit::{self, problem, usage};
@@ -53,8 +56,25 @@ pub fn connect() -> exit::Result<Netlink> {
     Netlink::connect().map_err(problem)
 }
 
-pub fn observe(netlink: &Netlink) -> exit::Result<Observed> {
-    let observed = natgw_linux::observe(netlink).map_err(problem)?;
+/// How long a command waits for another natgw command of the same namespace.
+const LOCK_WAIT_ENV: &str = "NATGW_LOCK_WAIT";
+const LOCK_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Takes the namespace's lock for the rest of the command (observe → plan → apply →
+/// verify), so two natgw commands never interleave. Exit 1 naming the holder when
+/// it does not come free in time.
+pub fn lock(command: &str) -> exit::Result<Lock> {
+    let wait = std::env::var(LOCK_WAIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(LOCK_WAIT_DEFAULT, Duration::from_secs_f64);
+    state_store::lock(wait, command).map_err(problem)
+}
+
+/// The system observed once; the data plane's tool must be there.
+pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> exit::Result<Observed> {
+    let observed = natgw_linux::observe(netlink, dataplane).map_err(problem)?;
     if !observed.nft_present {
         return Err(problem(natgw_linux::nft::NftError::Missing));
     }
@@ -71,25 +91,44 @@ pub fn desired(settings: &Settings, observed: &Observed) -> exit::Result<Desired
     })
 }
 
-/// What every gateway command starts from: the system observed once, and the gateway
-/// it should be.
+/// What every gateway command starts from: the lock, the system observed once, and
+/// the gateway it should be.
 pub struct Prepared {
     pub netlink: Netlink,
+    pub dataplane: Nftables,
     pub observed: Observed,
     pub desired: Desired,
+    /// How fresh detection disagrees with the recorded gateway (shown, not adopted).
+    pub rediscovered: Vec<String>,
+    _lock: Lock,
 }
 
-/// Settings, privilege, one observation, the desired gateway: in that order, so bad
-/// input is reported before anything is read.
-pub fn prepare(args: &GatewayArgs) -> exit::Result<Prepared> {
+/// Settings, privilege, lock, one observation, the desired gateway: in that order, so
+/// bad input is reported before anything is read or locked. Roles the admin did not
+/// name come from the recorded gateway, not from new detection.
+pub fn prepare(args: &GatewayArgs, command: &str) -> exit::Result<Prepared> {
     let settings = settings(args)?;
     require_privilege()?;
+    let lock = lock(command)?;
     let netlink = connect()?;
-    let observed = observe(&netlink)?;
-    let desired = desired(&settings, &observed)?;
+    let dataplane = natgw_linux::dataplane::current();
+    let observed = observe(&netlink, &dataplane)?;
+    let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
+    let effective = remember::settings_with_recorded_roles(&settings, recorded);
+    let desired = desired(&effective, &observed)?;
+    let rediscovered = if effective != settings {
+        natgw_core::desired(&settings, &observed)
+            .map(|fresh| remember::differences(&desired, &fresh))
+            .unwrap_or_else(|e| vec![format!("detection alone now fails: {e}")])
+    } else {
+        Vec::new()
+    };
     Ok(Prepared {
         netlink,
+        dataplane,
         observed,
         desired,
+        rediscovered,
+        _lock: lock,
     })
 }

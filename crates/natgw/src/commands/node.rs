@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use natgw_core::doctor::{Finding, Status};
 use natgw_core::node::{self, NodeChange, NodeState};
-use natgw_core::{Observed, RouteSpec};
+use natgw_core::{Observed, RouteSpec, NODE_ROUTE_PROTOCOL};
 use natgw_linux::netlink::Netlink;
 use natgw_linux::observe::{gateway_answers, observe_network};
 use natgw_linux::state_store;
@@ -57,6 +57,7 @@ struct UpReport<'a> {
 
 fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     gateway::require_privilege()?;
+    let _lock = gateway::lock("node up")?;
     let netlink = gateway::connect()?;
     let observed = observe(&netlink)?;
     let plan = node::plan(gateway_ip, &observed, replace).map_err(usage)?;
@@ -93,8 +94,8 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     });
     state_store::save_named(state_store::NODE, &keep).map_err(problem)?;
     let result = match plan.change {
-        NodeChange::Add => netlink.add_route(&default_via(gateway_ip)),
-        _ => netlink.replace_route(&default_via(gateway_ip)),
+        NodeChange::Add => netlink.add_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
+        _ => netlink.replace_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
     };
     if let Err(e) = result {
         let _ = state_store::remove_named(state_store::NODE);
@@ -126,13 +127,16 @@ struct DownReport {
 
 fn down(json: bool) -> exit::Result<i32> {
     gateway::require_privilege()?;
+    let _lock = gateway::lock("node down")?;
     let netlink = gateway::connect()?;
     let observed = observe(&netlink)?;
     let recorded: Option<NodeState> =
         state_store::load_named(state_store::NODE).map_err(problem)?;
     let mut report = DownReport::default();
     for gw in node::owned_defaults(&observed) {
-        netlink.del_route(&default_via(gw)).map_err(problem)?;
+        netlink
+            .del_route(&default_via(gw), NODE_ROUTE_PROTOCOL)
+            .map_err(problem)?;
         report.done.push(format!("deleted default route via {gw}"));
     }
     if let Some(previous) = recorded.and_then(|s| s.previous) {

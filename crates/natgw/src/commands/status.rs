@@ -4,6 +4,7 @@
 use natgw_core::observed::Conntrack;
 use natgw_core::{Desired, Plan};
 use natgw_linux::nft::Counter;
+use natgw_linux::Dataplane;
 use serde::Serialize;
 
 use super::gateway;
@@ -19,26 +20,36 @@ struct Status {
     desired: Desired,
     /// Changes `up` would make now: empty when nothing drifted.
     drift: Plan,
+    /// How new detection differs from the recorded gateway.
+    rediscovered: Vec<String>,
+    /// Why natgw's record cannot be used, when it cannot.
+    record_problem: Option<String>,
     counters: Vec<Counter>,
     conntrack: Option<Conntrack>,
 }
 
 pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
     let gateway::Prepared {
-        observed, desired, ..
-    } = gateway::prepare(args)?;
+        observed,
+        desired,
+        dataplane,
+        rediscovered,
+        ..
+    } = gateway::prepare(args, "status")?;
     let drift = natgw_core::plan(&desired, &observed);
-    let installed = observed.table_listing.is_some();
+    let installed = observed.table.is_some();
     let counters = if installed {
-        natgw_linux::nft::counters().map_err(exit::problem)?
+        dataplane.counters().map_err(exit::problem)?
     } else {
         Vec::new()
     };
     let status = Status {
         state: if installed { "up" } else { "down" },
-        in_sync: drift.is_empty(),
+        in_sync: drift.is_empty() && observed.state_problem.is_none(),
         desired,
         drift,
+        rediscovered,
+        record_problem: observed.state_problem.clone(),
         counters,
         conntrack: observed.conntrack,
     };
@@ -56,6 +67,12 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
 
 fn print_human(status: &Status) {
     print!("{}", output::describe(&status.desired));
+    if let Some(problem) = &status.record_problem {
+        println!("record:     UNUSABLE: {problem}");
+    }
+    for line in &status.rediscovered {
+        println!("note: {line}");
+    }
     match (status.state, status.in_sync) {
         ("down", _) => println!(
             "state:      down (run `natgw up`)\nwould change:\n{}",

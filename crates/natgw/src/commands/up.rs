@@ -1,7 +1,9 @@
 //! `natgw up` / `natgw plan`: make the system match the desired gateway, then verify.
 
 use anyhow::anyhow;
-use natgw_core::{Desired, Plan};
+use natgw_core::{Desired, Observed, Plan};
+use natgw_linux::netlink::Netlink;
+use natgw_linux::{Dataplane, Target};
 use serde::Serialize;
 
 use super::gateway;
@@ -14,18 +16,31 @@ struct Report<'a> {
     desired: &'a Desired,
     plan: &'a Plan,
     applied: bool,
+    /// How new detection differs from the recorded gateway (not adopted).
+    rediscovered: &'a [String],
 }
 
 pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     let gateway::Prepared {
         netlink,
+        dataplane,
         observed,
         desired,
-    } = gateway::prepare(args)?;
+        rediscovered,
+        ..
+    } = gateway::prepare(args, if dry_run { "plan" } else { "up" })?;
+    if let Some(why) = &observed.state_problem {
+        return Err(problem(anyhow!(
+            "{why}\nnatgw cannot know what it changed before; run `natgw down` first: it removes natgw's table and routes, names the sysctls to check, and sets the record aside"
+        )));
+    }
     let plan = natgw_core::plan(&desired, &observed);
 
     if !json {
         print!("{}", output::describe(&desired));
+        for line in &rediscovered {
+            println!("note: {line}");
+        }
         if plan.is_empty() {
             println!("no changes: the gateway is already in place");
         } else {
@@ -39,25 +54,17 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
             );
         }
     }
-    if dry_run || plan.is_empty() {
-        if json {
-            output::json(&Report {
-                desired: &desired,
-                plan: &plan,
-                applied: false,
-            });
-        }
-        return Ok(exit::OK);
+    if !dry_run && !plan.is_empty() {
+        apply_and_verify(&plan, &observed, &desired, &netlink, &dataplane)?;
     }
-
-    apply_and_verify(&plan, &observed, &desired, &netlink)?;
     if json {
         output::json(&Report {
             desired: &desired,
             plan: &plan,
-            applied: true,
+            applied: !dry_run && !plan.is_empty(),
+            rediscovered: &rediscovered,
         });
-    } else {
+    } else if !dry_run && !plan.is_empty() {
         println!(
             "applied {} change(s); verified: the system matches the desired gateway",
             plan.changes.len()
@@ -66,21 +73,32 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     Ok(exit::OK)
 }
 
-/// Applies `plan` (rolled back on failure), then re-reads the system: it must need no
-/// further change.
+/// Applies `plan` (journaled, rolled back on failure), then re-reads the system: it
+/// must need no further change and the uplink must keep its default route; otherwise
+/// everything is rolled back too.
 pub fn apply_and_verify(
     plan: &Plan,
-    observed: &natgw_core::Observed,
+    observed: &Observed,
     desired: &Desired,
-    netlink: &natgw_linux::netlink::Netlink,
+    netlink: &Netlink,
+    dataplane: &dyn Dataplane,
 ) -> exit::Result<()> {
-    natgw_linux::apply(plan, observed, netlink).map_err(problem)?;
-    let after = gateway::observe(netlink)?;
-    let remaining = natgw_core::plan(desired, &after);
-    if !remaining.is_empty() {
-        return Err(problem(anyhow!(
-            "applied, but the system still differs from the desired gateway:\n{remaining}"
-        )));
-    }
+    let target = Target {
+        observed,
+        desired,
+        netlink,
+        dataplane,
+    };
+    let recorded = observed.state.as_ref().and_then(|s| s.gateway.clone());
+    natgw_linux::apply(plan, &target, |committed| {
+        let mut after = natgw_linux::observe(netlink, dataplane).map_err(|e| e.to_string())?;
+        // Judge the system against the record as it will be once committed, and the
+        // uplink against the gateway as it was recorded before.
+        let mut prospective = committed.clone();
+        prospective.gateway = recorded.clone();
+        after.state = Some(prospective);
+        natgw_core::plan::verify(desired, &after)
+    })
+    .map_err(problem)?;
     Ok(())
 }

@@ -1,0 +1,190 @@
+//! Addresses, prefixes and routes that cannot work are refused before anything changes.
+//!
+//! A SNAT address must be one the outside can answer (unicast, not loopback, not inside
+//! the private prefixes); a private prefix must not switch anti-spoofing off (`/0`) or
+//! claim the public network, loopback or multicast; a route must reach a private
+//! network behind a router, not shadow the default route, the public network or a
+//! connected private network.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::RouteSpec;
+use crate::detect::DetectError;
+
+/// Sources and destinations that never belong to a private network.
+pub const SPECIAL_V4: [(&str, Ipv4Addr, u8); 4] = [
+    ("\"this network\"", Ipv4Addr::new(0, 0, 0, 0), 8),
+    ("loopback", Ipv4Addr::new(127, 0, 0, 0), 8),
+    ("multicast", Ipv4Addr::new(224, 0, 0, 0), 4),
+    ("reserved / broadcast", Ipv4Addr::new(240, 0, 0, 0), 4),
+];
+
+fn special(net: &IpNet) -> Option<&'static str> {
+    SPECIAL_V4
+        .iter()
+        .find(|(_, addr, len)| overlap(net, &IpNet::V4(Ipv4Net::new(*addr, *len).unwrap())))
+        .map(|(what, _, _)| *what)
+}
+
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The SNAT address: unicast, routable, outside the private prefixes.
+pub fn snat_address(addr: IpAddr, private: &[IpNet]) -> Result<(), DetectError> {
+    let refuse = |reason: String| Err(DetectError::BadSnatAddress { addr, reason });
+    let IpAddr::V4(v4) = addr else {
+        return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
+    };
+    if v4.is_unspecified() {
+        return refuse("is the unspecified address".into());
+    }
+    if v4.is_broadcast() || v4.is_multicast() || v4.octets()[0] >= 240 {
+        return refuse("is not a unicast address".into());
+    }
+    if v4.is_loopback() {
+        return refuse("is a loopback address".into());
+    }
+    if let Some(net) = private.iter().find(|n| n.contains(&addr)) {
+        return refuse(format!(
+            "is inside the private prefix {net}; translating to it gives private nodes a private source"
+        ));
+    }
+    Ok(())
+}
+
+/// A configured private prefix.
+pub fn private_prefix(prefix: &IpNet, origin: &str, public: &[IpNet]) -> Result<(), DetectError> {
+    let refuse = |reason: String| {
+        Err(DetectError::BadPrivatePrefix {
+            origin: origin.to_string(),
+            prefix: *prefix,
+            reason,
+        })
+    };
+    if prefix.prefix_len() == 0 {
+        return refuse("covers every address, which switches anti-spoofing off".into());
+    }
+    if let Some(what) = special(prefix) {
+        return refuse(format!("overlaps the {what} range"));
+    }
+    if let Some(net) = public.iter().find(|n| overlap(prefix, n)) {
+        return refuse(format!("overlaps the public network {net}"));
+    }
+    Ok(())
+}
+
+/// Configured routes: each `to` once, none of them the default route, the public
+/// network, a connected private network or a special range.
+pub fn routes(
+    routes: &[RouteSpec],
+    public: &[IpNet],
+    connected: &[IpNet],
+) -> Result<(), DetectError> {
+    let mut seen: HashMap<IpNet, &str> = HashMap::new();
+    for route in routes {
+        let refuse = |reason: String| {
+            Err(DetectError::BadRoute {
+                origin: route.origin.clone(),
+                to: route.to,
+                via: route.via,
+                reason,
+            })
+        };
+        if route.to.prefix_len() == 0 {
+            return refuse(
+                "is the default route; natgw routes only private networks behind routers".into(),
+            );
+        }
+        if let Some(what) = special(&route.to) {
+            return refuse(format!("overlaps the {what} range"));
+        }
+        if let Some(net) = public.iter().find(|n| overlap(&route.to, n)) {
+            return refuse(format!("overlaps the public network {net}"));
+        }
+        if let Some(net) = connected.iter().find(|n| overlap(&route.to, n)) {
+            return refuse(format!(
+                "overlaps the connected private network {net}, which needs no route"
+            ));
+        }
+        if let Some(first) = seen.insert(route.to, &route.origin) {
+            return refuse(format!("is configured twice (first at {first})"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn snat_addresses_that_cannot_work_are_refused() {
+        let private = nets(&["10.77.0.0/24"]);
+        for bad in [
+            "10.77.0.2",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            "240.0.0.1",
+        ] {
+            let err = snat_address(bad.parse().unwrap(), &private).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("SNAT address {bad} ")),
+                "{err}"
+            );
+        }
+        snat_address("203.0.113.36".parse().unwrap(), &private).unwrap();
+        // Cascaded NAT: a private-range public address is fine when it is not ours.
+        snat_address("192.168.1.7".parse().unwrap(), &private).unwrap();
+    }
+
+    #[test]
+    fn private_prefixes_that_switch_protection_off_are_refused() {
+        let public = nets(&["203.0.113.0/24"]);
+        for (bad, why) in [
+            ("0.0.0.0/0", "covers every address"),
+            ("203.0.0.0/16", "overlaps the public network 203.0.113.0/24"),
+            ("127.0.0.0/8", "loopback"),
+            ("224.0.0.0/8", "multicast"),
+        ] {
+            let err = private_prefix(&bad.parse().unwrap(), "natgw.toml:3", &public).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("natgw.toml:3: private prefix"), "{text}");
+            assert!(text.contains(why), "{text}");
+        }
+        private_prefix(&"10.9.0.0/16".parse().unwrap(), "x", &public).unwrap();
+    }
+
+    #[test]
+    fn conflicting_routes_are_refused() {
+        let route = |to: &str, line: u32| RouteSpec {
+            to: to.parse().unwrap(),
+            via: "10.77.0.2".parse().unwrap(),
+            origin: format!("natgw.toml:{line}"),
+        };
+        let public = nets(&["203.0.113.0/24"]);
+        let connected = nets(&["10.77.0.0/24"]);
+        for (bad, why) in [
+            (vec![route("0.0.0.0/0", 1)], "is the default route"),
+            (vec![route("203.0.113.0/25", 1)], "public network"),
+            (vec![route("10.77.0.0/24", 1)], "connected private network"),
+            (
+                vec![route("10.20.0.0/16", 1), route("10.20.0.0/16", 2)],
+                "configured twice (first at natgw.toml:1)",
+            ),
+        ] {
+            let err = routes(&bad, &public, &connected).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        routes(&[route("10.20.0.0/16", 1)], &public, &connected).unwrap();
+    }
+}

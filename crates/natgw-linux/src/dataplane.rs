@@ -1,0 +1,91 @@
+//! The packet path behind one seam: rendering, validating, installing, reading back
+//! and counting the rules that forward and translate. Commands and `apply` talk to a
+//! `Dataplane`, never to nft directly, so another data plane (eBPF) plugs in here.
+
+use natgw_core::observed::LiveTable;
+use natgw_core::render::render;
+use natgw_core::Desired;
+
+use crate::nft::{self, Counter, NftError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("the {what} was installed, but it cannot be read back")]
+    Vanished { what: &'static str },
+}
+
+/// What was installed before a change, so that a failed apply can put it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot(Option<String>);
+
+pub trait Dataplane {
+    /// Short name for messages and `--json` (`nftables`).
+    fn name(&self) -> &'static str;
+    /// Whether its tools are installed.
+    fn available(&self) -> bool;
+    /// What runs now, or `None` when natgw's rules are not installed.
+    fn observe(&self) -> Result<Option<LiveTable>, DataplaneError>;
+    /// Has the kernel validate the rules for `desired` without installing them.
+    fn check(&self, desired: &Desired) -> Result<(), DataplaneError>;
+    /// What is installed now, for `restore`.
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError>;
+    /// Installs the rules for `desired` atomically; returns them as read back.
+    fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError>;
+    /// Puts back what `snapshot` saw (removes the rules when there were none).
+    fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError>;
+    /// Removes natgw's rules; nothing installed is success.
+    fn remove(&self) -> Result<(), DataplaneError>;
+    /// natgw's counters.
+    fn counters(&self) -> Result<Vec<Counter>, DataplaneError>;
+}
+
+/// The kernel's netfilter, through natgw's table `inet natgw`.
+pub struct Nftables;
+
+impl Dataplane for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn available(&self) -> bool {
+        nft::binary().is_some()
+    }
+
+    fn observe(&self) -> Result<Option<LiveTable>, DataplaneError> {
+        Ok(nft::live_table()?)
+    }
+
+    fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
+        Ok(nft::check(&render(desired).text)?)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        Ok(Snapshot(nft::list_table()?))
+    }
+
+    fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
+        nft::replace(&render(desired).text)?;
+        nft::live_table()?.ok_or(DataplaneError::Vanished {
+            what: "table inet natgw",
+        })
+    }
+
+    fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError> {
+        Ok(nft::restore(snapshot.0.as_deref())?)
+    }
+
+    fn remove(&self) -> Result<(), DataplaneError> {
+        Ok(nft::delete_table()?)
+    }
+
+    fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {
+        Ok(nft::counters()?)
+    }
+}
+
+/// The data plane this host uses (one today; selected by config once there are two).
+pub fn current() -> Nftables {
+    Nftables
+}
