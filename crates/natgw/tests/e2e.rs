@@ -906,9 +906,10 @@ fn doctor_warns_when_no_nameserver_is_configured() {
 }
 
 #[test]
-fn doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route() {
-    if !root_or_skip("doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route")
-    {
+fn doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route() {
+    if !root_or_skip(
+        "doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route",
+    ) {
         return;
     }
     let lab = lab(Spec::nodes(1));
@@ -925,22 +926,21 @@ fn doctor_fix_brings_the_public_interface_up_and_reports_the_lost_default_route(
     assert_eq!(check(&report, "default-route")["status"], "fail");
 
     let (out, report) = doctor(&lab, &["--public", "wan0", "--fix"]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 0);
     assert_eq!(
         check(&report, "public-interface")["status"],
         "pass",
         "{report}"
     );
-    // The default route is not natgw's: doctor says what to run instead of guessing.
-    let route = check(&report, "default-route");
-    assert_eq!(route["status"], "fail");
-    assert!(
-        route["fix"]
-            .as_str()
-            .unwrap()
-            .starts_with("ip route add default via"),
-        "{route}"
+    // The default route went with the link; `up` recorded it, so --fix puts it back
+    // as it was (same gateway and route protocol).
+    assert_eq!(
+        check(&report, "default-route")["status"],
+        "pass",
+        "{report}"
     );
+    let routes = in_ns(&lab, "head", &["ip", "route", "show", "default"]);
+    assert_eq!(routes.trim(), "default via 203.0.113.254 dev wan0");
 }
 
 #[test]

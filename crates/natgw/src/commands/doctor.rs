@@ -107,6 +107,10 @@ fn repair(
     }
     if repairs.contains(&&Repair::ApplyGateway) || !done.is_empty() {
         let dataplane = natgw_linux::dataplane::current();
+        if !done.is_empty() {
+            let observed = gateway::observe(netlink, &dataplane)?;
+            done.extend(restore_uplink_default(netlink, &observed)?);
+        }
         let observed = gateway::observe(netlink, &dataplane)?;
         let desired = gateway::desired(&remembered(settings, &observed), &observed)?;
         let plan = natgw_core::plan(&desired, &observed);
@@ -116,6 +120,41 @@ fn repair(
         }
     }
     Ok(done)
+}
+
+/// An uplink that went down took the admin's default route with it; once the link is
+/// back, the route `up` recorded is put back as it was (same gateway and protocol).
+fn restore_uplink_default(
+    netlink: &Netlink,
+    observed: &natgw_core::Observed,
+) -> exit::Result<Option<String>> {
+    let Some(recorded) = observed.state.as_ref().and_then(|s| s.gateway.as_ref()) else {
+        return Ok(None);
+    };
+    let (Some(uplink), Some(link)) = (
+        recorded.uplink_default,
+        observed.link(recorded.public.name.as_str()),
+    ) else {
+        return Ok(None);
+    };
+    let Some(via) = uplink.gateway else {
+        return Ok(None);
+    };
+    if observed.ipv4_defaults().any(|r| r.oif == Some(link.index)) {
+        return Ok(None);
+    }
+    let route = natgw_core::RouteSpec {
+        to: natgw_core::node::default_v4(),
+        via,
+        origin: "recorded uplink default route".into(),
+    };
+    netlink
+        .restore_route(&route, uplink.protocol)
+        .map_err(problem)?;
+    Ok(Some(format!(
+        "ip route add default via {via} dev {} (the default route recorded by natgw up)",
+        link.name
+    )))
 }
 
 fn remembered(settings: &Settings, observed: &natgw_core::Observed) -> Settings {

@@ -100,7 +100,8 @@ pub struct Prepared {
     pub desired: Desired,
     /// How fresh detection disagrees with the recorded gateway (shown, not adopted).
     pub rediscovered: Vec<String>,
-    _lock: Lock,
+    /// Held until the command ends: bind it (`lock: _lock`), or it is released at once.
+    pub lock: Lock,
 }
 
 /// Settings, privilege, lock, one observation, the desired gateway: in that order, so
@@ -129,6 +130,6 @@ pub fn prepare(args: &GatewayArgs, command: &str) -> exit::Result<Prepared> {
         observed,
         desired,
         rediscovered,
-        _lock: lock,
+        lock,
     })
 }

@@ -34,6 +34,7 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
         desired,
         dataplane,
         rediscovered,
+        lock: _lock,
         ..
     } = gateway::prepare(args, "status")?;
     let drift = natgw_core::plan(&desired, &observed);

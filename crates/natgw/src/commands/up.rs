@@ -27,6 +27,7 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         observed,
         desired,
         rediscovered,
+        lock: _lock,
         ..
     } = gateway::prepare(args, if dry_run { "plan" } else { "up" })?;
     if let Some(why) = &observed.state_problem {
@@ -56,6 +57,9 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     }
     if !dry_run && !plan.is_empty() {
         apply_and_verify(&plan, &observed, &desired, &netlink, &dataplane)?;
+    } else if !dry_run {
+        // Nothing to change is a claim too: the gateway must still work.
+        natgw_core::plan::verify(&desired, &observed).map_err(|e| problem(anyhow!(e)))?;
     }
     if json {
         output::json(&Report {

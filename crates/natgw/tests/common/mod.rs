@@ -1,0 +1,134 @@
+//! Helpers shared by the end-to-end test binaries: labs with unique names, running the
+//! natgw binary inside a lab namespace, and snapshots of what natgw may touch.
+//!
+//! `NATGW_E2E_BIN=/path/to/natgw` runs the scenarios against another build (for
+//! example the code before a fix, to see a scenario fail there).
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use natgw_lab::{Lab, Spec};
+
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: end-to-end tests must run as root under CI");
+    }
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: end-to-end tests need root (run the suite with sudo)"
+    );
+    false
+}
+
+/// The lab for one test, or `None` (with the skip message) without root.
+pub fn lab_or_skip(test: &str, spec: Spec) -> Option<Lab> {
+    root_or_skip(test).then(|| lab(spec))
+}
+
+/// A lab with a name unique to this test process and call.
+pub fn lab(spec: Spec) -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "ngwp{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    Lab::build(&name, spec).expect("build lab")
+}
+
+pub fn binary() -> String {
+    std::env::var("NATGW_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_natgw").to_string())
+}
+
+/// `ip netns exec NS natgw ARGS` with extra environment, not yet started.
+pub fn natgw_command(lab: &Lab, role: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &lab.ns(role), &binary()])
+        .args(args)
+        .envs(env.iter().copied());
+    command
+}
+
+pub fn natgw_env(lab: &Lab, role: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    natgw_command(lab, role, args, env)
+        .output()
+        .expect("run natgw")
+}
+
+pub fn natgw(lab: &Lab, args: &[&str]) -> Output {
+    natgw_env(lab, "head", args, &[])
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a command inside a lab namespace and returns its stdout; it must succeed.
+pub fn in_ns(lab: &Lab, role: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role)])
+        .args(args)
+        .output()
+        .expect("run command in namespace");
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// natgw's record of the headnode namespace, resolved there as natgw resolves it.
+pub fn state_path(lab: &Lab) -> std::path::PathBuf {
+    natgw_lab::in_netns(&lab.ns("head"), || {
+        natgw_linux::state_store::path().unwrap()
+    })
+    .unwrap()
+}
+
+/// Everything natgw may touch in the headnode: the whole ruleset, the routes, the
+/// forwarding sysctl and whether natgw's record exists.
+pub fn headnode_snapshot(lab: &Lab) -> String {
+    let ruleset = in_ns(lab, "head", &["nft", "list", "ruleset"]);
+    let routes = String::from_utf8_lossy(
+        &lab.ip("head", &["-4", "route", "show", "table", "all"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    let forward = lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap();
+    let state = state_path(lab).exists();
+    format!("{ruleset}\n{routes}\nip_forward={forward}\nstate={state}")
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
+}
+
+/// A scratch directory unique to the lab, removed by the caller.
+pub fn scratch(lab: &Lab, what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}-{what}", lab.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,664 @@
+//! End-to-end scenarios for natgw's promises, each the way an attacker or a careless
+//! admin would break it (issue "A gateway that keeps its promises"). Each scenario
+//! fails on natgw before that issue (run with NATGW_E2E_BIN=old-natgw to see it).
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use natgw_lab::{in_netns, Lab, Listener, Spec, HEAD_PUBLIC, SERVER};
+
+fn server() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(SERVER), 7000)
+}
+
+#[track_caller]
+fn assert_translated(lab: &Lab, node: &str) {
+    let seen = natgw_lab::udp_exchange(&lab.ns(node), server(), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{node}: {e}"));
+    assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
+}
+
+fn write_config(lab: &Lab, name: &str, content: &str) -> String {
+    let path = scratch(lab, "cfg").join(name);
+    std::fs::write(&path, content).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn interface_names_that_are_nft_syntax_or_wildcards_are_refused() {
+    let Some(lab) = lab_or_skip(
+        "interface_names_that_are_nft_syntax_or_wildcards_are_refused",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    // A veth pair inside the headnode; one end carries a private address, so
+    // autodetection takes it as a private interface.
+    for (name, peer, address) in [
+        ("x\"}accept#", "hv0", "10.9.0.1/24"),
+        ("e*", "hv1", "10.9.1.1/24"),
+    ] {
+        lab.ip(
+            "head",
+            &["link", "add", name, "type", "veth", "peer", "name", peer],
+        )
+        .unwrap();
+        lab.ip("head", &["addr", "add", address, "dev", name])
+            .unwrap();
+        lab.ip("head", &["link", "set", name, "up"]).unwrap();
+        lab.ip("head", &["link", "set", peer, "up"]).unwrap();
+        let before = headnode_snapshot(&lab);
+        for args in [
+            vec!["up"],
+            vec!["up", "--private", "lan0", "--private", name],
+        ] {
+            let out = natgw(&lab, &args);
+            assert_exit(&out, 2);
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("{name:?}")) && err.contains("rename it"),
+                "{args:?}: {err}"
+            );
+            assert_eq!(
+                headnode_snapshot(&lab),
+                before,
+                "{args:?} changed the system"
+            );
+        }
+        lab.ip("head", &["link", "del", peer]).unwrap();
+    }
+    // Ordinary names still work.
+    assert_exit(&natgw(&lab, &["up"]), 0);
+}
+
+#[test]
+fn the_public_side_cannot_open_a_pinhole_with_a_private_source() {
+    let Some(lab) = lab_or_skip(
+        "the_public_side_cannot_open_a_pinhole_with_a_private_source",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let n1 = Lab::node_address(1);
+    let _service = Listener::start(&lab.ns("n1"), SocketAddr::new(IpAddr::V4(n1), 5353)).unwrap();
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_translated(&lab, "n1");
+
+    // The upstream host sends to the headnode a frame claiming n1's address as source,
+    // for a public destination (203.0.113.81, routed via the headnode).
+    lab.ip("pub", &["addr", "add", &format!("{n1}/32"), "dev", "lo"])
+        .unwrap();
+    lab.ip(
+        "pub",
+        &["route", "add", "203.0.113.81/32", "via", "203.0.113.1"],
+    )
+    .unwrap();
+    in_netns(&lab.ns("pub"), move || {
+        let socket = UdpSocket::bind((n1, 5353)).unwrap();
+        socket.send_to(b"open", "203.0.113.81:9999").unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    lab.ip("pub", &["route", "del", "203.0.113.81/32"]).unwrap();
+    lab.ip("pub", &["addr", "del", &format!("{n1}/32"), "dev", "lo"])
+        .unwrap();
+    lab.ip("pub", &["addr", "add", "203.0.113.81/32", "dev", "lo"])
+        .unwrap();
+    // The "reply" to the translation that frame would have created.
+    let answer = in_netns(&lab.ns("pub"), || {
+        let socket = UdpSocket::bind("203.0.113.81:9999").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        socket.send_to(b"hello n1", "203.0.113.1:5353").unwrap();
+        let mut buf = [0u8; 256];
+        socket
+            .recv_from(&mut buf)
+            .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .unwrap();
+    assert!(
+        answer.is_err(),
+        "the private node's UDP service answered through a pinhole: {answer:?}"
+    );
+    let status = json(&natgw(&lab, &["status", "--json"]));
+    let dropped = status["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dropped_spoofed_public")
+        .unwrap()["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(dropped >= 1, "{status}");
+    assert_translated(&lab, "n1");
+}
+
+/// An `nft` that logs each call to `log` and sleeps `delay` seconds before running
+/// the real one: slow enough to collide with, or to be killed in the middle of.
+fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
+    let dir = scratch(lab, "slownft");
+    let log = dir.join("calls.log");
+    let wrapper = dir.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nsleep {delay}\nexec /usr/sbin/nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (wrapper.to_str().unwrap().to_string(), log)
+}
+
+fn calls(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
+/// Starts natgw in its own process group, so it can be killed with its children.
+fn spawn_natgw(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Child {
+    natgw_command(lab, "head", args, env)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn kill_group(child: &mut Child) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+}
+
+#[test]
+fn a_second_command_waits_for_the_lock_and_then_names_its_holder() {
+    let Some(lab) = lab_or_skip(
+        "a_second_command_waits_for_the_lock_and_then_names_its_holder",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let (nft, log) = slow_nft(&lab, "1");
+    let mut first = spawn_natgw(&lab, &["up"], &[("NATGW_NFT", &nft)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls(&log) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for command in [vec!["up"], vec!["down"], vec!["status"]] {
+        let started = Instant::now();
+        let out = natgw_env(&lab, "head", &command, &[("NATGW_LOCK_WAIT", "0.5")]);
+        assert_exit(&out, 1);
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert!(
+            stderr(&out).contains(&format!("pid {}, `natgw up`", first.id())),
+            "{command:?}: {}",
+            text(&out)
+        );
+    }
+    let first_out = first.wait().unwrap();
+    assert!(first_out.success());
+    // A waiter that outlasts the holder goes on and finds nothing to do.
+    assert!(stdout(&natgw(&lab, &["up"])).contains("no changes"));
+}
+
+#[test]
+fn many_concurrent_ups_and_downs_leave_a_consistent_gateway() {
+    let Some(lab) = lab_or_skip(
+        "many_concurrent_ups_and_downs_leave_a_consistent_gateway",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let before = headnode_snapshot(&lab);
+    let ups: Vec<Child> = (0..12)
+        .map(|_| spawn_natgw(&lab, &["up"], &[("NATGW_LOCK_WAIT", "60")]))
+        .collect();
+    let mut applied = 0;
+    for child in ups {
+        let out = child.wait_with_output().unwrap();
+        assert_exit(&out, 0);
+        applied += stdout(&out).contains("verified") as usize;
+    }
+    assert_eq!(
+        applied, 1,
+        "exactly one up applied, the others found no changes"
+    );
+    assert_exit(&natgw(&lab, &["status"]), 0);
+    assert_translated(&lab, "n1");
+    let downs: Vec<Child> = (0..6)
+        .map(|_| spawn_natgw(&lab, &["down"], &[("NATGW_LOCK_WAIT", "60")]))
+        .collect();
+    for child in downs {
+        assert_exit(&child.wait_with_output().unwrap(), 0);
+    }
+    assert_eq!(
+        headnode_snapshot(&lab),
+        before,
+        "forwarding and rules restored"
+    );
+}
+
+/// Kills `up` (with its nft) while it runs the `call`-th nft command, then checks that
+/// `finish` (`down` or `up`) completes from what was left.
+fn kill_up_during_nft_call(call: usize, finish: &str) {
+    let lab = lab(Spec::nodes(1).with_router());
+    let config = write_config(
+        &lab,
+        "routes.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    );
+    let before = headnode_snapshot(&lab);
+    let (nft, log) = slow_nft(&lab, "0.4");
+    let mut up = spawn_natgw(&lab, &["up", "--config", &config], &[("NATGW_NFT", &nft)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls(&log) < call && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(calls(&log), call, "natgw up made fewer nft calls");
+    kill_group(&mut up);
+
+    let out = natgw(
+        &lab,
+        &[finish, "--config", &config][..if finish == "up" { 3 } else { 1 }],
+    );
+    assert_exit(&out, 0);
+    if finish == "up" {
+        assert_exit(&natgw(&lab, &["status", "--config", &config]), 0);
+        let again = natgw(&lab, &["up", "--config", &config]);
+        assert!(stdout(&again).contains("no changes"), "{}", text(&again));
+        assert_exit(&natgw(&lab, &["down"]), 0);
+    }
+    assert_eq!(
+        headnode_snapshot(&lab),
+        before,
+        "killed during nft call {call}, then `{finish}`"
+    );
+}
+
+/// nft calls of a first `up`: 1 observe, 2 check, 3 snapshot, 4 install, 5 read
+/// back, 6 verify. Forwarding is switched on between 2 and 3.
+const NFT_CALLS_OF_UP: usize = 6;
+
+#[test]
+fn up_killed_at_any_step_is_undone_by_down() {
+    if !root_or_skip("up_killed_at_any_step_is_undone_by_down") {
+        return;
+    }
+    for call in 1..=NFT_CALLS_OF_UP {
+        kill_up_during_nft_call(call, "down");
+    }
+}
+
+#[test]
+fn up_killed_at_any_step_is_completed_by_up() {
+    if !root_or_skip("up_killed_at_any_step_is_completed_by_up") {
+        return;
+    }
+    for call in 1..=NFT_CALLS_OF_UP {
+        kill_up_during_nft_call(call, "up");
+    }
+}
+
+#[test]
+fn addresses_and_prefixes_that_cannot_work_are_refused() {
+    let Some(lab) = lab_or_skip(
+        "addresses_and_prefixes_that_cannot_work_are_refused",
+        Spec::nodes(2),
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    for (addr, why) in [
+        ("10.0.0.12", "inside the private prefix 10.0.0.0/24"),
+        ("0.0.0.0", "unspecified"),
+        ("255.255.255.255", "not a unicast address"),
+        ("224.0.0.1", "not a unicast address"),
+        ("127.0.0.1", "loopback"),
+    ] {
+        let out = natgw(&lab, &["up", "--snat-to", addr]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("SNAT address {addr} ")) && stderr(&out).contains(why),
+            "{}",
+            text(&out)
+        );
+    }
+    for (prefix, why) in [
+        ("0.0.0.0/0", "switches anti-spoofing off"),
+        (
+            "203.0.113.0/25",
+            "overlaps the public network 203.0.113.0/24",
+        ),
+        ("127.0.0.0/8", "loopback"),
+        ("224.0.0.0/4", "multicast"),
+    ] {
+        let config = write_config(
+            &lab,
+            "prefix.toml",
+            &format!("# extra\nprivate_prefixes = [\"{prefix}\"]\n"),
+        );
+        let out = natgw(&lab, &["up", "--config", &config]);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains("prefix.toml:2: private prefix") && err.contains(why),
+            "{prefix}: {err}"
+        );
+    }
+    assert_eq!(headnode_snapshot(&lab), before);
+    // An address the public interface does not carry is only a warning.
+    let out = natgw(&lab, &["plan", "--snat-to", "203.0.113.9"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("warning: SNAT address 203.0.113.9 is not an address of wan0"));
+}
+
+#[test]
+fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted() {
+    let Some(lab) = lab_or_skip(
+        "conflicting_routes_are_refused_and_an_existing_route_is_never_adopted",
+        Spec::nodes(2).with_router(),
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    for (routes, why) in [
+        (
+            "{ to = \"0.0.0.0/0\", via = \"10.0.0.12\" }",
+            "is the default route",
+        ),
+        (
+            "{ to = \"203.0.113.0/24\", via = \"10.0.0.12\" }",
+            "overlaps the public network",
+        ),
+        (
+            "{ to = \"10.0.0.0/24\", via = \"10.0.0.12\" }",
+            "overlaps the connected private network 10.0.0.0/24",
+        ),
+        (
+            "{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" },\n  { to = \"10.20.0.0/24\", via = \"10.0.0.12\" }",
+            "configured twice",
+        ),
+    ] {
+        let config = write_config(&lab, "routes.toml", &format!("routes = [\n  {routes}\n]\n"));
+        let out = natgw(&lab, &["up", "--config", &config]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(why), "{routes}: {}", text(&out));
+        assert_eq!(headnode_snapshot(&lab), before);
+    }
+    // Someone else's route to the same network through another router: adding natgw's
+    // fails (EEXIST) and everything is rolled back; the foreign route is not recorded.
+    lab.ip(
+        "head",
+        &[
+            "route",
+            "add",
+            "10.20.0.0/24",
+            "via",
+            "10.0.0.12",
+            "proto",
+            "static",
+        ],
+    )
+    .unwrap();
+    let before = headnode_snapshot(&lab);
+    let config = write_config(
+        &lab,
+        "routes.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    );
+    for _ in 0..2 {
+        let out = natgw(&lab, &["up", "--config", &config]);
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).contains("add route 10.20.0.0/24 via 10.0.0.254")
+                && stderr(&out).contains("every earlier change was rolled back"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(headnode_snapshot(&lab), before);
+    }
+}
+
+#[test]
+fn a_node_default_route_on_the_headnode_belongs_to_node_up() {
+    let Some(lab) = lab_or_skip(
+        "a_node_default_route_on_the_headnode_belongs_to_node_up",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    // Cascaded NAT: the headnode is itself a node of an upstream gateway.
+    lab.ip("pub", &["addr", "add", "203.0.113.81/24", "dev", "eth0"])
+        .unwrap();
+    let out = natgw(
+        &lab,
+        &["node", "up", "--gateway", "203.0.113.81", "--replace"],
+    );
+    assert_exit(&out, 0);
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 0);
+    assert!(!stdout(&out).contains("delete route"), "{}", text(&out));
+    let routes = in_ns(&lab, "head", &["ip", "route", "show", "default"]);
+    assert!(
+        routes.contains("default via 203.0.113.81 dev wan0 proto 89"),
+        "{routes}"
+    );
+    assert_translated(&lab, "n1");
+
+    // The uplink loses its default route: `up` no longer says everything is fine.
+    lab.ip("head", &["route", "del", "default"]).unwrap();
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("wan0 lost its IPv4 default route"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn down_without_a_working_nft_fails_and_keeps_what_it_still_needs() {
+    let Some(lab) = lab_or_skip(
+        "down_without_a_working_nft_fails_and_keeps_what_it_still_needs",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["down"],
+        &[("NATGW_NFT", "/nonexistent/nft")],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("apt-get install nftables"),
+        "{}",
+        text(&out)
+    );
+    assert!(in_ns(&lab, "head", &["nft", "list", "tables"]).contains("inet natgw"));
+    assert!(state_path(&lab).exists(), "the record of the table is kept");
+    let out = natgw(&lab, &["down"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("delete nftables table inet natgw"));
+    assert_eq!(headnode_snapshot(&lab), before);
+}
+
+#[test]
+fn a_corrupt_record_does_not_block_status_doctor_or_down() {
+    let Some(lab) = lab_or_skip(
+        "a_corrupt_record_does_not_block_status_doctor_or_down",
+        Spec::nodes(1).with_router(),
+    ) else {
+        return;
+    };
+    let config = write_config(
+        &lab,
+        "routes.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    );
+    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    std::fs::write(state_path(&lab), "garbage{").unwrap();
+
+    let out = natgw(&lab, &["status"]);
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains("public:     wan0"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("record:     UNUSABLE"),
+        "{}",
+        text(&out)
+    );
+    let out = natgw(&lab, &["doctor", "--json"]);
+    assert!(json(&out)["checks"].as_array().unwrap().len() > 5);
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("run `natgw down` first"),
+        "{}",
+        text(&out)
+    );
+
+    let out = natgw(&lab, &["down"]);
+    assert_exit(&out, 1);
+    let report = stdout(&out);
+    assert!(
+        report.contains("delete nftables table inet natgw"),
+        "{report}"
+    );
+    assert!(
+        report.contains("delete route 10.20.0.0/24 via 10.0.0.254"),
+        "{report}"
+    );
+    assert!(report.contains("net.ipv4.ip_forward is 1"), "{report}");
+    assert!(!in_ns(&lab, "head", &["nft", "list", "tables"]).contains("natgw"));
+    assert!(in_ns(&lab, "head", &["ip", "route", "show", "proto", "88"]).is_empty());
+    assert!(!state_path(&lab).exists());
+    let out = natgw(&lab, &["down"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("nothing to remove"));
+}
+
+#[test]
+fn a_tampered_record_cannot_make_down_write_other_sysctls() {
+    let Some(lab) = lab_or_skip(
+        "a_tampered_record_cannot_make_down_write_other_sysctls",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let path = state_path(&lab);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+        0o700
+    );
+    // A path outside /proc/sys and a per-namespace sysctl natgw never manages.
+    let outside = scratch(&lab, "tamper");
+    let escape = format!(
+        "net.ipv4.conf.../../../../..{}.forwarding",
+        outside.display().to_string().replace('/', ".")
+    );
+    let escape = escape.replace("...", "../").replace("..", "../");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let rp_before = lab
+        .read_sysctl("head", "net.ipv4.conf.lan0.rp_filter")
+        .unwrap();
+    record["sysctls"]["net.ipv4.conf.lan0.rp_filter"] = "2".into();
+    record["sysctls"][&escape] = "1".into();
+    std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
+
+    let out = natgw(&lab, &["down"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("refusing to write sysctl"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv4.conf.lan0.rp_filter")
+            .unwrap(),
+        rp_before
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside /proc/sys"
+    );
+    let _ = std::fs::remove_dir_all(outside);
+
+    // A record others can write is not trusted at all.
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = natgw(&lab, &["status"]);
+    assert!(
+        stdout(&out).contains("writable by other users"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down() {
+    let Some(lab) = lab_or_skip(
+        "doctor_checks_the_recorded_gateway_when_the_uplink_is_down",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
+    let out = natgw(&lab, &["doctor", "--json"]);
+    assert_exit(&out, 1);
+    let report = json(&out);
+    let public = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "public-interface")
+        .unwrap()
+        .clone();
+    assert_eq!(public["status"], "fail", "{report}");
+    assert!(
+        public["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wan0 is administratively down"),
+        "{report}"
+    );
+
+    let out = natgw(&lab, &["doctor", "--fix"]);
+    assert!(
+        stdout(&out).contains("ip link set wan0 up"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("ip route add default via 203.0.113.254 dev wan0"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(&natgw(&lab, &["status"]), 0);
+    assert_translated(&lab, "n1");
+}
+
+#[allow(dead_code)]
+fn unused(_: Command) {}
