@@ -12,6 +12,7 @@ pub mod node;
 pub mod observed;
 pub mod persist;
 pub mod plan;
+pub mod prefixes;
 pub mod render;
 pub mod state;
 
