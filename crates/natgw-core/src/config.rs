@@ -8,6 +8,12 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// The largest config file natgw reads: a wrong path (a device, a log file) must not
+/// fill memory. Hand-written configs are a few KiB; generated prefix lists of 60,000
+/// entries (what the plan benchmark measures) take about 1.2 MiB, so the cap leaves
+/// room for three times that.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// The config file as written (`/etc/natgw/natgw.toml`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

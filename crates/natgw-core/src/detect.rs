@@ -382,19 +382,7 @@ fn interface(
     })
 }
 
-/// Sorted, deduplicated, and without prefixes contained in another (nftables interval
-/// sets reject overlapping elements).
-pub fn normalise(prefixes: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
-    let mut all: Vec<IpNet> = prefixes.into_iter().map(|p| p.trunc()).collect();
-    all.sort();
-    all.dedup();
-    let kept: Vec<IpNet> = all
-        .iter()
-        .filter(|p| !all.iter().any(|q| q != *p && q.contains(*p)))
-        .copied()
-        .collect();
-    kept
-}
+pub use crate::prefixes::normalise;
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::address_flags::{Endpoint, Host, Target};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "natgw",
@@ -14,6 +16,20 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr [default: human; the journal when run by systemd].
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log more: -v one level more detail, -vv two (NATGW_LOG overrides both).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `natgw: applied: ...`, one line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +41,7 @@ pub enum Command {
         /// Print the plan without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
@@ -32,11 +49,13 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove everything natgw added and restore the sysctl values it changed.
     Down {
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
@@ -44,6 +63,7 @@ pub enum Command {
     Status {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
@@ -55,6 +75,7 @@ pub enum Command {
         /// Bring configured interfaces up, turn forwarding on, apply natgw's rules.
         #[arg(long)]
         fix: bool,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
@@ -70,13 +91,31 @@ pub enum Command {
     StunServer {
         /// Primary address [port 3478 when omitted].
         #[arg(long, value_name = "ADDR[:PORT]")]
-        listen: String,
+        listen: Endpoint,
         /// Alternate address (a second IP of this host) [port 3479 when omitted].
         #[arg(long, value_name = "ADDR[:PORT]")]
-        alt: Option<String>,
+        alt: Option<Endpoint>,
     },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
+}
+
+impl Command {
+    /// Commands that change the system (or run a service) log each change by default;
+    /// read commands stay quiet unless something is wrong.
+    pub fn changes_system(&self) -> bool {
+        match self {
+            Command::Up { dry_run, .. } => !dry_run,
+            Command::Plan { .. } | Command::Status { .. } | Command::Probe(_) => false,
+            Command::Down { .. } | Command::StunServer { .. } | Command::Lab(_) => true,
+            Command::Doctor { fix, .. } => *fix,
+            Command::Node { action } => match action {
+                NodeAction::Up { .. } | NodeAction::Down { .. } => true,
+                NodeAction::Check { .. } => false,
+                NodeAction::Persist { dry_run, .. } => !dry_run,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -119,23 +158,24 @@ pub enum LabAction {
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// STUN server for the mapped address and the behaviour tests.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub stun: Option<String>,
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub stun: Option<Target>,
     /// TCP connect probe, repeatable.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub tcp: Vec<String>,
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub tcp: Vec<Target>,
     /// UDP request/response probe, repeatable.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub udp: Vec<String>,
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub udp: Vec<Target>,
     /// ICMP echo probe, repeatable.
     #[arg(long, value_name = "HOST")]
-    pub icmp: Vec<String>,
+    pub icmp: Vec<Host>,
     /// Per-probe timeout in seconds.
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     pub timeout: f64,
     /// Also measure the UDP binding lifetime, up to SECS idle (takes about 2 x SECS).
     #[arg(long, value_name = "SECS")]
     pub lifetime: Option<u64>,
+    /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -144,26 +184,31 @@ pub struct ProbeArgs {
 pub enum NodeAction {
     /// Point the IPv4 default route at the gateway (checks it is on-link and answers).
     Up {
+        /// The headnode's address on this node's network.
         #[arg(long, value_name = "ADDR")]
         gateway: IpAddr,
         /// Replace a different existing default route (it is recorded for `node down`).
         #[arg(long)]
         replace: bool,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
     /// Restore the default route as it was before `node up`.
     Down {
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
     /// Report the default route, whether the gateway answers, and the DNS resolvers.
     Check {
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
     /// Make the default route survive reboot, for the network manager in use.
     Persist {
+        /// The headnode's address on this node's network.
         #[arg(long, value_name = "ADDR")]
         gateway: IpAddr,
         /// Print the file changes without writing them.
@@ -172,7 +217,79 @@ pub enum NodeAction {
         /// Operate on the configuration under this directory instead of /.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+        /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand, with the path to it.
+    fn all_args(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((format!("{path} {}", arg.get_id()), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_has_a_help_line() {
+        Cli::command().debug_assert();
+        let mut args = Vec::new();
+        all_args(&Cli::command(), "natgw".into(), &mut args);
+        let missing: Vec<&String> = args
+            .iter()
+            .filter(|(_, arg)| {
+                arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help" | "version")
+            })
+            .map(|(path, _)| path)
+            .collect();
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    #[test]
+    fn read_commands_are_told_from_commands_that_change_things() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("natgw").chain(args.iter().copied()))
+                .unwrap()
+                .command
+                .changes_system()
+        };
+        for read in [
+            &["status"][..],
+            &["plan"],
+            &["up", "--dry-run"],
+            &["doctor"],
+            &["probe", "--icmp", "198.51.100.10"],
+            &["node", "check"],
+            &["node", "persist", "--gateway", "10.0.0.1", "--dry-run"],
+        ] {
+            assert!(!parse(read), "{read:?} is a read command");
+        }
+        for change in [
+            &["up"][..],
+            &["down"],
+            &["doctor", "--fix"],
+            &["node", "up", "--gateway", "10.0.0.1"],
+            &["node", "down"],
+            &["node", "persist", "--gateway", "10.0.0.1"],
+        ] {
+            assert!(parse(change), "{change:?} changes the system");
+        }
+    }
+
+    #[test]
+    fn global_log_flags_go_anywhere_on_the_line() {
+        let cli = Cli::try_parse_from(["natgw", "status", "--log-format", "json", "-vv"]).unwrap();
+        assert_eq!((cli.log_format, cli.verbose), (Some(LogFormat::Json), 2));
+        let cli = Cli::try_parse_from(["natgw", "--log-format=human", "-v", "down"]).unwrap();
+        assert_eq!((cli.log_format, cli.verbose), (Some(LogFormat::Human), 1));
+        assert!(Cli::try_parse_from(["natgw", "--log-format", "xml", "status"]).is_err());
+    }
 }

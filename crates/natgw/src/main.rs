@@ -1,24 +1,32 @@
 //! natgw: turn a Linux host into the outbound NAT gateway of its private network.
 
+mod address_flags;
 mod cli;
 mod commands;
+mod config_file;
 mod exit;
+mod logging;
 mod output;
 
 use clap::Parser;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("NATGW_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = cli::Cli::parse();
+    let logging = match logging::init(cli.log_format, cli.command.changes_system(), cli.verbose) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("natgw: error: {e:#}");
+            std::process::exit(exit::USAGE);
+        }
+    };
+    tracing::debug!(args = ?std::env::args().skip(1).collect::<Vec<_>>(), "starting");
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("natgw: error: {:#}", failure.error);
+            logging.report(&failure);
             failure.code
         }
     };
+    tracing::debug!(exit_code = code, "finished");
     std::process::exit(code);
 }

@@ -1489,3 +1489,72 @@ fn node_persist_writes_the_config_of_the_network_manager_found() {
         .contains("GATEWAY=10.0.0.1 in /etc/sysconfig/network"));
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_read_commands_stay_quiet() {
+    let Some(lab) = lab_or_skip(
+        "json_logs_are_one_object_per_line_and_read_commands_stay_quiet",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    // An empty NATGW_LOG is the default filter, whatever the test runner's is.
+    let defaults = [("NATGW_LOG", "")];
+    let events = |out: &Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+
+    let up = natgw_env(
+        &lab,
+        "head",
+        &["--log-format", "json", "-v", "up"],
+        &defaults,
+    );
+    assert_exit(&up, 0);
+    let logged = events(&up);
+    assert!(
+        logged.iter().any(|e| e["message"] == "starting"),
+        "{}",
+        text(&up)
+    );
+    for event in &logged {
+        assert!(event["level"].is_string(), "{event}");
+        assert!(
+            event["target"].as_str().unwrap().starts_with("natgw"),
+            "{event}"
+        );
+    }
+
+    // Read commands on a gateway that is in place: their output, and no log line.
+    for args in [&["status"][..], &["plan"], &["status", "--json"]] {
+        let out = natgw_env(&lab, "head", args, &defaults);
+        assert_exit(&out, 0);
+        assert!(out.stderr.is_empty(), "{args:?} logged: {}", text(&out));
+    }
+
+    // A refused input is one event carrying the error and the exit code.
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["--log-format", "json", "up", "--public", "eth9"],
+        &defaults,
+    );
+    assert_exit(&out, 2);
+    let logged = events(&out);
+    assert_eq!(logged.len(), 1, "{}", text(&out));
+    assert_eq!(logged[0]["level"], "ERROR");
+    assert_eq!(logged[0]["outcome"], "refused");
+    assert_eq!(logged[0]["exit_code"], 2);
+    assert!(
+        logged[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("public interface \"eth9\" does not exist"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use natgw_core::config::Flags;
 use natgw_core::{remember, Config, Desired, Observed, Settings};
 use natgw_linux::dataplane::{Dataplane, Nftables};
@@ -30,14 +30,7 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
     let Some(path) = path else {
         return Settings::from_flags(&flags).map_err(usage);
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| {
-            format!(
-                "cannot read config file {}; check the path given to --config",
-                path.display()
-            )
-        })
-        .map_err(usage)?;
+    let text = crate::config_file::read(&path).map_err(usage)?;
     Config::parse(&text, &path)
         .and_then(|config| config.merge(&flags, &text, &path))
         .map_err(usage)

@@ -26,7 +26,7 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),
-        Command::StunServer { listen, alt } => probe::stun_server(&listen, alt.as_deref()),
+        Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
         Command::Lab(args) => lab::run(&args),
     }
 }

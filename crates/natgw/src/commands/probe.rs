@@ -1,6 +1,5 @@
 //! `natgw probe` and `natgw stun-server`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -9,6 +8,7 @@ use natgw_probe::reach::{self, Outcome};
 use natgw_probe::server::{self, Server};
 use serde::Serialize;
 
+use crate::address_flags::Endpoint;
 use crate::cli::ProbeArgs;
 use crate::exit::{self, problem, usage};
 use crate::output;
@@ -43,13 +43,17 @@ pub fn run(args: &ProbeArgs) -> exit::Result<i32> {
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let mut probes: Vec<Outcome> = Vec::new();
-    probes.extend(args.icmp.iter().map(|t| reach::icmp(t, timeout)));
-    probes.extend(args.tcp.iter().map(|t| reach::tcp(t, timeout)));
-    probes.extend(args.udp.iter().map(|t| reach::udp(t, timeout)));
+    probes.extend(
+        args.icmp
+            .iter()
+            .map(|t| reach::icmp(&t.to_string(), timeout)),
+    );
+    probes.extend(args.tcp.iter().map(|t| reach::tcp(&t.to_string(), timeout)));
+    probes.extend(args.udp.iter().map(|t| reach::udp(&t.to_string(), timeout)));
     let stun = args
         .stun
-        .as_deref()
-        .map(|target| stun_report(target, timeout, args.lifetime));
+        .as_ref()
+        .map(|target| stun_report(&target.to_string(), timeout, args.lifetime));
 
     let failed = probes.iter().any(|p| !p.ok) || stun.as_ref().is_some_and(|s| s.error.is_some());
     let report = Report { probes, stun };
@@ -145,25 +149,9 @@ pub fn print_stun(stun: &StunReport) {
     }
 }
 
-/// `ADDR[:PORT]` with a default port.
-fn endpoint(text: &str, default_port: u16, flag: &str) -> exit::Result<SocketAddr> {
-    text.parse::<SocketAddr>()
-        .or_else(|_| {
-            text.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, default_port))
-        })
-        .map_err(|_| {
-            usage(anyhow!(
-                "{flag} {text:?} is not an address or address:port (e.g. 198.51.100.10:3478)"
-            ))
-        })
-}
-
-pub fn stun_server(listen: &str, alt: Option<&str>) -> exit::Result<i32> {
-    let primary = endpoint(listen, server::DEFAULT_PORT, "--listen")?;
-    let alternate = alt
-        .map(|a| endpoint(a, server::DEFAULT_ALT_PORT, "--alt"))
-        .transpose()?;
+pub fn stun_server(listen: Endpoint, alt: Option<Endpoint>) -> exit::Result<i32> {
+    let primary = listen.or_port(server::DEFAULT_PORT);
+    let alternate = alt.map(|a| a.or_port(server::DEFAULT_ALT_PORT));
     if let Some(alt) = alternate {
         if alt.ip() == primary.ip() || alt.port() == primary.port() {
             return Err(usage(anyhow!("--alt must differ from --listen in both address and port (RFC 5780): got {primary} and {alt}")));
