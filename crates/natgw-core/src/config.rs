@@ -66,7 +66,7 @@ pub struct Flags {
 }
 
 /// Config and flags merged: what natgw was asked for, before looking at the system.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub public: Option<String>,
     pub private: Vec<String>,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RouteSpec;
+use crate::config::{RouteSpec, Settings};
 use crate::desired::Desired;
 
 /// Version of the record's layout; a record of another version is not trusted.
@@ -23,6 +23,9 @@ pub struct RecordedState {
     pub version: u32,
     /// The gateway as the last verified `up` resolved it.
     pub gateway: Option<Desired>,
+    /// What that `up` was asked for (config and flags merged): read commands without
+    /// flags check this gateway, not whatever the defaults would give now.
+    pub settings: Option<Settings>,
     /// Sysctl values as they were before natgw first changed them.
     pub sysctls: BTreeMap<String, String>,
     /// Routes natgw added (or was about to add when it stopped).
@@ -56,6 +59,7 @@ impl Default for RecordedState {
         RecordedState {
             version: STATE_VERSION,
             gateway: None,
+            settings: None,
             sysctls: BTreeMap::new(),
             routes: Vec::new(),
             table: None,

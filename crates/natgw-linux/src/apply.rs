@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use natgw_core::plan::{owned_routes, Change};
 use natgw_core::render::render;
 use natgw_core::state::{is_managed_sysctl, is_sysctl_value, Applying, InstalledTable};
-use natgw_core::{Desired, Observed, Plan, RecordedState, RouteSpec, ROUTE_PROTOCOL};
+use natgw_core::{Desired, Observed, Plan, RecordedState, RouteSpec, Settings, ROUTE_PROTOCOL};
 use tracing::{info, warn};
 
 use crate::dataplane::{Dataplane, Snapshot};
@@ -57,6 +57,7 @@ enum Undo {
 /// Everything `apply` works with.
 pub struct Target<'a> {
     pub observed: &'a Observed,
+    pub settings: &'a Settings,
     pub desired: &'a Desired,
     pub netlink: &'a Netlink,
     pub dataplane: &'a dyn Dataplane,
@@ -112,6 +113,7 @@ pub fn apply(
     let mut committed = journal.clone();
     committed.applying = None;
     committed.gateway = Some(target.desired.clone());
+    committed.settings = Some(target.settings.clone());
     let verified = injected("verify")
         .and_then(|()| verify(&committed))
         .and_then(|()| state_store::save(&committed).map_err(|e| error_chain(&e)));
@@ -357,6 +359,7 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
             state_store::remove()
         } else {
             remaining.gateway = None;
+            remaining.settings = None;
             state_store::save(&remaining)
         };
         let what = if finished {

@@ -137,6 +137,18 @@ pub struct GatewayArgs {
     pub masquerade: bool,
 }
 
+impl GatewayArgs {
+    /// Nothing given on the command line: read commands then check the gateway
+    /// `up` recorded.
+    pub fn is_empty(&self) -> bool {
+        self.config.is_none()
+            && self.public.is_none()
+            && self.private.is_empty()
+            && self.snat_to.is_empty()
+            && !self.masquerade
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct LabArgs {
     #[command(subcommand)]

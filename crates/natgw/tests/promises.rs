@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -660,5 +660,30 @@ fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down() {
     assert_translated(&lab, "n1");
 }
 
-#[allow(dead_code)]
-fn unused(_: Command) {}
+#[test]
+fn status_without_flags_checks_the_gateway_up_made() {
+    let Some(lab) = lab_or_skip(
+        "status_without_flags_checks_the_gateway_up_made",
+        Spec::nodes(1).with_router(),
+    ) else {
+        return;
+    };
+    let config = write_config(
+        &lab,
+        "routes.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    );
+    assert_exit(
+        &natgw(&lab, &["up", "--config", &config, "--masquerade"]),
+        0,
+    );
+    let out = natgw(&lab, &["status"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("-> masquerade"), "{}", text(&out));
+    assert!(stdout(&out).contains("route:      10.20.0.0/24 via 10.0.0.254"));
+    let out = natgw(&lab, &["doctor"]);
+    assert_exit(&out, 0);
+    // Flags on the command line are a new question, answered as asked.
+    let out = natgw(&lab, &["status", "--snat-to", "203.0.113.1"]);
+    assert_exit(&out, 1);
+}

@@ -25,14 +25,14 @@ pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
     gateway::require_privilege()?;
     let _lock = gateway::lock("doctor")?;
     let netlink = gateway::connect()?;
-    let mut findings = diagnose(&settings, &netlink)?;
+    let mut findings = diagnose(args, &settings, &netlink)?;
     let mut fixed = Vec::new();
     if fix {
         if !json {
             print_findings(&findings);
         }
-        fixed = repair(&settings, &netlink, &findings)?;
-        findings = diagnose(&settings, &netlink)?;
+        fixed = repair(args, &settings, &netlink, &findings)?;
+        findings = diagnose(args, &settings, &netlink)?;
         if !json {
             println!("\nfixed:");
             fixed.iter().for_each(|f| println!("  {f}"));
@@ -54,11 +54,15 @@ pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
     Ok(if failed { exit::PROBLEM } else { exit::OK })
 }
 
-fn diagnose(settings: &Settings, netlink: &Netlink) -> exit::Result<Vec<Finding>> {
+fn diagnose(
+    args: &GatewayArgs,
+    settings: &Settings,
+    netlink: &Netlink,
+) -> exit::Result<Vec<Finding>> {
     let observed =
         natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
     // The gateway `up` made, unless the admin names other roles.
-    let settings = &remembered(settings, &observed);
+    let settings = &remembered(args, settings, &observed);
     let (chains, nat_check) = if observed.nft_present {
         let chains = natgw_linux::firewall::chains().map_err(problem)?;
         let check = natgw_linux::nft::check_nat_support().map_err(|e| e.to_string());
@@ -77,6 +81,7 @@ fn diagnose(settings: &Settings, netlink: &Netlink) -> exit::Result<Vec<Finding>
 }
 
 fn repair(
+    args: &GatewayArgs,
     settings: &Settings,
     netlink: &Netlink,
     findings: &[Finding],
@@ -112,10 +117,11 @@ fn repair(
             done.extend(restore_uplink_default(netlink, &observed)?);
         }
         let observed = gateway::observe(netlink, &dataplane)?;
-        let desired = gateway::desired(&remembered(settings, &observed), &observed)?;
+        let settings = remembered(args, settings, &observed);
+        let desired = gateway::desired(&settings, &observed)?;
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
-            up::apply_and_verify(&plan, &observed, &desired, netlink, &dataplane)?;
+            up::apply_and_verify(&plan, &observed, &settings, &desired, netlink, &dataplane)?;
             done.extend(plan.changes.iter().map(|c| c.to_string()));
         }
     }
@@ -157,9 +163,15 @@ fn restore_uplink_default(
     )))
 }
 
-fn remembered(settings: &Settings, observed: &natgw_core::Observed) -> Settings {
+/// The gateway `up` made, unless the admin names another on the command line.
+fn remembered(
+    args: &GatewayArgs,
+    settings: &Settings,
+    observed: &natgw_core::Observed,
+) -> Settings {
+    let settings = gateway::recorded_settings(args, settings.clone(), observed);
     let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
-    natgw_core::remember::settings_with_recorded_roles(settings, recorded)
+    natgw_core::remember::settings_with_recorded_roles(&settings, recorded)
 }
 
 pub fn print_findings(findings: &[Finding]) {

@@ -93,6 +93,8 @@ pub struct Prepared {
     pub desired: Desired,
     /// How fresh detection disagrees with the recorded gateway (shown, not adopted).
     pub rediscovered: Vec<String>,
+    /// The settings the desired gateway was resolved from.
+    pub settings: Settings,
     /// Held until the command ends: bind it (`lock: _lock`), or it is released at once.
     pub lock: Lock,
 }
@@ -100,13 +102,18 @@ pub struct Prepared {
 /// Settings, privilege, lock, one observation, the desired gateway: in that order, so
 /// bad input is reported before anything is read or locked. Roles the admin did not
 /// name come from the recorded gateway, not from new detection.
-pub fn prepare(args: &GatewayArgs, command: &str) -> exit::Result<Prepared> {
+pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Result<Prepared> {
     let settings = settings(args)?;
     require_privilege()?;
     let lock = lock(command)?;
     let netlink = connect()?;
     let dataplane = natgw_linux::dataplane::current();
     let observed = observe(&netlink, &dataplane)?;
+    let settings = if read_only {
+        recorded_settings(args, settings, &observed)
+    } else {
+        settings
+    };
     let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
     let effective = remember::settings_with_recorded_roles(&settings, recorded);
     let desired = desired(&effective, &observed)?;
@@ -124,5 +131,15 @@ pub fn prepare(args: &GatewayArgs, command: &str) -> exit::Result<Prepared> {
         desired,
         rediscovered,
         lock,
+        settings: effective,
     })
+}
+
+/// For read commands given no flags: what the last `up` was asked for, so that they
+/// check the gateway `up` made (`--masquerade`, another config file, ...).
+pub fn recorded_settings(args: &GatewayArgs, parsed: Settings, observed: &Observed) -> Settings {
+    match observed.state.as_ref().and_then(|s| s.settings.clone()) {
+        Some(recorded) if args.is_empty() => recorded,
+        _ => parsed,
+    }
 }

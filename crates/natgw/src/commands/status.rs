@@ -36,8 +36,11 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
         rediscovered,
         lock: _lock,
         ..
-    } = gateway::prepare(args, "status")?;
+    } = gateway::prepare(args, "status", true)?;
     let drift = natgw_core::plan(&desired, &observed);
+    for change in &drift.changes {
+        tracing::info!(drift = %change, "the live system differs from the gateway");
+    }
     let installed = observed.table.is_some();
     let counters = if installed {
         dataplane.counters().map_err(exit::problem)?

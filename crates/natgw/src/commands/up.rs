@@ -1,7 +1,7 @@
 //! `natgw up` / `natgw plan`: make the system match the desired gateway, then verify.
 
 use anyhow::anyhow;
-use natgw_core::{Desired, Observed, Plan};
+use natgw_core::{Desired, Observed, Plan, Settings};
 use natgw_linux::netlink::Netlink;
 use natgw_linux::{Dataplane, Target};
 use serde::Serialize;
@@ -27,15 +27,18 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         observed,
         desired,
         rediscovered,
+        settings,
         lock: _lock,
-        ..
-    } = gateway::prepare(args, if dry_run { "plan" } else { "up" })?;
+    } = gateway::prepare(args, if dry_run { "plan" } else { "up" }, false)?;
     if let Some(why) = &observed.state_problem {
         return Err(problem(anyhow!(
             "{why}\nnatgw cannot know what it changed before; run `natgw down` first: it removes natgw's table and routes, names the sysctls to check, and sets the record aside"
         )));
     }
     let plan = natgw_core::plan(&desired, &observed);
+    for change in &plan.changes {
+        tracing::debug!(change = %change, "planned");
+    }
 
     if !json {
         print!("{}", output::describe(&desired));
@@ -56,7 +59,7 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         }
     }
     if !dry_run && !plan.is_empty() {
-        apply_and_verify(&plan, &observed, &desired, &netlink, &dataplane)?;
+        apply_and_verify(&plan, &observed, &settings, &desired, &netlink, &dataplane)?;
     } else if !dry_run {
         // Nothing to change is a claim too: the gateway must still work.
         natgw_core::plan::verify(&desired, &observed).map_err(|e| problem(anyhow!(e)))?;
@@ -83,12 +86,14 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
 pub fn apply_and_verify(
     plan: &Plan,
     observed: &Observed,
+    settings: &Settings,
     desired: &Desired,
     netlink: &Netlink,
     dataplane: &dyn Dataplane,
 ) -> exit::Result<()> {
     let target = Target {
         observed,
+        settings,
         desired,
         netlink,
         dataplane,
