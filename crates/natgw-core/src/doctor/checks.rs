@@ -654,6 +654,11 @@ fn conntrack(inputs: &Inputs) -> Finding {
         ),
     };
     if lost.lost() == 0 {
+        let when = if since_last.is_some() {
+            &when
+        } else {
+            "since boot"
+        };
         return Finding::pass(ID, format!("{usage}; no connection lost {when}"));
     }
     Finding::warn(
@@ -672,10 +677,12 @@ fn raise_max(max: u64) -> String {
 
 /// Insert failures are clashes of translated tuples (ports exhausted towards one
 /// destination), not a full table: more addresses or random ports help, a bigger
-/// table does not. Drops and early drops do come from a full table.
+/// table does not. The kernel counts each clash as a drop too, so only drops beyond
+/// the insert failures, and early drops, point at a full table.
 fn lost_fix(lost: &super::ConntrackStats, max: u64) -> String {
     let clashes = "give natgw more SNAT addresses (each carries about 64k flows per destination address and port) or fully random ports (port_selection = \"random\" in natgw.toml)";
-    match (lost.insert_failed > 0, lost.drop + lost.early_drop > 0) {
+    let full = lost.drop.saturating_sub(lost.insert_failed) + lost.early_drop > 0;
+    match (lost.insert_failed > 0, full) {
         (true, true) => format!("{clashes}; and {}", raise_max(max)),
         (true, false) => clashes.to_string(),
         _ => raise_max(max),
@@ -1130,7 +1137,9 @@ mod tests {
         };
         assert_eq!(conntrack_with(old, Some(record)).status, Status::Pass);
 
+        // The kernel counts a clash as a drop and an insert failure.
         let more = ConntrackStats {
+            drop: 2,
             insert_failed: 9,
             ..old
         };
@@ -1138,7 +1147,7 @@ mod tests {
         assert_eq!(f.status, Status::Warn);
         assert!(
             f.detail
-                .contains("since the last doctor run 5 min ago the kernel dropped 0 / early-dropped 0 / failed to insert 2"),
+                .contains("since the last doctor run 5 min ago the kernel dropped 2 / early-dropped 0 / failed to insert 2"),
             "{f:?}"
         );
         let fix = f.fix.unwrap();
