@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod firewall;
 pub mod netlink;
 pub mod nft;
+pub mod nft_json;
 pub mod observe;
 pub mod privilege;
 pub mod state_store;

@@ -84,6 +84,23 @@ pub struct Behaviour {
     pub notes: Vec<String>,
 }
 
+impl Behaviour {
+    /// Whether anything translated the address on the way to the server.
+    pub fn translated(&self) -> bool {
+        self.mapped != self.local
+    }
+
+    /// The hairpinning line of the report.
+    pub fn hairpinning_text(&self) -> &'static str {
+        match (self.translated(), self.hairpinning) {
+            (false, _) => "n/a (no NAT)",
+            (true, None) => "not measured",
+            (true, Some(true)) => "yes",
+            (true, Some(false)) => "no",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub timeout: Duration,
@@ -150,7 +167,16 @@ pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, Clien
             behaviour.filtering = Some(filtering(server, local_ip, t)?);
         }
     }
-    behaviour.hairpinning = Some(hairpinning(&main, mapped, local_ip, t)?);
+    // Without translation a packet "to the mapped address" is just a packet to the
+    // local socket: it arrives, and says nothing about hairpinning.
+    if behaviour.translated() {
+        behaviour.hairpinning = Some(hairpinning(&main, mapped, local_ip, t)?);
+    } else {
+        behaviour.notes.push(
+            "no NAT on this path: the server sees the local address; hairpinning does not apply"
+                .into(),
+        );
+    }
     if let Some(max) = options.lifetime_max {
         behaviour.lifetime = Some(lifetime(server, local_ip, max, t)?);
     }
@@ -288,7 +314,7 @@ pub fn requirements(b: &Behaviour) -> Vec<Requirement> {
         Requirement { id: "RFC 4787 REQ-3", text: "port preservation is not required (informational)", met: None, observed: format!("local port {} mapped to {}", b.local.port(), b.mapped.port()) },
         Requirement { id: "RFC 4787 REQ-5", text: "a UDP binding MUST NOT expire in less than 2 minutes", met: lifetime_ok, observed: lifetime_seen },
         Requirement { id: "RFC 4787 REQ-8", text: "RECOMMENDED endpoint-independent filtering (transparency) or address-dependent filtering (stricter)", met: filtering_ok, observed: show(b.filtering) },
-        Requirement { id: "RFC 4787 REQ-9", text: "MUST support hairpinning", met: b.hairpinning, observed: b.hairpinning.map_or("not measured".into(), |h| if h { "supported".into() } else { "not supported".into() }) },
+        Requirement { id: "RFC 4787 REQ-9", text: "MUST support hairpinning", met: b.hairpinning.filter(|_| b.translated()), observed: b.hairpinning_text().to_string() },
         Requirement { id: "RFC 5382", text: "TCP behaviour (REQ-1 mapping, REQ-5 idle timeout >= 2 h 4 min)", met: None, observed: "not measured: STUN runs over UDP".into() },
     ]
 }
@@ -337,6 +363,28 @@ mod tests {
             classify_filtering(false, false),
             Kind::AddressAndPortDependent
         );
+    }
+
+    #[test]
+    fn a_path_without_nat_has_no_hairpinning_to_speak_of() {
+        let b = Behaviour {
+            server: a("198.51.100.10:3478"),
+            local: a("203.0.113.1:5000"),
+            mapped: a("203.0.113.1:5000"),
+            other_address: None,
+            mapping: Some(Kind::NoNat),
+            filtering: None,
+            // What the old code measured: the "hairpinned" packet simply arrived.
+            hairpinning: Some(true),
+            port_preserved: true,
+            lifetime: None,
+            notes: vec![],
+        };
+        assert!(!b.translated());
+        assert_eq!(b.hairpinning_text(), "n/a (no NAT)");
+        let req9 = &requirements(&b)[4];
+        assert_eq!(req9.id, "RFC 4787 REQ-9");
+        assert_eq!((req9.met, req9.observed.as_str()), (None, "n/a (no NAT)"));
     }
 
     #[test]

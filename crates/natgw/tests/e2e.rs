@@ -595,7 +595,11 @@ fn doctor_passes_a_healthy_gateway() {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 12);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 13);
+    assert_eq!(
+        check(&report, "natgw-table")["detail"],
+        "table inet natgw is exactly as natgw installed it"
+    );
 }
 
 #[test]
@@ -1557,4 +1561,345 @@ fn json_logs_are_one_object_per_line_and_read_commands_stay_quiet() {
         text(&out)
     );
     assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// Runs `args` in the headnode namespace and says whether the tool accepted them.
+fn head_accepts(lab: &Lab, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns("head")])
+        .args(args)
+        .output()
+        .expect("run command in namespace")
+}
+
+#[test]
+fn doctor_counts_only_real_snat_statements() {
+    let Some(lab) = lab_or_skip("doctor_counts_only_real_snat_statements", Spec::nodes(1)) else {
+        return;
+    };
+    // A chain that only has "snat" in its name and a counter that only mentions it.
+    let nft = |args: &[&str]| {
+        let mut full = vec!["nft"];
+        full.extend_from_slice(args);
+        in_ns(&lab, "head", &full);
+    };
+    nft(&["add", "table", "ip", "foreign"]);
+    nft(&["add", "chain", "ip", "foreign", "snat_x"]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "foreign",
+        "snat_x",
+        "ip",
+        "saddr",
+        "10.0.0.0/24",
+        "counter",
+    ]);
+    let hook = "{ type nat hook postrouting priority srcnat; }";
+    nft(&["add", "chain", "ip", "foreign", "post", hook]);
+    nft(&[
+        "add", "rule", "ip", "foreign", "post", "oifname", "wan0", "jump", "snat_x",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "foreign",
+        "post",
+        "counter",
+        "comment",
+        "\"snat for lan0\"",
+    ]);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "snat");
+    assert_eq!(finding["status"], "fail", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("no rule source-translates"),
+        "{finding}"
+    );
+}
+
+#[test]
+fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix() {
+    let Some(lab) = lab_or_skip(
+        "doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    in_ns(&lab, "head", &["nft", "add", "table", "ip", "guard"]);
+    let hook = "{ type filter hook forward priority filter; policy drop; }";
+    in_ns(
+        &lab,
+        "head",
+        &["nft", "add", "chain", "ip", "guard", "forward", hook],
+    );
+    for rule in [
+        &["ct", "state", "established,related", "accept"][..],
+        &["ip", "saddr", "10.0.0.0/24", "accept"],
+    ] {
+        let mut full = vec!["nft", "add", "rule", "ip", "guard", "forward"];
+        full.extend_from_slice(rule);
+        in_ns(&lab, "head", &full);
+    }
+    // The chain really lets the gateway's traffic through.
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "forward-policy")["status"],
+        "pass",
+        "{report}"
+    );
+
+    // A rule in it that drops the private side is reported, by its text.
+    let drop = [
+        "nft", "insert", "rule", "ip", "guard", "forward", "iifname", "lan0", "drop",
+    ];
+    in_ns(&lab, "head", &drop);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "forward-policy");
+    assert!(
+        finding["detail"].as_str().unwrap().ends_with(
+            "drops new connections from 10.0.0.0/24 (lan0) to wan0: `iifname lan0 drop`"
+        ),
+        "{finding}"
+    );
+}
+
+#[test]
+fn doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it() {
+    let Some(lab) = lab_or_skip(
+        "doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
+    let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
+    lab.route_private_from_upstream().unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(check(&report, "natgw-table")["status"], "pass");
+    assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(500)).is_err());
+
+    // Someone opens the public side inside natgw's own table.
+    let open = [
+        "nft", "insert", "rule", "inet", "natgw", "forward", "iifname", "wan0", "accept",
+    ];
+    in_ns(&lab, "head", &open);
+    assert!(
+        tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),
+        "control: the added rule lets unsolicited inbound through"
+    );
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "natgw-table");
+    assert_eq!(finding["status"], "fail", "{report}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("changed outside natgw"),
+        "{finding}"
+    );
+
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 0);
+    assert_eq!(check(&report, "natgw-table")["status"], "pass", "{report}");
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(!table.contains("iifname \"wan0\" accept"), "{table}");
+    assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(500)).is_err());
+
+    // Gone altogether (a `flush ruleset`): reported, and --fix puts it back.
+    in_ns(&lab, "head", &["nft", "flush", "ruleset"]);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    assert!(check(&report, "natgw-table")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("is gone"));
+    let (out, _) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn doctor_mtu_fix_is_a_command_nft_accepts() {
+    let Some(lab) = lab_or_skip("doctor_mtu_fix_is_a_command_nft_accepts", Spec::nodes(1)) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("head", &["link", "set", "lan0", "mtu", "9000"])
+        .unwrap();
+    let (_, report) = doctor(&lab, &[]);
+    let finding = check(&report, "mtu");
+    assert_eq!(finding["status"], "warn", "{report}");
+    let fix = finding["fix"].as_str().unwrap();
+    assert!(fix.contains("mss_clamp = true"), "{fix}");
+    let command = fix
+        .split_once("clamp by hand: ")
+        .and_then(|(_, rest)| rest.split_once(" (or lower"))
+        .map(|(command, _)| command)
+        .unwrap_or_else(|| panic!("no command in {fix}"));
+    // As an admin pastes it into a shell.
+    let out = head_accepts(&lab, &["sh", "-c", command]);
+    assert_exit(&out, 0);
+    let (_, report) = doctor(&lab, &[]);
+    assert_eq!(check(&report, "mtu")["status"], "pass", "{report}");
+}
+
+#[test]
+fn doctor_points_dockers_forward_drop_at_docker_user() {
+    let Some(lab) = lab_or_skip(
+        "doctor_points_dockers_forward_drop_at_docker_user",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    // Docker's layout (iptables-nft): FORWARD drops, jumps to DOCKER-USER first.
+    for args in [
+        &["-N", "DOCKER"][..],
+        &["-N", "DOCKER-USER"],
+        &["-A", "DOCKER-USER", "-j", "RETURN"],
+        &["-A", "FORWARD", "-j", "DOCKER-USER"],
+        &[
+            "-A",
+            "FORWARD",
+            "-o",
+            "docker0",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+        &["-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"],
+        &["-P", "FORWARD", "DROP"],
+    ] {
+        let mut full = vec!["iptables"];
+        full.extend_from_slice(args);
+        in_ns(&lab, "head", &full);
+    }
+    assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "forward-policy");
+    let fix = finding["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with("iptables -I DOCKER-USER -i lan0 -o wan0 -j ACCEPT"),
+        "{finding}"
+    );
+    for command in fix.split("; ") {
+        let words = shell_words(command);
+        let args: Vec<&str> = words.iter().map(String::as_str).collect();
+        in_ns(&lab, "head", &args);
+    }
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    // The conntrack match iptables-nft keeps opaque in JSON is read from
+    // iptables-nft-save: the replies are seen as accepted.
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "forward-policy")["status"],
+        "pass",
+        "{report}"
+    );
+}
+
+#[test]
+fn doctor_prints_checks_it_cannot_run_as_skip() {
+    let Some(lab) = lab_or_skip("doctor_prints_checks_it_cannot_run_as_skip", Spec::nodes(1))
+    else {
+        return;
+    };
+    let no_nft = [("NATGW_NFT", "/nonexistent/nft")];
+    let out = natgw_env(&lab, "head", &["doctor", "--json"], &no_nft);
+    let report = json(&out);
+    for id in ["snat", "forward-policy", "natgw-table"] {
+        assert_eq!(check(&report, id)["status"], "skip", "{report}");
+    }
+    let out = natgw_env(&lab, "head", &["doctor"], &no_nft);
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("skip  snat") && l.contains("nft tool is not installed")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn doctor_reports_old_conntrack_losses_as_old_and_then_only_new_ones() {
+    let Some(lab) = lab_or_skip(
+        "doctor_reports_old_conntrack_losses_as_old_and_then_only_new_ones",
+        Spec::default(),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    foreign_udp_snat(&lab, "squeeze", "203.0.113.1:5000");
+    assert!(udp_exchange(&lab.ns("n1"), server(), TIMEOUT).is_ok());
+    assert!(udp_exchange(&lab.ns("n2"), server(), Duration::from_millis(500)).is_err());
+    // First run: the totals, said to be totals.
+    let (_, report) = doctor(&lab, &[]);
+    let finding = check(&report, "conntrack");
+    assert_eq!(finding["status"], "warn", "{report}");
+    let detail = finding["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("since boot") && detail.contains("may be old"),
+        "{finding}"
+    );
+    let fix = finding["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("more SNAT addresses") && !fix.contains("nf_conntrack_max"),
+        "{fix}"
+    );
+    // Nothing new since: nothing to report.
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    let finding = check(&report, "conntrack");
+    assert_eq!(finding["status"], "pass", "{report}");
+    assert!(finding["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no connection lost since the last doctor run"));
+}
+
+#[test]
+fn probe_without_nat_says_so_instead_of_hairpinning_yes() {
+    let Some(lab) = lab_or_skip(
+        "probe_without_nat_says_so_instead_of_hairpinning_yes",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = natgw_stun_server(&lab);
+    let out = natgw_env(&lab, "head", &["probe", "--stun", "198.51.100.10"], &[]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("mapping:          no NAT"), "{stdout}");
+    assert!(
+        stdout.contains("hairpinning:      n/a (no NAT)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hairpinning:      yes"), "{stdout}");
+    let (_, report) = probe_json(&lab, "head", &["--stun", "198.51.100.10"]);
+    assert_eq!(
+        report["stun"]["behaviour"]["hairpinning"],
+        serde_json::Value::Null
+    );
 }

@@ -4,45 +4,39 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::firewall::{snat_rules, Chain};
+use super::firewall::{self, clamps_mss, fate, snat_rules, Chain, Endpoint, Fate, Flow, Hook};
 use super::{Finding, Inputs, Repair, Status};
 use crate::detect::{is_private_v4, roles, DetectError, Roles, IP_FORWARD};
 use crate::join;
 use crate::observed::{Link, Observed};
+use crate::plan::{Change, TableReason};
+
+/// Checks that need the interfaces' roles, in report order.
+const ROLE_CHECKS: [&str; 10] = [
+    "public-interface",
+    "private-interface",
+    "default-route",
+    "ip-forward",
+    "snat",
+    "forward-policy",
+    "rp-filter",
+    "private-routes",
+    "mtu",
+    "natgw-table",
+];
 
 pub fn all(inputs: &Inputs) -> Vec<Finding> {
     let o = inputs.observed;
     let roles = match roles(inputs.settings, o) {
         Ok(roles) => roles,
-        Err(e) => {
-            // Without roles most checks have nothing to look at: say why, once.
-            let id = match e {
-                DetectError::NoDefaultRoute | DetectError::SeveralDefaultRoutes(_) => {
-                    "default-route"
-                }
-                DetectError::NoPrivateInterface | DetectError::PrivateWithoutIpv4(_) => {
-                    "private-interface"
-                }
-                _ => "public-interface",
-            };
-            let fail = Finding::fail(
-                id,
-                e.to_string(),
-                "name the interfaces with --public / --private (or fix what the message says)",
-            );
-            return vec![
-                fail,
-                netfilter(inputs),
-                conntrack(inputs),
-                dns(inputs.observed, &inputs.nameservers),
-            ];
-        }
+        Err(e) => return without_roles(inputs, &e),
     };
     let mut findings = vec![public_interface(o, roles.public)];
     findings.extend(roles.private.iter().map(|l| private_interface(o, l)));
     findings.extend([
         default_route(o, &roles),
         netfilter(inputs),
+        natgw_table(inputs),
         ip_forward(o, &roles),
         snat(inputs, &roles),
         forward_policy(inputs, &roles),
@@ -53,6 +47,84 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         dns(inputs.observed, &inputs.nameservers),
     ]);
     findings
+}
+
+/// Without roles most checks have nothing to look at: the failure says why once, and
+/// every check that needs roles is listed as skipped.
+fn without_roles(inputs: &Inputs, e: &DetectError) -> Vec<Finding> {
+    let id = match e {
+        DetectError::NoDefaultRoute | DetectError::SeveralDefaultRoutes(_) => "default-route",
+        DetectError::NoPrivateInterface | DetectError::PrivateWithoutIpv4(_) => "private-interface",
+        _ => "public-interface",
+    };
+    let mut findings = vec![Finding::fail(
+        id,
+        e.to_string(),
+        "name the interfaces with --public / --private (or fix what the message says)",
+    )];
+    let skipped = format!("needs the interfaces' roles, which are unknown ({id} failed)");
+    for check in ROLE_CHECKS.iter().filter(|c| **c != id) {
+        findings.push(match *check {
+            // natgw's own table can be judged without roles when natgw is not up.
+            "natgw-table" => natgw_table(inputs),
+            other => Finding::skip(other, skipped.clone()),
+        });
+    }
+    findings.extend([
+        netfilter(inputs),
+        conntrack(inputs),
+        dns(inputs.observed, &inputs.nameservers),
+    ]);
+    findings
+}
+
+/// The foreign firewall, or the skip finding that says why it is unknown.
+fn chains_or_skip<'i>(inputs: &'i Inputs, id: &'static str) -> Result<&'i [Chain], Finding> {
+    inputs
+        .firewall
+        .as_deref()
+        .map_err(|why| Finding::skip(id, format!("the firewall could not be read: {why}")))
+}
+
+/// Each private prefix with the private interface it lies behind: the one routed to
+/// it, or the one whose network holds it; every private interface when neither.
+fn private_sources<'r>(o: &Observed, roles: &'r Roles) -> Vec<(IpNet, &'r str)> {
+    let mut sources = Vec::new();
+    for prefix in roles.private_prefixes.iter().filter(|p| p.addr().is_ipv4()) {
+        let behind = o
+            .routes
+            .iter()
+            .filter(|r| r.destination.prefix_len() > 0 && r.destination.contains(prefix))
+            .max_by_key(|r| r.destination.prefix_len())
+            .and_then(|r| roles.private.iter().find(|l| Some(l.index) == r.oif));
+        match behind {
+            Some(link) => sources.push((*prefix, link.name.as_str())),
+            None => sources.extend(roles.private.iter().map(|l| (*prefix, l.name.as_str()))),
+        }
+    }
+    sources
+}
+
+/// New connections from a private source out of the public interface.
+fn outbound<'a>(prefix: IpNet, iif: &'a str, public: &'a str, state: &'a str) -> Flow<'a> {
+    Flow {
+        iif,
+        oif: public,
+        saddr: Endpoint::Net(prefix),
+        daddr: Endpoint::Internet,
+        state,
+    }
+}
+
+/// Replies from the internet to a private source.
+fn replies<'a>(prefix: IpNet, oif: &'a str, public: &'a str) -> Flow<'a> {
+    Flow {
+        iif: public,
+        oif,
+        saddr: Endpoint::Internet,
+        daddr: Endpoint::Net(prefix),
+        state: "established",
+    }
 }
 
 fn v4_addresses(o: &Observed, link: &Link) -> Vec<IpAddr> {
@@ -190,12 +262,19 @@ fn netfilter(inputs: &Inputs) -> Finding {
     if let Some(Err(e)) = &inputs.nat_check {
         return Finding::fail(ID, format!("the kernel rejected a NAT ruleset: {e}"), "use a kernel with nf_tables and nft_nat (CONFIG_NF_TABLES, CONFIG_NFT_NAT) or load the modules: modprobe nft_nat");
     }
-    let legacy_rules = inputs
-        .chains
-        .iter()
-        .any(|c| c.legacy && !c.rules.is_empty());
+    let chains = match &inputs.firewall {
+        Ok(chains) => chains,
+        Err(why) => {
+            return Finding::warn(
+                ID,
+                format!("nft is installed, but the ruleset could not be read: {why}"),
+                "run `nft -j list ruleset` to see the error",
+            )
+        }
+    };
+    let legacy_rules = chains.iter().any(|c| c.legacy && !c.rules.is_empty());
     // natgw's own table counts: its rules are invisible to iptables-legacy and vice versa.
-    let nft_in_use = inputs.chains.iter().any(|c| !c.legacy);
+    let nft_in_use = chains.iter().any(|c| !c.legacy);
     let checked = if inputs.nat_check.is_some() {
         "nftables NAT works (kernel accepted natgw's ruleset in a check-only transaction)"
     } else {
@@ -205,6 +284,65 @@ fn netfilter(inputs: &Inputs) -> Finding {
         return Finding::warn(ID, format!("{checked}, but rules exist in both iptables-legacy and nftables: neither tool shows the other's rules"), "list both (iptables-legacy-save; nft list ruleset) and move the legacy rules to nftables (iptables-legacy-save | iptables-restore-translate)");
     }
     Finding::pass(ID, checked)
+}
+
+/// natgw's own table, judged by the plan: is it there when natgw is up, and is it still
+/// exactly what natgw installed?
+fn natgw_table(inputs: &Inputs) -> Finding {
+    const ID: &str = "natgw-table";
+    let o = inputs.observed;
+    if !o.nft_present {
+        return Finding::skip(
+            ID,
+            "the nft tool is not installed: natgw's table cannot be read",
+        );
+    }
+    let table = format!("{} {}", crate::TABLE_FAMILY, crate::TABLE_NAME);
+    match (&o.state, &o.table) {
+        (None, None) => Finding::pass(ID, "natgw is not up here"),
+        (None, Some(_)) => Finding::skip(
+            ID,
+            format!("table {table} exists, but natgw has no record of installing it here, so changes to it cannot be detected"),
+        ),
+        (Some(_), None) => missing_table(&table),
+        (Some(_), Some(_)) => match crate::desired(inputs.settings, o) {
+            Err(e) => Finding::skip(ID, format!("cannot tell what the table should be: {e}")),
+            Ok(desired) => table_in_plan(&table, &crate::plan(&desired, o).changes),
+        },
+    }
+}
+
+fn missing_table(table: &str) -> Finding {
+    Finding::fail(
+        "natgw-table",
+        format!("natgw is up here, but its table {table} is gone: nothing is translated or filtered (did something run `nft flush ruleset`, e.g. nftables.service?)"),
+        "natgw up (reinstalls the table)",
+    )
+    .repaired_by(Repair::ApplyGateway)
+}
+
+fn table_in_plan(table: &str, changes: &[Change]) -> Finding {
+    const ID: &str = "natgw-table";
+    let reason = changes.iter().find_map(|c| match c {
+        Change::ReplaceTable { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    match reason {
+        None => Finding::pass(ID, format!("table {table} is exactly as natgw installed it")),
+        Some(TableReason::Create) => missing_table(table),
+        Some(TableReason::Drift) => Finding::fail(
+            ID,
+            format!("table {table} was changed outside natgw: it differs from what natgw installed (`nft list table {table}` shows it)"),
+            "natgw up (reinstalls natgw's table; keep your own rules in a table of your own)",
+        )
+        .repaired_by(Repair::ApplyGateway),
+        Some(TableReason::Update) => Finding::warn(
+            ID,
+            format!("table {table} does not match the configuration given (interfaces, prefixes or address changed since natgw up)"),
+            "natgw up (updates the table)",
+        )
+        .repaired_by(Repair::ApplyGateway),
+    }
 }
 
 fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
@@ -243,119 +381,158 @@ fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
 
 fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
     const ID: &str = "snat";
+    let chains = match chains_or_skip(inputs, ID) {
+        Ok(chains) => chains,
+        Err(skip) => return skip,
+    };
     let public = &roles.public.name;
     let current = v4_addresses(inputs.observed, roles.public);
-    let rules: Vec<_> = snat_rules(&inputs.chains)
-        .into_iter()
-        .filter(|r| r.oif.as_deref().is_none_or(|oif| oif == public))
-        .collect();
-    let stale: Vec<_> = rules
-        .iter()
-        .filter(|r| r.to.is_some_and(|a| !current.contains(&a)))
-        .collect();
-    if let Some(rule) = stale.first() {
-        let to = rule.to.expect("stale rules have an address");
-        let fix = if rule.chain.starts_with("inet natgw") {
-            "natgw up (re-renders natgw's rule with the current address)".to_string()
-        } else {
-            format!(
-                "delete the stale rule in {} (`{}`), then natgw up",
-                rule.chain, rule.rule
-            )
-        };
-        let f = Finding::fail(
-            ID,
-            format!(
-                "{} translates to {to}, but {public} has {}: replies to {to} never come back",
-                rule.chain,
-                join(&current)
-            ),
-            fix,
-        );
-        return if rule.chain.starts_with("inet natgw") {
-            f.repaired_by(Repair::ApplyGateway)
-        } else {
-            f
-        };
+    let mut rules: Vec<firewall::SnatRule> = Vec::new();
+    for (prefix, iif) in private_sources(inputs.observed, roles) {
+        for rule in snat_rules(chains, &outbound(prefix, iif, public, "new")) {
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
+        }
     }
-    match rules.first() {
-        None => Finding::fail(
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| r.to.is_some_and(|a| !current.contains(&a)))
+    {
+        return stale_snat(rule, public, &current);
+    }
+    if rules.is_empty() {
+        return Finding::fail(
             ID,
             format!("no rule source-translates the private prefixes out of {public}"),
             "natgw up",
         )
-        .repaired_by(Repair::ApplyGateway),
-        Some(_) => {
-            let how: Vec<String> = rules
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} ({})",
-                        r.chain,
-                        r.to.map_or("masquerade".into(), |a| a.to_string())
-                    )
-                })
-                .collect();
-            Finding::pass(
-                ID,
-                format!("translated out of {public} by {}", how.join(", ")),
-            )
-        }
+        .repaired_by(Repair::ApplyGateway);
     }
-}
-
-/// A foreign forward chain that drops what natgw accepts (an accept in one base chain
-/// does not stop a drop in another at the same hook).
-fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
-    const ID: &str = "forward-policy";
-    let private: Vec<&str> = roles.private.iter().map(|l| l.name.as_str()).collect();
-    let mentions_private = |rule: &str| {
-        private
-            .iter()
-            .any(|p| rule.contains(&format!("\"{p}\"")) || rule.contains(&format!("-i {p} ")))
-    };
-    let foreign = inputs
-        .chains
+    let how: Vec<String> = rules
         .iter()
-        .filter(|c| !c.is_natgw() && c.hook.as_deref() == Some("forward"));
-    for chain in foreign {
-        let drops_by_policy = chain.policy.as_deref() == Some("drop")
-            && !chain
-                .rules
-                .iter()
-                .any(|r| mentions_private(r) && (r.contains("accept") || r.contains("ACCEPT")));
-        let drop_rule = chain.rules.iter().find(|r| {
-            mentions_private(r)
-                && (r.ends_with("drop")
-                    || r.ends_with("reject")
-                    || r.contains("-j DROP")
-                    || r.contains("-j REJECT"))
-        });
-        if drops_by_policy || drop_rule.is_some() {
-            let what = drop_rule.map_or_else(
-                || "has policy drop and no accept for the private side".to_string(),
-                |r| format!("drops private traffic: `{r}`"),
-            );
-            let fix = forward_fix(chain, &private, &roles.public.name);
-            return Finding::fail(
-                ID,
-                format!("forward chain {} {} {what}", chain.table, chain.name),
-                fix,
-            );
-        }
-    }
+        .map(|r| match (r.to, r.masquerade) {
+            (Some(to), _) => format!("{} ({to})", r.chain),
+            (None, true) => format!("{} (masquerade)", r.chain),
+            (None, false) => format!("{} (snat, address not shown)", r.chain),
+        })
+        .collect();
     Finding::pass(
         ID,
-        "no foreign forward chain drops private-to-public traffic",
+        format!("translated out of {public} by {}", how.join(", ")),
     )
 }
 
-fn forward_fix(chain: &Chain, private: &[&str], public: &str) -> String {
-    let first = private.first().copied().unwrap_or("PRIVATE");
+fn stale_snat(rule: &firewall::SnatRule, public: &str, current: &[IpAddr]) -> Finding {
+    let to = rule.to.expect("stale rules have an address");
+    let detail = format!(
+        "{} translates to {to}, but {public} has {}: replies to {to} never come back",
+        rule.chain,
+        join(current)
+    );
+    if rule.natgw {
+        return Finding::fail(
+            "snat",
+            detail,
+            "natgw up (re-renders natgw's rule with the current address)",
+        )
+        .repaired_by(Repair::ApplyGateway);
+    }
+    Finding::fail(
+        "snat",
+        detail,
+        format!(
+            "delete the stale rule in {} (`{}`), then natgw up",
+            rule.chain, rule.rule
+        ),
+    )
+}
+
+/// Foreign forward chains, evaluated for the gateway's traffic: new connections out,
+/// their later packets, and the replies. An accept in one base chain does not stop a
+/// drop in another at the same hook, so every foreign chain must let them through.
+fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
+    const ID: &str = "forward-policy";
+    let chains = match chains_or_skip(inputs, ID) {
+        Ok(chains) => chains,
+        Err(skip) => return skip,
+    };
+    let public = roles.public.name.as_str();
+    let sources = private_sources(inputs.observed, roles);
+    let foreign = chains
+        .iter()
+        .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward));
+    let mut partial: Option<(&Chain, String)> = None;
+    for chain in foreign {
+        for &(prefix, iif) in &sources {
+            let flows = [
+                (
+                    outbound(prefix, iif, public, "new"),
+                    format!("new connections from {prefix} ({iif}) to {public}"),
+                ),
+                (
+                    outbound(prefix, iif, public, "established"),
+                    format!("established traffic from {prefix} ({iif}) to {public}"),
+                ),
+                (
+                    replies(prefix, iif, public),
+                    format!("replies from {public} to {prefix} ({iif})"),
+                ),
+            ];
+            for (flow, what) in &flows {
+                let (fate, some_dropped) = fate(chains, chain, flow);
+                let why = match fate {
+                    Fate::Accepted => {
+                        if let (None, Some(rule)) = (&partial, some_dropped.first()) {
+                            partial = Some((chain, format!("drops some {what}: `{}`", rule.text)));
+                        }
+                        continue;
+                    }
+                    Fate::Dropped(None) => {
+                        format!("has policy drop and no rule accepts all {what}")
+                    }
+                    Fate::Dropped(Some(rule)) => format!("drops {what}: `{}`", rule.text),
+                };
+                return Finding::fail(
+                    ID,
+                    format!("forward chain {} {} {why}", chain.table, chain.name),
+                    forward_fix(chain, chains, iif, public),
+                );
+            }
+        }
+    }
+    if let Some((chain, why)) = partial {
+        let first = sources.first().map_or("PRIVATE", |s| s.1);
+        return Finding::warn(
+            ID,
+            format!("forward chain {} {} {why}", chain.table, chain.name),
+            format!(
+                "if that is not intended: {}",
+                forward_fix(chain, chains, first, public)
+            ),
+        );
+    }
+    Finding::pass(
+        ID,
+        "no foreign forward chain drops private-to-public traffic or its replies",
+    )
+}
+
+/// Accept rules for both directions, where the chain's owner expects them: Docker's
+/// DOCKER-USER (Docker rewrites its other chains), else the chain itself.
+fn forward_fix(chain: &Chain, chains: &[Chain], private: &str, public: &str) -> String {
+    if chain.is_docker(chains) {
+        let tool = if chain.legacy {
+            "iptables-legacy"
+        } else {
+            "iptables"
+        };
+        return format!("{tool} -I DOCKER-USER -i {private} -o {public} -j ACCEPT; {tool} -I DOCKER-USER -i {public} -o {private} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT");
+    }
     if chain.legacy {
-        format!("iptables-legacy -I {c} -i {first} -o {public} -j ACCEPT; iptables-legacy -I {c} -i {public} -o {first} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", c = chain.name)
+        format!("iptables-legacy -I {c} -i {private} -o {public} -j ACCEPT; iptables-legacy -I {c} -i {public} -o {private} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", c = chain.name)
     } else {
-        format!("nft insert rule {t} {c} iifname \"{first}\" oifname \"{public}\" accept; nft insert rule {t} {c} iifname \"{public}\" oifname \"{first}\" ct state established,related accept", t = chain.table, c = chain.name)
+        format!("nft insert rule {t} {c} iifname \"{private}\" oifname \"{public}\" accept; nft insert rule {t} {c} iifname \"{public}\" oifname \"{private}\" ct state established,related accept", t = chain.table, c = chain.name)
     }
 }
 
@@ -435,32 +612,90 @@ fn private_routes(o: &Observed, roles: &Roles) -> Finding {
 fn conntrack(inputs: &Inputs) -> Finding {
     const ID: &str = "conntrack";
     let Some(ct) = inputs.observed.conntrack else {
-        return Finding::warn(
+        return Finding::skip(
             ID,
-            "connection tracking is not loaded",
-            "it loads with the first NAT rule (natgw up)",
+            "connection tracking is not loaded here (it loads with the first NAT rule, e.g. natgw up)",
         );
     };
     let percent = ct.count as f64 * 100.0 / ct.max.max(1) as f64;
     let usage = format!("{} of {} entries in use ({percent:.1} %)", ct.count, ct.max);
-    let raise = format!(
-        "raise net.netfilter.nf_conntrack_max (now {}) in the root namespace",
-        ct.max
-    );
-    let stats = inputs.conntrack_stats.unwrap_or_default();
-    let lost = stats.drop + stats.early_drop + stats.insert_failed;
-    let (status, detail) = match percent {
-        p if p > 95.0 => (Status::Fail, usage),
-        p if p > 80.0 => (Status::Warn, usage),
-        _ if lost > 0 => (Status::Warn, format!("{usage}; the kernel dropped {} / early-dropped {} / failed to insert {} new connections", stats.drop, stats.early_drop, stats.insert_failed)),
-        _ => return Finding::pass(ID, usage),
+    if percent > 80.0 {
+        let status = if percent > 95.0 {
+            Status::Fail
+        } else {
+            Status::Warn
+        };
+        return Finding {
+            id: ID,
+            status,
+            detail: format!("{usage}: new connections are dropped when the table is full"),
+            fix: Some(raise_max(ct.max)),
+            repair: None,
+        };
+    }
+    let Some(now) = inputs.conntrack_stats else {
+        return Finding::pass(ID, format!("{usage} (drop counters unavailable)"));
     };
-    Finding {
-        id: ID,
-        status,
-        detail,
-        fix: Some(raise),
-        repair: None,
+    let since_last = inputs
+        .last_run
+        .and_then(|last| Some((now.since(&last.stats)?, last.taken_at)));
+    let (lost, when) = match since_last {
+        Some((lost, taken_at)) => (
+            lost,
+            format!(
+                "since the last doctor run {} ago",
+                age(inputs.now.saturating_sub(taken_at))
+            ),
+        ),
+        None => (
+            now,
+            "since boot (totals: they may be old; the next doctor run reports only new ones)"
+                .to_string(),
+        ),
+    };
+    if lost.lost() == 0 {
+        let when = if since_last.is_some() {
+            &when
+        } else {
+            "since boot"
+        };
+        return Finding::pass(ID, format!("{usage}; no connection lost {when}"));
+    }
+    Finding::warn(
+        ID,
+        format!(
+            "{usage}; {when} the kernel dropped {} / early-dropped {} / failed to insert {} new connections",
+            lost.drop, lost.early_drop, lost.insert_failed
+        ),
+        lost_fix(&lost, ct.max),
+    )
+}
+
+fn raise_max(max: u64) -> String {
+    format!("raise net.netfilter.nf_conntrack_max (now {max}) in the root namespace")
+}
+
+/// Insert failures are clashes of translated tuples (ports exhausted towards one
+/// destination), not a full table: more addresses or random ports help, a bigger
+/// table does not. The kernel counts each clash as a drop too, so only drops beyond
+/// the insert failures, and early drops, point at a full table.
+fn lost_fix(lost: &super::ConntrackStats, max: u64) -> String {
+    let clashes = "give natgw more SNAT addresses (each carries about 64k flows per destination address and port) or fully random ports (port_selection = \"random\" in natgw.toml)";
+    let full = lost.drop.saturating_sub(lost.insert_failed) + lost.early_drop > 0;
+    match (lost.insert_failed > 0, full) {
+        (true, true) => format!("{clashes}; and {}", raise_max(max)),
+        (true, false) => clashes.to_string(),
+        _ => raise_max(max),
+    }
+}
+
+/// `45 s`, `12 min`, `3 h`, `2 d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86400),
     }
 }
 
@@ -482,12 +717,11 @@ fn mtu(inputs: &Inputs, roles: &Roles) -> Finding {
             ),
         );
     }
-    let clamped = inputs
-        .chains
-        .iter()
-        .flat_map(|c| &c.rules)
-        .any(|r| r.contains("maxseg size set") || r.contains("TCPMSS"));
-    if clamped {
+    let chains = match chains_or_skip(inputs, ID) {
+        Ok(chains) => chains,
+        Err(skip) => return skip,
+    };
+    if clamps_mss(chains) {
         return Finding::pass(
             ID,
             format!(
@@ -498,7 +732,29 @@ fn mtu(inputs: &Inputs, roles: &Roles) -> Finding {
             ),
         );
     }
-    Finding::warn(ID, format!("{} exceed the public MTU of {} ({}) and TCP MSS is not clamped: large TCP segments stall where PMTU discovery is blocked", bigger.join(", "), public.name, public.mtu), format!("nft add rule inet mangle forward oifname \"{}\" tcp flags syn tcp option maxseg size set rt mtu (or lower the private MTU)", public.name))
+    Finding::warn(ID, format!("{} exceed the public MTU of {} ({}) and TCP MSS is not clamped: large TCP segments stall where PMTU discovery is blocked", bigger.join(", "), public.name, public.mtu), format!("set mss_clamp = true in natgw.toml and run natgw up, or clamp by hand: {} (or lower the private MTU)", clamp_command(&public.name)))
+}
+
+/// A clamping rule in a table of its own, so it works on a host with no firewall yet.
+pub fn clamp_command(public: &str) -> String {
+    let rule = format!(
+        "add rule inet mssclamp forward oifname {} tcp flags syn tcp option maxseg size set rt mtu",
+        nft_string(public)
+    );
+    format!(
+        "nft add table inet mssclamp && nft add chain inet mssclamp forward '{{ type filter hook forward priority mangle; policy accept; }}' && nft {}",
+        shell_quote(&rule)
+    )
+}
+
+/// An interface name as an nft string literal.
+fn nft_string(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+/// One shell word, whatever it contains.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// Looks only: no query leaves the machine. A nameserver must be configured and routable.
@@ -538,12 +794,19 @@ pub fn dns(o: &Observed, nameservers: &[IpAddr]) -> Finding {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::doctor::firewall::{parse_iptables_save, parse_nft};
+    use crate::doctor::iptables::parse_iptables_save;
+    use crate::doctor::{ConntrackStats, CounterRecord};
     use crate::fixtures::{addr, link, route};
     use crate::observed::{Conntrack, Route};
+    use crate::state::RecordedState;
     use std::collections::BTreeMap;
 
-    const NATGW: &str = "table inet natgw {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"wan0\" ip saddr @private4 counter name \"translated_connections\" snat ip to 203.0.113.1\n\t}\n}\n";
+    /// `nft -j list ruleset` fixtures (see fixtures/generate.sh).
+    const NATGW: &str = include_str!("fixtures/natgw.json");
+    const GUARDED: &str = include_str!("fixtures/guarded.json");
+    const DROPPER: &str = include_str!("fixtures/dropper.json");
+    const JUMP_SNAT: &str = include_str!("fixtures/jump_snat.json");
+    const MIXED: &str = include_str!("fixtures/mixed.json");
 
     fn healthy() -> Observed {
         Observed {
@@ -564,21 +827,42 @@ mod tests {
         }
     }
 
-    fn run(o: &Observed, ruleset: &str, legacy: &str) -> Vec<Finding> {
-        let settings = Settings {
+    fn settings() -> Settings {
+        Settings {
             public: Some("wan0".into()),
             ..Settings::default()
-        };
-        let mut chains = parse_nft(ruleset);
-        chains.extend(parse_iptables_save(legacy));
-        all(&Inputs {
-            settings: &settings,
+        }
+    }
+
+    /// Chains of several `nft -j list ruleset` documents, each loaded alone.
+    fn chains(rulesets: &[&str]) -> Vec<Chain> {
+        rulesets
+            .iter()
+            .flat_map(|json| {
+                let ruleset: nftables::schema::Nftables =
+                    serde_json::from_str(json).expect("fixture parses");
+                crate::doctor::from_nft::chains(&ruleset)
+            })
+            .collect()
+    }
+
+    fn inputs<'a>(settings: &'a Settings, o: &'a Observed, chains: Vec<Chain>) -> Inputs<'a> {
+        Inputs {
+            settings,
             observed: o,
-            chains,
+            firewall: Ok(chains),
             nat_check: Some(Ok(())),
             nameservers: vec!["203.0.113.53".parse().unwrap()],
             conntrack_stats: None,
-        })
+            last_run: None,
+            now: 1_000_000,
+        }
+    }
+
+    fn run(o: &Observed, rulesets: &[&str], legacy: &str) -> Vec<Finding> {
+        let mut chains = chains(rulesets);
+        chains.extend(parse_iptables_save(legacy, true));
+        all(&inputs(&settings(), o, chains))
     }
 
     fn find<'a>(findings: &'a [Finding], id: &str) -> &'a Finding {
@@ -590,7 +874,7 @@ mod tests {
 
     #[test]
     fn healthy_gateway_passes_everything() {
-        let findings = run(&healthy(), NATGW, "");
+        let findings = run(&healthy(), &[NATGW], "");
         let ids: Vec<_> = findings.iter().map(|f| f.id).collect();
         assert_eq!(
             ids,
@@ -599,6 +883,7 @@ mod tests {
                 "private-interface",
                 "default-route",
                 "netfilter",
+                "natgw-table",
                 "ip-forward",
                 "snat",
                 "forward-policy",
@@ -612,6 +897,10 @@ mod tests {
         for f in &findings {
             assert_eq!(f.status, Status::Pass, "{f:?}");
         }
+        assert_eq!(
+            find(&findings, "natgw-table").detail,
+            "natgw is not up here"
+        );
     }
 
     #[test]
@@ -619,7 +908,7 @@ mod tests {
         let mut o = healthy();
         o.links[2].up = false;
         o.sysctls.insert(IP_FORWARD.into(), "0".into());
-        let findings = run(&o, NATGW, "");
+        let findings = run(&o, &[NATGW], "");
         let lan = find(&findings, "private-interface");
         assert_eq!(
             (lan.status, lan.repair.clone()),
@@ -634,23 +923,67 @@ mod tests {
     #[test]
     fn stale_foreign_snat_address_fails_without_repair() {
         let legacy = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o wan0 -j SNAT --to-source 198.51.100.4\nCOMMIT\n";
-        let f = run(&healthy(), NATGW, legacy)
-            .into_iter()
-            .find(|f| f.id == "snat")
-            .unwrap();
+        let findings = run(&healthy(), &[NATGW], legacy);
+        let f = find(&findings, "snat");
         assert_eq!(f.status, Status::Fail);
         assert!(
             f.detail.contains("198.51.100.4") && f.repair.is_none(),
             "{f:?}"
         );
-        let none = run(&healthy(), "", "");
+        let none = run(&healthy(), &[], "");
         assert_eq!(find(&none, "snat").status, Status::Fail);
     }
 
     #[test]
+    fn a_jump_to_a_chain_named_snat_or_a_comment_is_no_translation() {
+        let findings = run(&healthy(), &[JUMP_SNAT], "");
+        let f = find(&findings, "snat");
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(f.detail.starts_with("no rule source-translates"), "{f:?}");
+    }
+
+    #[test]
+    fn snat_for_another_interface_or_source_does_not_count() {
+        // MIXED: iptables-nft's SNAT is opaque in JSON (no address), its masquerade is
+        // for 172.17.0.0/16 only, the foreign masquerade is for eth9.
+        let mut chains = chains(&[MIXED]);
+        chains.retain(|c| !c.is_natgw());
+        let settings = settings();
+        let o = healthy();
+        let found = snat(
+            &inputs(&settings, &o, chains),
+            &roles(&settings, &o).unwrap(),
+        );
+        // Only iptables-nft's SNAT may translate 10.0.0.0/24 out of wan0.
+        assert_eq!(found.status, Status::Pass, "{found:?}");
+        assert_eq!(
+            found.detail,
+            "translated out of wan0 by ip nat POSTROUTING (snat, address not shown)"
+        );
+    }
+
+    #[test]
+    fn a_foreign_drop_chain_that_accepts_the_private_prefix_passes() {
+        let findings = run(&healthy(), &[NATGW, GUARDED], "");
+        let f = find(&findings, "forward-policy");
+        assert_eq!(f.status, Status::Pass, "{f:?}");
+    }
+
+    #[test]
+    fn a_foreign_rule_dropping_private_traffic_fails_naming_it() {
+        let findings = run(&healthy(), &[NATGW, DROPPER], "");
+        let f = find(&findings, "forward-policy");
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(
+            f.detail.contains("drops new connections from 10.0.0.0/24 (lan0) to wan0: `iifname lan0 counter drop`"),
+            "{f:?}"
+        );
+    }
+
+    #[test]
     fn foreign_forward_drop_policy_fails_with_command() {
-        let ruleset = format!("{NATGW}table ip filter {{\n\tchain FORWARD {{\n\t\ttype filter hook forward priority filter; policy drop;\n\t}}\n}}\n");
-        let findings = run(&healthy(), &ruleset, "");
+        let policy_drop = r#"{"nftables": [{"table": {"family": "ip", "name": "filter", "handle": 1}}, {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}]}"#;
+        let findings = run(&healthy(), &[NATGW, policy_drop], "");
         let f = find(&findings, "forward-policy");
         assert_eq!(f.status, Status::Fail);
         assert!(
@@ -663,6 +996,21 @@ mod tests {
     }
 
     #[test]
+    fn docker_forward_chain_is_fixed_in_docker_user() {
+        let findings = run(&healthy(), &[MIXED], "");
+        let f = find(&findings, "forward-policy");
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(
+            f.detail.contains("ip filter FORWARD has policy drop"),
+            "{f:?}"
+        );
+        assert_eq!(
+            f.fix.as_deref().unwrap(),
+            "iptables -I DOCKER-USER -i lan0 -o wan0 -j ACCEPT; iptables -I DOCKER-USER -i wan0 -o lan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+        );
+    }
+
+    #[test]
     fn several_defaults_warn_and_strict_rp_filter_warns() {
         let mut o = healthy();
         o.routes.push(Route {
@@ -671,38 +1019,193 @@ mod tests {
         });
         o.sysctls
             .insert("net.ipv4.conf.all.rp_filter".into(), "1".into());
-        let findings = run(&o, NATGW, "");
+        let findings = run(&o, &[NATGW], "");
         assert_eq!(find(&findings, "default-route").status, Status::Warn);
         assert_eq!(find(&findings, "rp-filter").status, Status::Warn);
-        // Autodetection cannot pick between them: the finding says so under its id.
-        let auto = all(&Inputs {
-            settings: &Settings::default(),
-            observed: &o,
-            chains: vec![],
-            nat_check: None,
-            nameservers: vec![],
-            conntrack_stats: None,
-        });
+        // Autodetection cannot pick between them: the finding says so under its id,
+        // and every check that needs roles says it was skipped.
+        let settings = Settings::default();
+        let auto = all(&inputs(&settings, &o, vec![]));
         assert_eq!(find(&auto, "default-route").status, Status::Fail);
+        for id in [
+            "snat",
+            "forward-policy",
+            "mtu",
+            "ip-forward",
+            "public-interface",
+        ] {
+            let f = find(&auto, id);
+            assert_eq!(f.status, Status::Skip, "{f:?}");
+            assert!(f.detail.contains("roles"), "{f:?}");
+        }
+        assert_eq!(find(&auto, "natgw-table").status, Status::Pass);
     }
 
     #[test]
-    fn conntrack_thresholds_mtu_and_dns() {
+    fn checks_that_cannot_run_are_skipped_with_the_reason() {
+        let mut o = healthy();
+        o.nft_present = false;
+        o.conntrack = None;
+        o.links[2].mtu = 9000;
+        let settings = settings();
+        let findings = all(&Inputs {
+            firewall: Err("the nft tool is not installed".into()),
+            nat_check: None,
+            ..inputs(&settings, &o, vec![])
+        });
+        assert_eq!(find(&findings, "netfilter").status, Status::Fail);
+        for id in ["snat", "forward-policy", "mtu", "natgw-table", "conntrack"] {
+            let f = find(&findings, id);
+            assert_eq!(f.status, Status::Skip, "{f:?}");
+            assert!(!f.detail.is_empty());
+        }
+        assert!(find(&findings, "snat")
+            .detail
+            .contains("nft tool is not installed"));
+    }
+
+    /// natgw up, its table read back with fingerprint `live`, installed as `recorded`.
+    fn up_with_table(live: &str, recorded: &str) -> Observed {
+        let desired = crate::desired(&settings(), &healthy()).unwrap();
+        Observed {
+            table: Some(crate::observed::LiveTable {
+                fingerprint: live.to_string(),
+            }),
+            state: Some(RecordedState {
+                table: Some(crate::state::InstalledTable {
+                    digest: crate::render::render(&desired).digest,
+                    fingerprint: recorded.to_string(),
+                }),
+                ..RecordedState::default()
+            }),
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn natgw_table_edited_outside_natgw_fails_and_natgw_up_repairs_it() {
+        let installed = "as-installed";
+        let intact = run(&up_with_table(installed, installed), &[NATGW], "");
+        assert_eq!(find(&intact, "natgw-table").status, Status::Pass);
+
+        let findings = run(&up_with_table("edited", installed), &[NATGW], "");
+        let f = find(&findings, "natgw-table");
+        assert_eq!(
+            (f.status, f.repair.clone()),
+            (Status::Fail, Some(Repair::ApplyGateway)),
+            "{f:?}"
+        );
+        assert!(f.detail.contains("changed outside natgw"), "{f:?}");
+
+        let mut gone = up_with_table(installed, installed);
+        gone.table = None;
+        let f = run(&gone, &[], "")
+            .into_iter()
+            .find(|f| f.id == "natgw-table")
+            .unwrap();
+        assert_eq!(
+            (f.status, f.repair),
+            (Status::Fail, Some(Repair::ApplyGateway))
+        );
+        assert!(f.detail.contains("is gone"));
+    }
+
+    fn conntrack_with(stats: ConntrackStats, last_run: Option<CounterRecord>) -> Finding {
+        let settings = settings();
+        let o = healthy();
+        conntrack(&Inputs {
+            conntrack_stats: Some(stats),
+            last_run,
+            ..inputs(&settings, &o, vec![])
+        })
+    }
+
+    #[test]
+    fn conntrack_reports_new_losses_since_the_last_run_and_old_ones_as_old() {
+        let old = ConntrackStats {
+            drop: 0,
+            early_drop: 0,
+            insert_failed: 7,
+        };
+        let first = conntrack_with(old, None);
+        assert_eq!(first.status, Status::Warn);
+        assert!(
+            first.detail.contains("since boot") && first.detail.contains("may be old"),
+            "{first:?}"
+        );
+        let record = CounterRecord {
+            stats: old,
+            taken_at: 1_000_000 - 300,
+        };
+        assert_eq!(conntrack_with(old, Some(record)).status, Status::Pass);
+
+        // The kernel counts a clash as a drop and an insert failure.
+        let more = ConntrackStats {
+            drop: 2,
+            insert_failed: 9,
+            ..old
+        };
+        let f = conntrack_with(more, Some(record));
+        assert_eq!(f.status, Status::Warn);
+        assert!(
+            f.detail
+                .contains("since the last doctor run 5 min ago the kernel dropped 2 / early-dropped 0 / failed to insert 2"),
+            "{f:?}"
+        );
+        let fix = f.fix.unwrap();
+        assert!(fix.contains("more SNAT addresses") && fix.contains("port_selection = \"random\""));
+        assert!(!fix.contains("nf_conntrack_max"), "{fix}");
+    }
+
+    #[test]
+    fn conntrack_table_full_and_not_loaded() {
         let mut o = healthy();
         o.conntrack = Some(Conntrack {
             count: 960,
             max: 1000,
         });
-        o.links[2].mtu = 9000;
-        let findings = run(&o, NATGW, "");
-        assert_eq!(find(&findings, "conntrack").status, Status::Fail);
-        assert_eq!(find(&findings, "mtu").status, Status::Warn);
+        let f = find(&run(&o, &[NATGW], ""), "conntrack").clone();
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.fix.unwrap().contains("nf_conntrack_max"));
         o.conntrack = Some(Conntrack {
             count: 850,
             max: 1000,
         });
-        assert_eq!(find(&run(&o, NATGW, ""), "conntrack").status, Status::Warn);
+        assert_eq!(
+            find(&run(&o, &[NATGW], ""), "conntrack").status,
+            Status::Warn
+        );
+        o.conntrack = None;
+        assert_eq!(
+            find(&run(&o, &[NATGW], ""), "conntrack").status,
+            Status::Skip
+        );
+    }
+
+    #[test]
+    fn mtu_fix_creates_its_own_table_and_offers_mss_clamp() {
+        let mut o = healthy();
+        o.links[2].mtu = 9000;
+        let f = find(&run(&o, &[NATGW], ""), "mtu").clone();
+        assert_eq!(f.status, Status::Warn);
+        let fix = f.fix.unwrap();
+        assert!(
+            fix.starts_with("set mss_clamp = true in natgw.toml"),
+            "{fix}"
+        );
+        assert!(fix.contains(&clamp_command("wan0")), "{fix}");
+        assert_eq!(
+            clamp_command("wan0"),
+            "nft add table inet mssclamp && nft add chain inet mssclamp forward '{ type filter hook forward priority mangle; policy accept; }' && nft 'add rule inet mssclamp forward oifname \"wan0\" tcp flags syn tcp option maxseg size set rt mtu'"
+        );
+        // MIXED clamps in a foreign chain.
+        assert_eq!(find(&run(&o, &[MIXED], ""), "mtu").status, Status::Pass);
+    }
+
+    #[test]
+    fn dns_warns_without_a_route_to_the_nameserver() {
+        let mut o = healthy();
         o.routes.retain(|r| r.oif != Some(2));
-        assert_eq!(find(&run(&o, NATGW, ""), "dns").status, Status::Warn);
+        assert_eq!(find(&run(&o, &[NATGW], ""), "dns").status, Status::Warn);
     }
 }

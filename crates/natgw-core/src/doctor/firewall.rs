@@ -1,6 +1,12 @@
-//! Foreign firewall rules as the doctor needs them: base chains with their hook and
-//! policy and rule lines, parsed from `nft list ruleset` (which also shows iptables-nft
-//! rules) and from `iptables-legacy-save` (rules nft does not show).
+//! Foreign firewall rules as the doctor needs them: chains with hook, policy and rules
+//! reduced to what decides the fate of the gateway's traffic (interfaces, addresses,
+//! conntrack state, verdict, NAT). Built from nftables' JSON (`from_nft`, which also
+//! covers iptables-nft) and from `iptables-legacy-save` text (`iptables`), then
+//! evaluated for concrete flows instead of matching words.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// One base or regular chain of some firewall.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -8,181 +14,491 @@ pub struct Chain {
     /// `inet natgw`, `ip filter`, or `iptables-legacy filter`.
     pub table: String,
     pub name: String,
-    /// `forward`, `postrouting`, ... for base chains.
-    pub hook: Option<String>,
-    /// `accept` or `drop` for base chains.
-    pub policy: Option<String>,
-    pub rules: Vec<String>,
+    /// Set for base chains only.
+    pub hook: Option<Hook>,
+    /// Set for base chains only.
+    pub policy: Option<Policy>,
+    pub rules: Vec<Rule>,
     /// True for iptables-legacy chains (fixed with iptables-legacy, not nft).
     pub legacy: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+    /// ingress, egress: not on the forwarding path natgw cares about.
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Accept,
+    Drop,
+}
+
+/// A rule as a conjunction of conditions and one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// How the rule reads (nft or iptables syntax), for messages.
+    pub text: String,
+    pub conditions: Vec<Condition>,
+    pub action: Action,
+    /// Holds statements the JSON cannot describe (iptables-nft's `xt` matches and
+    /// targets): its conditions or action may be incomplete.
+    pub opaque: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Is,
+    IsNot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Input interface among these names (`*` suffix: prefix wildcard).
+    Iif(Op, Vec<String>),
+    Oif(Op, Vec<String>),
+    Saddr(Op, Vec<IpNet>),
+    Daddr(Op, Vec<IpNet>),
+    /// `ct state`: new, established, related, invalid, untracked.
+    CtState(Op, Vec<String>),
+    /// Anything else (ports, protocols, marks, unresolved sets): true for some
+    /// packets only, as far as the doctor can tell.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// No verdict: counters, logs, marks.
+    None,
+    Accept,
+    Drop,
+    Reject,
+    Return,
+    Jump(String),
+    Goto(String),
+    /// `snat to ADDR`; `None` when the address is not a plain one (map, hash).
+    Snat(Option<IpAddr>),
+    Masquerade,
+    /// `tcp option maxseg size set ...` / `-j TCPMSS`.
+    ClampMss,
+}
+
 impl Chain {
     pub fn is_natgw(&self) -> bool {
-        self.table == "inet natgw"
+        self.table == format!("{} {}", crate::TABLE_FAMILY, crate::TABLE_NAME)
+    }
+
+    /// Whether this is Docker's FORWARD chain (or one of Docker's own chains), for
+    /// which admin rules belong in DOCKER-USER.
+    pub fn is_docker(&self, chains: &[Chain]) -> bool {
+        self.name.starts_with("DOCKER")
+            || (self.name == "FORWARD"
+                && chains
+                    .iter()
+                    .any(|c| c.table == self.table && c.name == "DOCKER-USER"))
     }
 }
 
-/// Parses `nft list ruleset` text.
-pub fn parse_nft(text: &str) -> Vec<Chain> {
-    let mut chains = Vec::new();
-    let mut table = None::<String>;
-    let mut current: Option<Chain> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("table ") {
-            table = Some(rest.trim_end_matches('{').trim().to_string());
-        } else if let (Some(rest), Some(t)) = (line.strip_prefix("chain "), &table) {
-            current = Some(Chain {
-                table: t.clone(),
-                name: rest.trim_end_matches('{').trim().to_string(),
-                hook: None,
-                policy: None,
-                rules: Vec::new(),
-                legacy: false,
-            });
-        } else if line == "}" {
-            if let Some(chain) = current.take() {
-                chains.push(chain);
-            }
-        } else if let Some(chain) = current.as_mut() {
-            if line.starts_with("type ") {
-                chain.hook = word_after(line, "hook");
-                chain.policy =
-                    word_after(line, "policy").map(|p| p.trim_end_matches(';').to_string());
-            } else if !line.is_empty() && !line.starts_with("comment ") {
-                chain.rules.push(line.to_string());
-            }
+/// Where a flow's address lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Some address inside this prefix.
+    Net(IpNet),
+    /// Any address on the internet (public unicast).
+    Internet,
+}
+
+/// The packets of one kind of traffic through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow<'a> {
+    pub iif: &'a str,
+    pub oif: &'a str,
+    pub saddr: Endpoint,
+    pub daddr: Endpoint,
+    /// Conntrack state of the packets: `new` or `established`.
+    pub state: &'a str,
+}
+
+/// Whether a rule matches the packets of a flow: all, some or none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    No,
+    Maybe,
+    Yes,
+}
+
+impl Level {
+    fn not(self) -> Level {
+        match self {
+            Level::No => Level::Yes,
+            Level::Maybe => Level::Maybe,
+            Level::Yes => Level::No,
         }
     }
-    chains
+
+    fn from_bool(b: bool) -> Level {
+        if b {
+            Level::Yes
+        } else {
+            Level::No
+        }
+    }
 }
 
-/// Parses `iptables-legacy-save` text (built-in chains get their hook).
-pub fn parse_iptables_save(text: &str) -> Vec<Chain> {
-    let mut chains: Vec<Chain> = Vec::new();
-    let mut table = String::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('*') {
-            table = format!("iptables-legacy {name}");
-        } else if let Some(decl) = line.strip_prefix(':') {
-            let mut words = decl.split_whitespace();
-            let name = words.next().unwrap_or_default().to_string();
-            let policy = words.next().filter(|p| *p != "-").map(|p| p.to_lowercase());
-            chains.push(Chain {
-                table: table.clone(),
-                hook: policy.as_ref().map(|_| name.to_lowercase()),
-                name,
-                policy,
-                rules: Vec::new(),
-                legacy: true,
-            });
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let name = rule.split_whitespace().next().unwrap_or_default();
-            if let Some(chain) = chains
-                .iter_mut()
-                .find(|c| c.table == table && c.name == name)
+fn apply_op(op: Op, level: Level) -> Level {
+    match op {
+        Op::Is => level,
+        Op::IsNot => level.not(),
+    }
+}
+
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Addresses that never appear as an internet host: a match on them only is not a
+/// match on internet traffic.
+fn never_internet(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => {
+            let a = n.network();
+            n.prefix_len() >= 8
+                && (crate::detect::is_private_v4(a)
+                    || a.is_loopback()
+                    || a.is_multicast()
+                    || a.is_link_local()
+                    || a.is_broadcast()
+                    || a.octets()[0] == 0)
+        }
+        IpNet::V6(_) => false,
+    }
+}
+
+fn address_level(nets: &[IpNet], endpoint: Endpoint) -> Level {
+    match endpoint {
+        Endpoint::Net(p) => {
+            if nets.iter().any(|n| n.contains(&p)) {
+                Level::Yes
+            } else if nets.iter().any(|n| p.contains(n)) {
+                Level::Maybe
+            } else {
+                Level::No
+            }
+        }
+        Endpoint::Internet => {
+            if nets
+                .iter()
+                .any(|n| n.prefix_len() == 0 && n.addr().is_ipv4())
             {
-                chain.rules.push(format!("-A {rule}"));
+                Level::Yes
+            } else if nets.iter().all(never_internet) {
+                Level::No
+            } else {
+                Level::Maybe
             }
         }
     }
-    chains
 }
 
-fn word_after(line: &str, key: &str) -> Option<String> {
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == key)?;
-    words.next().map(|w| w.trim_end_matches(';').to_string())
+impl Condition {
+    pub fn level(&self, flow: &Flow) -> Level {
+        match self {
+            Condition::Iif(op, names) => apply_op(
+                *op,
+                Level::from_bool(names.iter().any(|n| name_matches(n, flow.iif))),
+            ),
+            Condition::Oif(op, names) => apply_op(
+                *op,
+                Level::from_bool(names.iter().any(|n| name_matches(n, flow.oif))),
+            ),
+            Condition::Saddr(op, nets) => apply_op(*op, address_level(nets, flow.saddr)),
+            Condition::Daddr(op, nets) => apply_op(*op, address_level(nets, flow.daddr)),
+            Condition::CtState(op, states) => apply_op(
+                *op,
+                Level::from_bool(states.iter().any(|s| s == flow.state)),
+            ),
+            Condition::Other => Level::Maybe,
+        }
+    }
 }
 
-/// A source-NAT rule found in some firewall.
+impl Rule {
+    /// All conditions must hold: the weakest one decides.
+    pub fn level(&self, flow: &Flow) -> Level {
+        let matched = self
+            .conditions
+            .iter()
+            .map(|c| c.level(flow))
+            .min()
+            .unwrap_or(Level::Yes);
+        // A rule with statements the JSON hides may match less than it shows.
+        if self.opaque {
+            matched.min(Level::Maybe)
+        } else {
+            matched
+        }
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Accept | Action::Drop | Action::Reject | Action::Snat(_) | Action::Masquerade
+        )
+    }
+}
+
+/// A rule a flow reaches, and whether all or only some of its packets get there and
+/// match it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'c> {
+    pub chain: &'c Chain,
+    pub rule: &'c Rule,
+    pub level: Level,
+}
+
+/// Every terminal rule (verdict or NAT) a flow may reach in a base chain, in order.
+/// `decided` says whether the last hit takes all of the flow's packets; if not, the
+/// rest falls through to the chain's policy.
+#[derive(Debug, Clone)]
+pub struct Trace<'c> {
+    pub hits: Vec<Hit<'c>>,
+    pub decided: bool,
+}
+
+/// Deep enough for any sane ruleset, bounded against jump loops.
+const MAX_DEPTH: usize = 16;
+
+pub fn trace<'c>(chains: &'c [Chain], base: &'c Chain, flow: &Flow) -> Trace<'c> {
+    let mut hits = Vec::new();
+    let decided = walk(chains, base, flow, Level::Yes, 0, &mut hits);
+    Trace { hits, decided }
+}
+
+/// Walks `chain`; true when a terminal rule took every packet that got this far with
+/// `cap` (the level at which the flow entered the chain).
+fn walk<'c>(
+    chains: &'c [Chain],
+    chain: &'c Chain,
+    flow: &Flow,
+    cap: Level,
+    depth: usize,
+    hits: &mut Vec<Hit<'c>>,
+) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    let find = |name: &str| {
+        chains
+            .iter()
+            .find(|c| c.table == chain.table && c.name == name)
+    };
+    for rule in &chain.rules {
+        let level = rule.level(flow).min(cap);
+        if level == Level::No {
+            continue;
+        }
+        let all = level == Level::Yes;
+        match &rule.action {
+            _ if rule.is_terminal() => {
+                hits.push(Hit { chain, rule, level });
+                if all {
+                    return true;
+                }
+            }
+            Action::Jump(target) => {
+                if let Some(target) = find(target) {
+                    if walk(chains, target, flow, level, depth + 1, hits) && all {
+                        return true;
+                    }
+                }
+            }
+            // Falling off the end of a goto target returns to this chain's caller.
+            Action::Goto(target) => {
+                let decided =
+                    find(target).is_some_and(|t| walk(chains, t, flow, level, depth + 1, hits));
+                if all {
+                    return decided;
+                }
+            }
+            Action::Return if all => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// What a base chain does with a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate<'c> {
+    Accepted,
+    /// Dropped or rejected by this rule (`None`: by the chain's policy).
+    Dropped(Option<&'c Rule>),
+}
+
+/// The fate of all of a flow's packets in `base`, and the rules that drop some of them
+/// before that.
+pub fn fate<'c>(chains: &'c [Chain], base: &'c Chain, flow: &Flow) -> (Fate<'c>, Vec<&'c Rule>) {
+    let trace = trace(chains, base, flow);
+    let drops = |h: &Hit<'c>| matches!(h.rule.action, Action::Drop | Action::Reject);
+    let some_dropped = trace
+        .hits
+        .iter()
+        .filter(|h| h.level == Level::Maybe && drops(h))
+        .map(|h| h.rule)
+        .collect();
+    let fate = match trace.hits.last().filter(|_| trace.decided) {
+        Some(h) if drops(h) => Fate::Dropped(Some(h.rule)),
+        Some(_) => Fate::Accepted,
+        None if base.policy == Some(Policy::Drop) => Fate::Dropped(None),
+        None => Fate::Accepted,
+    };
+    (fate, some_dropped)
+}
+
+/// A source-NAT rule a flow reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnatRule {
+    /// `table chain`, e.g. `ip nat POSTROUTING`.
     pub chain: String,
     pub rule: String,
-    /// Output interface it is restricted to, if any.
-    pub oif: Option<String>,
-    /// The address it translates to; `None` for masquerade.
-    pub to: Option<std::net::IpAddr>,
+    /// The address it translates to; `None` for masquerade or an address not known.
+    pub to: Option<IpAddr>,
+    pub masquerade: bool,
+    pub natgw: bool,
 }
 
-/// Source-NAT rules in postrouting chains.
-pub fn snat_rules(chains: &[Chain]) -> Vec<SnatRule> {
+/// Source-NAT statements (snat, masquerade) that translate some of `flow`'s packets,
+/// followed through jumps from every postrouting base chain.
+pub fn snat_rules(chains: &[Chain], flow: &Flow) -> Vec<SnatRule> {
+    let mut found: Vec<SnatRule> = Vec::new();
+    for base in chains.iter().filter(|c| c.hook == Some(Hook::Postrouting)) {
+        for hit in trace(chains, base, flow).hits {
+            let (to, masquerade) = match hit.rule.action {
+                Action::Snat(to) => (to, false),
+                Action::Masquerade => (None, true),
+                _ => continue,
+            };
+            let rule = SnatRule {
+                chain: format!("{} {}", hit.chain.table, hit.chain.name),
+                rule: hit.rule.text.clone(),
+                to,
+                masquerade,
+                natgw: hit.chain.is_natgw(),
+            };
+            if !found.contains(&rule) {
+                found.push(rule);
+            }
+        }
+    }
+    found
+}
+
+/// Whether some rule clamps the TCP MSS.
+pub fn clamps_mss(chains: &[Chain]) -> bool {
     chains
         .iter()
-        .filter(|c| c.hook.as_deref() == Some("postrouting") || c.name == "POSTROUTING")
-        .flat_map(|c| c.rules.iter().map(move |r| (c, r)))
-        .filter(|(_, r)| {
-            r.contains("snat")
-                || r.contains("masquerade")
-                || r.contains("-j SNAT")
-                || r.contains("-j MASQUERADE")
-        })
-        .map(|(c, r)| SnatRule {
-            chain: format!("{} {}", c.table, c.name),
-            rule: r.clone(),
-            oif: value_after(r, "oifname").or_else(|| value_after(r, "-o")),
-            to: value_after(r, "to")
-                .or_else(|| value_after(r, "--to-source"))
-                .and_then(|a| a.split(':').next().and_then(|a| a.parse().ok())),
-        })
-        .collect()
-}
-
-fn value_after(rule: &str, key: &str) -> Option<String> {
-    let mut words = rule.split_whitespace();
-    words.find(|w| *w == key)?;
-    words.next().map(|w| w.trim_matches('"').to_string())
+        .flat_map(|c| &c.rules)
+        .any(|r| r.action == Action::ClampMss)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const NFT: &str = r#"table ip nat {
-	chain POSTROUTING {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "wan0" ip saddr 10.0.0.0/24 counter snat to 203.0.113.9
-		oifname "wan0" counter masquerade
-	}
-}
-table ip filter {
-	chain FORWARD {
-		type filter hook forward priority filter; policy drop;
-	}
-}
-"#;
+    fn rule(conditions: Vec<Condition>, action: Action) -> Rule {
+        Rule {
+            text: String::new(),
+            conditions,
+            action,
+            opaque: false,
+        }
+    }
+
+    fn base(name: &str, hook: Hook, policy: Policy, rules: Vec<Rule>) -> Chain {
+        Chain {
+            table: "ip f".into(),
+            name: name.into(),
+            hook: Some(hook),
+            policy: Some(policy),
+            rules,
+            legacy: false,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    const OUT: Flow = Flow {
+        iif: "lan0",
+        oif: "wan0",
+        saddr: Endpoint::Net(IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(10, 0, 0, 0),
+            24,
+        ))),
+        daddr: Endpoint::Internet,
+        state: "new",
+    };
 
     #[test]
-    fn parses_iptables_nft_tables_as_nft_lists_them() {
-        let chains = parse_nft(NFT);
-        assert_eq!(chains.len(), 2);
-        assert_eq!(chains[1].table, "ip filter");
-        assert_eq!(chains[1].hook.as_deref(), Some("forward"));
-        assert_eq!(chains[1].policy.as_deref(), Some("drop"));
-        let snat = snat_rules(&chains);
-        assert_eq!(snat.len(), 2);
-        assert_eq!(snat[0].oif.as_deref(), Some("wan0"));
-        assert_eq!(snat[0].to, Some("203.0.113.9".parse().unwrap()));
-        assert_eq!(snat[1].to, None);
+    fn address_matches_are_all_some_or_none() {
+        let saddr = |n: &str| Condition::Saddr(Op::Is, vec![net(n)]);
+        assert_eq!(saddr("10.0.0.0/8").level(&OUT), Level::Yes);
+        assert_eq!(saddr("10.0.0.128/25").level(&OUT), Level::Maybe);
+        assert_eq!(saddr("192.168.0.0/16").level(&OUT), Level::No);
+        let daddr = |n: &str| Condition::Daddr(Op::Is, vec![net(n)]);
+        assert_eq!(daddr("172.17.0.0/16").level(&OUT), Level::No);
+        assert_eq!(daddr("0.0.0.0/0").level(&OUT), Level::Yes);
+        assert_eq!(daddr("198.51.100.0/24").level(&OUT), Level::Maybe);
+        let not_lan = Condition::Iif(Op::IsNot, vec!["lan*".into()]);
+        assert_eq!(not_lan.level(&OUT), Level::No);
     }
 
     #[test]
-    fn parses_legacy_save_output() {
-        let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\n-A FORWARD -j DOCKER\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.0.0.0/24 -o wan0 -j SNAT --to-source 198.51.100.4:1024-65535\nCOMMIT\n";
-        let chains = parse_iptables_save(text);
-        let forward = chains.iter().find(|c| c.name == "FORWARD").unwrap();
-        assert_eq!(forward.policy.as_deref(), Some("drop"));
-        assert_eq!(forward.rules, vec!["-A FORWARD -j DOCKER"]);
-        assert!(chains
-            .iter()
-            .find(|c| c.name == "DOCKER")
-            .unwrap()
-            .hook
-            .is_none());
-        let snat = snat_rules(&chains);
-        assert_eq!(snat[0].to, Some("198.51.100.4".parse().unwrap()));
-        assert_eq!(snat[0].oif.as_deref(), Some("wan0"));
-        assert!(snat[0].chain.starts_with("iptables-legacy nat"));
+    fn a_jump_that_returns_falls_through_to_the_policy() {
+        let chains = vec![
+            base(
+                "FORWARD",
+                Hook::Forward,
+                Policy::Drop,
+                vec![rule(vec![], Action::Jump("USER".into()))],
+            ),
+            Chain {
+                hook: None,
+                policy: None,
+                ..base(
+                    "USER",
+                    Hook::Forward,
+                    Policy::Accept,
+                    vec![rule(vec![], Action::Return)],
+                )
+            },
+        ];
+        assert_eq!(fate(&chains, &chains[0], &OUT).0, Fate::Dropped(None));
+    }
+
+    #[test]
+    fn partial_accept_then_policy_drop_is_a_drop() {
+        let chains = vec![base(
+            "fwd",
+            Hook::Forward,
+            Policy::Drop,
+            vec![
+                rule(vec![Condition::Other], Action::Accept),
+                rule(vec![Condition::Other], Action::Drop),
+            ],
+        )];
+        let (fate, some) = fate(&chains, &chains[0], &OUT);
+        assert_eq!(fate, Fate::Dropped(None));
+        assert_eq!(some.len(), 1);
     }
 }

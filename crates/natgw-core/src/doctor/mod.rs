@@ -4,10 +4,12 @@
 
 pub mod checks;
 pub mod firewall;
+pub mod from_nft;
+pub mod iptables;
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::observed::Observed;
@@ -17,6 +19,8 @@ use firewall::Chain;
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pass,
+    /// The check could not run; the detail says why.
+    Skip,
     Warn,
     Fail,
 }
@@ -72,6 +76,16 @@ impl Finding {
         }
     }
 
+    pub fn skip(id: &'static str, reason: impl Into<String>) -> Finding {
+        Finding {
+            id,
+            status: Status::Skip,
+            detail: reason.into(),
+            fix: None,
+            repair: None,
+        }
+    }
+
     pub fn repaired_by(mut self, repair: Repair) -> Finding {
         self.repair = Some(repair);
         self
@@ -79,25 +93,55 @@ impl Finding {
 }
 
 /// Kernel conntrack statistics (sums over CPUs of /proc/net/stat/nf_conntrack).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackStats {
     pub drop: u64,
     pub early_drop: u64,
     pub insert_failed: u64,
 }
 
+impl ConntrackStats {
+    /// What happened since `earlier`; `None` when a counter went backwards (the
+    /// namespace or the machine started anew).
+    pub fn since(&self, earlier: &ConntrackStats) -> Option<ConntrackStats> {
+        Some(ConntrackStats {
+            drop: self.drop.checked_sub(earlier.drop)?,
+            early_drop: self.early_drop.checked_sub(earlier.early_drop)?,
+            insert_failed: self.insert_failed.checked_sub(earlier.insert_failed)?,
+        })
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.drop + self.early_drop + self.insert_failed
+    }
+}
+
+/// The kernel's conntrack counters as the previous doctor run saw them, so the next
+/// run reports what is new instead of totals since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRecord {
+    pub stats: ConntrackStats,
+    /// Seconds since the Unix epoch.
+    pub taken_at: u64,
+}
+
 /// Everything the checks look at.
 pub struct Inputs<'a> {
     pub settings: &'a Settings,
     pub observed: &'a Observed,
-    /// Chains of every nftables table (iptables-nft included) and of iptables-legacy.
-    pub chains: Vec<Chain>,
+    /// Chains of every nftables table (iptables-nft included) and of iptables-legacy,
+    /// or why they could not be read.
+    pub firewall: Result<Vec<Chain>, String>,
     /// Whether the kernel accepted natgw's NAT ruleset in a check-only transaction;
     /// `None` when it could not be tried (no nft tool, roles unknown).
     pub nat_check: Option<Result<(), String>>,
     /// Nameservers from /etc/resolv.conf.
     pub nameservers: Vec<IpAddr>,
     pub conntrack_stats: Option<ConntrackStats>,
+    /// The counters the previous doctor run recorded in this namespace.
+    pub last_run: Option<CounterRecord>,
+    /// Seconds since the Unix epoch.
+    pub now: u64,
 }
 
 /// Runs every check; the order is the order of the classic recipe.

@@ -3,7 +3,7 @@
 //! it will not touch, and check again.
 
 use anyhow::anyhow;
-use natgw_core::doctor::{self, Finding, Inputs, Repair, Status};
+use natgw_core::doctor::{self, CounterRecord, Finding, Inputs, Repair, Status};
 use natgw_core::Settings;
 use natgw_linux::netlink::Netlink;
 use serde::Serialize;
@@ -25,14 +25,16 @@ pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
     gateway::require_privilege()?;
     let _lock = gateway::lock("doctor")?;
     let netlink = gateway::connect()?;
-    let mut findings = diagnose(args, &settings, &netlink)?;
+    // Both passes of --fix compare with the same earlier run.
+    let last_run = last_run();
+    let mut findings = diagnose(args, &settings, &netlink, last_run)?;
     let mut fixed = Vec::new();
     if fix {
         if !json {
             print_findings(&findings);
         }
         fixed = repair(args, &settings, &netlink, &findings)?;
-        findings = diagnose(args, &settings, &netlink)?;
+        findings = diagnose(args, &settings, &netlink, last_run)?;
         if !json {
             println!("\nfixed:");
             fixed.iter().for_each(|f| println!("  {f}"));
@@ -54,30 +56,69 @@ pub fn run(args: &GatewayArgs, fix: bool, json: bool) -> exit::Result<i32> {
     Ok(if failed { exit::PROBLEM } else { exit::OK })
 }
 
+/// Where doctor keeps the conntrack counters it saw, per namespace.
+const COUNTER_RECORD: &str = "doctor.json";
+
+/// The counters of the previous run; a missing or unreadable record only means the
+/// totals are reported as totals.
+fn last_run() -> Option<CounterRecord> {
+    natgw_linux::state_store::load_named(COUNTER_RECORD)
+        .ok()
+        .flatten()
+}
+
+fn record_counters(stats: Option<doctor::ConntrackStats>, now: u64) {
+    let Some(stats) = stats else { return };
+    let record = CounterRecord {
+        stats,
+        taken_at: now,
+    };
+    if let Err(e) = natgw_linux::state_store::save_named(COUNTER_RECORD, &record) {
+        eprintln!(
+            "natgw: the next doctor run will report conntrack totals again: {:#}",
+            anyhow::Error::from(e)
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn diagnose(
     args: &GatewayArgs,
     settings: &Settings,
     netlink: &Netlink,
+    last_run: Option<CounterRecord>,
 ) -> exit::Result<Vec<Finding>> {
     let observed =
         natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
-    // The gateway `up` made, unless the admin names other roles.
+    // The gateway `up` made, unless the admin names another on the command line.
     let settings = &remembered(args, settings, &observed);
-    let (chains, nat_check) = if observed.nft_present {
-        let chains = natgw_linux::firewall::chains().map_err(problem)?;
+    let (firewall, nat_check) = if observed.nft_present {
+        let firewall =
+            natgw_linux::firewall::chains().map_err(|e| format!("{:#}", anyhow::Error::from(e)));
         let check = natgw_linux::nft::check_nat_support().map_err(|e| e.to_string());
-        (chains, Some(check))
+        (firewall, Some(check))
     } else {
-        (Vec::new(), None)
+        (Err("the nft tool is not installed".to_string()), None)
     };
-    Ok(doctor::diagnose(&Inputs {
+    let conntrack_stats = natgw_linux::firewall::conntrack_stats();
+    let now = unix_now();
+    let findings = doctor::diagnose(&Inputs {
         settings,
         observed: &observed,
-        chains,
+        firewall,
         nat_check,
         nameservers: natgw_linux::firewall::nameservers(),
-        conntrack_stats: natgw_linux::firewall::conntrack_stats(),
-    }))
+        conntrack_stats,
+        last_run,
+        now,
+    });
+    record_counters(conntrack_stats, now);
+    Ok(findings)
 }
 
 fn repair(
@@ -92,7 +133,7 @@ fn repair(
     let mut repairs: Vec<&Repair> = Vec::new();
     for repair in findings
         .iter()
-        .filter(|f| f.status != Status::Pass)
+        .filter(|f| matches!(f.status, Status::Warn | Status::Fail))
         .filter_map(|f| f.repair.as_ref())
     {
         if !repairs.contains(&repair) {
@@ -178,11 +219,12 @@ pub fn print_findings(findings: &[Finding]) {
     for f in findings {
         let status = match f.status {
             Status::Pass => "pass",
+            Status::Skip => "skip",
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
         };
         println!("{status}  {:<18} {}", f.id, f.detail);
-        if let (Some(fix), false) = (&f.fix, f.status == Status::Pass) {
+        if let (Some(fix), false) = (&f.fix, matches!(f.status, Status::Pass | Status::Skip)) {
             let who = if f.repair.is_some() {
                 "fix (doctor --fix does it)"
             } else {

@@ -120,14 +120,17 @@ pub fn print_stun(stun: &StunReport) {
         b.server,
         b.other_address.map_or("none".into(), |a| a.to_string())
     );
-    println!("public address:   {} (local {})", b.mapped, b.local);
+    if b.translated() {
+        println!("public address:   {} (local {})", b.mapped, b.local);
+    } else {
+        println!(
+            "public address:   {} (no NAT: the server sees the local address)",
+            b.mapped
+        );
+    }
     println!("mapping:          {}", show(b.mapping));
     println!("filtering:        {}", show(b.filtering));
-    println!(
-        "hairpinning:      {}",
-        b.hairpinning
-            .map_or("not measured", |h| if h { "yes" } else { "no" })
-    );
+    println!("hairpinning:      {}", b.hairpinning_text());
     println!(
         "port preserved:   {}",
         if b.port_preserved { "yes" } else { "no" }
