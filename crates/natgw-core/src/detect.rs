@@ -532,6 +532,84 @@ mod tests {
     }
 
     #[test]
+    fn autodetected_names_that_nft_would_misread_are_usage_errors() {
+        for name in ["x\"}accept#", "e*"] {
+            let mut o = headnode();
+            o.links[3].name = name.into();
+            let e = detect(Flags::default(), &o).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DetectError::BadName {
+                        role: "private",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.is_usage());
+            assert!(e.to_string().contains(&format!("{name:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn addresses_prefixes_and_routes_that_cannot_work_are_usage_errors() {
+        let bad_snat = Flags {
+            snat_to: vec!["10.0.0.7".parse().unwrap()],
+            ..Flags::default()
+        };
+        let e = detect(bad_snat, &headnode()).unwrap_err();
+        assert!(
+            matches!(e, DetectError::BadSnatAddress { .. }) && e.is_usage(),
+            "{e}"
+        );
+
+        let mut settings = Settings::from_flags(&Flags::default()).unwrap();
+        settings
+            .private_prefixes
+            .push(("203.0.113.128/25".parse().unwrap(), "natgw.toml:2".into()));
+        let e = desired(&settings, &headnode()).unwrap_err();
+        assert!(
+            matches!(e, DetectError::BadPrivatePrefix { .. }) && e.is_usage(),
+            "{e}"
+        );
+
+        let mut settings = Settings::from_flags(&Flags::default()).unwrap();
+        settings.routes.push(RouteSpec {
+            to: "192.168.5.0/24".parse().unwrap(),
+            via: "10.0.0.254".parse().unwrap(),
+            origin: "natgw.toml:4".into(),
+        });
+        let e = desired(&settings, &headnode()).unwrap_err();
+        assert!(
+            matches!(e, DetectError::BadRoute { .. }) && e.is_usage(),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_uplink_default_route_is_resolved_and_its_absence_warned() {
+        let d = detect(Flags::default(), &headnode()).unwrap();
+        let uplink = d.uplink_default.unwrap();
+        assert_eq!(uplink.gateway, Some("203.0.113.254".parse().unwrap()));
+        let mut o = headnode();
+        o.routes.clear();
+        let d = detect(
+            Flags {
+                public: Some("wan0".into()),
+                ..Flags::default()
+            },
+            &o,
+        )
+        .unwrap();
+        assert!(d.uplink_default.is_none());
+        assert!(d
+            .warnings
+            .iter()
+            .any(|w| w.contains("no IPv4 default route")));
+    }
+
+    #[test]
     fn interface_down_is_a_system_problem_not_usage() {
         let mut o = headnode();
         o.links[2].up = false;

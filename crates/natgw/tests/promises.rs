@@ -362,6 +362,24 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
     let out = natgw(&lab, &["plan", "--snat-to", "203.0.113.9"]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("warning: SNAT address 203.0.113.9 is not an address of wan0"));
+    // ... and a doctor finding once it is in use.
+    assert_exit(&natgw(&lab, &["up", "--snat-to", "203.0.113.9"]), 0);
+    let report = json(&natgw(&lab, &["doctor", "--json"]));
+    let snat = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "snat")
+        .unwrap()
+        .clone();
+    assert_eq!(snat["status"], "warn", "{report}");
+    assert!(
+        snat["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wan0 does not carry it"),
+        "{snat}"
+    );
 }
 
 #[test]
@@ -686,4 +704,45 @@ fn status_without_flags_checks_the_gateway_up_made() {
     // Flags on the command line are a new question, answered as asked.
     let out = natgw(&lab, &["status", "--snat-to", "203.0.113.1"]);
     assert_exit(&out, 1);
+}
+
+#[test]
+fn mss_clamp_is_natgws_own_option_and_satisfies_the_doctor() {
+    let Some(lab) = lab_or_skip(
+        "mss_clamp_is_natgws_own_option_and_satisfies_the_doctor",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    lab.ip("head", &["link", "set", "lan0", "mtu", "9000"])
+        .unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let mtu = |lab: &Lab| {
+        let report = json(&natgw(lab, &["doctor", "--json"]));
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "mtu")
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(mtu(&lab), "warn");
+    let config = write_config(&lab, "clamp.toml", "mss_clamp = true\n");
+    let out = natgw(&lab, &["up", "--config", &config]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("update (rules changed)"),
+        "{}",
+        text(&out)
+    );
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(
+        table.contains("tcp option maxseg size set rt mtu"),
+        "{table}"
+    );
+    assert_eq!(mtu(&lab), "pass");
+    let seen = natgw_lab::tcp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
+    assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
 }

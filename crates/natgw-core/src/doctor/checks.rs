@@ -399,7 +399,7 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
         .iter()
         .find(|r| r.to.is_some_and(|a| !current.contains(&a)))
     {
-        return stale_snat(rule, public, &current);
+        return stale_snat(rule, public, &current, inputs.settings.snat_to);
     }
     if rules.is_empty() {
         return Finding::fail(
@@ -423,8 +423,22 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
     )
 }
 
-fn stale_snat(rule: &firewall::SnatRule, public: &str, current: &[IpAddr]) -> Finding {
+fn stale_snat(
+    rule: &firewall::SnatRule,
+    public: &str,
+    current: &[IpAddr],
+    configured: Option<IpAddr>,
+) -> Finding {
     let to = rule.to.expect("stale rules have an address");
+    if rule.natgw && configured == Some(to) {
+        // Asked for explicitly: a virtual or routed address is legitimate (pools,
+        // HA), so this is worth a look, not a failure.
+        return Finding::warn(
+            "snat",
+            format!("natgw translates to {to} as configured, but {public} does not carry it ({}): replies come back only if the upstream routes {to} to this host", join(current)),
+            format!("add it (ip addr add {to}/LEN dev {public}) or make sure the upstream routes {to} here"),
+        );
+    }
     let detail = format!(
         "{} translates to {to}, but {public} has {}: replies to {to} never come back",
         rule.chain,
