@@ -2,125 +2,16 @@
 //! through natgw's binary exactly as an admin would run it. They need root; without it
 //! they are skipped with a visible message, except under CI (CI=true) where that fails.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER};
+mod common;
+
+use common::*;
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: end-to-end tests must run as root under CI");
-    }
-    // Straight to stderr: the test harness captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: end-to-end tests need root (run the suite with sudo)"
-    );
-    false
-}
-
-/// The lab for one test, or `None` (with the skip message) without root.
-fn lab_or_skip(test: &str, spec: Spec) -> Option<Lab> {
-    root_or_skip(test).then(|| lab(spec))
-}
-
-/// A lab with a name unique to this test process and call.
-fn lab(spec: Spec) -> Lab {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "ngwt{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    Lab::build(&name, spec).expect("build lab")
-}
-
-/// Runs natgw inside a lab namespace with optional extra environment.
-fn natgw_env(lab: &Lab, role: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.ns(role), env!("CARGO_BIN_EXE_natgw")])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run natgw")
-}
-
-fn natgw(lab: &Lab, args: &[&str]) -> Output {
-    natgw_env(lab, "head", args, &[])
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
-}
-
-fn server() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(SERVER), 7000)
-}
-
-/// Runs a shell-free command inside a lab namespace and returns its stdout.
-fn in_ns(lab: &Lab, role: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(role)])
-        .args(args)
-        .output()
-        .expect("run command in namespace");
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Everything natgw may touch in the headnode: the whole ruleset, the routes, the
-/// forwarding sysctl and natgw's state file.
-fn headnode_snapshot(lab: &Lab) -> String {
-    let ruleset = in_ns(lab, "head", &["nft", "list", "ruleset"]);
-    let routes = String::from_utf8_lossy(
-        &lab.ip("head", &["route", "show", "table", "all"])
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    let forward = lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap();
-    let state = natgw_state_exists(lab);
-    format!("{ruleset}\n{routes}\nip_forward={forward}\nstate={state}")
-}
-
-fn natgw_state_exists(lab: &Lab) -> bool {
-    // Resolved inside the headnode namespace, exactly as natgw resolves it.
-    natgw_lab::in_netns(&lab.ns("head"), || {
-        natgw_linux::state_store::path().unwrap().exists()
-    })
-    .unwrap()
-}
-
-#[track_caller]
-fn assert_translated(lab: &Lab, node: &str, expect: IpAddr) {
-    let ns = lab.ns(node);
-    let tcp = tcp_exchange(&ns, server(), TIMEOUT).unwrap_or_else(|e| panic!("{node} TCP: {e}"));
-    assert_eq!(tcp.ip(), expect, "{node}: server saw TCP from {tcp}");
-    let udp = udp_exchange(&ns, server(), TIMEOUT).unwrap_or_else(|e| panic!("{node} UDP: {e}"));
-    assert_eq!(udp.ip(), expect, "{node}: server saw UDP from {udp}");
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
-}
 
 #[test]
 fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {

@@ -9,7 +9,10 @@ use std::io::Write;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use natgw_lab::{Lab, Spec};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Spec, SERVER};
 
 pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -131,4 +134,20 @@ pub fn scratch(lab: &Lab, what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("{}-{what}", lab.name));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The lab's public "who am I" server (start a `Listener` on it in `pub`).
+pub fn server() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(SERVER), 7000)
+}
+
+/// TCP and UDP from `node` reach the public server, which sees them from `expect`.
+#[track_caller]
+pub fn assert_translated(lab: &Lab, node: &str, expect: IpAddr) {
+    let timeout = Duration::from_secs(2);
+    let ns = lab.ns(node);
+    let tcp = tcp_exchange(&ns, server(), timeout).unwrap_or_else(|e| panic!("{node} TCP: {e}"));
+    assert_eq!(tcp.ip(), expect, "{node}: server saw TCP from {tcp}");
+    let udp = udp_exchange(&ns, server(), timeout).unwrap_or_else(|e| panic!("{node} UDP: {e}"));
+    assert_eq!(udp.ip(), expect, "{node}: server saw UDP from {udp}");
 }
