@@ -449,34 +449,6 @@ fn lab_demo_passes_and_cleans_up() {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
-fn doctor(lab: &Lab, args: &[&str]) -> (Output, serde_json::Value) {
-    let mut full = vec!["doctor", "--json"];
-    full.extend_from_slice(args);
-    let out = natgw(lab, &full);
-    let report = json(&out);
-    (out, report)
-}
-
-/// Status of check `id` (the first finding with that id).
-fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no {id}: {report}"))
-}
-
-fn fails(report: &serde_json::Value) -> Vec<String> {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["status"] == "fail")
-        .map(|c| c["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn doctor_passes_a_healthy_gateway() {
     let Some(lab) = lab_or_skip("doctor_passes_a_healthy_gateway", Spec::nodes(1)) else {

@@ -353,14 +353,8 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
     assert!(stdout(&out).contains("warning: SNAT address 203.0.113.9 is not an address of wan0"));
     // ... and a doctor finding once it is in use.
     assert_exit(&natgw(&lab, &["up", "--snat-to", "203.0.113.9"]), 0);
-    let report = json(&natgw(&lab, &["doctor", "--json"]));
-    let snat = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "snat")
-        .unwrap()
-        .clone();
+    let (_, report) = doctor(&lab, &[]);
+    let snat = check(&report, "snat");
     assert_eq!(snat["status"], "warn", "{report}");
     assert!(
         snat["detail"]
@@ -633,16 +627,9 @@ fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down() {
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
-    let out = natgw(&lab, &["doctor", "--json"]);
+    let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 1);
-    let report = json(&out);
-    let public = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "public-interface")
-        .unwrap()
-        .clone();
+    let public = check(&report, "public-interface");
     assert_eq!(public["status"], "fail", "{report}");
     assert!(
         public["detail"]
@@ -707,16 +694,7 @@ fn mss_clamp_is_natgws_own_option_and_satisfies_the_doctor() {
     lab.ip("head", &["link", "set", "lan0", "mtu", "9000"])
         .unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
-    let mtu = |lab: &Lab| {
-        let report = json(&natgw(lab, &["doctor", "--json"]));
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == "mtu")
-            .unwrap()["status"]
-            .clone()
-    };
+    let mtu = |lab: &Lab| check(&doctor(lab, &[]).1, "mtu")["status"].clone();
     assert_eq!(mtu(&lab), "warn");
     let config = write_config(&lab, "clamp.toml", "mss_clamp = true\n");
     let out = natgw(&lab, &["up", "--config", &config]);

@@ -151,3 +151,31 @@ pub fn assert_translated(lab: &Lab, node: &str, expect: IpAddr) {
     let udp = udp_exchange(&ns, server(), timeout).unwrap_or_else(|e| panic!("{node} UDP: {e}"));
     assert_eq!(udp.ip(), expect, "{node}: server saw UDP from {udp}");
 }
+
+pub fn doctor(lab: &Lab, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut full = vec!["doctor", "--json"];
+    full.extend_from_slice(args);
+    let out = natgw(lab, &full);
+    let report = json(&out);
+    (out, report)
+}
+
+/// Status of check `id` (the first finding with that id).
+pub fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no {id}: {report}"))
+}
+
+pub fn fails(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
