@@ -18,6 +18,8 @@ struct Report<'a> {
     applied: bool,
     /// How new detection differs from the recorded gateway (not adopted).
     rediscovered: &'a [String],
+    /// The nftables table the desired gateway renders to.
+    ruleset: String,
 }
 
 pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
@@ -70,6 +72,7 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
             plan: &plan,
             applied: !dry_run && !plan.is_empty(),
             rediscovered: &rediscovered,
+            ruleset: natgw_core::render::render(&desired).text,
         });
     } else if !dry_run && !plan.is_empty() {
         println!(
