@@ -257,6 +257,11 @@ fn kill_up_during_nft_call(call: usize, finish: &str) {
     }
     assert_eq!(calls(&log), call, "natgw up made fewer nft calls");
     kill_group(&mut up);
+    // Whatever was left, nothing claims the gateway is in place.
+    let status = natgw(&lab, &["status", "--config", &config]);
+    assert_exit(&status, 1);
+    let plan = natgw(&lab, &["plan", "--config", &config]);
+    assert!(!stdout(&plan).contains("no changes"), "{}", text(&plan));
 
     let out = natgw(
         &lab,
