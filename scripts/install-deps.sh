@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages natgw, its lab and its tests use (Debian/Ubuntu):
-# iproute2 (ip), nftables (nft), iptables (doctor reads iptables-legacy; tests add
+# iproute2 (ip), nftables (nft), conntrack (natgw run flushes connections translated to
+# an old public address), iptables (doctor reads iptables-legacy; tests add
 # foreign rules), iputils-ping (the lab's ICMP check), util-linux (setpriv, for the
 # no-privilege test), coturn (a second STUN implementation for the interop tests),
 # gcc (the linker Rust needs).
 set -euo pipefail
-packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc)
+packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive

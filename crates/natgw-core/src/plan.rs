@@ -149,26 +149,40 @@ pub fn owned_routes(observed: &Observed) -> Vec<RouteSpec> {
 /// route it had when the gateway was recorded (another tool or owner may have taken
 /// it away; translated traffic would then have nowhere to go).
 pub fn verify(desired: &Desired, observed: &Observed) -> Result<(), String> {
+    verify_applied(desired, observed)?;
+    match uplink_lost(desired, observed) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// The system needs no further change.
+pub fn verify_applied(desired: &Desired, observed: &Observed) -> Result<(), String> {
     let remaining = plan(desired, observed);
     if !remaining.is_empty() {
         return Err(format!(
             "the system still differs from the desired gateway:\n{remaining}"
         ));
     }
+    Ok(())
+}
+
+/// The uplink had a default route when the gateway was recorded and has none now.
+pub fn uplink_lost(desired: &Desired, observed: &Observed) -> Option<String> {
     let recorded = observed
         .state
         .as_ref()
         .and_then(|s| s.gateway.as_ref())
         .filter(|g| g.public.name == desired.public.name)
         .and_then(|g| g.uplink_default);
-    if let (Some(was), None) = (recorded, desired.uplink_default) {
-        let via = was.gateway.map_or(String::new(), |g| format!(" via {g}"));
-        return Err(format!(
-            "the public interface {} lost its IPv4 default route (it had default{via}); restore it: ip route add default{via} dev {}",
-            desired.public.name, desired.public.name
-        ));
-    }
-    Ok(())
+    let (Some(was), None) = (recorded, desired.uplink_default) else {
+        return None;
+    };
+    let via = was.gateway.map_or(String::new(), |g| format!(" via {g}"));
+    Some(format!(
+        "the public interface {} lost its IPv4 default route (it had default{via}); restore it: ip route add default{via} dev {}",
+        desired.public.name, desired.public.name
+    ))
 }
 
 impl fmt::Display for Change {

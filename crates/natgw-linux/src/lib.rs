@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod conntrack;
 pub mod dataplane;
+pub mod events;
 pub mod firewall;
 pub mod netlink;
 pub mod nft;

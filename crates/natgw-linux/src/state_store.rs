@@ -47,6 +47,8 @@ const MAX_RECORD: u64 = 16 << 20;
 pub const GATEWAY: &str = "state.json";
 pub const NODE: &str = "node.json";
 const LOCK: &str = "lock";
+/// Held by `natgw run` for its whole life: one daemon per namespace.
+const DAEMON_LOCK: &str = "run.lock";
 
 /// The gateway's state file in the current network namespace.
 pub fn path() -> Result<PathBuf, StateError> {
@@ -123,7 +125,17 @@ pub struct Lock {
 /// finish. The holder writes its pid and command line into the lock file, so a
 /// waiter can name it.
 pub fn lock(wait: Duration, command: &str) -> Result<Lock, StateError> {
-    let path = record_dir()?.join(LOCK);
+    lock_file(LOCK, wait, command)
+}
+
+/// The daemon's own lock, not waited for: a second `natgw run` for the namespace fails
+/// at once, naming the first.
+pub fn daemon_lock() -> Result<Lock, StateError> {
+    lock_file(DAEMON_LOCK, Duration::ZERO, "run")
+}
+
+fn lock_file(name: &str, wait: Duration, command: &str) -> Result<Lock, StateError> {
+    let path = record_dir()?.join(name);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -59,6 +59,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: apply like `up`, then keep the gateway in that state (repairs
+    /// drift, follows address changes, survives link flaps); SIGHUP reloads the config.
+    Run {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// Remove natgw's rules and routes when stopped (by default they stay, so
+        /// traffic keeps flowing across a restart or an upgrade).
+        #[arg(long)]
+        down_on_exit: bool,
+    },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
         #[command(flatten)]
@@ -107,7 +117,10 @@ impl Command {
         match self {
             Command::Up { dry_run, .. } => !dry_run,
             Command::Plan { .. } | Command::Status { .. } | Command::Probe(_) => false,
-            Command::Down { .. } | Command::StunServer { .. } | Command::Lab(_) => true,
+            Command::Down { .. }
+            | Command::Run { .. }
+            | Command::StunServer { .. }
+            | Command::Lab(_) => true,
             Command::Doctor { fix, .. } => *fix,
             Command::Node { action } => match action {
                 NodeAction::Up { .. } | NodeAction::Down { .. } => true,

@@ -162,7 +162,9 @@ fn repair(
         let desired = gateway::desired(&settings, &observed)?;
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
-            up::apply_and_verify(&plan, &observed, &settings, &desired, netlink, &dataplane)?;
+            up::apply_and_verify(
+                &plan, &observed, &settings, &desired, netlink, &dataplane, true,
+            )?;
             done.extend(plan.changes.iter().map(|c| c.to_string()));
         }
     }

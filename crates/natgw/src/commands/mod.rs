@@ -7,6 +7,7 @@ mod lab;
 mod node;
 mod persist;
 mod probe;
+mod run;
 mod status;
 mod up;
 
@@ -23,6 +24,10 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Plan { gateway, json } => up::run(&gateway, true, json),
         Command::Down { json } => down::run(json),
         Command::Status { gateway, json } => status::run(&gateway, json),
+        Command::Run {
+            gateway,
+            down_on_exit,
+        } => run::run(&gateway, down_on_exit),
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),

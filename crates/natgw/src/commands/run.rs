@@ -1,0 +1,334 @@
+//! `natgw run`: the gateway as a service. It applies the configuration like `up`, then
+//! keeps the system that way: kernel notifications (links, addresses, routes, the
+//! nftables ruleset), a cheap poll of the sysctls (they have no notifications) and a
+//! slow safety timer start a debounced reconcile, which is `up` again: observe → plan →
+//! apply → verify under the namespace lock, each drift and repair logged. SIGHUP reloads
+//! the configuration; SIGTERM and SIGINT stop it, leaving the rules in place (traffic
+//! keeps flowing across a restart) unless `--down-on-exit`.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use natgw_core::{Desired, Settings, SnatMode};
+use natgw_linux::dataplane::Nftables;
+use natgw_linux::events::Events;
+use natgw_linux::netlink::Netlink;
+use natgw_linux::state_store::{self, StateError};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use sd_notify::NotifyState;
+use tracing::{error, info, warn};
+
+use super::{gateway, up};
+use crate::cli::GatewayArgs;
+use crate::exit::{self, problem};
+
+/// Notifications come in bursts (a link going down removes addresses and routes):
+/// reconcile once, shortly after the first.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the sysctls are read: forwarding switched off is repaired within this.
+const SYSCTL_POLL: Duration = Duration::from_millis(500);
+/// After a failed reconcile (interface down, another command holding the lock).
+const RETRY: Duration = Duration::from_secs(2);
+/// A full reconcile even without notifications, in case one was missed.
+const SAFETY: Duration = Duration::from_secs(60);
+
+pub fn run(args: &GatewayArgs, down_on_exit: bool) -> exit::Result<i32> {
+    let settings = gateway::settings(args)?;
+    gateway::require_privilege()?;
+    // Before any thread exists, so that none of them takes these signals.
+    let signals = signal_fd().map_err(problem)?;
+    let _daemon = state_store::daemon_lock().map_err(|e| match e {
+        StateError::Locked { holder, .. } => problem(anyhow!(
+            "another `natgw run` already keeps the gateway of this network namespace ({holder}); stop it first (systemctl stop natgw)"
+        )),
+        other => problem(other),
+    })?;
+    let events = Events::subscribe()
+        .map_err(|e| problem(anyhow!("cannot subscribe to kernel notifications: {e}")))?;
+    let mut daemon = Daemon {
+        netlink: gateway::connect()?,
+        dataplane: natgw_linux::dataplane::current(),
+        settings,
+        forwarding: Vec::new(),
+        last_problem: None,
+        ready: false,
+        repairs: 0,
+    };
+    let watchdog = watchdog_interval();
+    info!("natgw run: keeping the gateway of this network namespace");
+
+    let mut due = Some(Instant::now());
+    let mut next_poll = Instant::now() + SYSCTL_POLL;
+    let mut next_safety = Instant::now() + SAFETY;
+    let mut next_ping = watchdog.map(|w| Instant::now() + w);
+    let stop = loop {
+        let now = Instant::now();
+        let wake = [due, Some(next_poll), Some(next_safety), next_ping]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the poll timer is always set");
+        let ready = wait(
+            &[
+                events.fds()[0],
+                events.fds()[1],
+                signals.as_fd().as_raw_fd(),
+            ],
+            wake.saturating_duration_since(now),
+        );
+        if ready[0] || ready[1] {
+            events.drain();
+            // Sooner than a pending retry: the change may be what the retry waits for.
+            let soon = Instant::now() + DEBOUNCE;
+            due = Some(due.map_or(soon, |d| d.min(soon)));
+        }
+        if ready[2] {
+            match signals.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGHUP) => {
+                        if daemon.reload(args) {
+                            due = Some(Instant::now());
+                        }
+                    }
+                    Ok(signal) => break signal,
+                    Err(_) => {}
+                },
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cannot read a signal"),
+            }
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            next_poll = now + SYSCTL_POLL;
+            if daemon.forwarding_drifted() {
+                due = Some(now);
+            }
+        }
+        if now >= next_safety {
+            next_safety = now + SAFETY;
+            due.get_or_insert(now);
+        }
+        if due.is_some_and(|d| now >= d) {
+            // Notifications that arrive meanwhile (our own changes among them) are read
+            // in the next round: one more, usually empty, reconcile rather than a
+            // missed change.
+            due = match daemon.reconcile() {
+                Ok(()) => None,
+                Err(()) => Some(Instant::now() + RETRY),
+            };
+        }
+        if let (Some(ping), Some(interval)) = (next_ping, watchdog) {
+            if now >= ping {
+                let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                next_ping = Some(now + interval);
+            }
+        }
+    };
+
+    info!(signal = %stop, "stopping");
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    if down_on_exit {
+        return daemon.down();
+    }
+    info!("natgw's rules stay in place (--down-on-exit removes them)");
+    Ok(exit::OK)
+}
+
+struct Daemon {
+    netlink: Netlink,
+    dataplane: Nftables,
+    settings: Settings,
+    /// The forwarding sysctls of the last desired gateway, for the cheap poll.
+    forwarding: Vec<(String, String)>,
+    /// Logged once until it changes, so a down interface does not flood the log.
+    last_problem: Option<String>,
+    ready: bool,
+    repairs: u64,
+}
+
+impl Daemon {
+    /// One round of `up`: returns `Err` when it should be retried.
+    fn reconcile(&mut self) -> Result<(), ()> {
+        match self.try_reconcile() {
+            Ok(Some(status)) => {
+                self.last_problem = None;
+                let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
+                if !self.ready {
+                    self.ready = true;
+                    info!(%status, "ready");
+                    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(problem) => {
+                if self.last_problem.as_ref() != Some(&problem) {
+                    error!(problem = %problem, "the gateway cannot be brought to its desired state; retrying");
+                    let _ = sd_notify::notify(
+                        false,
+                        &[NotifyState::Status(&format!("degraded: {problem}"))],
+                    );
+                    self.last_problem = Some(problem);
+                }
+                Err(())
+            }
+        }
+    }
+
+    /// `Ok(Some(status line))` when the gateway is in place, `Ok(None)` when nothing
+    /// could be looked at this time but nothing is wrong either.
+    fn try_reconcile(&mut self) -> Result<Option<String>, String> {
+        let text = |f: exit::Failure| format!("{:#}", f.error);
+        let _lock = gateway::lock("run").map_err(text)?;
+        let observed = gateway::observe(&self.netlink, &self.dataplane).map_err(text)?;
+        if let Some(problem) = &observed.state_problem {
+            return Err(format!("{problem}; run `natgw down` to recover"));
+        }
+        let recorded = observed.state.as_ref().and_then(|s| s.gateway.clone());
+        let settings =
+            natgw_core::remember::settings_with_recorded_roles(&self.settings, recorded.as_ref());
+        let desired = natgw_core::desired(&settings, &observed).map_err(|e| e.to_string())?;
+        self.forwarding = desired
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let plan = natgw_core::plan(&desired, &observed);
+        if !plan.is_empty() {
+            for change in &plan.changes {
+                info!(change = %change, "drift found");
+            }
+            up::apply_and_verify(
+                &plan,
+                &observed,
+                &settings,
+                &desired,
+                &self.netlink,
+                &self.dataplane,
+                false,
+            )
+            .map_err(text)?;
+            self.repairs += 1;
+            info!(changes = plan.changes.len(), "repaired and verified");
+            flush_old_translations(recorded.as_ref(), &desired);
+        }
+        if let Some(lost) = natgw_core::plan::uplink_lost(&desired, &observed) {
+            // The uplink's routes belong to the admin's network manager: say it, never
+            // fight it.
+            if self.last_problem.as_ref() != Some(&lost) {
+                warn!(problem = %lost, "waiting for the uplink's default route");
+            }
+        }
+        Ok(Some(status_line(&desired, self.repairs)))
+    }
+
+    /// Whether a forwarding sysctl no longer has the desired value.
+    fn forwarding_drifted(&self) -> bool {
+        self.forwarding
+            .iter()
+            .any(|(name, want)| natgw_linux::sysctl::read(name).ok().as_ref() != Some(want))
+    }
+
+    /// SIGHUP: a valid configuration replaces the running one; an invalid one is
+    /// logged and changes nothing.
+    fn reload(&mut self, args: &GatewayArgs) -> bool {
+        match gateway::settings(args) {
+            Ok(settings) => {
+                info!("configuration reloaded");
+                let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
+                self.settings = settings;
+                true
+            }
+            Err(failure) => {
+                error!(error = %format!("{:#}", failure.error), "reload refused; the running gateway stays as it was");
+                false
+            }
+        }
+    }
+
+    /// `--down-on-exit`: what `natgw down` does.
+    fn down(&self) -> exit::Result<i32> {
+        let _lock = gateway::lock("run --down-on-exit")?;
+        let observed =
+            natgw_linux::observe(&self.netlink, &self.dataplane).map_err(exit::problem)?;
+        let report = natgw_linux::teardown(&observed, &self.netlink, &self.dataplane);
+        for line in &report.errors {
+            error!(error = %line, "could not undo");
+        }
+        Ok(if report.errors.is_empty() {
+            exit::OK
+        } else {
+            exit::PROBLEM
+        })
+    }
+}
+
+/// When the SNAT address changed (the public address moved), connections translated
+/// to the old one would linger and fail; the kernel does this itself for masquerade.
+fn flush_old_translations(recorded: Option<&Desired>, desired: &Desired) {
+    let Some(SnatMode::To(old)) = recorded.map(|r| &r.snat) else {
+        return;
+    };
+    if desired.snat == SnatMode::To(*old) {
+        return;
+    }
+    match natgw_linux::conntrack::flush_translated_to(*old) {
+        Ok(report) => {
+            info!(address = %old, %report, "flushed connections translated to the old address")
+        }
+        Err(e) => {
+            warn!(address = %old, error = %e, "cannot flush connections translated to the old address")
+        }
+    }
+}
+
+fn status_line(desired: &Desired, repairs: u64) -> String {
+    let private: Vec<String> = desired.private.iter().map(|i| i.name.to_string()).collect();
+    format!(
+        "gateway up: {} -> {} via {}; {repairs} apply(s) since start",
+        private.join(","),
+        desired.snat,
+        desired.public.name
+    )
+}
+
+/// SIGHUP, SIGTERM and SIGINT, blocked for normal delivery and read from a file
+/// descriptor in the loop.
+fn signal_fd() -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        set.add(signal);
+    }
+    set.thread_block()?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Half the watchdog period systemd asked for, when it asked.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Waits until one of `fds` is readable or `timeout` passed; which are readable.
+fn wait(fds: &[RawFd; 3], timeout: Duration) -> [bool; 3] {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pollfds` is a valid array of `fds.len()` pollfd structs.
+    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, millis) };
+    let mut ready = [false; 3];
+    if n > 0 {
+        for (slot, pfd) in ready.iter_mut().zip(&pollfds) {
+            *slot = pfd.revents & (libc::POLLIN | libc::POLLERR) != 0;
+        }
+    }
+    ready
+}
