@@ -8,6 +8,8 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::pool::{PortBlocksConfig, PortSelection, Timeouts};
+
 /// The largest config file natgw reads: a wrong path (a device, a log file) must not
 /// fill memory. Hand-written configs are a few KiB; generated prefix lists of 60,000
 /// entries (what the plan benchmark measures) take about 1.2 MiB, so the cap leaves
@@ -23,8 +25,20 @@ pub struct Config {
     /// Private interfaces; autodetected when empty.
     #[serde(default)]
     pub private: Vec<String>,
-    /// Source address for translated packets; the public interface's address when absent.
-    pub snat_to: Option<IpAddr>,
+    /// Source addresses for translated packets: one, or a pool of addresses and ranges;
+    /// the public interface's address when absent.
+    #[serde(default, deserialize_with = "crate::pool::deserialize_snat_to")]
+    pub snat_to: Vec<IpAddr>,
+    /// How public ports are picked (`preserve`, the default, or `random`).
+    #[serde(default)]
+    pub port_selection: PortSelection,
+    /// Conntrack timeouts of natgw's translated flows.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Deterministic port blocks per private host (RFC 7422), opt-in.
+    pub port_blocks: Option<PortBlocksConfig>,
+    /// Conntrack table size (entries); the kernel's default when absent.
+    pub max_flows: Option<u64>,
     /// Masquerade (follow the public interface's current address) instead of SNAT.
     #[serde(default)]
     pub masquerade: bool,
@@ -70,11 +84,16 @@ pub struct Flags {
 pub struct Settings {
     pub public: Option<String>,
     pub private: Vec<String>,
-    pub snat_to: Option<IpAddr>,
+    /// The SNAT address or pool (empty: the public interface's address).
+    pub snat_to: Vec<IpAddr>,
     pub masquerade: bool,
     pub private_prefixes: Vec<(IpNet, String)>,
     pub routes: Vec<RouteSpec>,
     pub mss_clamp: bool,
+    pub port_selection: PortSelection,
+    pub timeouts: Timeouts,
+    pub port_blocks: Option<PortBlocksConfig>,
+    pub max_flows: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -129,14 +148,25 @@ impl Config {
 
     /// Merges flags over this config (flags win).
     pub fn merge(self, flags: &Flags, text: &str, file: &Path) -> Result<Settings, ConfigError> {
-        if flags.snat_to.len() > 1 {
-            return Err(ConfigError::Invalid(
-                "--snat-to was given more than once; address pools are not supported yet, pass one address".into(),
-            ));
-        }
-        let snat_to = flags.snat_to.first().copied().or(self.snat_to);
+        let snat_to = if flags.snat_to.is_empty() {
+            self.snat_to.clone()
+        } else {
+            let mut pool = flags.snat_to.clone();
+            pool.dedup();
+            pool
+        };
         let masquerade = flags.masquerade || (self.masquerade && flags.snat_to.is_empty());
-        if masquerade && snat_to.is_some() {
+        self.timeouts
+            .check()
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
+        if self.max_flows.is_some_and(|n| !(1024..=1 << 26).contains(&n)) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: max_flows must be between 1024 and {}",
+                file.display(),
+                1u64 << 26
+            )));
+        }
+        if masquerade && !snat_to.is_empty() {
             return Err(ConfigError::Invalid(
                 "both masquerade and snat_to are set; choose one (--masquerade or --snat-to ADDR)"
                     .into(),
@@ -166,6 +196,10 @@ impl Config {
                 })
                 .collect(),
             mss_clamp: self.mss_clamp,
+            port_selection: self.port_selection,
+            timeouts: self.timeouts,
+            port_blocks: self.port_blocks,
+            max_flows: self.max_flows,
         })
     }
 }
@@ -225,7 +259,7 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             .unwrap();
         assert_eq!(settings.public.as_deref(), Some("wan0"));
         assert_eq!(settings.private, vec!["lan0", "lan1"]);
-        assert_eq!(settings.snat_to, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(settings.snat_to, vec!["203.0.113.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             settings.routes[0].to,
             "10.20.0.0/16".parse::<IpNet>().unwrap()
@@ -284,7 +318,7 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             .unwrap();
         assert_eq!(s.public.as_deref(), Some("eth1"));
         assert_eq!(s.private, vec!["eth0"]);
-        assert_eq!(s.snat_to, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(s.snat_to, vec!["198.51.100.7".parse::<IpAddr>().unwrap()]);
         assert!(
             !s.masquerade,
             "--snat-to overrides masquerade from the file"
@@ -302,5 +336,46 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             Settings::from_flags(&flags),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn pools_timeouts_and_blocks_parse() {
+        let text = r#"
+snat_to = ["203.0.113.36", "203.0.113.40-203.0.113.41"]
+port_selection = "random"
+max_flows = 500000
+[timeouts]
+udp = 600
+[port_blocks]
+size = 512
+"#;
+        let s = parse(text)
+            .unwrap()
+            .merge(&Flags::default(), text, Path::new("natgw.toml"))
+            .unwrap();
+        assert_eq!(s.snat_to.len(), 3);
+        assert_eq!(s.port_selection, PortSelection::Random);
+        assert_eq!(s.timeouts.udp, 600);
+        assert_eq!(s.timeouts.tcp_established, 7440, "unset keys keep their default");
+        assert_eq!(s.port_blocks.unwrap().size, 512);
+        assert_eq!(s.max_flows, Some(500000));
+        // A single address still reads as before.
+        let s = parse("snat_to = \"203.0.113.1\"\n").unwrap();
+        assert_eq!(s.snat_to.len(), 1);
+    }
+
+    #[test]
+    fn bad_pools_and_timeouts_name_the_line() {
+        let err = parse("\nsnat_to = [\"203.0.113.36-203.0.113.38\", \"203.0.113.37\"]\n").unwrap_err();
+        assert!(err.to_string().starts_with("natgw.toml:2:"), "{err}");
+        assert!(err.to_string().contains("203.0.113.37 is in the SNAT pool twice"), "{err}");
+        let text = "[timeouts]\nudp = 30\n";
+        let err = parse(text)
+            .unwrap()
+            .merge(&Flags::default(), text, Path::new("natgw.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("RFC 4787 REQ-5"), "{err}");
+        let err = parse("port_selection = \"sequential\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RouteSpec;
 use crate::ifname::IfName;
+use crate::pool::{PortBlocks, PortSelection, Timeouts};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
@@ -25,6 +26,9 @@ pub struct Desired {
     pub uplink_default: Option<UplinkDefault>,
     /// Clamp the TCP MSS of forwarded SYNs to the route's MTU (`mss_clamp = true`).
     pub mss_clamp: bool,
+    pub port_selection: PortSelection,
+    /// Conntrack timeouts of the translated flows.
+    pub timeouts: Timeouts,
     /// Things worth telling the admin that do not stop `up` (no carrier, ...).
     pub warnings: Vec<String>,
 }
@@ -43,6 +47,23 @@ pub enum SnatMode {
     To(IpAddr),
     /// Translate to whatever address the public interface has (`masquerade`).
     Masquerade,
+    /// Several addresses; a private host always gets the same one (paired pooling, RFC
+    /// 4787 REQ-2), spread over the pool by a stable hash of its address.
+    Pool(Vec<IpAddr>),
+    /// Deterministic port blocks (RFC 7422): a fixed address and port range per host.
+    Blocks(PortBlocks),
+}
+
+impl SnatMode {
+    /// The public addresses translated to (none for masquerade).
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        match self {
+            SnatMode::To(addr) => vec![*addr],
+            SnatMode::Masquerade => vec![],
+            SnatMode::Pool(pool) => pool.clone(),
+            SnatMode::Blocks(blocks) => blocks.pool.iter().map(|a| IpAddr::V4(*a)).collect(),
+        }
+    }
 }
 
 impl std::fmt::Display for SnatMode {
@@ -50,6 +71,13 @@ impl std::fmt::Display for SnatMode {
         match self {
             SnatMode::To(addr) => write!(f, "snat to {addr}"),
             SnatMode::Masquerade => write!(f, "masquerade"),
+            SnatMode::Pool(pool) => write!(f, "snat to pool {} (paired)", crate::join(pool)),
+            SnatMode::Blocks(blocks) => write!(
+                f,
+                "port blocks of {} ports from {}",
+                blocks.config.size,
+                crate::join(&blocks.pool)
+            ),
         }
     }
 }

@@ -12,9 +12,12 @@ use crate::config::Settings;
 use crate::desired::{Desired, Interface, SnatMode, UplinkDefault};
 use crate::ifname::{IfName, IfNameError};
 use crate::observed::{Link, Observed};
+use crate::pool::{v4_prefixes, PortBlocks};
 use crate::{join, validate};
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+/// The conntrack table's size; only the initial network namespace may write it.
+pub const CONNTRACK_MAX: &str = "net.netfilter.nf_conntrack_max";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DetectError {
@@ -68,6 +71,8 @@ pub enum DetectError {
         prefix: IpNet,
         reason: String,
     },
+    #[error("{0}")]
+    BadPortBlocks(String),
     #[error("{origin}: route to {to} via {via} {reason}; remove it from `routes` or give a network behind a private router")]
     BadRoute {
         origin: String,
@@ -161,15 +166,53 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         .chain(settings.private_prefixes.iter().map(|(p, _)| *p))
         .chain(settings.routes.iter().map(|r| r.to));
     let private_prefixes = normalise(all_prefixes);
-    if let SnatMode::To(addr) = snat {
+    let pool = snat.addresses();
+    for &addr in &pool {
         validate::snat_address(addr, &private_prefixes)?;
-        if !observed
+        let carried = observed
             .addresses_of(public.index)
-            .any(|a| a.address == addr)
-        {
+            .any(|a| a.address == addr);
+        // One address may be virtual (moved by HA) or routed here; a pool is this
+        // host's own addresses.
+        if !carried && pool.len() > 1 {
+            return Err(DetectError::BadSnatAddress {
+                addr,
+                reason: format!(
+                    "is in the SNAT pool but not an address of {}; add it (ip addr add {addr}/LEN dev {})",
+                    public.name, public.name
+                ),
+            });
+        }
+        if !carried {
             warnings.push(format!(
                 "SNAT address {addr} is not an address of {}; replies reach this host only if the upstream routes {addr} here",
                 public.name
+            ));
+        }
+    }
+    let snat = match settings.port_blocks {
+        None => snat,
+        Some(config) => {
+            let pool = snat
+                .addresses()
+                .into_iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            PortBlocks::new(config, pool, v4_prefixes(&private_prefixes))
+                .map(SnatMode::Blocks)
+                .map_err(DetectError::BadPortBlocks)?
+        }
+    };
+    let mut sysctls = BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]);
+    if let Some(max) = settings.max_flows {
+        if observed.initial_netns {
+            sysctls.insert(CONNTRACK_MAX.to_string(), max.to_string());
+        } else {
+            warnings.push(format!(
+                "max_flows = {max}: the conntrack maximum can only be set from the host's initial network namespace; run there: sysctl -w {CONNTRACK_MAX}={max}"
             ));
         }
     }
@@ -189,9 +232,11 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         private_prefixes,
         snat,
         routes: settings.routes.clone(),
-        sysctls: BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]),
+        sysctls,
         uplink_default,
         mss_clamp: settings.mss_clamp,
+        port_selection: settings.port_selection,
+        timeouts: settings.timeouts,
         warnings,
     })
 }
@@ -334,11 +379,13 @@ fn snat_mode(
     observed: &Observed,
     public: &Link,
 ) -> Result<SnatMode, DetectError> {
-    if let Some(addr) = settings.snat_to {
-        if !addr.is_ipv4() {
-            return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
-        }
-        return Ok(SnatMode::To(addr));
+    if let Some(v6) = settings.snat_to.iter().find(|a| !a.is_ipv4()) {
+        return Err(DetectError::Ipv6NotSupported(format!("--snat-to {v6}")));
+    }
+    match settings.snat_to.as_slice() {
+        [] => {}
+        [one] => return Ok(SnatMode::To(*one)),
+        pool => return Ok(SnatMode::Pool(pool.to_vec())),
     }
     let primary = observed
         .addresses_of(public.index)

@@ -13,6 +13,7 @@ pub mod node;
 pub mod observed;
 pub mod persist;
 pub mod plan;
+pub mod pool;
 pub mod prefixes;
 pub mod remember;
 pub mod render;

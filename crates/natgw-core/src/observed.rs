@@ -18,6 +18,10 @@ pub struct Observed {
     pub sysctls: BTreeMap<String, String>,
     /// Whether the `nft` tool is installed.
     pub nft_present: bool,
+    /// Whether this is the host's initial network namespace (only there can the
+    /// conntrack maximum be set).
+    #[serde(default)]
+    pub initial_netns: bool,
     /// natgw's table, when it exists.
     pub table: Option<LiveTable>,
     pub conntrack: Option<Conntrack>,

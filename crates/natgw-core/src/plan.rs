@@ -264,6 +264,8 @@ mod tests {
             sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
             uplink_default: None,
             mss_clamp: false,
+            port_selection: Default::default(),
+            timeouts: Default::default(),
             warnings: vec![],
         }
     }

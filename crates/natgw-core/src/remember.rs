@@ -71,6 +71,8 @@ mod tests {
             sysctls: Default::default(),
             uplink_default: None,
             mss_clamp: false,
+            port_selection: Default::default(),
+            timeouts: Default::default(),
             warnings: vec![],
         }
     }

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::{Desired, SnatMode};
 use crate::ifname::IfName;
+use crate::pool::PortSelection;
 use crate::validate::SPECIAL_V4;
 use crate::{TABLE_FAMILY, TABLE_NAME};
 
@@ -93,10 +94,61 @@ fn render_body(d: &Desired) -> String {
         .iter()
         .map(|(_, addr, len)| format!("{addr}/{len}"))
         .collect();
-    let translate = match &d.snat {
-        SnatMode::To(addr) => format!("snat ip to {addr}"),
-        SnatMode::Masquerade => "masquerade".to_string(),
+    let random = match d.port_selection {
+        PortSelection::Preserve => "",
+        PortSelection::Random => " fully-random",
     };
+    let matched = format!("iifname {private} oifname {public} ip saddr @private4");
+    let counted = "counter name \"translated_connections\"";
+    let (maps, translate) = match &d.snat {
+        SnatMode::To(addr) => (
+            String::new(),
+            format!("\t\t{matched} {counted} snat ip to {addr}{random}\n"),
+        ),
+        SnatMode::Masquerade => (
+            String::new(),
+            format!("\t\t{matched} {counted} masquerade{random}\n"),
+        ),
+        // A fixed seed: the same host maps to the same address after every reload.
+        SnatMode::Pool(pool) => {
+            let entries: Vec<String> = pool
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{i} : {a}"))
+                .collect();
+            (
+                String::new(),
+                format!(
+                    "\t\t{matched} {counted} snat ip to jhash ip saddr mod {} seed 0x6e617467 map {{ {} }}{random}\n",
+                    pool.len(),
+                    entries.join(", ")
+                ),
+            )
+        }
+        SnatMode::Blocks(blocks) => {
+            let all = blocks.all();
+            let ports: Vec<String> = all
+                .iter()
+                .map(|b| format!("{} : {} . {}-{}", b.private, b.public, b.first, b.last))
+                .collect();
+            let addresses: Vec<String> = all
+                .iter()
+                .map(|b| format!("{} : {}", b.private, b.public))
+                .collect();
+            (
+                format!(
+                    "\tmap port_blocks {{\n\t\ttype ipv4_addr : interval ipv4_addr . inet_service\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\tmap block_addresses {{\n\t\ttype ipv4_addr : ipv4_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+                    ports.join(", "),
+                    addresses.join(", ")
+                ),
+                // Ports only exist for TCP and UDP; ICMP and the rest keep the address.
+                format!(
+                    "\t\t{matched} meta l4proto {{ tcp, udp }} {counted} snat ip to ip saddr map @port_blocks\n\t\t{matched} {counted} snat ip to ip saddr map @block_addresses\n"
+                ),
+            )
+        }
+    };
+    let t = d.timeouts;
     // Before the accept rules: an accepted SYN leaves the chain unclamped.
     let clamp = if d.mss_clamp {
         format!("\t\tiifname {private} oifname {public} tcp flags syn tcp option maxseg size set rt mtu\n\t\tiifname {public} oifname {private} tcp flags syn tcp option maxseg size set rt mtu\n")
@@ -108,6 +160,26 @@ fn render_body(d: &Desired) -> String {
     for (name, what) in COUNTERS {
         writeln!(out, "\tcounter {name} {{\n\t\tcomment \"{what}\"\n\t}}").unwrap();
     }
+    // Timeouts for natgw's flows only (RFC 4787 REQ-5, RFC 5382 REQ-5), never the
+    // global sysctls: set before conntrack sees the first packet (raw priority).
+    write!(
+        out,
+        "\tct timeout natgw_udp {{
+\t\tprotocol udp
+\t\tl3proto ip
+\t\tpolicy = {{ unreplied : {udp}, replied : {udp} }}
+\t}}
+\tct timeout natgw_tcp {{
+\t\tprotocol tcp
+\t\tl3proto ip
+\t\tpolicy = {{ syn_sent : {tr}, syn_recv : {tr}, established : {est}, fin_wait : {tr}, close_wait : {tr}, last_ack : {tr}, time_wait : {tr} }}
+\t}}
+{maps}",
+        udp = t.udp,
+        tr = t.tcp_transitory,
+        est = t.tcp_established,
+    )
+    .unwrap();
     // The prerouting chain runs before conntrack and routing: a packet from outside
     // that claims a private source never creates a translation (a pinhole to that
     // private address), whatever rp_filter says. Only packets that entered through a
@@ -128,6 +200,8 @@ fn render_body(d: &Desired) -> String {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tiifname {public} ip saddr @private4 counter name \"dropped_spoofed_public\" drop
 \t\tiifname {public} ip saddr @martians4 counter name \"dropped_spoofed_public\" drop
+\t\tiifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto udp ct timeout set \"natgw_udp\"
+\t\tiifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto tcp ct timeout set \"natgw_tcp\"
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
@@ -139,8 +213,7 @@ fn render_body(d: &Desired) -> String {
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tiifname {private} oifname {public} ip saddr @private4 counter name \"translated_connections\" {translate}
-\t}}
+{translate}\t}}
 ",
         prefixes = prefixes.join(", "),
         martians = martians.join(", "),
@@ -181,6 +254,8 @@ mod tests {
             sysctls: BTreeMap::new(),
             uplink_default: None,
             mss_clamp: false,
+            port_selection: Default::default(),
+            timeouts: Default::default(),
             warnings: vec![],
         }
     }

@@ -57,6 +57,7 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         Err(e) => return Err(e.into()),
     };
     Ok(Observed {
+        initial_netns: is_initial_netns(),
         links,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,
@@ -71,6 +72,18 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         state,
         state_problem,
     })
+}
+
+/// Whether this process runs in the host's initial network namespace (that of pid 1,
+/// seen from the initial pid namespace; inside a container this answers false, which
+/// only means natgw will not try to size the conntrack table).
+fn is_initial_netns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let inode = |path: &str| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    match (inode("/proc/self/ns/net"), inode("/proc/1/ns/net")) {
+        (Some(own), Some(init)) => own == init,
+        _ => false,
+    }
 }
 
 /// Links, addresses and routes only: what a private node needs (it may have no nft).

@@ -399,7 +399,7 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
         .iter()
         .find(|r| r.to.is_some_and(|a| !current.contains(&a)))
     {
-        return stale_snat(rule, public, &current, inputs.settings.snat_to);
+        return stale_snat(rule, public, &current, &inputs.settings.snat_to);
     }
     if rules.is_empty() {
         return Finding::fail(
@@ -427,10 +427,10 @@ fn stale_snat(
     rule: &firewall::SnatRule,
     public: &str,
     current: &[IpAddr],
-    configured: Option<IpAddr>,
+    configured: &[IpAddr],
 ) -> Finding {
     let to = rule.to.expect("stale rules have an address");
-    if rule.natgw && configured == Some(to) {
+    if rule.natgw && configured.contains(&to) {
         // Asked for explicitly: a virtual or routed address is legitimate (pools,
         // HA), so this is worth a look, not a failure.
         return Finding::warn(
