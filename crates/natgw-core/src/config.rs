@@ -159,7 +159,10 @@ impl Config {
         self.timeouts
             .check()
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
-        if self.max_flows.is_some_and(|n| !(1024..=1 << 26).contains(&n)) {
+        if self
+            .max_flows
+            .is_some_and(|n| !(1024..=1 << 26).contains(&n))
+        {
             return Err(ConfigError::Invalid(format!(
                 "{}: max_flows must be between 1024 and {}",
                 file.display(),
@@ -259,7 +262,10 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             .unwrap();
         assert_eq!(settings.public.as_deref(), Some("wan0"));
         assert_eq!(settings.private, vec!["lan0", "lan1"]);
-        assert_eq!(settings.snat_to, vec!["203.0.113.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            settings.snat_to,
+            vec!["203.0.113.1".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(
             settings.routes[0].to,
             "10.20.0.0/16".parse::<IpNet>().unwrap()
@@ -356,7 +362,10 @@ size = 512
         assert_eq!(s.snat_to.len(), 3);
         assert_eq!(s.port_selection, PortSelection::Random);
         assert_eq!(s.timeouts.udp, 600);
-        assert_eq!(s.timeouts.tcp_established, 7440, "unset keys keep their default");
+        assert_eq!(
+            s.timeouts.tcp_established, 7440,
+            "unset keys keep their default"
+        );
         assert_eq!(s.port_blocks.unwrap().size, 512);
         assert_eq!(s.max_flows, Some(500000));
         // A single address still reads as before.
@@ -366,9 +375,14 @@ size = 512
 
     #[test]
     fn bad_pools_and_timeouts_name_the_line() {
-        let err = parse("\nsnat_to = [\"203.0.113.36-203.0.113.38\", \"203.0.113.37\"]\n").unwrap_err();
+        let err =
+            parse("\nsnat_to = [\"203.0.113.36-203.0.113.38\", \"203.0.113.37\"]\n").unwrap_err();
         assert!(err.to_string().starts_with("natgw.toml:2:"), "{err}");
-        assert!(err.to_string().contains("203.0.113.37 is in the SNAT pool twice"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("203.0.113.37 is in the SNAT pool twice"),
+            "{err}"
+        );
         let text = "[timeouts]\nudp = 30\n";
         let err = parse(text)
             .unwrap()

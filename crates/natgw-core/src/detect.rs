@@ -158,6 +158,21 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
     for (prefix, origin) in &settings.private_prefixes {
         validate::private_prefix(prefix, origin, &public_networks)?;
     }
+    // The private interfaces' own networks pass the same test: an address such as
+    // 10.99.0.1/0 on a private interface would switch anti-spoofing off just the same.
+    for link in &private {
+        for a in observed
+            .addresses_of(link.index)
+            .filter(|a| a.address.is_ipv4())
+        {
+            let origin = format!("address {}/{} on {}", a.address, a.prefix_len, link.name);
+            validate::private_prefix(&a.network(), &origin, &public_networks)?;
+        }
+    }
+    let local: Vec<IpAddr> = observed.addresses.iter().map(|a| a.address).collect();
+    for route in &settings.routes {
+        validate::route_via(route, &connected, &local)?;
+    }
     validate::routes(&settings.routes, &public_networks, &connected)?;
 
     let all_prefixes = connected
@@ -168,7 +183,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
     let private_prefixes = normalise(all_prefixes);
     let pool = snat.addresses();
     for &addr in &pool {
-        validate::snat_address(addr, &private_prefixes)?;
+        validate::snat_address(addr, &private_prefixes, &public_networks)?;
         let carried = observed
             .addresses_of(public.index)
             .any(|a| a.address == addr);

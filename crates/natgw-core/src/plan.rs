@@ -74,6 +74,17 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
     }
 
+    // Deletes first: a route whose `via` changed is deleted and added again, and the
+    // kernel refuses a second route to the same destination.
+    for route in owned_routes(observed) {
+        let wanted = desired
+            .routes
+            .iter()
+            .any(|s| s.to == route.to && s.via == route.via);
+        if !wanted {
+            changes.push(Change::DelRoute { route });
+        }
+    }
     let present = |spec: &RouteSpec| {
         observed
             .routes
@@ -85,15 +96,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             changes.push(Change::AddRoute {
                 route: spec.clone(),
             });
-        }
-    }
-    for route in owned_routes(observed) {
-        let wanted = desired
-            .routes
-            .iter()
-            .any(|s| s.to == route.to && s.via == route.via);
-        if !wanted {
-            changes.push(Change::DelRoute { route });
         }
     }
 

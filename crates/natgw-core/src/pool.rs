@@ -112,7 +112,12 @@ impl Timeouts {
         const WEEK: u32 = 7 * 24 * 3600;
         for (key, value, min, rfc) in [
             ("udp", self.udp, 120, "RFC 4787 REQ-5"),
-            ("tcp_established", self.tcp_established, 7440, "RFC 5382 REQ-5"),
+            (
+                "tcp_established",
+                self.tcp_established,
+                7440,
+                "RFC 5382 REQ-5",
+            ),
             ("tcp_transitory", self.tcp_transitory, 240, "RFC 5382 REQ-5"),
         ] {
             if value < min {
@@ -211,7 +216,10 @@ impl PortBlocks {
     }
 
     fn hosts(&self) -> u64 {
-        self.prefixes.iter().map(|p| 1u64 << (32 - p.prefix_len())).sum()
+        self.prefixes
+            .iter()
+            .map(|p| 1u64 << (32 - p.prefix_len()))
+            .sum()
     }
 
     /// Every host's block, in host order.
@@ -301,7 +309,9 @@ mod tests {
         assert!(parse_entry("203.0.113.300")
             .unwrap_err()
             .contains("invalid IP address syntax"));
-        assert!(parse_entry("10.0.0.0-10.1.0.0").unwrap_err().contains("more than"));
+        assert!(parse_entry("10.0.0.0-10.1.0.0")
+            .unwrap_err()
+            .contains("more than"));
     }
 
     #[test]

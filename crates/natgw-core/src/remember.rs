@@ -5,12 +5,35 @@
 
 use crate::config::Settings;
 use crate::desired::Desired;
+use crate::observed::Observed;
 
 /// `settings` with the recorded roles filled in where the admin named none.
 pub fn settings_with_recorded_roles(settings: &Settings, recorded: Option<&Desired>) -> Settings {
+    recall(settings, recorded, &Observed::default()).settings
+}
+
+/// Settings with the recorded roles, and the recorded interfaces that no longer exist.
+pub struct Recalled {
+    pub settings: Settings,
+    /// `private interface "lan9"`: recorded, but gone from the system (left out).
+    pub gone: Vec<String>,
+}
+
+/// Like `settings_with_recorded_roles`, but a recorded interface that no longer exists
+/// in `observed` is left out and reported, rather than named as if the admin had.
+pub fn recall(settings: &Settings, recorded: Option<&Desired>, observed: &Observed) -> Recalled {
     let mut settings = settings.clone();
+    let mut gone = Vec::new();
+    let check = !observed.links.is_empty();
+    let mut exists = |role: &str, name: &str| {
+        let there = !check || observed.link(name).is_some();
+        if !there {
+            gone.push(format!("{role} interface {name:?}"));
+        }
+        there
+    };
     if let Some(recorded) = recorded {
-        if settings.public.is_none() {
+        if settings.public.is_none() && exists("public", recorded.public.name.as_str()) {
             settings.public = Some(recorded.public.name.to_string());
         }
         if settings.private.is_empty() {
@@ -18,10 +41,11 @@ pub fn settings_with_recorded_roles(settings: &Settings, recorded: Option<&Desir
                 .private
                 .iter()
                 .map(|i| i.name.to_string())
+                .filter(|name| exists("private", name))
                 .collect();
         }
     }
-    settings
+    Recalled { settings, gone }
 }
 
 /// How roles detected afresh differ from the recorded roles in use, one line per role.

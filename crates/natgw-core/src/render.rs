@@ -180,6 +180,10 @@ fn render_body(d: &Desired) -> String {
         est = t.tcp_established,
     )
     .unwrap();
+    // Forwarding is on for every interface once natgw turns it on, so the forward
+    // chain also closes what natgw would otherwise open: new connections from the public
+    // side to any interface (not only the private ones), and untranslated private-range
+    // sources from interfaces natgw does not manage leaving through the public one.
     // The prerouting chain runs before conntrack and routing: a packet from outside
     // that claims a private source never creates a translation (a pinhole to that
     // private address), whatever rp_filter says. Only packets that entered through a
@@ -210,6 +214,9 @@ fn render_body(d: &Desired) -> String {
 \t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
 \t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
 \t\tiifname {public} oifname {private} counter name \"dropped_unsolicited\" drop
+\t\tiifname {public} ct state established,related accept
+\t\tiifname {public} counter name \"dropped_unsolicited\" drop
+\t\toifname {public} ip saddr {{ 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16 }} counter name \"dropped_spoofed\" drop
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;

@@ -29,12 +29,44 @@ fn special(net: &IpNet) -> Option<&'static str> {
         .map(|(what, _, _)| *what)
 }
 
+/// `addr` is the first or last address of `net` (for nets larger than /31).
+fn is_network_or_broadcast(net: &IpNet, addr: IpAddr) -> bool {
+    net.prefix_len() < 31 && (net.network() == addr || net.broadcast() == addr)
+}
+
+/// A route's `via`: a neighbour on a connected private network, not this host, not the
+/// network's own network or broadcast address.
+pub fn route_via(
+    route: &RouteSpec,
+    connected: &[IpNet],
+    local: &[IpAddr],
+) -> Result<(), DetectError> {
+    let refuse = |reason: &str| {
+        Err(DetectError::BadRoute {
+            origin: route.origin.clone(),
+            to: route.to,
+            via: route.via,
+            reason: reason.to_string(),
+        })
+    };
+    if local.contains(&route.via) {
+        return refuse("goes through an address of this host; give the router's address");
+    }
+    if connected
+        .iter()
+        .any(|n| is_network_or_broadcast(n, route.via))
+    {
+        return refuse("goes through the network or broadcast address of its network");
+    }
+    Ok(())
+}
+
 fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// The SNAT address: unicast, routable, outside the private prefixes.
-pub fn snat_address(addr: IpAddr, private: &[IpNet]) -> Result<(), DetectError> {
+pub fn snat_address(addr: IpAddr, private: &[IpNet], public: &[IpNet]) -> Result<(), DetectError> {
     let refuse = |reason: String| Err(DetectError::BadSnatAddress { addr, reason });
     let IpAddr::V4(v4) = addr else {
         return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
@@ -47,6 +79,14 @@ pub fn snat_address(addr: IpAddr, private: &[IpNet]) -> Result<(), DetectError> 
     }
     if v4.is_loopback() {
         return refuse("is a loopback address".into());
+    }
+    if v4.is_link_local() {
+        return refuse("is a link-local address, which is never routed".into());
+    }
+    if let Some(net) = public.iter().find(|n| is_network_or_broadcast(n, addr)) {
+        return refuse(format!(
+            "is the network or broadcast address of the public network {net}"
+        ));
     }
     if let Some(net) = private.iter().find(|n| n.contains(&addr)) {
         return refuse(format!(
@@ -128,6 +168,7 @@ mod tests {
     #[test]
     fn snat_addresses_that_cannot_work_are_refused() {
         let private = nets(&["10.77.0.0/24"]);
+        let public = nets(&["203.0.113.0/24"]);
         for bad in [
             "10.77.0.2",
             "0.0.0.0",
@@ -135,16 +176,19 @@ mod tests {
             "224.0.0.1",
             "127.0.0.1",
             "240.0.0.1",
+            "169.254.1.1",
+            "203.0.113.0",
+            "203.0.113.255",
         ] {
-            let err = snat_address(bad.parse().unwrap(), &private).unwrap_err();
+            let err = snat_address(bad.parse().unwrap(), &private, &public).unwrap_err();
             assert!(
                 err.to_string().starts_with(&format!("SNAT address {bad} ")),
                 "{err}"
             );
         }
-        snat_address("203.0.113.36".parse().unwrap(), &private).unwrap();
+        snat_address("203.0.113.36".parse().unwrap(), &private, &public).unwrap();
         // Cascaded NAT: a private-range public address is fine when it is not ours.
-        snat_address("192.168.1.7".parse().unwrap(), &private).unwrap();
+        snat_address("192.168.1.7".parse().unwrap(), &private, &public).unwrap();
     }
 
     #[test]

@@ -89,6 +89,14 @@ pub fn apply(
 
     let previous = target.observed.state.clone();
     let mut journal = previous.clone().unwrap_or_default();
+    // Every route about to be added, journaled in the one write below rather than one
+    // write per route (deleting a recorded route that was never added is harmless: the
+    // kernel matches natgw's mark).
+    for change in &plan.changes {
+        if let Change::AddRoute { route } = change {
+            journal.routes.push(route.clone());
+        }
+    }
     journal.applying = Some(Applying {
         pid: std::process::id(),
         started: SystemTime::now()
@@ -168,25 +176,30 @@ fn apply_one(
     match change {
         Change::SetSysctl { name, from, to } => {
             injected("sysctl")?;
+            // Writing ip_forward rewrites every interface's `forwarding` too: those are
+            // recorded as well, restored after it, and put back first on rollback.
+            let side_effects = side_effects_of(name, target.observed);
             // Only the value from before natgw's first change is what `down` restores.
-            journal
-                .sysctls
-                .entry(name.clone())
-                .or_insert_with(|| from.clone());
+            for &(key, value) in side_effects.iter().chain(&[(name, from)]) {
+                journal
+                    .sysctls
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
             save(journal)?;
             sysctl::write(name, to).map_err(|e| error_chain(&e))?;
-            undo.push(Undo::Sysctl {
-                name: name.clone(),
-                value: from.clone(),
-            });
+            for (key, value) in side_effects.into_iter().chain([(name, from)]) {
+                undo.push(Undo::Sysctl {
+                    name: key.clone(),
+                    value: value.clone(),
+                });
+            }
         }
         Change::AddRoute { route } => {
             injected("route")?;
-            journal.routes.push(route.clone());
-            save(journal)?;
             if let Err(e) = target.netlink.add_route(route, ROUTE_PROTOCOL) {
                 // Never record a route natgw did not add.
-                journal.routes.pop();
+                journal.routes.retain(|r| r != route);
                 return Err(error_chain(&e));
             }
             undo.push(Undo::AddRoute(route.clone()));
@@ -201,7 +214,6 @@ fn apply_one(
             journal
                 .routes
                 .retain(|r| !(r.to == route.to && r.via == route.via));
-            save(journal)?;
         }
         Change::ReplaceTable { .. } => {
             injected("table")?;
@@ -218,6 +230,18 @@ fn apply_one(
         Change::FinishApply { .. } => {}
     }
     Ok(())
+}
+
+/// The per-interface `forwarding` values a write of `name` would overwrite.
+fn side_effects_of<'a>(name: &str, observed: &'a Observed) -> Vec<(&'a String, &'a String)> {
+    if name != natgw_core::detect::IP_FORWARD {
+        return Vec::new();
+    }
+    observed
+        .sysctls
+        .iter()
+        .filter(|(key, _)| key.starts_with("net.ipv4.conf.") && key.ends_with(".forwarding"))
+        .collect()
 }
 
 fn roll_back(undo: Vec<Undo>, target: &Target) -> Vec<String> {
@@ -319,7 +343,11 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
         }
     }
 
-    let sysctls = std::mem::take(&mut remaining.sysctls);
+    // ip_forward first: writing it rewrites every interface's `forwarding`, which are
+    // restored after it, each compared with a fresh read.
+    let mut sysctls: Vec<(String, String)> =
+        std::mem::take(&mut remaining.sysctls).into_iter().collect();
+    sysctls.sort_by_key(|(name, _)| name != natgw_core::detect::IP_FORWARD);
     for (name, value) in sysctls {
         if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
             report.errors.push(format!(
@@ -327,7 +355,7 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
             ));
             continue;
         }
-        if observed.sysctls.get(&name) == Some(&value) {
+        if sysctl::read(&name).ok().as_ref() == Some(&value) {
             continue;
         }
         if !report.record(

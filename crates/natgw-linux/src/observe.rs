@@ -38,9 +38,8 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
     // Per-interface values the doctor weighs; an interface may vanish meanwhile.
     let per_link = links
         .iter()
-        .filter(|l| !l.loopback)
         .map(|l| l.name.as_str())
-        .chain(["all"]);
+        .chain(["all", "default"]);
     for iface in per_link {
         for key in ["forwarding", "rp_filter"] {
             let name = format!("net.ipv4.conf.{iface}.{key}");

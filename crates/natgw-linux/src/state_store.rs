@@ -142,9 +142,20 @@ fn lock_file(name: &str, wait: Duration, command: &str) -> Result<Lock, StateErr
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| io("open", &path, e))?;
+        .map_err(|e| StateError::Untrusted {
+            path: path.display().to_string(),
+            reason: format!(
+                "cannot open it as natgw's lock file ({e}); if it is not a regular file, remove it"
+            ),
+        })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(StateError::Untrusted {
+            path: path.display().to_string(),
+            reason: "not a regular file; remove it".into(),
+        });
+    }
     let start = Instant::now();
     loop {
         // SAFETY: flock on a file descriptor we own.
@@ -211,7 +222,11 @@ pub fn remove() -> Result<(), StateError> {
 /// `up` starts clean while the evidence stays for the admin.
 pub fn set_aside() -> Result<PathBuf, StateError> {
     let path = path()?;
-    let aside = path.with_extension("json.corrupt");
+    // A name of its own each time, so that earlier evidence is never overwritten.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("json.corrupt-{stamp}-{}", std::process::id()));
     std::fs::rename(&path, &aside).map_err(|e| io("move aside", &path, e))?;
     Ok(aside)
 }
@@ -219,9 +234,11 @@ pub fn set_aside() -> Result<PathBuf, StateError> {
 /// A record's text, refusing symlinks, foreign owners, loose modes and huge files.
 fn read_record(name: &str) -> Result<Option<(PathBuf, String)>, StateError> {
     let path = namespace_dir()?.join(name);
+    // Non-blocking: a FIFO planted as a record must not hang the command (and with it
+    // the namespace's lock); the type is checked on the open file below.
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&path)
     {
         Ok(file) => file,
@@ -245,8 +262,10 @@ fn read_record(name: &str) -> Result<Option<(PathBuf, String)>, StateError> {
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(untrusted("owned by another user"));
     }
-    if meta.mode() & 0o022 != 0 {
-        return Err(untrusted("writable by other users"));
+    if meta.mode() & 0o077 != 0 {
+        return Err(untrusted(
+            "readable or writable by other users (natgw writes its records 0600)",
+        ));
     }
     let mut text = String::new();
     file.take(MAX_RECORD + 1)

@@ -718,3 +718,307 @@ fn mss_clamp_is_natgws_own_option_and_satisfies_the_doctor() {
     let seen = natgw_lab::tcp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
     assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
 }
+
+/// A namespace of the test's own beside the lab, removed when dropped.
+struct ExtraNamespace(String);
+
+impl Drop for ExtraNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn interfaces_natgw_does_not_manage_are_not_opened_by_its_forwarding() {
+    let Some(lab) = lab_or_skip(
+        "interfaces_natgw_does_not_manage_are_not_opened_by_its_forwarding",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    // A management network on a third interface, which natgw is not told about.
+    let mg = ExtraNamespace(format!("{}-mg", lab.name));
+    in_ns(&lab, "head", &["true"]);
+    std::process::Command::new("ip")
+        .args(["netns", "add", &mg.0])
+        .output()
+        .unwrap();
+    lab.ip(
+        "head",
+        &[
+            "link", "add", "mgmt0", "type", "veth", "peer", "name", "eth0", "netns", &mg.0,
+        ],
+    )
+    .unwrap();
+    lab.ip("head", &["addr", "add", "192.168.50.1/24", "dev", "mgmt0"])
+        .unwrap();
+    lab.ip("head", &["link", "set", "mgmt0", "up"]).unwrap();
+    for args in [
+        vec!["addr", "add", "192.168.50.2/24", "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["link", "set", "lo", "up"],
+        vec!["route", "add", "default", "via", "192.168.50.1"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &mg.0])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let host = SocketAddr::new("192.168.50.2".parse().unwrap(), 7001);
+    let _service = Listener::start(&mg.0, host).unwrap();
+    lab.ip(
+        "pub",
+        &["route", "add", "192.168.50.0/24", "via", "203.0.113.1"],
+    )
+    .unwrap();
+    // Control: plain forwarding would open the management network to the outside.
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    assert!(natgw_lab::tcp_exchange(&lab.ns("pub"), host, Duration::from_secs(1)).is_ok());
+    lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
+
+    assert_exit(
+        &natgw(&lab, &["up", "--public", "wan0", "--private", "lan0"]),
+        0,
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let inbound = natgw_lab::tcp_exchange(&lab.ns("pub"), host, Duration::from_secs(1));
+    assert!(
+        inbound.is_err(),
+        "the public side reached 192.168.50.2: {inbound:?}"
+    );
+    let outbound = natgw_lab::tcp_exchange(&mg.0, server(), Duration::from_secs(1));
+    assert!(
+        outbound.is_err(),
+        "an untranslated private source left through wan0: {outbound:?}"
+    );
+}
+
+#[test]
+fn private_interface_addresses_that_switch_protection_off_are_refused() {
+    let Some(lab) = lab_or_skip(
+        "private_interface_addresses_that_switch_protection_off_are_refused",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    for (address, why) in [
+        ("10.99.0.1/0", "covers every address"),
+        ("203.0.113.200/25", "overlaps the public network"),
+    ] {
+        lab.ip("head", &["addr", "add", address, "dev", "lan0"])
+            .unwrap();
+        let before = headnode_snapshot(&lab);
+        let out = natgw(&lab, &["up", "--masquerade"]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("address {address} on lan0"))
+                && stderr(&out).contains(why),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(headnode_snapshot(&lab), before);
+        lab.ip("head", &["addr", "del", address, "dev", "lan0"])
+            .unwrap();
+    }
+    // Route gateways that are this host, or a network's own addresses.
+    for via in ["10.0.0.1", "10.0.0.0", "10.0.0.255"] {
+        let config = write_config(
+            &lab,
+            "via.toml",
+            &format!("routes = [{{ to = \"10.20.0.0/24\", via = \"{via}\" }}]\n"),
+        );
+        let out = natgw(&lab, &["up", "--config", &config]);
+        assert_exit(&out, 2);
+    }
+    // SNAT to the public network's own broadcast or network address.
+    for addr in ["203.0.113.255", "203.0.113.0"] {
+        assert_exit(&natgw(&lab, &["up", "--snat-to", addr]), 2);
+    }
+}
+
+#[test]
+fn doctor_fix_never_writes_over_an_unusable_record() {
+    let Some(lab) = lab_or_skip(
+        "doctor_fix_never_writes_over_an_unusable_record",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    std::fs::write(state_path(&lab), "garbage{").unwrap();
+    in_ns(&lab, "head", &["nft", "delete", "table", "inet", "natgw"]);
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 1);
+    assert_eq!(check(&report, "record")["status"], "fail", "{report}");
+    assert!(!in_ns(&lab, "head", &["nft", "list", "tables"]).contains("natgw"));
+    assert_eq!(
+        std::fs::read_to_string(state_path(&lab)).unwrap(),
+        "garbage{"
+    );
+}
+
+#[test]
+fn a_recorded_interface_that_vanished_is_reported_not_taken_for_a_typo() {
+    let Some(lab) = lab_or_skip(
+        "a_recorded_interface_that_vanished_is_reported_not_taken_for_a_typo",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    lab.ip(
+        "head",
+        &[
+            "link", "add", "lan9", "type", "veth", "peer", "name", "lan9p",
+        ],
+    )
+    .unwrap();
+    lab.ip("head", &["addr", "add", "192.168.9.1/24", "dev", "lan9"])
+        .unwrap();
+    lab.ip("head", &["link", "set", "lan9", "up"]).unwrap();
+    lab.ip("head", &["link", "set", "lan9p", "up"]).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("head", &["link", "del", "lan9"]).unwrap();
+    let out = natgw(&lab, &["status"]);
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("the recorded private interface \"lan9\" no longer exists"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("public:     wan0"));
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("--private"), "{}", text(&out));
+    assert_exit(&natgw(&lab, &["up", "--private", "lan0"]), 0);
+}
+
+#[test]
+fn a_route_can_move_to_another_router_and_many_routes_apply() {
+    let Some(lab) = lab_or_skip(
+        "a_route_can_move_to_another_router_and_many_routes_apply",
+        Spec::nodes(2).with_router(),
+    ) else {
+        return;
+    };
+    let first = write_config(
+        &lab,
+        "r1.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.12\" }]\n",
+    );
+    let second = write_config(
+        &lab,
+        "r2.toml",
+        "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
+    );
+    assert_exit(&natgw(&lab, &["up", "--config", &first]), 0);
+    assert_exit(&natgw(&lab, &["up", "--config", &second]), 0);
+    let routes = in_ns(&lab, "head", &["ip", "route", "show", "proto", "88"]);
+    assert_eq!(routes.trim(), "10.20.0.0/24 via 10.0.0.254 dev lan0");
+
+    let many: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                "{{ to = \"10.{}.{}.0/24\", via = \"10.0.0.254\" }}",
+                100 + i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let config = write_config(
+        &lab,
+        "many.toml",
+        &format!("routes = [\n{}\n]\n", many.join(",\n")),
+    );
+    let started = Instant::now();
+    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    println!("up with 500 routes: {:?}", started.elapsed());
+    let routes = in_ns(&lab, "head", &["ip", "route", "show", "proto", "88"]);
+    assert_eq!(routes.lines().count(), 500);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert!(in_ns(&lab, "head", &["ip", "route", "show", "proto", "88"]).is_empty());
+}
+
+#[test]
+fn up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything() {
+    let Some(lab) = lab_or_skip(
+        "up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    in_ns(&lab, "head", &["nft", "add", "table", "ip", "filter"]);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "filter",
+            "FORWARD",
+            "{ type filter hook forward priority 0; policy drop; }",
+        ],
+    );
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("another firewall stops the gateway"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout(&out).contains("verified"), "{}", text(&out));
+}
+
+#[test]
+fn down_restores_per_interface_forwarding_too() {
+    let Some(lab) = lab_or_skip("down_restores_per_interface_forwarding_too", Spec::nodes(1))
+    else {
+        return;
+    };
+    lab.sysctl("head", "net.ipv4.conf.lan0.forwarding", "1")
+        .unwrap();
+    assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "0");
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "0");
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv4.conf.lan0.forwarding")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv4.conf.wan0.forwarding")
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn a_fifo_planted_as_the_record_does_not_hang_natgw() {
+    let Some(lab) = lab_or_skip(
+        "a_fifo_planted_as_the_record_does_not_hang_natgw",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let path = state_path(&lab);
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = Instant::now();
+    let out = natgw(&lab, &["status"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("not a regular file"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -29,9 +29,13 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
     let o = inputs.observed;
     let roles = match roles(inputs.settings, o) {
         Ok(roles) => roles,
-        Err(e) => return without_roles(inputs, &e),
+        Err(e) => {
+            let mut findings = vec![record(o)];
+            findings.extend(without_roles(inputs, &e));
+            return findings;
+        }
     };
-    let mut findings = vec![public_interface(o, roles.public)];
+    let mut findings = vec![record(o), public_interface(o, roles.public)];
     findings.extend(roles.private.iter().map(|l| private_interface(o, l)));
     findings.extend([
         default_route(o, &roles),
@@ -47,6 +51,43 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         dns(inputs.observed, &inputs.nameservers),
     ]);
     findings
+}
+
+/// Failures of other firewalls that stop the gateway from working although natgw's own
+/// rules are right (a foreign forward chain that drops its traffic): `up` reports them
+/// rather than printing "verified" over a gateway that carries nothing.
+pub fn foreign_blockers(inputs: &Inputs) -> Vec<Finding> {
+    let Ok(roles) = roles(inputs.settings, inputs.observed) else {
+        return Vec::new();
+    };
+    [forward_policy(inputs, &roles)]
+        .into_iter()
+        .filter(|f| f.status == Status::Fail)
+        .collect()
+}
+
+/// natgw's own record of what it changed: usable, and no apply left unfinished.
+fn record(o: &Observed) -> Finding {
+    const ID: &str = "record";
+    if let Some(problem) = &o.state_problem {
+        return Finding::fail(
+            ID,
+            format!("natgw's record is unusable: {problem}"),
+            "natgw down (removes natgw's table and routes, names the sysctls to check, sets the record aside); then natgw up",
+        );
+    }
+    match &o.state {
+        None => Finding::pass(ID, "natgw has no record here (not up)"),
+        Some(state) => match state.applying {
+            Some(applying) => Finding::fail(
+                ID,
+                format!("an apply by natgw (pid {}) stopped half-way", applying.pid),
+                "natgw up (finishes it) or natgw down (undoes it)",
+            )
+            .repaired_by(Repair::ApplyGateway),
+            None => Finding::pass(ID, "natgw's record is complete"),
+        },
+    }
 }
 
 /// Without roles most checks have nothing to look at: the failure says why once, and
@@ -893,6 +934,7 @@ mod tests {
         assert_eq!(
             ids,
             [
+                "record",
                 "public-interface",
                 "private-interface",
                 "default-route",
@@ -1221,5 +1263,24 @@ mod tests {
         let mut o = healthy();
         o.routes.retain(|r| r.oif != Some(2));
         assert_eq!(find(&run(&o, &[NATGW], ""), "dns").status, Status::Warn);
+    }
+
+    #[test]
+    fn an_unusable_record_or_an_unfinished_apply_is_reported() {
+        let mut o = healthy();
+        o.state_problem = Some("state.json is corrupt".into());
+        let f = find(&run(&o, &[NATGW], ""), "record").clone();
+        assert_eq!((f.status, f.repair), (Status::Fail, None));
+        assert!(f.fix.unwrap().starts_with("natgw down"));
+        let mut o = healthy();
+        o.state = Some(crate::state::RecordedState {
+            applying: Some(crate::state::Applying { pid: 7, started: 0 }),
+            ..Default::default()
+        });
+        let f = find(&run(&o, &[NATGW], ""), "record").clone();
+        assert_eq!(
+            (f.status, f.repair),
+            (Status::Fail, Some(Repair::ApplyGateway))
+        );
     }
 }

@@ -158,6 +158,14 @@ fn repair(
             done.extend(restore_uplink_default(netlink, &observed)?);
         }
         let observed = gateway::observe(netlink, &dataplane)?;
+        if observed.state_problem.is_some() {
+            // Applying now would write a fresh record over the one that holds the
+            // original values: `down` must recover first.
+            done.push(
+                "natgw's rules: not applied, the record is unusable (run natgw down first)".into(),
+            );
+            return Ok(done);
+        }
         let settings = remembered(args, settings, &observed);
         let desired = gateway::desired(&settings, &observed)?;
         let plan = natgw_core::plan(&desired, &observed);
@@ -214,7 +222,7 @@ fn remembered(
 ) -> Settings {
     let settings = gateway::recorded_settings(args, settings.clone(), observed);
     let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
-    natgw_core::remember::settings_with_recorded_roles(&settings, recorded)
+    natgw_core::remember::recall(&settings, recorded, observed).settings
 }
 
 pub fn print_findings(findings: &[Finding]) {

@@ -115,8 +115,20 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
         settings
     };
     let recorded = observed.state.as_ref().and_then(|s| s.gateway.as_ref());
-    let effective = remember::settings_with_recorded_roles(&settings, recorded);
+    let recalled = remember::recall(&settings, recorded, &observed);
+    if !recalled.gone.is_empty() && !read_only {
+        return Err(problem(anyhow!(
+            "the recorded {} no longer exist(s); name the interfaces anew with --public/--private (config keys `public`, `private`) to go on without, or run `natgw down`",
+            recalled.gone.join(", ")
+        )));
+    }
+    let effective = recalled.settings;
     let desired = desired(&effective, &observed)?;
+    let mut gone: Vec<String> = recalled
+        .gone
+        .iter()
+        .map(|g| format!("the recorded {g} no longer exists"))
+        .collect();
     let rediscovered = if effective != settings {
         natgw_core::desired(&settings, &observed)
             .map(|fresh| remember::differences(&desired, &fresh))
@@ -124,6 +136,8 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     } else {
         Vec::new()
     };
+    gone.extend(rediscovered);
+    let rediscovered = gone;
     Ok(Prepared {
         netlink,
         dataplane,

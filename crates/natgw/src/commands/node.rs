@@ -88,7 +88,7 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     };
     let recorded: Option<NodeState> =
         state_store::load_named(state_store::NODE).map_err(problem)?;
-    let keep = recorded.map_or(state.clone(), |old| NodeState {
+    let keep = recorded.clone().map_or(state.clone(), |old| NodeState {
         gateway: gateway_ip,
         previous: old.previous,
     });
@@ -98,7 +98,11 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
         _ => netlink.replace_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
     };
     if let Err(e) = result {
-        let _ = state_store::remove_named(state_store::NODE);
+        // The record as it was: it may hold the admin's original default route.
+        let _ = match &recorded {
+            Some(old) => state_store::save_named(state_store::NODE, old),
+            None => state_store::remove_named(state_store::NODE),
+        };
         return Err(problem(e));
     }
     if json {

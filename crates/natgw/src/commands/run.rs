@@ -187,8 +187,14 @@ impl Daemon {
             return Err(format!("{problem}; run `natgw down` to recover"));
         }
         let recorded = observed.state.as_ref().and_then(|s| s.gateway.clone());
-        let settings =
-            natgw_core::remember::settings_with_recorded_roles(&self.settings, recorded.as_ref());
+        let recalled = natgw_core::remember::recall(&self.settings, recorded.as_ref(), &observed);
+        if !recalled.gone.is_empty() {
+            return Err(format!(
+                "the recorded {} no longer exist(s); name the interfaces in the config (`public`, `private`)",
+                recalled.gone.join(", ")
+            ));
+        }
+        let settings = recalled.settings;
         let desired = natgw_core::desired(&settings, &observed).map_err(|e| e.to_string())?;
         self.forwarding = desired
             .sysctls

@@ -68,6 +68,9 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         // Nothing to change is a claim too: the gateway must still work.
         natgw_core::plan::verify(&desired, &observed).map_err(|e| problem(anyhow!(e)))?;
     }
+    if !dry_run {
+        no_foreign_blocker(&settings, &observed)?;
+    }
     if json {
         output::json(&Report {
             desired: &desired,
@@ -83,6 +86,34 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+/// natgw's part is in place; another firewall must not stop the traffic all the same
+/// (Docker's FORWARD policy drop, say). natgw leaves foreign rules alone: it says what
+/// blocks and how to fix it, and exits 1 rather than print "verified" over a gateway
+/// that carries nothing.
+fn no_foreign_blocker(settings: &Settings, observed: &Observed) -> exit::Result<()> {
+    let Ok(firewall) = natgw_linux::firewall::chains() else {
+        return Ok(());
+    };
+    let inputs = natgw_core::doctor::Inputs {
+        settings,
+        observed,
+        firewall: Ok(firewall),
+        nat_check: None,
+        nameservers: Vec::new(),
+        conntrack_stats: None,
+        last_run: None,
+        now: 0,
+    };
+    match natgw_core::doctor::checks::foreign_blockers(&inputs).first() {
+        None => Ok(()),
+        Some(blocker) => Err(problem(anyhow!(
+            "natgw's rules are in place, but another firewall stops the gateway: {}; fix (natgw will not touch it): {}",
+            blocker.detail,
+            blocker.fix.as_deref().unwrap_or("see natgw doctor")
+        ))),
+    }
 }
 
 /// Applies `plan` (journaled, rolled back on failure), then re-reads the system: it
