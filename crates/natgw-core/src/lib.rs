@@ -29,7 +29,7 @@ pub use plan::{plan, Change, Plan};
 pub use state::RecordedState;
 
 /// `a, b, c` for messages.
-pub(crate) fn join<T: std::fmt::Display>(items: &[T]) -> String {
+pub fn join<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
         .map(|i| i.to_string())

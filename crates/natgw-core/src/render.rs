@@ -161,7 +161,9 @@ fn render_body(d: &Desired) -> String {
         writeln!(out, "\tcounter {name} {{\n\t\tcomment \"{what}\"\n\t}}").unwrap();
     }
     // Timeouts for natgw's flows only (RFC 4787 REQ-5, RFC 5382 REQ-5), never the
-    // global sysctls: set before conntrack sees the first packet (raw priority).
+    // global sysctls. `ct timeout set` acts on the new, not yet confirmed conntrack
+    // entry, so its chain runs after conntrack (mangle priority), not at raw: at raw
+    // there is no entry yet and the kernel ignores it (seen on 6.18).
     write!(
         out,
         "\tct timeout natgw_udp {{
@@ -204,6 +206,9 @@ fn render_body(d: &Desired) -> String {
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tiifname {public} ip saddr @private4 counter name \"dropped_spoofed_public\" drop
 \t\tiifname {public} ip saddr @martians4 counter name \"dropped_spoofed_public\" drop
+\t}}
+\tchain timeouts {{
+\t\ttype filter hook prerouting priority mangle; policy accept;
 \t\tiifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto udp ct timeout set \"natgw_udp\"
 \t\tiifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto tcp ct timeout set \"natgw_tcp\"
 \t}}

@@ -69,6 +69,17 @@ pub enum Command {
         #[arg(long)]
         down_on_exit: bool,
     },
+    /// Which private host used PUBLIC_IP:PORT (answered by the port-block configuration).
+    Trace {
+        /// The public address and port, as an abuse report names them.
+        #[arg(value_name = "PUBLIC_IP:PORT")]
+        address: std::net::SocketAddr,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
         #[command(flatten)]
@@ -116,7 +127,10 @@ impl Command {
     pub fn changes_system(&self) -> bool {
         match self {
             Command::Up { dry_run, .. } => !dry_run,
-            Command::Plan { .. } | Command::Status { .. } | Command::Probe(_) => false,
+            Command::Plan { .. }
+            | Command::Status { .. }
+            | Command::Trace { .. }
+            | Command::Probe(_) => false,
             Command::Down { .. }
             | Command::Run { .. }
             | Command::StunServer { .. }

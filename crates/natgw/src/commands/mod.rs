@@ -9,6 +9,7 @@ mod persist;
 mod probe;
 mod run;
 mod status;
+mod trace;
 mod up;
 
 use crate::cli::{Cli, Command};
@@ -24,6 +25,11 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Plan { gateway, json } => up::run(&gateway, true, json),
         Command::Down { json } => down::run(json),
         Command::Status { gateway, json } => status::run(&gateway, json),
+        Command::Trace {
+            address,
+            gateway,
+            json,
+        } => trace::run(&gateway, address, json),
         Command::Run {
             gateway,
             down_on_exit,
