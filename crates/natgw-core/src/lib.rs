@@ -9,6 +9,7 @@ pub mod desired;
 pub mod detect;
 pub mod doctor;
 pub mod ifname;
+pub mod mapping;
 pub mod node;
 pub mod observed;
 pub mod persist;
