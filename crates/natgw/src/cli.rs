@@ -68,6 +68,8 @@ pub enum Command {
         /// traffic keeps flowing across a restart or an upgrade).
         #[arg(long)]
         down_on_exit: bool,
+        #[command(flatten)]
+        observe: ObserveArgs,
     },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
@@ -160,6 +162,18 @@ impl GatewayArgs {
             && self.snat_to.is_empty()
             && !self.masquerade
     }
+}
+
+/// What `natgw run` publishes about the translations it keeps.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ObserveArgs {
+    /// Serve Prometheus /metrics and /healthz on ADDR:PORT, PORT or ADDR [bare: 127.0.0.1:9469].
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "",
+          value_parser = crate::metrics::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write one JSON line per translation created and ended to FILE (root-only, rotated).
+    #[arg(long, value_name = "FILE")]
+    pub log_mappings: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,8 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Run {
             gateway,
             down_on_exit,
-        } => run::run(&gateway, down_on_exit),
+            observe,
+        } => run::run(&gateway, down_on_exit, &observe),
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),

@@ -1,0 +1,304 @@
+//! End-to-end scenarios for what natgw shows about its translations: `natgw run
+//! --metrics-listen` scraped before and after known traffic (and checked with
+//! `promtool check metrics`), the health check, the mapping log and `natgw trace`, and
+//! `status --json`. The metrics listener binds inside the lab's headnode namespace and
+//! is scraped from inside it.
+//!
+//! The scrape-cost benchmark with 50,000 UDP translations is `scrape_cost_with_50000_translations`,
+//! ignored by default: `cargo test -p natgw --test observability -- --ignored --nocapture`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
+
+const METRICS: &str = "127.0.0.1:9469";
+
+/// `natgw run` in the headnode, killed with its process group when dropped.
+pub struct Service {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    pub fn start(lab: &Lab, args: &[&str]) -> Service {
+        let log = scratch(lab, "run").join("run.log");
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let child = natgw_command(lab, "head", &full, &[])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP GET inside the headnode namespace: (status line, body).
+pub fn http_get(lab: &Lab, path: &str) -> Option<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: natgw\r\n\r\n");
+    natgw_lab::in_netns(&lab.ns("head"), move || {
+        let mut s = TcpStream::connect(METRICS).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
+    .unwrap()
+}
+
+/// The scrape as `series → value` (`name{labels}` exactly as served).
+pub fn scrape(lab: &Lab) -> (String, BTreeMap<String, f64>) {
+    let (status, body) = http_get(lab, "/metrics").expect("scrape /metrics");
+    assert!(status.contains("200"), "{status}\n{body}");
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect();
+    (body, series)
+}
+
+fn value(series: &BTreeMap<String, f64>, name: &str) -> f64 {
+    *series
+        .get(name)
+        .unwrap_or_else(|| panic!("no series {name} in {series:#?}"))
+}
+
+/// Waits until the gateway translates and the listener answers /healthz with 200.
+pub fn wait_ready(lab: &Lab, service: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let healthy = http_get(lab, "/healthz").is_some_and(|(s, _)| s.contains("200"));
+        if healthy
+            && tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(200))
+                .is_ok_and(|a| a.ip() == IpAddr::V4(HEAD_PUBLIC))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("natgw run did not become ready:\n{}", service.log());
+}
+
+/// `promtool check metrics` on a scrape; without promtool outside CI, a note.
+fn promtool_accepts(text: &str) {
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("promtool not run ({e}); apt-get install prometheus");
+            return;
+        }
+        Err(e) => panic!("promtool: {e} (scripts/install-deps.sh installs it)"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_count_known_traffic_exactly_and_pass_promtool() {
+    let Some(lab) = lab_or_skip(
+        "metrics_count_known_traffic_exactly_and_pass_promtool",
+        Spec::nodes(2),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let service = Service::start(&lab, &["--metrics-listen", METRICS]);
+    wait_ready(&lab, &service);
+    // Let the readiness probe's connection settle into the counters.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (_, before) = scrape(&lab);
+    const UDP: usize = 5;
+    const TCP: usize = 3;
+    for _ in 0..UDP {
+        udp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
+    }
+    let (_, after_udp) = scrape(&lab);
+    let delta =
+        |after: &BTreeMap<String, f64>, name: &str| value(after, name) - value(&before, name);
+    // One datagram out and one reply in per exchange, each a new translation.
+    assert_eq!(
+        delta(
+            &after_udp,
+            "natgw_forwarded_packets_total{direction=\"outbound\"}"
+        ),
+        UDP as f64
+    );
+    assert_eq!(
+        delta(
+            &after_udp,
+            "natgw_forwarded_packets_total{direction=\"inbound\"}"
+        ),
+        UDP as f64
+    );
+    // 20 bytes IP + 8 UDP + "who am i" (8) out; the reply "peer=10.0.0.11:PORT\n" varies by port digits.
+    assert_eq!(
+        delta(
+            &after_udp,
+            "natgw_forwarded_bytes_total{direction=\"outbound\"}"
+        ),
+        (UDP * 36) as f64
+    );
+    assert_eq!(
+        delta(&after_udp, "natgw_new_translations_total"),
+        UDP as f64
+    );
+
+    for _ in 0..TCP {
+        tcp_exchange(&lab.ns("n2"), server(), Duration::from_secs(2)).unwrap();
+    }
+    // Events reach the daemon asynchronously: wait for the view to catch up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (text, after) = loop {
+        let (text, after) = scrape(&lab);
+        if delta(&after, "natgw_translations_created_total") >= (UDP + TCP) as f64
+            || Instant::now() > deadline
+        {
+            break (text, after);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        delta(&after, "natgw_new_translations_total"),
+        (UDP + TCP) as f64
+    );
+    assert_eq!(
+        delta(&after, "natgw_translations_created_total"),
+        (UDP + TCP) as f64
+    );
+    // UDP entries live 30 s and closed TCP ones sit in TIME_WAIT: all still in use.
+    assert_eq!(
+        delta(&after, "natgw_translations{protocol=\"udp\"}"),
+        UDP as f64
+    );
+    assert_eq!(
+        delta(&after, "natgw_translations{protocol=\"tcp\"}"),
+        TCP as f64
+    );
+    assert!(
+        delta(
+            &after,
+            "natgw_forwarded_packets_total{direction=\"outbound\"}"
+        ) >= (UDP + 3 * TCP) as f64
+    );
+    assert!(value(&after, "natgw_conntrack_entries") >= (UDP + TCP) as f64);
+    assert!(value(&after, "natgw_conntrack_entries_max") > 0.0);
+    assert_eq!(
+        delta(
+            &after,
+            "natgw_dropped_packets_total{reason=\"unsolicited\"}"
+        ),
+        0.0
+    );
+    assert!(value(&after, "natgw_reconcile_runs_total") >= 1.0);
+    assert_eq!(value(&after, "natgw_gateway_verified"), 1.0);
+    assert_eq!(value(&after, "natgw_conntrack_insert_failed_total"), 0.0);
+    let server_ip = server().ip().to_string();
+    let busiest = format!(
+        "natgw_public_ports_used{{public=\"{HEAD_PUBLIC}\",protocol=\"udp\",destination=\"{server_ip}\",port=\"{}\"}}",
+        server().port()
+    );
+    assert_eq!(value(&after, &busiest), UDP as f64, "{text}");
+    assert_eq!(
+        value(
+            &after,
+            &format!("natgw_public_ports_allowed{{public=\"{HEAD_PUBLIC}\"}}")
+        ),
+        64512.0
+    );
+    assert!(
+        text.contains("natgw_info{version=\"") && text.contains("public=\"wan0\""),
+        "{text}"
+    );
+    promtool_accepts(&text);
+}
+
+#[test]
+fn health_turns_503_when_the_gateway_cannot_be_kept() {
+    let Some(lab) = lab_or_skip(
+        "health_turns_503_when_the_gateway_cannot_be_kept",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let service = Service::start(&lab, &["--metrics-listen", METRICS]);
+    wait_ready(&lab, &service);
+    // The private interface gone: the gateway cannot be brought to its desired state.
+    lab.ip("head", &["link", "del", "lan0"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = http_get(&lab, "/healthz");
+        if last.as_ref().is_some_and(|(s, _)| s.contains("503")) {
+            let (_, series) = scrape(&lab);
+            assert_eq!(value(&series, "natgw_gateway_verified"), 0.0);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("healthz stayed {last:?}:\n{}", service.log());
+}
+
+#[test]
+fn metrics_listener_is_off_by_default() {
+    let Some(lab) = lab_or_skip("metrics_listener_is_off_by_default", Spec::nodes(1)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let service = Service::start(&lab, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "not ready:\n{}", service.log());
+    }
+    assert!(
+        http_get(&lab, "/metrics").is_none(),
+        "something listens on {METRICS}"
+    );
+}
