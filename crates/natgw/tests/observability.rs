@@ -302,3 +302,147 @@ fn metrics_listener_is_off_by_default() {
         "something listens on {METRICS}"
     );
 }
+
+/// Sends one UDP datagram per (source port, destination port) from a raw socket in
+/// `ns` (no socket per flow): each is a new translation at the headnode.
+fn udp_flows(lab: &Lab, ns_role: &str, source_ports: std::ops::Range<u16>, dest_ports: &[u16]) {
+    let dest_ports = dest_ports.to_vec();
+    let server = match server().ip() {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    natgw_lab::in_netns(&lab.ns(ns_role), move || {
+        // SAFETY: plain socket calls with valid, initialised arguments.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(server).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut sent = 0u32;
+            for &dport in &dest_ports {
+                for sport in source_ports.clone() {
+                    // UDP header + 4 bytes; checksum 0 means "none" in IPv4.
+                    let mut packet = [0u8; 12];
+                    packet[0..2].copy_from_slice(&sport.to_be_bytes());
+                    packet[2..4].copy_from_slice(&dport.to_be_bytes());
+                    packet[4..6].copy_from_slice(&12u16.to_be_bytes());
+                    packet[8..12].copy_from_slice(b"flow");
+                    let n = libc::sendto(
+                        fd,
+                        packet.as_ptr() as *const libc::c_void,
+                        packet.len(),
+                        0,
+                        &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    );
+                    assert_eq!(n, 12, "sendto: {}", std::io::Error::last_os_error());
+                    sent += 1;
+                    // Paced so that no queue on the way drops a first packet.
+                    if sent.is_multiple_of(2000) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            libc::close(fd);
+        }
+    })
+    .unwrap();
+}
+
+/// The benchmark: the time of a full scrape (HTTP request to the last byte,
+/// inside the headnode) with 50,000 open UDP translations. Prints the figures; run with
+/// `cargo test -p natgw --test observability -- --ignored --nocapture scrape_cost`.
+#[test]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+fn scrape_cost_with_50000_translations() {
+    let Some(lab) = lab_or_skip("scrape_cost_with_50000_translations", Spec::nodes(1)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    // Four destination ports (64,512 flows per destination at most), 12,500 flows each.
+    const DEST_PORTS: [u16; 4] = [7001, 7002, 7003, 7004];
+    const PER_PORT: u16 = 12_500;
+    let total = DEST_PORTS.len() * PER_PORT as usize;
+    // Sinks that never read: no ICMP port-unreachable back for every flow.
+    let _sinks = natgw_lab::in_netns(&lab.ns("pub"), || {
+        DEST_PORTS
+            .iter()
+            .map(|p| std::net::UdpSocket::bind((server().ip(), *p)).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    // Unreplied UDP entries would expire after 30 s, in the middle of the measurement.
+    lab.sysctl("head", "net.netfilter.nf_conntrack_udp_timeout", "600")
+        .unwrap();
+    let service = Service::start(&lab, &["--metrics-listen", METRICS]);
+    wait_ready(&lab, &service);
+
+    let start = Instant::now();
+    udp_flows(&lab, "n1", 20_000..20_000 + PER_PORT, &DEST_PORTS);
+    let udp = "natgw_translations{protocol=\"udp\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, series) = scrape(&lab);
+        if value(&series, udp) >= total as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} UDP translations:\n{}",
+            value(&series, udp),
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "{total} UDP translations created and seen by natgw run in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    let mut times = Vec::new();
+    let mut text = String::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let (status, body) = http_get(&lab, "/metrics").unwrap();
+        times.push(t.elapsed());
+        assert!(status.contains("200"));
+        text = body;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "scrape with {total} UDP translations: median {:.1} ms, worst {:.1} ms over {} scrapes ({} bytes)",
+        ms(times[times.len() / 2]),
+        ms(*times.last().unwrap()),
+        times.len(),
+        text.len()
+    );
+    let (_, series) = scrape(&lab);
+    assert!(value(&series, udp) >= total as f64);
+    for port in DEST_PORTS {
+        let used = format!(
+            "natgw_public_ports_used{{public=\"{HEAD_PUBLIC}\",protocol=\"udp\",destination=\"{}\",port=\"{port}\"}}",
+            server().ip()
+        );
+        if let Some(v) = series.get(&used) {
+            assert_eq!(
+                *v, PER_PORT as f64,
+                "the busiest destination uses one port per flow"
+            );
+        }
+    }
+    println!(
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("natgw_") && !l.contains("info"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    promtool_accepts(&text);
+}
