@@ -18,6 +18,7 @@ pub mod prefixes;
 pub mod remember;
 pub mod render;
 pub mod state;
+pub mod trace;
 pub mod validate;
 
 pub use config::{Config, ConfigError, RouteSpec, Settings};

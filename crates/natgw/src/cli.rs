@@ -110,6 +110,8 @@ pub enum Command {
     },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
+    /// Which private host used PUBLIC_IP:PORT (from the mapping log and live conntrack).
+    Trace(TraceArgs),
 }
 
 impl Command {
@@ -118,7 +120,10 @@ impl Command {
     pub fn changes_system(&self) -> bool {
         match self {
             Command::Up { dry_run, .. } => !dry_run,
-            Command::Plan { .. } | Command::Status { .. } | Command::Probe(_) => false,
+            Command::Plan { .. }
+            | Command::Status { .. }
+            | Command::Probe(_)
+            | Command::Trace(_) => false,
             Command::Down { .. }
             | Command::Run { .. }
             | Command::StunServer { .. }
@@ -174,6 +179,31 @@ pub struct ObserveArgs {
     /// Write one JSON line per translation created and ended to FILE (root-only, rotated).
     #[arg(long, value_name = "FILE")]
     pub log_mappings: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The public address and port from an abuse report.
+    #[arg(value_name = "PUBLIC_IP:PORT")]
+    pub public: std::net::SocketAddr,
+    /// When: Unix seconds or UTC like 2026-01-01T12:00:00Z [default: any time in the log].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<TraceProtocol>,
+    /// The mapping log natgw run writes.
+    #[arg(long, value_name = "FILE", default_value = crate::mapping_log::DEFAULT_PATH)]
+    pub log: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,8 @@ use anyhow::{bail, Context};
 use natgw_core::mapping::{MappingEvent, MappingRecord};
 use tracing::warn;
 
+/// Where `natgw trace` looks by default (`--log-mappings` takes any path).
+pub const DEFAULT_PATH: &str = "/var/log/natgw/mappings.jsonl";
 /// Rotated files kept besides the current one.
 pub const KEEP: usize = 4;
 /// Size of one file before it is rotated.
@@ -85,7 +87,6 @@ pub fn numbered(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(name)
 }
 
-#[allow(dead_code)] // read by `natgw trace`
 /// The log files from oldest to newest (FILE.KEEP ... FILE.1, FILE), those that exist.
 pub fn files(path: &Path) -> Vec<PathBuf> {
     let mut all: Vec<PathBuf> = (1..=KEEP).rev().map(|n| numbered(path, n)).collect();

@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -445,4 +446,137 @@ fn scrape_cost_with_50000_translations() {
             .join("\n")
     );
     promtool_accepts(&text);
+}
+
+/// The mapping log's lines, parsed.
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn mapping_log_and_trace_name_the_private_host_also_after_the_flow_ended() {
+    let Some(lab) = lab_or_skip(
+        "mapping_log_and_trace_name_the_private_host_also_after_the_flow_ended",
+        Spec::nodes(2),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let log = scratch(&lab, "maplog").join("mappings.jsonl");
+    let log_arg = log.to_str().unwrap().to_string();
+    let service = Service::start(
+        &lab,
+        &["--metrics-listen", METRICS, "--log-mappings", &log_arg],
+    );
+    wait_ready(&lab, &service);
+
+    let public = udp_exchange(&lab.ns("n2"), server(), Duration::from_secs(2)).unwrap();
+    let public_text = public.to_string();
+    let is_ours = |l: &serde_json::Value, event: &str| {
+        l["public"] == public_text.as_str() && l["protocol"] == "udp" && l["event"] == event
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log_lines(&log).iter().any(|l| is_ours(l, "created")) {
+        assert!(
+            Instant::now() < deadline,
+            "no created line for {public}:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the mapping log is root-only");
+
+    let trace = |extra: &[&str]| {
+        let mut args = vec![
+            "trace",
+            &public_text,
+            "--proto",
+            "udp",
+            "--log",
+            &log_arg,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        natgw(&lab, &args)
+    };
+    let live = trace(&[]);
+    assert_exit(&live, 0);
+    let holders = json(&live)["holders"].clone();
+    assert_eq!(holders.as_array().unwrap().len(), 1, "{}", text(&live));
+    assert!(
+        holders[0]["private"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.0.0.12:"),
+        "{}",
+        text(&live)
+    );
+    assert_eq!(holders[0]["live"], true);
+
+    // The flow ends (its conntrack entry removed in the lab's headnode).
+    in_ns(
+        &lab,
+        "head",
+        &["conntrack", "-D", "-p", "udp", "--orig-src", "10.0.0.12"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log_lines(&log).iter().any(|l| is_ours(l, "ended")) {
+        assert!(
+            Instant::now() < deadline,
+            "no ended line for {public}:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = log_lines(&log);
+    let created = lines.iter().find(|l| is_ours(l, "created")).unwrap()["time_ms"]
+        .as_u64()
+        .unwrap();
+    let ended = lines.iter().find(|l| is_ours(l, "ended")).unwrap()["time_ms"]
+        .as_u64()
+        .unwrap();
+    let raw = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !raw.contains(&server().ip().to_string()),
+        "a destination in the log:\n{raw}"
+    );
+
+    // After the end, at a time inside the flow: the log still names the host.
+    let during = format!("{:.3}", (created + ended) as f64 / 2000.0);
+    let out = trace(&["--at", &during]);
+    assert_exit(&out, 0);
+    let holders = json(&out)["holders"].clone();
+    assert!(
+        holders[0]["private"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.0.0.12:"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holders[0]["live"], false);
+    // Human output names it too.
+    let human = natgw(
+        &lab,
+        &["trace", &public_text, "--log", &log_arg, "--at", &during],
+    );
+    assert!(
+        stdout(&human).contains("held by 10.0.0.12:"),
+        "{}",
+        text(&human)
+    );
+
+    // After the end: no record covers that time, said plainly, exit 1.
+    let after = format!("{:.3}", (ended + 1000) as f64 / 1000.0);
+    let out = natgw(
+        &lab,
+        &["trace", &public_text, "--log", &log_arg, "--at", &after],
+    );
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains("no record covers"), "{}", text(&out));
 }

@@ -9,6 +9,7 @@ mod persist;
 mod probe;
 mod run;
 mod status;
+mod trace;
 mod up;
 
 use crate::cli::{Cli, Command};
@@ -34,5 +35,6 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Probe(args) => probe::run(&args),
         Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
         Command::Lab(args) => lab::run(&args),
+        Command::Trace(args) => trace::run(&args),
     }
 }
