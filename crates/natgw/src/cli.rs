@@ -78,6 +78,10 @@ pub enum Command {
         /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh in place every SECS seconds [bare: 2].
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+              conflicts_with = "json")]
+        watch: Option<f64>,
     },
     /// Find every reason the gateway fails to give outbound connectivity; --fix repairs
     /// what is safe to repair.

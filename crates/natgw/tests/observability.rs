@@ -580,3 +580,60 @@ fn mapping_log_and_trace_name_the_private_host_also_after_the_flow_ended() {
     assert_exit(&out, 1);
     assert!(stdout(&out).contains("no record covers"), "{}", text(&out));
 }
+
+#[test]
+fn status_json_top_hosts_match_the_traffic_sent() {
+    let Some(lab) = lab_or_skip(
+        "status_json_top_hosts_match_the_traffic_sent",
+        Spec::nodes(3),
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    for (node, flows) in [("n1", 2), ("n2", 5), ("n3", 1)] {
+        for _ in 0..flows {
+            udp_exchange(&lab.ns(node), server(), Duration::from_secs(2)).unwrap();
+        }
+    }
+    let out = natgw(&lab, &["status", "--json"]);
+    assert_exit(&out, 0);
+    let t = json(&out)["translations"].clone();
+    let top: Vec<(String, u64)> = t["top_hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", text(&out)))
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["translations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("10.0.0.12".to_string(), 5),
+            ("10.0.0.11".to_string(), 2),
+            ("10.0.0.13".to_string(), 1)
+        ]
+    );
+    assert_eq!(t["by_protocol"]["udp"], 8);
+    assert_eq!(
+        t["top_destinations"][0]["destination"],
+        server().to_string()
+    );
+    assert_eq!(t["port_use"][0]["ports_used"], 8);
+    assert_eq!(t["port_use"][0]["ports_allowed"], 64512);
+    let human = natgw(&lab, &["status"]);
+    assert!(
+        stdout(&human).contains("translations: 8 in use (udp 8)"),
+        "{}",
+        text(&human)
+    );
+    assert!(
+        stdout(&human).contains("8 of 64512 used towards udp"),
+        "{}",
+        text(&human)
+    );
+}

@@ -24,7 +24,14 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         } => up::run(&gateway, dry_run, json),
         Command::Plan { gateway, json } => up::run(&gateway, true, json),
         Command::Down { json } => down::run(json),
-        Command::Status { gateway, json } => status::run(&gateway, json),
+        Command::Status {
+            gateway,
+            json,
+            watch: Some(secs),
+        } if secs > 0.0 && secs.is_finite() && !json => {
+            status::watch(&gateway, std::time::Duration::from_secs_f64(secs))
+        }
+        Command::Status { gateway, json, .. } => status::run(&gateway, json),
         Command::Run {
             gateway,
             down_on_exit,
