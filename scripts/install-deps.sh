@@ -4,7 +4,8 @@
 # an old public address), iptables (doctor reads iptables-legacy; tests add
 # foreign rules), iputils-ping (the lab's ICMP check), util-linux (setpriv, for the
 # no-privilege test), coturn (a second STUN implementation for the interop tests),
-# gcc (the linker Rust needs).
+# gcc (the linker Rust needs), prometheus (only for promtool: the tests check a real
+# scrape with `promtool check metrics` and contrib/ rules with `promtool check rules`).
 set -euo pipefail
 packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc)
 sudo=()
@@ -12,4 +13,5 @@ sudo=()
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null
-echo "system packages present: ${packages[*]}"
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+echo "system packages present: ${packages[*]} prometheus"

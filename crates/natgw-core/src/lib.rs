@@ -9,6 +9,7 @@ pub mod desired;
 pub mod detect;
 pub mod doctor;
 pub mod ifname;
+pub mod mapping;
 pub mod node;
 pub mod observed;
 pub mod persist;
@@ -18,6 +19,7 @@ pub mod prefixes;
 pub mod remember;
 pub mod render;
 pub mod state;
+pub mod trace;
 pub mod validate;
 
 pub use config::{Config, ConfigError, RouteSpec, Settings};

@@ -1,9 +1,17 @@
-//! Connection tracking table usage, from /proc (per network namespace for the count).
+//! Connection tracking table usage: from ctnetlink, or from the sysctls under /proc
+//! when netlink cannot answer (per network namespace for the count either way).
 
 use natgw_core::observed::Conntrack;
 
 /// Entries in use and the maximum; `None` when conntrack is not loaded.
 pub fn usage() -> Option<Conntrack> {
+    crate::ctnetlink::Ctnetlink::open()
+        .and_then(|mut ct| ct.usage())
+        .ok()
+        .or_else(usage_from_proc)
+}
+
+fn usage_from_proc() -> Option<Conntrack> {
     let read = |name: &str| crate::sysctl::read(name).ok()?.parse().ok();
     Some(Conntrack {
         count: read("net.netfilter.nf_conntrack_count")?,

@@ -33,8 +33,12 @@ fn save_output(tool: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Kernel conntrack statistics of this namespace.
+/// Kernel conntrack statistics of this namespace: ctnetlink, else /proc (which many
+/// distribution kernels leave out).
 pub fn conntrack_stats() -> Option<natgw_core::doctor::ConntrackStats> {
+    if let Ok(stats) = crate::ctnetlink::Ctnetlink::open().and_then(|mut ct| ct.stats()) {
+        return Some(stats.for_doctor());
+    }
     natgw_core::doctor::conntrack_stats(
         &std::fs::read_to_string("/proc/net/stat/nf_conntrack").ok()?,
     )

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod conntrack;
+pub mod ctnetlink;
 pub mod dataplane;
 pub mod events;
 pub mod firewall;

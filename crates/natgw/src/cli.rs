@@ -68,17 +68,8 @@ pub enum Command {
         /// traffic keeps flowing across a restart or an upgrade).
         #[arg(long)]
         down_on_exit: bool,
-    },
-    /// Which private host used PUBLIC_IP:PORT (answered by the port-block configuration).
-    Trace {
-        /// The public address and port, as an abuse report names them.
-        #[arg(value_name = "PUBLIC_IP:PORT")]
-        address: std::net::SocketAddr,
         #[command(flatten)]
-        gateway: GatewayArgs,
-        /// Print machine-readable JSON.
-        #[arg(long)]
-        json: bool,
+        observe: ObserveArgs,
     },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
@@ -87,6 +78,10 @@ pub enum Command {
         /// Print machine-readable JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh in place every SECS seconds [bare: 2].
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+              conflicts_with = "json")]
+        watch: Option<f64>,
     },
     /// Find every reason the gateway fails to give outbound connectivity; --fix repairs
     /// what is safe to repair.
@@ -119,6 +114,8 @@ pub enum Command {
     },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
+    /// Which private host used PUBLIC_IP:PORT (from the mapping log and live conntrack).
+    Trace(TraceArgs),
 }
 
 impl Command {
@@ -129,8 +126,8 @@ impl Command {
             Command::Up { dry_run, .. } => !dry_run,
             Command::Plan { .. }
             | Command::Status { .. }
-            | Command::Trace { .. }
-            | Command::Probe(_) => false,
+            | Command::Probe(_)
+            | Command::Trace(_) => false,
             Command::Down { .. }
             | Command::Run { .. }
             | Command::StunServer { .. }
@@ -174,6 +171,46 @@ impl GatewayArgs {
             && self.snat_to.is_empty()
             && !self.masquerade
     }
+}
+
+/// What `natgw run` publishes about the translations it keeps.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ObserveArgs {
+    /// Serve Prometheus /metrics and /healthz on ADDR:PORT, PORT or ADDR [bare: 127.0.0.1:9469].
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "",
+          value_parser = crate::metrics::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write one JSON line per translation created and ended to FILE (root-only, rotated).
+    #[arg(long, value_name = "FILE")]
+    pub log_mappings: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The public address and port from an abuse report.
+    #[arg(value_name = "PUBLIC_IP:PORT")]
+    pub address: std::net::SocketAddr,
+    /// The gateway whose port blocks answer [default: the one `up` recorded].
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    /// When: Unix seconds or UTC like 2026-01-01T12:00:00Z [default: any time in the log].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<TraceProtocol>,
+    /// The mapping log natgw run writes.
+    #[arg(long, value_name = "FILE", default_value = crate::mapping_log::DEFAULT_PATH)]
+    pub log: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Args)]

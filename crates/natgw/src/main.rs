@@ -6,7 +6,10 @@ mod commands;
 mod config_file;
 mod exit;
 mod logging;
+mod mapping_log;
+mod metrics;
 mod output;
+mod tracker;
 
 use clap::Parser;
 

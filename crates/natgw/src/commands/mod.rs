@@ -24,20 +24,24 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         } => up::run(&gateway, dry_run, json),
         Command::Plan { gateway, json } => up::run(&gateway, true, json),
         Command::Down { json } => down::run(json),
-        Command::Status { gateway, json } => status::run(&gateway, json),
-        Command::Trace {
-            address,
+        Command::Status {
             gateway,
             json,
-        } => trace::run(&gateway, address, json),
+            watch: Some(secs),
+        } if secs > 0.0 && secs.is_finite() && !json => {
+            status::watch(&gateway, std::time::Duration::from_secs_f64(secs))
+        }
+        Command::Status { gateway, json, .. } => status::run(&gateway, json),
         Command::Run {
             gateway,
             down_on_exit,
-        } => run::run(&gateway, down_on_exit),
+            observe,
+        } => run::run(&gateway, down_on_exit, &observe),
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),
         Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
         Command::Lab(args) => lab::run(&args),
+        Command::Trace(args) => trace::run(&args),
     }
 }

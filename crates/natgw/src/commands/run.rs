@@ -7,6 +7,8 @@
 //! keeps flowing across a restart) unless `--down-on-exit`.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -21,8 +23,10 @@ use sd_notify::NotifyState;
 use tracing::{error, info, warn};
 
 use super::{gateway, up};
-use crate::cli::GatewayArgs;
+use crate::cli::{GatewayArgs, ObserveArgs};
 use crate::exit::{self, problem};
+use crate::metrics::DaemonFigures;
+use crate::tracker::Tracker;
 
 /// Notifications come in bursts (a link going down removes addresses and routes):
 /// reconcile once, shortly after the first.
@@ -34,7 +38,7 @@ const RETRY: Duration = Duration::from_secs(2);
 /// A full reconcile even without notifications, in case one was missed.
 const SAFETY: Duration = Duration::from_secs(60);
 
-pub fn run(args: &GatewayArgs, down_on_exit: bool) -> exit::Result<i32> {
+pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exit::Result<i32> {
     let settings = gateway::settings(args)?;
     gateway::require_privilege()?;
     // Before any thread exists, so that none of them takes these signals.
@@ -47,6 +51,8 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool) -> exit::Result<i32> {
     })?;
     let events = Events::subscribe()
         .map_err(|e| problem(anyhow!("cannot subscribe to kernel notifications: {e}")))?;
+    let figures = Arc::new(DaemonFigures::default());
+    let mut tracker = start_observing(observe, &figures)?;
     let mut daemon = Daemon {
         netlink: gateway::connect()?,
         dataplane: natgw_linux::dataplane::current(),
@@ -55,6 +61,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool) -> exit::Result<i32> {
         last_problem: None,
         ready: false,
         repairs: 0,
+        figures,
     };
     let watchdog = watchdog_interval();
     info!("natgw run: keeping the gateway of this network namespace");
@@ -70,14 +77,18 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool) -> exit::Result<i32> {
             .flatten()
             .min()
             .expect("the poll timer is always set");
-        let ready = wait(
-            &[
-                events.fds()[0],
-                events.fds()[1],
-                signals.as_fd().as_raw_fd(),
-            ],
-            wake.saturating_duration_since(now),
-        );
+        let mut fds = vec![
+            events.fds()[0],
+            events.fds()[1],
+            signals.as_fd().as_raw_fd(),
+        ];
+        fds.extend(tracker.as_ref().map(Tracker::fd));
+        let ready = wait(&fds, wake.saturating_duration_since(now));
+        if ready.get(3).copied().unwrap_or(false) {
+            if let Some(tracker) = tracker.as_mut() {
+                tracker.on_readable();
+            }
+        }
         if ready[0] || ready[1] {
             events.drain();
             // Sooner than a pending retry: the change may be what the retry waits for.
@@ -146,12 +157,19 @@ struct Daemon {
     last_problem: Option<String>,
     ready: bool,
     repairs: u64,
+    /// Reconcile counters and health, for the metrics.
+    figures: Arc<DaemonFigures>,
 }
 
 impl Daemon {
     /// One round of `up`: returns `Err` when it should be retried.
     fn reconcile(&mut self) -> Result<(), ()> {
-        match self.try_reconcile() {
+        self.figures.reconcile_runs.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.try_reconcile();
+        self.figures
+            .verified
+            .store(matches!(outcome, Ok(Some(_))), Ordering::Relaxed);
+        match outcome {
             Ok(Some(status)) => {
                 self.last_problem = None;
                 let _ = sd_notify::notify(false, &[NotifyState::Status(&status)]);
@@ -201,6 +219,7 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        self.figures.set_gateway(&desired);
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
             for change in &plan.changes {
@@ -215,8 +234,12 @@ impl Daemon {
                 &self.dataplane,
                 false,
             )
-            .map_err(text)?;
+            .map_err(|f| {
+                self.figures.apply_errors.fetch_add(1, Ordering::Relaxed);
+                text(f)
+            })?;
             self.repairs += 1;
+            self.figures.drift_repairs.fetch_add(1, Ordering::Relaxed);
             info!(changes = plan.changes.len(), "repaired and verified");
             flush_old_translations(recorded.as_ref(), &desired);
         }
@@ -317,8 +340,36 @@ fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }
 
+/// `--metrics-listen` and `--log-mappings`: the translation view fed by conntrack
+/// events (read in the loop) and the metrics listener (a thread of this process).
+fn start_observing(
+    observe: &ObserveArgs,
+    figures: &Arc<DaemonFigures>,
+) -> exit::Result<Option<Tracker>> {
+    if observe.metrics_listen.is_none() && observe.log_mappings.is_none() {
+        return Ok(None);
+    }
+    let log = match &observe.log_mappings {
+        Some(path) => Some(
+            crate::mapping_log::MappingLog::open(path, crate::mapping_log::DEFAULT_MAX_BYTES)
+                .map_err(problem)?,
+        ),
+        None => None,
+    };
+    let tracker = Tracker::start(figures.clone(), log).map_err(problem)?;
+    if let Some(addr) = observe.metrics_listen {
+        let sources = crate::metrics::Sources {
+            figures: figures.clone(),
+            view: tracker.view(),
+        };
+        let bound = crate::metrics::serve(addr, sources).map_err(problem)?;
+        info!(address = %bound, "serving /metrics and /healthz");
+    }
+    Ok(Some(tracker))
+}
+
 /// Waits until one of `fds` is readable or `timeout` passed; which are readable.
-fn wait(fds: &[RawFd; 3], timeout: Duration) -> [bool; 3] {
+fn wait(fds: &[RawFd], timeout: Duration) -> Vec<bool> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -330,7 +381,7 @@ fn wait(fds: &[RawFd; 3], timeout: Duration) -> [bool; 3] {
     let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: `pollfds` is a valid array of `fds.len()` pollfd structs.
     let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, millis) };
-    let mut ready = [false; 3];
+    let mut ready = vec![false; fds.len()];
     if n > 0 {
         for (slot, pfd) in ready.iter_mut().zip(&pollfds) {
             *slot = pfd.revents & (libc::POLLIN | libc::POLLERR) != 0;

@@ -26,6 +26,8 @@ struct Status {
     record_problem: Option<String>,
     counters: Vec<Counter>,
     conntrack: Option<Conntrack>,
+    /// natgw's live translations, from one ctnetlink dump.
+    translations: Option<natgw_core::mapping::Summary>,
 }
 
 pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
@@ -47,7 +49,9 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
     } else {
         Vec::new()
     };
+    let translations = installed.then(|| translations(&desired)).flatten();
     let status = Status {
+        translations,
         state: if installed { "up" } else { "down" },
         in_sync: drift.is_empty() && observed.state_problem.is_none(),
         desired,
@@ -67,6 +71,76 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
     } else {
         exit::PROBLEM
     })
+}
+
+/// How many hosts and destinations the top lists show.
+const TOP: usize = 5;
+
+fn translations(desired: &Desired) -> Option<natgw_core::mapping::Summary> {
+    let mut view = natgw_core::mapping::TranslationView::new();
+    natgw_linux::ctnetlink::Ctnetlink::open()
+        .and_then(|mut ct| {
+            ct.translations(|t| {
+                view.insert(t);
+            })
+        })
+        .map_err(|e| tracing::warn!(error = %e, "cannot list the translations"))
+        .ok()?;
+    Some(view.summary(TOP, natgw_core::mapping::ports_allowed(desired)))
+}
+
+/// `--watch`: the human status again every `interval`, in place, until interrupted.
+pub fn watch(args: &GatewayArgs, interval: std::time::Duration) -> exit::Result<i32> {
+    loop {
+        // Clear the screen and home the cursor, then draw.
+        print!("\x1b[H\x1b[2J");
+        run(args, false)?;
+        std::thread::sleep(interval);
+    }
+}
+
+fn print_translations(t: &natgw_core::mapping::Summary) {
+    let protocols: Vec<String> = t
+        .by_protocol
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    println!(
+        "translations: {} in use ({})",
+        t.total,
+        if protocols.is_empty() {
+            "none".to_string()
+        } else {
+            protocols.join(", ")
+        }
+    );
+    if !t.top_hosts.is_empty() {
+        println!("  top private hosts:");
+        for h in &t.top_hosts {
+            println!("    {:<40} {:>8}", h.host, h.translations);
+        }
+    }
+    if !t.top_destinations.is_empty() {
+        println!("  top destinations:");
+        for d in &t.top_destinations {
+            println!(
+                "    {:<40} {:>8}",
+                format!("{} {}", d.protocol, d.destination),
+                d.translations
+            );
+        }
+    }
+    for u in &t.port_use {
+        println!(
+            "  ports of {}: {} of {} used towards {} {} ({:.1} %)",
+            u.public,
+            u.ports_used,
+            u.ports_allowed,
+            u.protocol,
+            u.destination,
+            u.ports_used as f64 * 100.0 / f64::from(u.ports_allowed.max(1))
+        );
+    }
 }
 
 fn print_human(status: &Status) {
@@ -96,6 +170,9 @@ fn print_human(status: &Status) {
                 c.name, c.packets, c.bytes
             );
         }
+    }
+    if let Some(t) = &status.translations {
+        print_translations(t);
     }
     if let Some(ct) = status.conntrack {
         let percent = ct.count as f64 * 100.0 / ct.max.max(1) as f64;
