@@ -59,6 +59,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write /etc/natgw/natgw.toml from detection (never over an existing one) and the
+    /// systemd unit natgw.service, and enable it where systemd runs (without starting it).
+    Install(InstallArgs),
+    /// Remove the systemd unit (disabled first where systemd runs); keeps the config.
+    Uninstall(UninstallArgs),
+    /// Write the man pages, shell completions and example config, for packaging.
+    #[command(hide = true)]
+    PackageAssets {
+        /// Directory to write them to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
         #[command(flatten)]
@@ -105,6 +117,9 @@ impl Command {
     /// read commands stay quiet unless something is wrong.
     pub fn changes_system(&self) -> bool {
         match self {
+            Command::Install(InstallArgs { dry_run, .. })
+            | Command::Uninstall(UninstallArgs { dry_run, .. }) => !dry_run,
+            Command::PackageAssets { .. } => false,
             Command::Up { dry_run, .. } => !dry_run,
             Command::Plan { .. } | Command::Status { .. } | Command::Probe(_) => false,
             Command::Down { .. } | Command::StunServer { .. } | Command::Lab(_) => true,
@@ -147,6 +162,33 @@ impl GatewayArgs {
             && self.snat_to.is_empty()
             && !self.masquerade
     }
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Resolve the gateway from this config file's settings (they stay set in the
+    /// written config; what is detected is written commented out).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write under this directory instead of / (packaging, tests); systemctl is not run.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print what would be written and run, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove from under this directory instead of / (systemctl is not run).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print what would be removed and run, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -281,6 +323,8 @@ mod tests {
             &["probe", "--icmp", "198.51.100.10"],
             &["node", "check"],
             &["node", "persist", "--gateway", "10.0.0.1", "--dry-run"],
+            &["install", "--dry-run"],
+            &["uninstall", "--dry-run"],
         ] {
             assert!(!parse(read), "{read:?} is a read command");
         }
@@ -291,6 +335,8 @@ mod tests {
             &["node", "up", "--gateway", "10.0.0.1"],
             &["node", "down"],
             &["node", "persist", "--gateway", "10.0.0.1"],
+            &["install", "--root", "/tmp/x"],
+            &["uninstall"],
         ] {
             assert!(parse(change), "{change:?} changes the system");
         }

@@ -7,6 +7,9 @@ mod config_file;
 mod exit;
 mod logging;
 mod output;
+mod package_assets;
+mod root_dir;
+mod systemd_unit;
 
 use clap::Parser;
 
