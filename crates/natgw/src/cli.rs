@@ -70,6 +70,9 @@ pub enum Command {
         /// Directory to write them to.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Date the man pages carry, YYYY-MM-DD (the package's, for reproducible builds).
+        #[arg(long, value_name = "DATE")]
+        date: Option<String>,
     },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {

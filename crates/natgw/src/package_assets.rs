@@ -32,12 +32,12 @@ The service that runs \fBnatgw run\fR at boot.
 error (nothing was changed).
 "#;
 
-pub fn write(out: &Path) -> anyhow::Result<()> {
+pub fn write(out: &Path, date: Option<&str>) -> anyhow::Result<()> {
     let mut cli = Cli::command();
     cli.build();
     let man = out.join("man");
     create_dir(&man)?;
-    write_man_pages(&cli, &man)?;
+    write_man_pages(&cli, &man, date.unwrap_or_default())?;
 
     let completions = out.join("completions");
     create_dir(&completions)?;
@@ -70,9 +70,11 @@ fn completion(shell: Shell) -> Vec<u8> {
 }
 
 /// One page per command, recursively: natgw.8, natgw-up.8, natgw-node-up.8, ...
-fn write_man_pages(cmd: &clap::Command, dir: &Path) -> anyhow::Result<()> {
+fn write_man_pages(cmd: &clap::Command, dir: &Path, date: &str) -> anyhow::Result<()> {
     let man = clap_mangen::Man::new(cmd.clone())
         .section(SECTION)
+        .date(date)
+        .source(concat!("natgw ", env!("CARGO_PKG_VERSION")))
         .manual("natgw manual");
     let mut page = Vec::new();
     man.render(&mut page)
@@ -85,7 +87,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> anyhow::Result<()> {
         .get_subcommands()
         .filter(|s| !s.is_hide_set() && s.get_name() != "help")
     {
-        write_man_pages(sub, dir)?;
+        write_man_pages(sub, dir, date)?;
     }
     Ok(())
 }
@@ -121,7 +123,7 @@ mod tests {
     fn one_man_page_per_command_in_section_8_with_files_in_natgw_8() {
         let out = std::env::temp_dir().join(format!("natgw-assets-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
-        write(&out).unwrap();
+        write(&out, Some("2026-01-02")).unwrap();
         let mut pages: Vec<String> = std::fs::read_dir(out.join("man"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -143,9 +145,15 @@ mod tests {
             .any(|p| p.contains("package-assets") || p.contains("help")));
         let main = std::fs::read_to_string(out.join("man/natgw.8")).unwrap();
         assert!(main.starts_with(".ie"), "roff: {}", &main[..40]);
-        assert!(main.contains(".TH natgw 8 ") && main.contains(".SH FILES"));
+        let th = concat!(
+            ".TH natgw 8 2026-01-02 \"natgw ",
+            env!("CARGO_PKG_VERSION"),
+            "\""
+        );
+        assert!(main.contains(th), "{th}");
+        assert!(main.contains(".SH FILES"));
         let up = std::fs::read_to_string(out.join("man/natgw-up.8")).unwrap();
-        assert!(up.contains(".TH natgw-up 8 ") && !up.contains(".SH FILES"));
+        assert!(up.contains(".TH natgw-up 8 2026-01-02 ") && !up.contains(".SH FILES"));
         let example = std::fs::read_to_string(out.join("natgw.toml")).unwrap();
         assert_eq!(example, natgw_core::config_template::example(None));
         let _ = std::fs::remove_dir_all(&out);

@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
     match cli.command {
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
-        Command::PackageAssets { out } => crate::package_assets::write(&out)
+        Command::PackageAssets { out, date } => crate::package_assets::write(&out, date.as_deref())
             .map(|()| exit::OK)
             .map_err(exit::problem),
         Command::Up {
