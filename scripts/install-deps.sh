@@ -3,9 +3,11 @@
 # iproute2 (ip), nftables (nft), iptables (doctor reads iptables-legacy; tests add
 # foreign rules), iputils-ping (the lab's ICMP check), util-linux (setpriv, for the
 # no-privilege test), coturn (a second STUN implementation for the interop tests),
-# gcc (the linker Rust needs).
+# gcc (the linker Rust needs); for scripts/check-package.sh: dpkg-dev, lintian,
+# systemd (systemd-analyze verify), man-db and mandoc (man page checks).
 set -euo pipefail
-packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc)
+packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc
+  dpkg-dev lintian systemd man-db mandoc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive
