@@ -36,7 +36,15 @@ done
 dpkg-deb -f "$deb" Depends | grep -q nftables || fail "Depends lacks nftables"
 dpkg-deb --info "$deb" conffiles | grep -qxF /etc/natgw/natgw.toml \
   || fail "/etc/natgw/natgw.toml is not a conffile"
-echo "contents: ${#expected[@]} expected paths present; /etc/natgw/natgw.toml is a conffile"
+# Installing never enables or starts the gateway: postinst re-enables the unit only
+# where the admin had enabled it (`debian-installed`), and deb-systemd-invoke starts
+# only enabled units; removal stops a running one.
+postinst=$(dpkg-deb --info "$deb" postinst)
+grep -q 'if deb-systemd-helper debian-installed natgw.service' <<<"$postinst" \
+  || fail "postinst would enable natgw.service on a fresh install"
+dpkg-deb --info "$deb" prerm | grep -q 'deb-systemd-invoke stop natgw.service' \
+  || fail "prerm does not stop natgw.service on removal"
+echo "contents: ${#expected[@]} expected paths present; /etc/natgw/natgw.toml is a conffile; the package does not enable the unit"
 
 # Lintian: errors fail; the remaining tags are printed.
 rc=0
