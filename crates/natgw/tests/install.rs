@@ -304,3 +304,21 @@ fn the_units_capabilities_are_enough_to_run_the_gateway() {
     bounded(&["down"]);
     assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
 }
+
+/// Installing on the real system needs root: without it, exit 2 before anything.
+#[test]
+fn install_and_uninstall_on_the_real_root_need_root() {
+    for command in ["install", "uninstall"] {
+        let mut run = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(binary());
+            c
+        } else {
+            Command::new(binary())
+        };
+        let out = run.arg(command).output().unwrap();
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("needs root"), "{}", text(&out));
+    }
+}

@@ -41,7 +41,7 @@ struct FileReport {
 }
 
 pub fn install(args: &InstallArgs) -> exit::Result<i32> {
-    let root = open_root(args.root.as_deref())?;
+    let root = open_root(args.root.as_deref(), args.dry_run)?;
     // Bad input first: nothing is written when the given config is wrong.
     let given = match &args.config {
         Some(path) => Some(gateway::settings(&GatewayArgs {
@@ -103,7 +103,7 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
 }
 
 pub fn uninstall(args: &UninstallArgs) -> exit::Result<i32> {
-    let root = open_root(args.root.as_deref())?;
+    let root = open_root(args.root.as_deref(), args.dry_run)?;
     let unit = root.show(systemd_unit::INSTALL_PATH);
     let config = root.show(config_path());
     if !root.exists(systemd_unit::INSTALL_PATH).map_err(problem)? {
@@ -155,7 +155,12 @@ fn detect(settings: &Settings) -> anyhow::Result<natgw_core::Desired> {
     Ok(natgw_core::desired(settings, &observed)?)
 }
 
-fn open_root(root: Option<&Path>) -> exit::Result<RootDir> {
+fn open_root(root: Option<&Path>, dry_run: bool) -> exit::Result<RootDir> {
+    if root.is_none() && !dry_run && !nix::unistd::geteuid().is_root() {
+        return Err(usage(anyhow!(
+            "writing /etc and running systemctl needs root: run it with sudo (or give --root DIR, or --dry-run)"
+        )));
+    }
     let path = root.unwrap_or(Path::new("/"));
     if !path.is_dir() {
         return Err(usage(anyhow!(
