@@ -6,10 +6,11 @@
 # gcc (the linker Rust needs); for scripts/check-package.sh: dpkg-dev, lintian,
 # systemd (systemd-analyze verify), man-db and mandoc (man page checks).
 set -euo pipefail
-packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc
-  dpkg-dev lintian systemd man-db mandoc)
+packages=(iproute2 nftables iptables iputils-ping util-linux coturn gcc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# The package checks (scripts/check-package.sh).
+packages+=(dpkg-dev lintian systemd man-db mandoc)
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null

@@ -59,21 +59,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write /etc/natgw/natgw.toml from detection (never over an existing one) and the
-    /// systemd unit natgw.service, and enable it where systemd runs (without starting it).
-    Install(InstallArgs),
-    /// Remove the systemd unit (disabled first where systemd runs); keeps the config.
-    Uninstall(UninstallArgs),
-    /// Write the man pages, shell completions and example config, for packaging.
-    #[command(hide = true)]
-    PackageAssets {
-        /// Directory to write them to.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Date the man pages carry, YYYY-MM-DD (the package's, for reproducible builds).
-        #[arg(long, value_name = "DATE")]
-        date: Option<String>,
-    },
     /// Roles, drift against the desired state, translation counters, conntrack usage.
     Status {
         #[command(flatten)]
@@ -113,6 +98,21 @@ pub enum Command {
     },
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
+    /// Write /etc/natgw/natgw.toml from detection (never over an existing one) and the
+    /// systemd unit natgw.service, and enable it where systemd runs (without starting it).
+    Install(InstallArgs),
+    /// Remove the systemd unit (disabled first where systemd runs); keeps the config.
+    Uninstall(UninstallArgs),
+    /// Write the man pages, shell completions and example config, for packaging.
+    #[command(hide = true)]
+    PackageAssets {
+        /// Directory to write them to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Date the man pages carry, YYYY-MM-DD (the package's, for reproducible builds).
+        #[arg(long, value_name = "DATE")]
+        date: Option<String>,
+    },
 }
 
 impl Command {
