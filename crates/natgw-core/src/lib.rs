@@ -5,6 +5,7 @@
 //! nftables ruleset and `plan` diffs desired against observed into a list of changes.
 
 pub mod config;
+pub mod config_template;
 pub mod desired;
 pub mod detect;
 pub mod doctor;

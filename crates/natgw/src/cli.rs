@@ -116,6 +116,21 @@ pub enum Command {
     Lab(LabArgs),
     /// Which private host used PUBLIC_IP:PORT (from the mapping log and live conntrack).
     Trace(TraceArgs),
+    /// Write /etc/natgw/natgw.toml from detection (never over an existing one) and the
+    /// systemd unit natgw.service, and enable it where systemd runs (without starting it).
+    Install(InstallArgs),
+    /// Remove the systemd unit (disabled first where systemd runs); keeps the config.
+    Uninstall(UninstallArgs),
+    /// Write the man pages, shell completions and example config, for packaging.
+    #[command(hide = true)]
+    PackageAssets {
+        /// Directory to write them to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Date the man pages carry, YYYY-MM-DD (the package's, for reproducible builds).
+        #[arg(long, value_name = "DATE")]
+        date: Option<String>,
+    },
 }
 
 impl Command {
@@ -123,6 +138,9 @@ impl Command {
     /// read commands stay quiet unless something is wrong.
     pub fn changes_system(&self) -> bool {
         match self {
+            Command::Install(InstallArgs { dry_run, .. })
+            | Command::Uninstall(UninstallArgs { dry_run, .. }) => !dry_run,
+            Command::PackageAssets { .. } => false,
             Command::Up { dry_run, .. } => !dry_run,
             Command::Plan { .. }
             | Command::Status { .. }
@@ -211,6 +229,33 @@ pub struct TraceArgs {
 pub enum TraceProtocol {
     Tcp,
     Udp,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Resolve the gateway from this config file's settings (they stay set in the
+    /// written config; what is detected is written commented out).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write under this directory instead of / (packaging, tests); systemctl is not run.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print what would be written and run, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove from under this directory instead of / (systemctl is not run).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print what would be removed and run, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +390,8 @@ mod tests {
             &["probe", "--icmp", "198.51.100.10"],
             &["node", "check"],
             &["node", "persist", "--gateway", "10.0.0.1", "--dry-run"],
+            &["install", "--dry-run"],
+            &["uninstall", "--dry-run"],
         ] {
             assert!(!parse(read), "{read:?} is a read command");
         }
@@ -355,6 +402,8 @@ mod tests {
             &["node", "up", "--gateway", "10.0.0.1"],
             &["node", "down"],
             &["node", "persist", "--gateway", "10.0.0.1"],
+            &["install", "--root", "/tmp/x"],
+            &["uninstall"],
         ] {
             assert!(parse(change), "{change:?} changes the system");
         }

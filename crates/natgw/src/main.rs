@@ -9,6 +9,9 @@ mod logging;
 mod mapping_log;
 mod metrics;
 mod output;
+mod package_assets;
+mod root_dir;
+mod systemd_unit;
 mod tracker;
 
 use clap::Parser;

@@ -14,7 +14,7 @@ use natgw_linux::state_store::{self, Lock};
 use crate::cli::GatewayArgs;
 use crate::exit::{self, problem, usage};
 
-const DEFAULT_CONFIG: &str = "/etc/natgw/natgw.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/natgw/natgw.toml";
 
 pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
     let flags = Flags {

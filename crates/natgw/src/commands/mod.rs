@@ -3,6 +3,7 @@
 mod doctor;
 mod down;
 mod gateway;
+mod install;
 mod lab;
 mod node;
 mod persist;
@@ -15,8 +16,17 @@ mod up;
 use crate::cli::{Cli, Command};
 use crate::exit;
 
+/// The unit's tests check that it runs natgw on this file.
+#[cfg(test)]
+pub use gateway::DEFAULT_CONFIG;
+
 pub fn run(cli: Cli) -> exit::Result<i32> {
     match cli.command {
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
+        Command::PackageAssets { out, date } => crate::package_assets::write(&out, date.as_deref())
+            .map(|()| exit::OK)
+            .map_err(exit::problem),
         Command::Up {
             gateway,
             dry_run,
