@@ -77,6 +77,7 @@ fn headnode() -> Observed {
         carrier: true,
         loopback: index == 1,
         mtu: 1500,
+        kind: None,
     };
     let addr = |ifindex, address: &str, prefix_len| Address {
         ifindex,

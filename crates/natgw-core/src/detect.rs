@@ -126,6 +126,16 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         }
     }
 
+    if settings.private.is_empty() {
+        for link in candidates(observed, public, false) {
+            if let Some(reason) = foreign_interface(link) {
+                warnings.push(format!(
+                    "skipped {}: {reason}; name it with --private (config key `private`) to translate its network",
+                    link.name
+                ));
+            }
+        }
+    }
     let snat = snat_mode(settings, observed, public)?;
     let connected = connected_v4(observed, &private)?;
     for route in &settings.routes {
@@ -373,20 +383,70 @@ fn private_links<'a>(
         }
         return Ok(links);
     }
-    let links: Vec<&Link> = observed
-        .links
-        .iter()
-        .filter(|l| !l.loopback && (l.up || include_down) && l.index != public.index)
-        .filter(|l| {
-            observed
-                .addresses_of(l.index)
-                .any(|a| matches!(a.address, IpAddr::V4(v4) if is_private_v4(v4)))
-        })
+    let links: Vec<&Link> = candidates(observed, public, include_down)
+        .filter(|l| foreign_interface(l).is_none())
         .collect();
     if links.is_empty() {
         return Err(DetectError::NoPrivateInterface);
     }
     Ok(links)
+}
+
+/// Interfaces autodetection considers: up (or any, for diagnosis), not loopback, not
+/// the public one, with an RFC 1918 / RFC 6598 address.
+fn candidates<'a>(
+    observed: &'a Observed,
+    public: &Link,
+    include_down: bool,
+) -> impl Iterator<Item = &'a Link> {
+    let public = public.index;
+    observed
+        .links
+        .iter()
+        .filter(move |l| !l.loopback && (l.up || include_down) && l.index != public)
+        .filter(|l| {
+            observed
+                .addresses_of(l.index)
+                .any(|a| matches!(a.address, IpAddr::V4(v4) if is_private_v4(v4)))
+        })
+}
+
+/// Kinds of tunnels and overlays: their remote networks are someone else's, and
+/// natgw's anti-spoofing would drop their traffic.
+const TUNNEL_KINDS: [&str; 16] = [
+    "wireguard",
+    "tun",
+    "vxlan",
+    "geneve",
+    "gre",
+    "gretap",
+    "ip6gre",
+    "ip6gretap",
+    "ipip",
+    "sit",
+    "ip6tnl",
+    "vti",
+    "vti6",
+    "xfrm",
+    "bareudp",
+    "amt",
+];
+
+/// Name prefixes of container and VM runtimes' bridges and veths.
+const RUNTIME_PREFIXES: [&str; 14] = [
+    "docker", "br-", "virbr", "cni", "podman", "flannel", "cali", "weave", "kube-", "lxcbr",
+    "lxdbr", "incusbr", "cilium", "veth",
+];
+
+/// Why autodetection leaves this interface out (it joins only when named), if it does.
+pub fn foreign_interface(link: &Link) -> Option<String> {
+    if let Some(kind) = link.kind.as_deref().filter(|k| TUNNEL_KINDS.contains(k)) {
+        return Some(format!("a tunnel or overlay ({kind})"));
+    }
+    RUNTIME_PREFIXES
+        .iter()
+        .find(|p| link.name.starts_with(*p))
+        .map(|_| "a container or VM runtime's interface".to_string())
 }
 
 fn snat_mode(

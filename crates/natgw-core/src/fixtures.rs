@@ -13,6 +13,7 @@ pub fn link(index: u32, name: &str) -> Link {
         carrier: true,
         loopback: index == 1,
         mtu: 1500,
+        kind: None,
     }
 }
 

@@ -154,6 +154,7 @@ mod tests {
                 carrier: true,
                 loopback: false,
                 mtu: 1500,
+                kind: None,
             }],
             addresses: vec![Address {
                 ifindex: 2,

@@ -50,6 +50,9 @@ pub struct Link {
     pub carrier: bool,
     pub loopback: bool,
     pub mtu: u32,
+    /// The kernel's link kind (`veth`, `bridge`, `wireguard`, `vxlan`, ...), when it has one.
+    #[serde(default)]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -71,11 +71,20 @@ impl Netlink {
                     carrier: m.header.flags.contains(LinkFlags::LowerUp),
                     loopback: m.header.flags.contains(LinkFlags::Loopback),
                     mtu: 0,
+                    kind: None,
                 };
                 for attribute in m.attributes {
                     match attribute {
                         LinkAttribute::IfName(name) => link.name = name,
                         LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                        LinkAttribute::LinkInfo(infos) => {
+                            link.kind = infos.iter().find_map(|i| match i {
+                                netlink_packet_route::link::LinkInfo::Kind(kind) => {
+                                    Some(kind.to_string())
+                                }
+                                _ => None,
+                            })
+                        }
                         _ => {}
                     }
                 }

@@ -13,49 +13,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
 
 const METRICS: &str = "127.0.0.1:9469";
-
-/// `natgw run` in the headnode, killed with its process group when dropped.
-pub struct Service {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Service {
-    pub fn start(lab: &Lab, args: &[&str]) -> Service {
-        let log = scratch(lab, "run").join("run.log");
-        let mut full = vec!["run"];
-        full.extend_from_slice(args);
-        let child = natgw_command(lab, "head", &full, &[])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Service { child, log }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTP GET inside the headnode namespace: (status line, body).
 pub fn http_get(lab: &Lab, path: &str) -> Option<(String, String)> {

@@ -6,8 +6,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,71 +18,6 @@ const FOLLOW_BOUND: Duration = Duration::from_secs(1);
 /// Each probe's timeout: it bounds how finely a repair time is measured (the lab's
 /// round trip is well under a millisecond).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// `natgw run` in the headnode, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Service {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Service {
-    fn start(lab: &Lab, args: &[&str]) -> Service {
-        let log = scratch(lab, "run").join(format!("run-{}.log", rand_suffix()));
-        let mut full = vec!["run"];
-        full.extend_from_slice(args);
-        let child = natgw_command(lab, "head", &full, &[])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Service { child, log }
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// SIGTERM and the exit code.
-    fn stop(mut self) -> Option<i32> {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
 
 /// Polls `check` every 20 ms until it holds; how long that took, or `None` at `limit`.
 fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
@@ -111,9 +44,12 @@ fn udp_source(lab: &Lab, node: &str) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// Waits until the service said it is ready (first verified apply) and the gateway
+/// works: traffic alone is not enough, a previous run's rules may still carry it.
 fn started(lab: &Lab, service: &mut Service) {
-    let ready = time_until(Duration::from_secs(10), || {
-        tcp_source(lab, "n1") == Some(IpAddr::V4(HEAD_PUBLIC))
+    let ready = time_until(Duration::from_secs(20), || {
+        service.log().contains("natgw: ready")
+            && tcp_source(lab, "n1") == Some(IpAddr::V4(HEAD_PUBLIC))
     });
     assert!(
         ready.is_some(),

@@ -386,6 +386,12 @@ fn table_in_plan(table: &str, changes: &[Change]) -> Finding {
     }
 }
 
+/// A per-interface sysctl as `sysctl -w` takes it whatever the name: with slashes, so
+/// that the dot in `eth0.100` stays part of the interface name.
+fn conf_path(iface: &str, key: &str) -> String {
+    format!("net/ipv4/conf/{iface}/{key}")
+}
+
 fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
     const ID: &str = "ip-forward";
     let value = |key: &str| o.sysctls.get(key).map(String::as_str);
@@ -393,7 +399,7 @@ fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
         let f = Finding::fail(
             ID,
             format!("{IP_FORWARD} = {}", value(IP_FORWARD).unwrap_or("?")),
-            format!("sysctl -w {IP_FORWARD}=1 (natgw up does this)"),
+            format!("sysctl -w {IP_FORWARD}=1"),
         );
         return f.repaired_by(Repair::ApplyGateway);
     }
@@ -405,7 +411,7 @@ fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
     if !off.is_empty() {
         let fix = off
             .iter()
-            .map(|n| format!("sysctl -w net.ipv4.conf.{n}.forwarding=1"))
+            .map(|n| format!("sysctl -w {}=1", conf_path(n, "forwarding")))
             .collect::<Vec<_>>()
             .join("; ");
         return Finding::fail(
@@ -614,7 +620,7 @@ fn rp_filter(o: &Observed, roles: &Roles) -> Finding {
     }
     let fix = strict
         .iter()
-        .map(|n| format!("sysctl -w net.ipv4.conf.{n}.rp_filter=2"))
+        .map(|n| format!("sysctl -w {}=2", conf_path(n, "rp_filter")))
         .chain((all == 1).then(|| "sysctl -w net.ipv4.conf.all.rp_filter=2".to_string()))
         .collect::<Vec<_>>()
         .join("; ");

@@ -128,6 +128,16 @@ fn repair(
     findings: &[Finding],
 ) -> exit::Result<Vec<String>> {
     let mut done = Vec::new();
+    // --fix repairs the gateway `up` made; it never creates one on a host where natgw
+    // was never brought up (what would it be? `plan` shows, `up` decides).
+    let observed =
+        natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
+    if observed.state.is_none() && observed.state_problem.is_none() {
+        done.push(
+            "nothing: natgw was never brought up here (run `natgw plan`, then `natgw up`)".into(),
+        );
+        return Ok(done);
+    }
     // Several findings can name the same repair (a down interface also loses its
     // routes): each is done once.
     let mut repairs: Vec<&Repair> = Vec::new();

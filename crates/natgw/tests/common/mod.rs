@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use natgw_lab::{tcp_exchange, udp_exchange, Lab, Spec, SERVER};
 
@@ -178,4 +180,69 @@ pub fn fails(report: &serde_json::Value) -> Vec<String> {
         .filter(|c| c["status"] == "fail")
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// `natgw run` in the headnode, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Service {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Service {
+    pub fn start(lab: &Lab, args: &[&str]) -> Service {
+        let log = scratch(lab, "run").join(format!("run-{}.log", rand_suffix()));
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let child = natgw_command(lab, "head", &full, &[])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// SIGTERM and the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
