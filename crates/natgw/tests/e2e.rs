@@ -458,7 +458,7 @@ fn doctor_passes_a_healthy_gateway() {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 15);
     assert_eq!(
         check(&report, "natgw-table")["detail"],
         "table inet natgw is exactly as natgw installed it"

@@ -47,6 +47,7 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         rp_filter(o, &roles),
         private_routes(o, &roles),
         conntrack(inputs),
+        port_use(inputs),
         mtu(inputs, &roles),
         dns(inputs.observed, &inputs.nameservers),
     ]);
@@ -64,6 +65,54 @@ pub fn foreign_blockers(inputs: &Inputs) -> Vec<Finding> {
         .into_iter()
         .filter(|f| f.status == Status::Fail)
         .collect()
+}
+
+/// Share of a public address's ports towards one destination above which port
+/// exhaustion is near (new flows to that destination start to fail at 100 %).
+const PORT_USE_WARN: f64 = 0.8;
+
+/// Ports in use per (public address, destination, protocol) against what one address
+/// allows, so exhaustion shows before it bites.
+fn port_use(inputs: &Inputs) -> Finding {
+    const ID: &str = "port-use";
+    let Some(summary) = &inputs.translations else {
+        return Finding::skip(ID, "natgw's translations could not be listed (ctnetlink)");
+    };
+    let busy: Vec<String> = summary
+        .port_use
+        .iter()
+        .filter(|u| u.ports_used as f64 >= PORT_USE_WARN * f64::from(u.ports_allowed.max(1)))
+        .map(|u| {
+            format!(
+                "{} uses {} of {} ports towards {} {}",
+                u.public,
+                u.ports_used,
+                u.ports_allowed,
+                u.protocol.name(),
+                u.destination
+            )
+        })
+        .collect();
+    if busy.is_empty() {
+        let top = summary.port_use.first().map_or(String::new(), |u| {
+            format!(
+                "; busiest: {} towards {} ({} of {})",
+                u.public, u.destination, u.ports_used, u.ports_allowed
+            )
+        });
+        return Finding::pass(
+            ID,
+            format!(
+                "{} translations, no public address near port exhaustion{top}",
+                summary.total
+            ),
+        );
+    }
+    Finding::warn(
+        ID,
+        format!("near port exhaustion (80 % or more): {}", busy.join("; ")),
+        "add SNAT addresses (snat_to = [...], paired pooling) and consider port_selection = \"random\"",
+    )
 }
 
 /// natgw's own record of what it changed: usable, and no apply left unfinished.
@@ -917,6 +966,7 @@ mod tests {
             conntrack_stats: None,
             last_run: None,
             now: 1_000_000,
+            translations: Some(crate::mapping::TranslationView::new().summary(5, 64_512)),
         }
     }
 
@@ -952,6 +1002,7 @@ mod tests {
                 "rp-filter",
                 "private-routes",
                 "conntrack",
+                "port-use",
                 "mtu",
                 "dns"
             ]
@@ -1287,6 +1338,37 @@ mod tests {
         assert_eq!(
             (f.status, f.repair),
             (Status::Fail, Some(Repair::ApplyGateway))
+        );
+    }
+
+    #[test]
+    fn port_use_warns_at_80_percent_of_what_one_address_allows() {
+        use crate::mapping::{Protocol, Translation, TranslationView};
+        let settings = settings();
+        let o = healthy();
+        let with = |ports: u16| {
+            let mut view = TranslationView::new();
+            for port in 0..ports {
+                view.insert(Translation {
+                    protocol: Protocol::Udp,
+                    private: format!("10.0.0.11:{}", 10_000 + port).parse().unwrap(),
+                    destination: "198.51.100.10:7000".parse().unwrap(),
+                    public: format!("203.0.113.1:{}", 10_000 + port).parse().unwrap(),
+                });
+            }
+            let findings = all(&Inputs {
+                translations: Some(view.summary(5, 100)),
+                ..inputs(&settings, &o, chains(&[NATGW]))
+            });
+            find(&findings, "port-use").clone()
+        };
+        assert_eq!(with(79).status, Status::Pass);
+        let f = with(80);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.detail
+                .contains("203.0.113.1 uses 80 of 100 ports towards udp 198.51.100.10:7000"),
+            "{f:?}"
         );
     }
 }

@@ -142,6 +142,8 @@ pub struct Inputs<'a> {
     pub last_run: Option<CounterRecord>,
     /// Seconds since the Unix epoch.
     pub now: u64,
+    /// natgw's live translations, when they could be listed.
+    pub translations: Option<crate::mapping::Summary>,
 }
 
 /// Runs every check; the order is the order of the classic recipe.

@@ -107,6 +107,10 @@ fn diagnose(
     };
     let conntrack_stats = natgw_linux::firewall::conntrack_stats();
     let now = unix_now();
+    // Port use needs the gateway's addresses: the desired gateway, when it resolves.
+    let translations = natgw_core::desired(settings, &observed)
+        .ok()
+        .and_then(|desired| super::status::translations(&desired));
     let findings = doctor::diagnose(&Inputs {
         settings,
         observed: &observed,
@@ -116,6 +120,7 @@ fn diagnose(
         conntrack_stats,
         last_run,
         now,
+        translations,
     });
     record_counters(conntrack_stats, now);
     Ok(findings)

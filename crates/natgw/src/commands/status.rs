@@ -76,7 +76,9 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
 /// How many hosts and destinations the top lists show.
 const TOP: usize = 5;
 
-fn translations(desired: &Desired) -> Option<natgw_core::mapping::Summary> {
+/// natgw's live translations summarised, from one ctnetlink dump (`None` when
+/// conntrack cannot be read).
+pub fn translations(desired: &Desired) -> Option<natgw_core::mapping::Summary> {
     let mut view = natgw_core::mapping::TranslationView::new();
     natgw_linux::ctnetlink::Ctnetlink::open()
         .and_then(|mut ct| {

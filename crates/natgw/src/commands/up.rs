@@ -105,6 +105,7 @@ fn no_foreign_blocker(settings: &Settings, observed: &Observed) -> exit::Result<
         conntrack_stats: None,
         last_run: None,
         now: 0,
+        translations: None,
     };
     match natgw_core::doctor::checks::foreign_blockers(&inputs).first() {
         None => Ok(()),
