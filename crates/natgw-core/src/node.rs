@@ -17,6 +17,12 @@ pub enum NodeError {
     OwnAddress(IpAddr),
     #[error("gateway {gateway} is not on-link: no interface of this node is on its network (networks here: {networks}); give the headnode's address on the private network")]
     NotOnLink { gateway: IpAddr, networks: String },
+    #[error("gateway {gateway} is the {which} address of {network}, not a host on it; give the headnode's address on that network")]
+    NotAHost {
+        gateway: IpAddr,
+        which: &'static str,
+        network: IpNet,
+    },
     #[error("a different default route exists ({current}); pass --replace to point it at {gateway} (natgw node down restores it)")]
     DefaultExists { current: String, gateway: IpAddr },
 }
@@ -70,7 +76,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
         .filter(|a| a.address.is_ipv4())
         .find(|a| a.network().contains(&gateway))
         .and_then(|a| observed.link_by_index(a.ifindex).map(|l| (a, l)));
-    let Some((_, link)) = on_link else {
+    let Some((address, link)) = on_link else {
         let networks: Vec<String> = observed
             .addresses
             .iter()
@@ -82,6 +88,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
             networks: networks.join(", "),
         });
     };
+    not_network_or_broadcast(gateway, address.network())?;
     let name = |oif: Option<u32>| {
         oif.and_then(|i| observed.link_by_index(i))
             .map_or("?".into(), |l| l.name.clone())
@@ -124,6 +131,28 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
         change,
         previous,
     })
+}
+
+/// A /31 or /32 has no network or broadcast address (RFC 3021); larger ones do, and
+/// neither can be a gateway.
+fn not_network_or_broadcast(gateway: IpAddr, network: IpNet) -> Result<(), NodeError> {
+    let which = if network.prefix_len() >= network.max_prefix_len() - 1 {
+        None
+    } else if gateway == network.network() {
+        Some("network")
+    } else if gateway == network.broadcast() {
+        Some("broadcast")
+    } else {
+        None
+    };
+    match which {
+        Some(which) => Err(NodeError::NotAHost {
+            gateway,
+            which,
+            network,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Default routes natgw installed on this node.
@@ -218,6 +247,13 @@ mod tests {
             plan(gw("10.0.0.11"), &node(None), false),
             Err(NodeError::OwnAddress(gw("10.0.0.11")))
         );
+        for (bad, which) in [("10.0.0.0", "network"), ("10.0.0.255", "broadcast")] {
+            let e = plan(gw(bad), &node(None), false).unwrap_err();
+            assert!(
+                matches!(e, NodeError::NotAHost { which: w, .. } if w == which),
+                "{e}"
+            );
+        }
         assert_eq!(
             plan(gw("2001:db8::1"), &node(None), false),
             Err(NodeError::NotIpv4(gw("2001:db8::1")))
