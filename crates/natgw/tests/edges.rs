@@ -1,0 +1,135 @@
+//! End-to-end scenarios for the edges of natgw's reach: `node persist` on files of a
+//! scratch root, `node up/down/check` on a lab's private node, and `natgw lab` itself
+//! (interrupted, killed, run twice). Each lab has unique namespace names.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+use natgw_lab::Spec;
+
+fn persist(lab: &natgw_lab::Lab, root: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "node",
+        "persist",
+        "--gateway",
+        "10.0.0.1",
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    natgw_env(lab, "n1", &args, &[])
+}
+
+#[test]
+fn node_persist_keeps_modes_shows_only_diffs_and_reruns_as_a_no_op() {
+    let Some(lab) = lab_or_skip(
+        "node_persist_keeps_modes_shows_only_diffs_and_reruns_as_a_no_op",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let root = scratch(&lab, "nm-root");
+    let dir = root.join("etc/NetworkManager/system-connections");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyfile = dir.join("lan");
+    std::fs::write(
+        &keyfile,
+        "[connection]\nid=lan\ntype=ethernet\ninterface-name=eth0\n[802-1x]\npassword=hunter2\n[ipv4]\naddress1=10.0.0.11/24\ngateway=10.0.0.254\nmethod=manual\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&keyfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let dry = persist(&lab, &root, &["--dry-run"]);
+    assert_exit(&dry, 0);
+    let shown = stdout(&dry);
+    assert!(
+        shown.contains("-gateway=10.0.0.254") && shown.contains("+gateway=10.0.0.1"),
+        "{}",
+        text(&dry)
+    );
+    assert!(!shown.contains("hunter2"), "secret printed: {shown}");
+    let json = persist(&lab, &root, &["--dry-run", "--json"]);
+    assert!(
+        !stdout(&json).contains("hunter2"),
+        "secret in JSON: {}",
+        stdout(&json)
+    );
+
+    assert_exit(&persist(&lab, &root, &[]), 0);
+    let meta = std::fs::metadata(&keyfile).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "keyfile mode kept"
+    );
+    assert!(std::fs::read_to_string(&keyfile)
+        .unwrap()
+        .contains("gateway=10.0.0.1\n"));
+    let entries = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(entries, 1, "no temporary file left behind");
+
+    let again = persist(&lab, &root, &[]);
+    assert_exit(&again, 0);
+    assert!(
+        stdout(&again).contains("nothing to write"),
+        "{}",
+        text(&again)
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn node_persist_never_writes_through_a_symlink_out_of_root_and_refuses_bad_gateways() {
+    let Some(lab) = lab_or_skip(
+        "node_persist_never_writes_through_a_symlink_out_of_root_and_refuses_bad_gateways",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let root = scratch(&lab, "link-root");
+    let outside = scratch(&lab, "outside");
+    std::fs::create_dir_all(root.join("etc/systemd")).unwrap();
+    std::fs::write(outside.join("10-lan.network"), "[Match]\nName=eth0\n").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("etc/systemd/network")).unwrap();
+    let out = persist(&lab, &root, &[]);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "wrote outside --root: {}",
+        text(&out)
+    );
+
+    let net = root.join("etc/network");
+    std::fs::create_dir_all(&net).unwrap();
+    std::fs::write(
+        net.join("interfaces"),
+        "iface eth0 inet static\n address 10.0.0.11/24\n",
+    )
+    .unwrap();
+    for bad in ["10.0.0.0", "10.0.0.255"] {
+        let out = natgw_env(
+            &lab,
+            "n1",
+            &[
+                "node",
+                "persist",
+                "--gateway",
+                bad,
+                "--root",
+                root.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("not a host"), "{}", text(&out));
+    }
+    assert_eq!(
+        std::fs::read_to_string(net.join("interfaces")).unwrap(),
+        "iface eth0 inet static\n address 10.0.0.11/24\n"
+    );
+    let _ = std::fs::remove_dir_all(root);
+    let _ = std::fs::remove_dir_all(outside);
+}
