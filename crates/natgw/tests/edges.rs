@@ -133,3 +133,124 @@ fn node_persist_never_writes_through_a_symlink_out_of_root_and_refuses_bad_gatew
     let _ = std::fs::remove_dir_all(root);
     let _ = std::fs::remove_dir_all(outside);
 }
+
+fn defaults(lab: &natgw_lab::Lab, role: &str) -> String {
+    let out = lab.ip(role, &["-4", "route", "show", "default"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn node_down_restores_every_previous_default_exactly_or_changes_nothing() {
+    let Some(lab) = lab_or_skip(
+        "node_down_restores_every_previous_default_exactly_or_changes_nothing",
+        Spec::nodes(2),
+    ) else {
+        return;
+    };
+    lab.ip("n1", &["route", "del", "default"]).unwrap();
+    lab.ip(
+        "n1",
+        &["route", "add", "default", "dev", "eth0", "proto", "static"],
+    )
+    .unwrap();
+    lab.ip(
+        "n1",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.12",
+            "metric",
+            "100",
+            "proto",
+            "dhcp",
+        ],
+    )
+    .unwrap();
+    let before = defaults(&lab, "n1");
+    let up = ["node", "up", "--gateway", "10.0.0.1", "--replace"];
+    assert_exit(&natgw_env(&lab, "n1", &up, &[]), 0);
+    assert_eq!(
+        defaults(&lab, "n1").trim(),
+        "default via 10.0.0.1 dev eth0 proto 89",
+        "one default left"
+    );
+    let down = natgw_env(&lab, "n1", &["node", "down"], &[]);
+    assert_exit(&down, 0);
+    assert_eq!(defaults(&lab, "n1"), before, "{}", text(&down));
+
+    // Changed by someone after `node up`: said, and nothing touched.
+    assert_exit(&natgw_env(&lab, "n1", &up, &[]), 0);
+    lab.ip(
+        "n1",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.0.12",
+            "metric",
+            "50",
+        ],
+    )
+    .unwrap();
+    let changed = defaults(&lab, "n1");
+    let down = natgw_env(&lab, "n1", &["node", "down"], &[]);
+    assert_exit(&down, 1);
+    assert!(
+        stderr(&down).contains("changed after `natgw node up`"),
+        "{}",
+        text(&down)
+    );
+    assert_eq!(defaults(&lab, "n1"), changed);
+}
+
+#[test]
+fn node_check_asks_the_gateway_instead_of_trusting_a_stale_neighbour_entry() {
+    let Some(lab) = lab_or_skip(
+        "node_check_asks_the_gateway_instead_of_trusting_a_stale_neighbour_entry",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let check = natgw_env(&lab, "n1", &["node", "check", "--json"], &[]);
+    assert_eq!(
+        check_status(&json(&check), "gateway"),
+        "pass",
+        "{}",
+        text(&check)
+    );
+    let link = String::from_utf8_lossy(
+        &lab.ip("head", &["-o", "link", "show", "lan0"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
+    lab.ip(
+        "n1",
+        &[
+            "neigh", "replace", "10.0.0.1", "lladdr", &mac, "dev", "eth0", "nud", "stale",
+        ],
+    )
+    .unwrap();
+    let check = natgw_env(&lab, "n1", &["node", "check", "--json"], &[]);
+    assert_exit(&check, 1);
+    assert_eq!(
+        check_status(&json(&check), "gateway"),
+        "fail",
+        "{}",
+        text(&check)
+    );
+}
+
+fn check_status(report: &serde_json::Value, id: &str) -> String {
+    check(report, id)["status"].as_str().unwrap().to_string()
+}
