@@ -192,6 +192,13 @@ pub struct LabArgs {
 pub enum LabAction {
     /// Remove a topology left by `natgw lab --keep`.
     Down,
+    /// Internal: waits for `natgw lab` process OWNER to end and removes its lab if
+    /// that process could not (SIGKILL).
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        owner: u32,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,8 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
 use natgw_lab::Spec;
@@ -253,4 +255,181 @@ fn node_check_asks_the_gateway_instead_of_trusting_a_stale_neighbour_entry() {
 
 fn check_status(report: &serde_json::Value, id: &str) -> String {
     check(report, id)["status"].as_str().unwrap().to_string()
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+/// natgw's record directory of namespace `ns`, as natgw inside it resolves it.
+fn record_dir(ns: &str) -> std::path::PathBuf {
+    natgw_lab::in_netns(ns, || {
+        natgw_linux::state_store::path()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    })
+    .unwrap()
+}
+
+/// Waits up to `secs` for `done`.
+fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+fn lab_namespaces(name: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect()
+}
+
+fn lab_command(args: &[&str]) -> Command {
+    let mut command = Command::new(binary());
+    command.arg("lab").args(args);
+    command
+}
+
+#[test]
+fn lab_killed_by_sigterm_or_sigkill_leaves_nothing_behind_and_its_name_is_refused_while_it_runs() {
+    if !root_or_skip("lab_killed_by_sigterm_or_sigkill_leaves_nothing_behind_and_its_name_is_refused_while_it_runs") {
+        return;
+    }
+    for (i, signal) in ["TERM", "KILL"].iter().enumerate() {
+        let name = format!("ngwsig{}x{i}", std::process::id());
+        let mut lab = lab_command(&["--name", &name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let head = format!("{name}-head");
+        // Signal it once its inner `natgw up` has written the headnode's record.
+        let mut records = None;
+        assert!(
+            eventually(60, || {
+                if netns_exists(&head) {
+                    let dir = record_dir(&head);
+                    if dir.join("state.json").exists() {
+                        records = Some(dir);
+                    }
+                }
+                records.is_some()
+            }),
+            "lab {name} never got its gateway up"
+        );
+        let records = records.unwrap();
+        if i == 0 {
+            let second = lab_command(&["--name", &name]).output().unwrap();
+            assert_exit(&second, 2);
+            assert!(stderr(&second).contains("is running"), "{}", text(&second));
+            assert!(
+                netns_exists(&head),
+                "the second lab removed the first one's namespaces"
+            );
+        }
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), &lab.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let _ = lab.wait();
+        assert!(
+            eventually(20, || lab_namespaces(&name).is_empty()),
+            "SIG{signal}: namespaces left: {:?}",
+            lab_namespaces(&name)
+        );
+        assert!(
+            eventually(10, || !records.exists()),
+            "SIG{signal}: record {} left",
+            records.display()
+        );
+        assert!(
+            !Path::new("/run/natgw-lab").join(&name).exists(),
+            "marker left"
+        );
+    }
+}
+
+#[test]
+fn lab_down_and_lab_leave_a_namespace_the_lab_did_not_make() {
+    if !root_or_skip("lab_down_and_lab_leave_a_namespace_the_lab_did_not_make") {
+        return;
+    }
+    let name = format!("ngwforeign{}", std::process::id());
+    let foreign = format!("{name}-head");
+    natgw_lab::ip(&["netns", "add", &foreign]).unwrap();
+    let down = lab_command(&["down", "--name", &name]).output().unwrap();
+    let lab = lab_command(&["--name", &name]).output().unwrap();
+    let survived = netns_exists(&foreign);
+    let _ = natgw_lab::ip(&["netns", "del", &foreign]);
+    assert!(survived, "{}\n{}", text(&down), text(&lab));
+    assert!(stdout(&down).contains("alone"), "{}", text(&down));
+    assert_exit(&lab, 2);
+    assert!(
+        stderr(&lab).contains("not made by natgw lab"),
+        "{}",
+        text(&lab)
+    );
+}
+
+#[test]
+fn a_kept_lab_is_not_replaced_by_a_new_one_of_the_same_name() {
+    if !root_or_skip("a_kept_lab_is_not_replaced_by_a_new_one_of_the_same_name") {
+        return;
+    }
+    let name = format!("ngwkept{}", std::process::id());
+    assert_exit(
+        &lab_command(&["--keep", "--name", &name]).output().unwrap(),
+        0,
+    );
+    let inode = std::fs::metadata(format!("/run/netns/{name}-head")).unwrap();
+    let again = lab_command(&["--name", &name]).output().unwrap();
+    let same = std::fs::metadata(format!("/run/netns/{name}-head")).is_ok_and(|m| {
+        std::os::unix::fs::MetadataExt::ino(&m) == std::os::unix::fs::MetadataExt::ino(&inode)
+    });
+    assert_exit(
+        &lab_command(&["down", "--name", &name]).output().unwrap(),
+        0,
+    );
+    assert_exit(&again, 2);
+    assert!(same, "the kept lab was replaced: {}", text(&again));
+    assert!(lab_namespaces(&name).is_empty());
+}
+
+#[test]
+fn natgw_removes_records_of_namespaces_that_no_longer_exist() {
+    let Some(lab) = lab_or_skip(
+        "natgw_removes_records_of_namespaces_that_no_longer_exist",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let gone = format!("{}-gone", lab.name);
+    natgw_lab::ip(&["netns", "add", &gone]).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &gone, &binary(), "node", "down"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let records = record_dir(&gone);
+    assert!(records.exists(), "node down made no record directory");
+    natgw_lab::ip(&["netns", "del", &gone]).unwrap();
+    // Any natgw command that takes a namespace's lock, in another namespace.
+    assert_exit(&natgw_env(&lab, "n1", &["node", "down"], &[]), 0);
+    assert!(
+        eventually(5, || !records.exists()),
+        "{} outlived its namespace",
+        records.display()
+    );
 }
