@@ -63,14 +63,18 @@ pub fn lock(command: &str) -> exit::Result<Lock> {
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map_or(LOCK_WAIT_DEFAULT, Duration::from_secs_f64);
     let lock = state_store::lock(wait, command).map_err(problem)?;
-    // Best effort: records of namespaces deleted since (a lab's, a container's) go.
-    let _ = state_store::mark_namespace();
-    for dir in state_store::prune_dead_namespaces() {
-        tracing::info!(
-            "removed {}: its network namespace no longer exists",
-            dir.display()
-        );
-    }
+    // Best effort, once per process (the daemon locks per reconcile): records of
+    // namespaces deleted since (a lab's, a container's) go.
+    static PRUNE: std::sync::Once = std::sync::Once::new();
+    PRUNE.call_once(|| {
+        let _ = state_store::mark_namespace();
+        for dir in state_store::prune_dead_namespaces() {
+            tracing::info!(
+                "removed {}: its network namespace no longer exists",
+                dir.display()
+            );
+        }
+    });
     Ok(lock)
 }
 
