@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::observed::Observed;
+use crate::observed::{Observed, Route};
 use crate::NODE_ROUTE_PROTOCOL;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -17,6 +17,20 @@ pub enum NodeError {
     OwnAddress(IpAddr),
     #[error("gateway {gateway} is not on-link: no interface of this node is on its network (networks here: {networks}); give the headnode's address on the private network")]
     NotOnLink { gateway: IpAddr, networks: String },
+    #[error("gateway {gateway} is the {which} address of {network}, not a host on it; give the headnode's address on that network")]
+    NotAHost {
+        gateway: IpAddr,
+        which: &'static str,
+        network: IpNet,
+    },
+    #[error("the default route changed after `natgw node up` (now: {now}; natgw set default via {gateway}); natgw changes nothing: restore the previous default by hand ({previous}) and delete natgw's with `ip route del default proto {NODE_ROUTE_PROTOCOL}`")]
+    ChangedSinceUp {
+        now: String,
+        gateway: IpAddr,
+        previous: String,
+    },
+    #[error("the previous default route used interface {0}, which no longer exists; natgw changes nothing")]
+    PreviousInterfaceGone(String),
     #[error("a different default route exists ({current}); pass --replace to point it at {gateway} (natgw node down restores it)")]
     DefaultExists { current: String, gateway: IpAddr },
 }
@@ -31,11 +45,40 @@ pub struct PreviousDefault {
     pub protocol: u8,
 }
 
-/// What `node down` needs: the previous default (if any) and the one natgw set.
+impl std::fmt::Display for PreviousDefault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ip route add default")?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        write!(
+            f,
+            " dev {} metric {} proto {}",
+            self.interface, self.metric, self.protocol
+        )
+    }
+}
+
+/// What `node down` needs: every default route there was before, and the one natgw set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
     pub gateway: IpAddr,
-    pub previous: Option<PreviousDefault>,
+    /// Records of earlier versions hold one route or none here.
+    #[serde(deserialize_with = "one_or_many")]
+    pub previous: Vec<PreviousDefault>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PreviousDefault>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(Option<PreviousDefault>),
+        Many(Vec<PreviousDefault>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(one) => one.into_iter().collect(),
+        Either::Many(many) => many,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,7 +97,11 @@ pub struct NodePlan {
     pub interface: String,
     pub ifindex: u32,
     pub change: NodeChange,
-    pub previous: Option<PreviousDefault>,
+    /// Every IPv4 default route there is now (recorded for `node down`).
+    pub previous: Vec<PreviousDefault>,
+    /// The same routes as observed, for deleting them exactly on `--replace`.
+    #[serde(skip)]
+    pub existing: Vec<Route>,
 }
 
 pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodePlan, NodeError> {
@@ -70,7 +117,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
         .filter(|a| a.address.is_ipv4())
         .find(|a| a.network().contains(&gateway))
         .and_then(|a| observed.link_by_index(a.ifindex).map(|l| (a, l)));
-    let Some((_, link)) = on_link else {
+    let Some((address, link)) = on_link else {
         let networks: Vec<String> = observed
             .addresses
             .iter()
@@ -82,6 +129,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
             networks: networks.join(", "),
         });
     };
+    not_network_or_broadcast(gateway, address.network())?;
     let name = |oif: Option<u32>| {
         oif.and_then(|i| observed.link_by_index(i))
             .map_or("?".into(), |l| l.name.clone())
@@ -89,13 +137,13 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
     let defaults: Vec<_> = observed.ipv4_defaults().collect();
     let previous = defaults
         .iter()
-        .min_by_key(|r| r.metric)
         .map(|r| PreviousDefault {
             gateway: r.gateway,
             interface: name(r.oif),
             metric: r.metric,
             protocol: r.protocol,
-        });
+        })
+        .collect();
     let change = match defaults.as_slice() {
         [] => NodeChange::Add,
         [only] if only.gateway == Some(gateway) => NodeChange::None,
@@ -123,7 +171,102 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
         ifindex: link.index,
         change,
         previous,
+        existing: defaults.into_iter().cloned().collect(),
     })
+}
+
+/// What `node down` does: delete natgw's default, put back the previous ones exactly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeDown {
+    pub delete: Vec<Route>,
+    pub restore: Vec<Route>,
+}
+
+/// Plans `node down`. With a record, the defaults must be exactly the one natgw set:
+/// anything else means someone changed them since, and natgw changes nothing.
+pub fn down(state: Option<&NodeState>, observed: &Observed) -> Result<NodeDown, NodeError> {
+    let (ours, others): (Vec<&Route>, Vec<&Route>) = observed
+        .ipv4_defaults()
+        .partition(|r| r.protocol == NODE_ROUTE_PROTOCOL);
+    let delete: Vec<Route> = ours.iter().map(|r| (*r).clone()).collect();
+    let Some(state) = state else {
+        return Ok(NodeDown {
+            delete,
+            restore: Vec::new(),
+        });
+    };
+    let as_set = ours.len() == 1 && ours[0].gateway == Some(state.gateway);
+    if !as_set || !others.is_empty() {
+        let now: Vec<String> = observed
+            .ipv4_defaults()
+            .map(|r| {
+                let dev = r
+                    .oif
+                    .and_then(|i| observed.link_by_index(i))
+                    .map_or("?".into(), |l| l.name.clone());
+                let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
+                format!(
+                    "default{via} dev {dev} metric {} proto {}",
+                    r.metric, r.protocol
+                )
+            })
+            .collect();
+        let previous: Vec<String> = state.previous.iter().map(|p| p.to_string()).collect();
+        return Err(NodeError::ChangedSinceUp {
+            now: if now.is_empty() {
+                "no default route".into()
+            } else {
+                now.join("; ")
+            },
+            gateway: state.gateway,
+            previous: if previous.is_empty() {
+                "there was none".into()
+            } else {
+                previous.join("; ")
+            },
+        });
+    }
+    let restore = state
+        .previous
+        .iter()
+        .map(|p| {
+            let link = observed
+                .links
+                .iter()
+                .find(|l| l.name == p.interface)
+                .ok_or_else(|| NodeError::PreviousInterfaceGone(p.interface.clone()))?;
+            Ok(Route {
+                destination: default_v4(),
+                gateway: p.gateway,
+                oif: Some(link.index),
+                protocol: p.protocol,
+                metric: p.metric,
+            })
+        })
+        .collect::<Result<_, NodeError>>()?;
+    Ok(NodeDown { delete, restore })
+}
+
+/// A /31 or /32 has no network or broadcast address (RFC 3021); larger ones do, and
+/// neither can be a gateway.
+fn not_network_or_broadcast(gateway: IpAddr, network: IpNet) -> Result<(), NodeError> {
+    let which = if network.prefix_len() >= network.max_prefix_len() - 1 {
+        None
+    } else if gateway == network.network() {
+        Some("network")
+    } else if gateway == network.broadcast() {
+        Some("broadcast")
+    } else {
+        None
+    };
+    match which {
+        Some(which) => Err(NodeError::NotAHost {
+            gateway,
+            which,
+            network,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Default routes natgw installed on this node.
@@ -186,7 +329,7 @@ mod tests {
         let p = plan(gw("10.0.0.1"), &node(None), false).unwrap();
         assert_eq!(
             (p.change, p.interface.as_str(), p.previous.clone()),
-            (NodeChange::Add, "eth0", None)
+            (NodeChange::Add, "eth0", vec![])
         );
         assert_eq!(
             plan(gw("10.0.0.1"), &node(Some("10.0.0.1")), false)
@@ -206,7 +349,70 @@ mod tests {
         );
         let p = plan(gw("10.0.0.1"), &node(Some("10.0.0.254")), true).unwrap();
         assert_eq!(p.change, NodeChange::Replace);
-        assert_eq!(p.previous.unwrap().gateway, Some(gw("10.0.0.254")));
+        assert_eq!(p.previous[0].gateway, Some(gw("10.0.0.254")));
+    }
+
+    fn default(gateway: Option<&str>, metric: u32, protocol: u8) -> Route {
+        Route {
+            destination: default_v4(),
+            gateway: gateway.map(gw),
+            oif: Some(2),
+            protocol,
+            metric,
+        }
+    }
+
+    #[test]
+    fn down_restores_every_previous_default_exactly() {
+        let mut before = node(None);
+        before.routes = vec![default(None, 0, 3), default(Some("10.0.0.254"), 100, 16)];
+        let p = plan(gw("10.0.0.1"), &before, true).unwrap();
+        let state = NodeState {
+            gateway: gw("10.0.0.1"),
+            previous: p.previous,
+        };
+        let mut after = node(None);
+        after.routes = vec![default(Some("10.0.0.1"), 0, NODE_ROUTE_PROTOCOL)];
+        let d = down(Some(&state), &after).unwrap();
+        assert_eq!(d.delete, after.routes);
+        assert_eq!(
+            d.restore, before.routes,
+            "device-only default, metric, protocol"
+        );
+    }
+
+    #[test]
+    fn down_changes_nothing_when_someone_changed_the_default_since() {
+        let state = NodeState {
+            gateway: gw("10.0.0.1"),
+            previous: vec![],
+        };
+        let mut changed = node(None);
+        changed.routes = vec![
+            default(Some("10.0.0.1"), 0, NODE_ROUTE_PROTOCOL),
+            default(Some("10.0.0.254"), 50, 4),
+        ];
+        let e = down(Some(&state), &changed).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("default via 10.0.0.254 dev eth0 metric 50"),
+            "{e}"
+        );
+        changed.routes = vec![default(Some("10.0.0.254"), 0, 4)];
+        assert!(matches!(
+            down(Some(&state), &changed),
+            Err(NodeError::ChangedSinceUp { .. })
+        ));
+    }
+
+    #[test]
+    fn old_records_with_one_previous_default_still_load() {
+        let old = r#"{"gateway":"10.0.0.1","previous":{"gateway":"10.0.0.254","interface":"eth0","metric":0,"protocol":4}}"#;
+        let s: NodeState = serde_json::from_str(old).unwrap();
+        assert_eq!(s.previous.len(), 1);
+        let none: NodeState =
+            serde_json::from_str(r#"{"gateway":"10.0.0.1","previous":null}"#).unwrap();
+        assert!(none.previous.is_empty());
     }
 
     #[test]
@@ -219,6 +425,13 @@ mod tests {
             plan(gw("10.0.0.11"), &node(None), false),
             Err(NodeError::OwnAddress(gw("10.0.0.11")))
         );
+        for (bad, which) in [("10.0.0.0", "network"), ("10.0.0.255", "broadcast")] {
+            let e = plan(gw(bad), &node(None), false).unwrap_err();
+            assert!(
+                matches!(e, NodeError::NotAHost { which: w, .. } if w == which),
+                "{e}"
+            );
+        }
         assert_eq!(
             plan(gw("2001:db8::1"), &node(None), false),
             Err(NodeError::NotIpv4(gw("2001:db8::1")))

@@ -1,11 +1,24 @@
 //! `natgw node persist`: the file changes that make a node's default route through the
 //! headnode survive reboot, for the network manager the node uses. Pure: files in,
 //! edits out; the binary reads and writes them.
+//!
+//! Each manager's module finds the file that manager actually applies to the interface
+//! (its own precedence rules), and edits the gateway there without adding a second one.
+
+mod diff;
+mod glob;
+mod ifupdown;
+mod network_manager;
+mod networkd;
+mod sysconfig;
+mod text;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::Ipv4Addr;
 
 use serde::Serialize;
+
+pub use diff::unified as unified_diff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -13,22 +26,62 @@ pub enum Manager {
     SystemdNetworkd,
     NetworkManager,
     Ifupdown,
-    /// RHEL-style /etc/sysconfig/network (the classic recipe's GATEWAY=).
+    /// RHEL-style ifcfg files and /etc/sysconfig/network.
     Sysconfig,
 }
 
-/// One file to write: its path under the root, old content (none: new file), new content.
+/// Directories the binary reads (with their subdirectories, two levels deep) before
+/// calling `plan`; nothing outside them is consulted.
+pub const READ_DIRS: [&str; 12] = [
+    "/etc/network",
+    "/etc/systemd/network",
+    "/run/systemd/network",
+    "/usr/local/lib/systemd/network",
+    "/usr/lib/systemd/network",
+    "/lib/systemd/network",
+    "/etc/NetworkManager/system-connections",
+    "/run/NetworkManager/system-connections",
+    "/usr/lib/NetworkManager/system-connections",
+    // NetworkManager's record of which profile is active on which device.
+    "/run/NetworkManager/devices",
+    "/etc/sysconfig",
+    "/etc/sysconfig/network-scripts",
+];
+
+/// The interface the gateway is reached on, as the network managers match it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    /// `aa:bb:cc:dd:ee:ff`, lower case.
+    pub mac: Option<String>,
+    /// networkd's `Type=` (`ether`, `wlan`, `bond`, ...).
+    pub kind: String,
+}
+
+/// One file to write: its path under the root, old content (none: new file), new
+/// content. Only the diff is serialised: the contents can hold secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Edit {
     pub path: String,
+    #[serde(skip)]
     pub before: Option<String>,
+    #[serde(skip)]
     pub after: String,
+    /// Where a new file takes its mode and owner from (a vendor file copied to /etc).
+    #[serde(skip)]
+    pub like: Option<String>,
+    pub diff: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Persist {
     pub manager: Option<Manager>,
     pub edits: Vec<Edit>,
+    /// The manager's configuration already says exactly this: nothing to write.
+    pub up_to_date: bool,
+    /// Why natgw will not edit the configuration it found (exit 1, nothing written).
+    pub refused: Option<String>,
     /// What to run afterwards, or, with no manager found, what to add where.
     pub notes: Vec<String>,
 }
@@ -36,297 +89,142 @@ pub struct Persist {
 /// The configuration files a node has, by absolute path, as the binary found them.
 pub type Files = BTreeMap<String, String>;
 
-pub fn plan(files: &Files, interface: &str, gateway: IpAddr) -> Persist {
-    networkd(files, interface, gateway)
-        .or_else(|| network_manager(files, interface, gateway))
-        .or_else(|| ifupdown(files, interface, gateway))
-        .or_else(|| sysconfig(files, gateway))
-        .unwrap_or_else(|| Persist {
+/// What a manager module found: edits (possibly no-ops) or a refusal, plus notes.
+pub(crate) struct Found {
+    manager: Manager,
+    result: Result<Vec<Edit>, String>,
+    notes: Vec<String>,
+}
+
+pub fn plan(files: &Files, interface: &Interface, gateway: Ipv4Addr) -> Persist {
+    let found = networkd::plan(files, interface, gateway)
+        .or_else(|| network_manager::plan(files, interface, gateway))
+        .or_else(|| ifupdown::plan(files, &interface.name, gateway))
+        .or_else(|| sysconfig::plan(files, &interface.name, gateway));
+    let Some(found) = found else {
+        let name = &interface.name;
+        return Persist {
             manager: None,
             edits: Vec::new(),
+            up_to_date: false,
+            refused: None,
             notes: vec![
-                format!("no network configuration for {interface} found; add the gateway where your system keeps it:"),
-                format!("  systemd-networkd: Gateway={gateway} under [Network] in the .network file matching {interface}"),
+                format!("no network configuration for {name} found; add the gateway where your system keeps it:"),
+                format!("  systemd-networkd: Gateway={gateway} under [Network] in the .network file matching {name}"),
                 format!("  NetworkManager:   nmcli connection modify CONNECTION ipv4.gateway {gateway}"),
-                format!("  ifupdown:         gateway {gateway} in the `iface {interface} inet static` stanza of /etc/network/interfaces"),
-                format!("  RHEL-style:       GATEWAY={gateway} in /etc/sysconfig/network"),
+                format!("  ifupdown:         gateway {gateway} in the `iface {name} inet static` stanza of /etc/network/interfaces"),
+                format!("  RHEL-style:       GATEWAY={gateway} in /etc/sysconfig/network-scripts/ifcfg-{name}"),
             ],
-        })
-}
-
-fn edit(files: &Files, path: &str, after: String) -> Edit {
-    Edit {
-        path: path.to_string(),
-        before: files.get(path).cloned(),
-        after,
-    }
-}
-
-/// Lines of `section` (`[Network]`) as (index, key, value).
-fn ini_keys<'a>(text: &'a str, section: &str) -> Vec<(usize, &'a str, &'a str)> {
-    let mut current = "";
-    let mut keys = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            current = line;
-        } else if current.eq_ignore_ascii_case(section) {
-            if let Some((k, v)) = line.split_once('=') {
-                keys.push((i, k.trim(), v.trim()));
-            }
-        }
-    }
-    keys
-}
-
-/// Sets `key=value` in `section`, replacing an existing key or adding it (and the
-/// section) when absent.
-fn set_ini(text: &str, section: &str, key: &str, value: &str) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if let Some((i, _, _)) = ini_keys(text, section)
-        .into_iter()
-        .find(|(_, k, _)| k.eq_ignore_ascii_case(key))
-    {
-        lines[i] = format!("{key}={value}");
-    } else if let Some(i) = lines
-        .iter()
-        .position(|l| l.trim().eq_ignore_ascii_case(section))
-    {
-        lines.insert(i + 1, format!("{key}={value}"));
-    } else {
-        lines.push(String::new());
-        lines.push(section.to_string());
-        lines.push(format!("{key}={value}"));
-    }
-    lines.join("\n") + "\n"
-}
-
-fn name_matches(pattern: &str, interface: &str) -> bool {
-    pattern
-        .split_whitespace()
-        .any(|p| match p.strip_suffix('*') {
-            Some(prefix) => interface.starts_with(prefix),
-            None => p == interface,
-        })
-}
-
-fn networkd(files: &Files, interface: &str, gateway: IpAddr) -> Option<Persist> {
-    let (path, text) = files.iter().find(|(path, text)| {
-        path.starts_with("/etc/systemd/network/")
-            && path.ends_with(".network")
-            && ini_keys(text, "[Match]")
-                .iter()
-                .any(|(_, k, v)| *k == "Name" && name_matches(v, interface))
-    })?;
-    let has_gateway = ini_keys(text, "[Network]")
-        .iter()
-        .any(|(_, k, _)| *k == "Gateway");
-    let e = if has_gateway {
-        // A drop-in would add a second gateway: change the one that is there.
-        edit(
-            files,
-            path,
-            set_ini(text, "[Network]", "Gateway", &gateway.to_string()),
-        )
-    } else {
-        let dropin = format!("{path}.d/natgw-gateway.conf");
-        edit(files, &dropin, format!("# Written by natgw node persist: default route through the NAT headnode.\n[Network]\nGateway={gateway}\n"))
+        };
     };
-    Some(Persist {
-        manager: Some(Manager::SystemdNetworkd),
-        edits: vec![e],
-        notes: vec!["apply with: networkctl reload".into()],
-    })
-}
-
-fn network_manager(files: &Files, interface: &str, gateway: IpAddr) -> Option<Persist> {
-    let (path, text) = files.iter().find(|(path, text)| {
-        path.starts_with("/etc/NetworkManager/system-connections/")
-            && ini_keys(text, "[connection]")
-                .iter()
-                .any(|(_, k, v)| *k == "interface-name" && *v == interface)
-    })?;
-    let e = edit(
-        files,
-        path,
-        set_ini(text, "[ipv4]", "gateway", &gateway.to_string()),
-    );
-    Some(Persist {
-        manager: Some(Manager::NetworkManager),
-        edits: vec![e],
-        notes: vec![
-            "apply with: nmcli connection reload && nmcli device reapply ".to_string() + interface,
-        ],
-    })
-}
-
-fn ifupdown(files: &Files, interface: &str, gateway: IpAddr) -> Option<Persist> {
-    let stanza = format!("iface {interface} inet ");
-    let (path, text) = files.iter().find(|(path, text)| {
-        (path.as_str() == "/etc/network/interfaces"
-            || path.starts_with("/etc/network/interfaces.d/"))
-            && text.lines().any(|l| l.trim_start().starts_with(&stanza))
-    })?;
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let start = lines
-        .iter()
-        .position(|l| l.trim_start().starts_with(&stanza))
-        .expect("found above");
-    if !lines[start].trim_end().ends_with("static") {
-        return Some(Persist {
-            manager: Some(Manager::Ifupdown),
-            edits: Vec::new(),
-            notes: vec![format!("{path}: `{}` is not static, so its gateway comes from DHCP; point the DHCP server's router option at {gateway}", lines[start].trim())],
-        });
+    let (mut edits, refused) = match found.result {
+        Ok(edits) => (edits, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    let any = !edits.is_empty();
+    edits.retain(|e| e.before.as_deref() != Some(e.after.as_str()));
+    Persist {
+        manager: Some(found.manager),
+        up_to_date: any && edits.is_empty(),
+        edits,
+        refused,
+        notes: found.notes,
     }
-    let stanza_keywords = [
-        "iface ",
-        "auto ",
-        "allow-",
-        "mapping ",
-        "source ",
-        "source-directory ",
-    ];
-    let end = lines[start + 1..]
-        .iter()
-        .position(|l| {
-            stanza_keywords
-                .iter()
-                .any(|k| l.trim_start().starts_with(k))
+}
+
+/// An edit of `path` (absent from `files`: a new file) to `after`.
+pub(crate) fn edit(files: &Files, path: &str, after: String) -> Edit {
+    let before = files.get(path).cloned();
+    Edit {
+        diff: diff::unified(path, before.as_deref(), &after),
+        path: path.to_string(),
+        before,
+        after,
+        like: None,
+    }
+}
+
+/// The files directly in `dir`, as (name, path), sorted by name.
+pub(crate) fn children<'a>(files: &'a Files, dir: &str) -> Vec<(&'a str, &'a str)> {
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    files
+        .keys()
+        .filter_map(|path| {
+            let name = path.strip_prefix(&prefix)?;
+            (!name.contains('/')).then_some((name, path.as_str()))
         })
-        .map_or(lines.len(), |i| start + 1 + i);
-    let line = format!("    gateway {gateway}");
-    match (start + 1..end).find(|i| lines[*i].trim_start().starts_with("gateway ")) {
-        Some(i) => lines[i] = line,
-        None => lines.insert(start + 1, line),
-    }
-    let e = edit(files, path, lines.join("\n") + "\n");
-    Some(Persist {
-        manager: Some(Manager::Ifupdown),
-        edits: vec![e],
-        notes: vec![format!(
-            "apply with: ifdown {interface} && ifup {interface} (or at the next boot)"
-        )],
-    })
+        .collect()
 }
 
-fn sysconfig(files: &Files, gateway: IpAddr) -> Option<Persist> {
-    let path = "/etc/sysconfig/network";
-    let text = files.get(path)?;
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let line = format!("GATEWAY={gateway}");
-    match lines
+/// Whether a manager would ignore this file name as an editor or package backup.
+pub(crate) fn is_backup(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || [
+            ".swp", ".swpx", ".bak", ".orig", ".rej", ".tmp", ".rpmnew", ".rpmsave", ".rpmorig",
+        ]
         .iter()
-        .position(|l| l.trim_start().starts_with("GATEWAY="))
-    {
-        Some(i) => lines[i] = line,
-        None => lines.push(line),
-    }
-    let e = edit(files, path, lines.join("\n") + "\n");
-    Some(Persist {
-        manager: Some(Manager::Sysconfig),
-        edits: vec![e],
-        notes: vec!["apply with: systemctl restart network (or at the next boot)".into()],
-    })
+        .any(|s| name.ends_with(s))
+        || name.contains(".dpkg-")
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn files(entries: &[(&str, &str)]) -> Files {
+    pub fn files(entries: &[(&str, &str)]) -> Files {
         entries
             .iter()
             .map(|(p, t)| (p.to_string(), t.to_string()))
             .collect()
     }
 
-    const GW: &str = "10.0.0.1";
+    pub fn eth(name: &str) -> Interface {
+        Interface {
+            name: name.into(),
+            index: 2,
+            mac: Some("52:54:00:12:34:56".into()),
+            kind: "ether".into(),
+        }
+    }
 
-    fn gw() -> IpAddr {
-        GW.parse().unwrap()
+    pub const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    /// The new content of the only file written.
+    pub fn only(p: &Persist) -> &str {
+        assert_eq!(p.edits.len(), 1, "{p:#?}");
+        &p.edits[0].after
     }
 
     #[test]
-    fn networkd_gets_a_drop_in_or_its_gateway_changed() {
-        let f = files(&[(
-            "/etc/systemd/network/10-lan.network",
-            "[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.11/24\n",
-        )]);
-        let p = plan(&f, "eth0", gw());
-        assert_eq!(p.manager, Some(Manager::SystemdNetworkd));
-        assert_eq!(
-            p.edits[0].path,
-            "/etc/systemd/network/10-lan.network.d/natgw-gateway.conf"
-        );
-        assert!(p.edits[0].after.ends_with("[Network]\nGateway=10.0.0.1\n"));
-        assert_eq!(p.edits[0].before, None);
-
-        let f = files(&[(
-            "/etc/systemd/network/10-lan.network",
-            "[Match]\nName=en*\n\n[Network]\nAddress=10.0.0.11/24\nGateway=10.0.0.254\n",
-        )]);
-        let p = plan(&f, "enp1s0", gw());
-        assert_eq!(p.edits[0].path, "/etc/systemd/network/10-lan.network");
-        assert_eq!(
-            p.edits[0].after,
-            "[Match]\nName=en*\n\n[Network]\nAddress=10.0.0.11/24\nGateway=10.0.0.1\n"
-        );
-    }
-
-    #[test]
-    fn network_manager_keyfile_gets_the_gateway() {
-        let text = "[connection]\nid=lan\ntype=ethernet\ninterface-name=eth0\n\n[ipv4]\naddress1=10.0.0.11/24\nmethod=manual\n";
-        let p = plan(
-            &files(&[(
-                "/etc/NetworkManager/system-connections/lan.nmconnection",
-                text,
-            )]),
-            "eth0",
-            gw(),
-        );
-        assert_eq!(p.manager, Some(Manager::NetworkManager));
-        assert!(
-            p.edits[0]
-                .after
-                .contains("[ipv4]\ngateway=10.0.0.1\naddress1=10.0.0.11/24"),
-            "{}",
-            p.edits[0].after
-        );
-    }
-
-    #[test]
-    fn ifupdown_static_stanza_gets_a_gateway_line() {
-        let text = "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n    address 10.0.0.11/24\n\nauto eth1\niface eth1 inet dhcp\n";
-        let p = plan(&files(&[("/etc/network/interfaces", text)]), "eth0", gw());
-        assert_eq!(p.manager, Some(Manager::Ifupdown));
-        assert_eq!(p.edits[0].after, "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n    gateway 10.0.0.1\n    address 10.0.0.11/24\n\nauto eth1\niface eth1 inet dhcp\n");
-        let again = plan(
-            &files(&[("/etc/network/interfaces", &p.edits[0].after)]),
-            "eth0",
-            gw(),
-        );
-        assert_eq!(again.edits[0].after, p.edits[0].after, "idempotent");
-        let dhcp = plan(&files(&[("/etc/network/interfaces", text)]), "eth1", gw());
-        assert!(dhcp.edits.is_empty() && dhcp.notes[0].contains("DHCP"));
-    }
-
-    #[test]
-    fn sysconfig_gateway_line_and_nothing_found() {
-        let p = plan(
-            &files(&[(
-                "/etc/sysconfig/network",
-                "NETWORKING=yes\nGATEWAY=10.0.0.254\n",
-            )]),
-            "eth0",
-            gw(),
-        );
-        assert_eq!(p.edits[0].after, "NETWORKING=yes\nGATEWAY=10.0.0.1\n");
-        let none = plan(&Files::new(), "eth0", gw());
+    fn nothing_found_says_where_to_add_it() {
+        let none = plan(&Files::new(), &eth("eth0"), GW);
         assert_eq!(none.manager, None);
         assert!(none
             .notes
             .iter()
-            .any(|n| n.contains("GATEWAY=10.0.0.1 in /etc/sysconfig/network")));
+            .any(|n| n.contains("GATEWAY=10.0.0.1 in /etc/sysconfig/network-scripts/ifcfg-eth0")));
+    }
+
+    #[test]
+    fn a_rerun_that_changes_nothing_is_up_to_date_and_writes_nothing() {
+        let f = files(&[(
+            "/etc/sysconfig/network-scripts/ifcfg-eth0",
+            "DEVICE=eth0\nBOOTPROTO=none\nIPADDR=10.0.0.11\nPREFIX=24\nGATEWAY=10.0.0.1\n",
+        )]);
+        let p = plan(&f, &eth("eth0"), GW);
+        assert!(p.up_to_date && p.edits.is_empty(), "{p:#?}");
+    }
+
+    #[test]
+    fn serialised_edits_carry_the_diff_not_the_contents() {
+        let f = files(&[(
+            "/etc/NetworkManager/system-connections/wifi.nmconnection",
+            "[connection]\nid=wifi\ntype=wifi\ninterface-name=eth0\n[wifi-security]\npsk=hunter2\n[ipv4]\nmethod=manual\naddress1=10.0.0.11/24\n",
+        )]);
+        let p = plan(&f, &eth("eth0"), GW);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("+gateway=10.0.0.1"), "{json}");
+        assert!(!json.contains("hunter2"), "{json}");
     }
 }

@@ -2,12 +2,15 @@
 //! tests and the benchmarks. Nothing here touches the root namespace: every interface
 //! is created inside a lab namespace, and dropping a `Lab` deletes its namespaces.
 
+mod marker;
 mod netns;
 mod services;
 mod topology;
 
+pub use marker::Owner;
 pub use netns::{in_netns, ip, NetnsError};
 pub use services::{tcp_exchange, udp_exchange, Listener};
 pub use topology::{
-    remove, Lab, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER, SERVER_ALT,
+    remove, remove_abandoned, Lab, Removed, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY,
+    ROUTER, SERVER, SERVER_ALT,
 };

@@ -16,6 +16,18 @@ pub enum NetnsError {
     },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("lab {name} is running (pid {pid}); stop that one first, or pick another --name")]
+    Busy { name: String, pid: u32 },
+    #[error("lab {name} was kept (--keep); remove it with `natgw lab down --name {name}` first, or pick another --name")]
+    Kept { name: String },
+    #[error("network namespace {ns} exists but was not made by natgw lab {name}; natgw leaves it alone: pick another --name")]
+    Foreign { name: String, ns: String },
+    #[error("cannot record lab {name} in its marker file")]
+    Marker {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {name}")]
     Enter {
         name: String,

@@ -13,6 +13,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::marker::{self, Marker, Owner};
 use crate::netns::{in_netns, ip, NetnsError};
 
 pub const PRIVATE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -70,20 +71,26 @@ pub struct Lab {
     pub spec: Spec,
     created: Vec<String>,
     pub keep: bool,
+    /// Namespaces of an earlier, abandoned lab of this name, removed by `build`.
+    pub leftovers: Vec<String>,
 }
 
 impl Lab {
-    /// Builds the topology. On error, whatever was created is removed again.
+    /// Builds the topology. On error, whatever was created is removed again. A lab
+    /// of this name that is running or kept, or a namespace of one of its names that
+    /// the lab did not make, is refused; an abandoned one (its owner died) is removed.
     pub fn build(name: &str, spec: Spec) -> Result<Lab, NetnsError> {
         assert!(
             (1..=8).contains(&spec.nodes),
             "a lab has 1 to 8 private nodes"
         );
+        let leftovers = claim(name)?;
         let mut lab = Lab {
             name: name.to_string(),
             spec,
             created: Vec::new(),
             keep: false,
+            leftovers,
         };
         lab.create()?;
         Ok(lab)
@@ -143,7 +150,29 @@ impl Lab {
         let ns = self.ns(role);
         ip(&["netns", "add", &ns])?;
         self.created.push(ns);
+        self.save_marker(Some(Owner::current()))?;
         self.ip(role, &["link", "set", "lo", "up"]).map(drop)
+    }
+
+    fn save_marker(&self, owner: Option<Owner>) -> Result<(), NetnsError> {
+        let namespaces = self
+            .created
+            .iter()
+            .filter_map(|ns| Some((ns.clone(), marker::inode(ns)?)))
+            .collect();
+        Marker { owner, namespaces }
+            .save(&self.name)
+            .map_err(|source| NetnsError::Marker {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Leaves the lab up after this process: `natgw lab down` removes it, and a new
+    /// lab of this name is refused until then.
+    pub fn keep_up(&mut self) -> Result<(), NetnsError> {
+        self.keep = true;
+        self.save_marker(None)
     }
 
     /// A veth pair from `role`'s `ifname` to a port of the private switch.
@@ -254,9 +283,17 @@ impl Lab {
 
     /// Removes every namespace of this lab (also done on drop unless `keep`).
     pub fn teardown(&mut self) {
-        for ns in self.created.drain(..).rev() {
-            delete_namespace(&ns);
+        if let Some(m) = Marker::load(&self.name) {
+            remove_marked(&self.name, &m);
         }
+        // Created but not yet in the marker: still ours, by this process's own list.
+        for ns in self.created.drain(..).rev() {
+            if let Some(inode) = marker::inode(&ns) {
+                delete_namespace(&ns, inode);
+            }
+        }
+        Marker::remove(&self.name);
+        natgw_linux::state_store::prune_dead_namespaces();
     }
 }
 
@@ -268,19 +305,108 @@ impl Drop for Lab {
     }
 }
 
-/// Removes the namespaces of a lab named `name` left behind earlier (`natgw lab down`).
-/// Returns the namespaces removed.
-pub fn remove(name: &str) -> Vec<String> {
+/// What `remove` did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub removed: Vec<String>,
+    /// Namespaces with the lab's names that it did not make, left alone.
+    pub foreign: Vec<String>,
+}
+
+/// Namespaces named like lab `name`'s that exist now.
+fn existing(name: &str) -> Vec<String> {
     ROLES
         .iter()
         .map(|role| format!("{name}-{role}"))
-        .filter(|ns| std::path::Path::new("/run/netns").join(ns).exists())
-        .filter(|ns| delete_namespace(ns))
+        .filter(|ns| marker::inode(ns).is_some())
         .collect()
 }
 
-/// Deletes a namespace together with the records natgw kept for it.
-fn delete_namespace(ns: &str) -> bool {
+/// Refuses a running or kept lab and foreign namespaces; removes an abandoned lab;
+/// then records this process as the owner of `name`.
+fn claim(name: &str) -> Result<Vec<String>, NetnsError> {
+    let mut leftovers = Vec::new();
+    if let Some(m) = Marker::load(name) {
+        match m.owner {
+            None => return Err(NetnsError::Kept { name: name.into() }),
+            Some(o) if o.alive() && o != Owner::current() => {
+                return Err(NetnsError::Busy {
+                    name: name.into(),
+                    pid: o.pid,
+                })
+            }
+            _ => leftovers = remove_marked(name, &m),
+        }
+    }
+    if let Some(ns) = existing(name).into_iter().next() {
+        return Err(NetnsError::Foreign {
+            name: name.into(),
+            ns,
+        });
+    }
+    Marker {
+        owner: Some(Owner::current()),
+        namespaces: Vec::new(),
+    }
+    .save(name)
+    .map_err(|source| NetnsError::Marker {
+        name: name.into(),
+        source,
+    })?;
+    Ok(leftovers)
+}
+
+/// Removes lab `name` (`natgw lab down`): exactly the namespaces its marker names,
+/// and only while each is still the namespace the lab created. A running lab is
+/// refused; namespaces with its names that it did not make are reported, not touched.
+pub fn remove(name: &str) -> Result<Removed, NetnsError> {
+    let mut done = Removed::default();
+    if let Some(m) = Marker::load(name) {
+        if let Some(o) = m.owner.filter(|o| o.alive() && *o != Owner::current()) {
+            return Err(NetnsError::Busy {
+                name: name.into(),
+                pid: o.pid,
+            });
+        }
+        done.removed = remove_marked(name, &m);
+    }
+    done.foreign = existing(name);
+    Ok(done)
+}
+
+/// Removes lab `name` after its owner `owner` died without cleaning up (the guard
+/// process of `natgw lab` calls this); a lab of that name owned by anyone else is
+/// left alone.
+pub fn remove_abandoned(name: &str, owner: Owner) -> Vec<String> {
+    match Marker::load(name) {
+        Some(m) if m.owner == Some(owner) => remove_marked(name, &m),
+        _ => Vec::new(),
+    }
+}
+
+fn remove_marked(name: &str, m: &Marker) -> Vec<String> {
+    let removed = m
+        .namespaces
+        .iter()
+        .rev()
+        .filter(|(ns, inode)| marker::inode(ns) == Some(*inode))
+        .filter(|(ns, inode)| delete_namespace(ns, *inode))
+        .map(|(ns, _)| ns.clone())
+        .collect();
+    Marker::remove(name);
+    natgw_linux::state_store::prune_dead_namespaces();
+    removed
+}
+
+/// Deletes a namespace with whatever still runs in it and the records natgw kept
+/// for it.
+fn delete_namespace(ns: &str, inode: u64) -> bool {
+    for pid in marker::processes_in(inode) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let _ = in_netns(ns, natgw_linux::state_store::remove_namespace_records);
     ip(&["netns", "del", ns]).is_ok()
 }

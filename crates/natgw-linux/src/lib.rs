@@ -3,6 +3,7 @@
 //! the changes of a plan, atomically from the caller's point of view.
 
 pub mod apply;
+pub mod arp;
 pub mod conntrack;
 pub mod ctnetlink;
 pub mod dataplane;

@@ -252,6 +252,71 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// `ip route add DEST [via GW] [dev DEV] metric M proto P`: puts back a route
+    /// exactly as it was observed (a device-only default too); one already there is
+    /// success.
+    pub fn add_route_exact(&self, route: &Route) -> Result<(), NetlinkError> {
+        let result = self
+            .runtime
+            .block_on(self.handle.route().add(exact_message(route)).execute());
+        match result {
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+            other => {
+                other.map_err(|source| request(&format!("add route {}", describe(route)), source))
+            }
+        }
+    }
+
+    /// `ip route del DEST [via GW] [dev DEV] metric M proto P`: deletes exactly that
+    /// route and no other; one already gone is success.
+    pub fn del_route_exact(&self, route: &Route) -> Result<(), NetlinkError> {
+        let result = self
+            .runtime
+            .block_on(self.handle.route().del(exact_message(route)).execute());
+        match result {
+            Err(e) if matches!(errno(&e), Some(Errno::ESRCH | Errno::ENOENT)) => Ok(()),
+            other => other
+                .map_err(|source| request(&format!("delete route {}", describe(route)), source)),
+        }
+    }
+}
+
+/// `DEST via GW dev IFINDEX metric M proto P`, as `ip route` would print it.
+fn describe(route: &Route) -> String {
+    let mut text = route.destination.to_string();
+    if let Some(gw) = route.gateway {
+        text += &format!(" via {gw}");
+    }
+    if let Some(oif) = route.oif {
+        text += &format!(" dev #{oif}");
+    }
+    text + &format!(" metric {} proto {}", route.metric, route.protocol)
+}
+
+fn exact_message(route: &Route) -> RouteMessage {
+    use netlink_packet_route::route::RouteScope;
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.destination.addr(), route.destination.prefix_len())
+        .expect("an observed route's prefix fits its family");
+    match route.gateway {
+        Some(gw) => {
+            builder = builder
+                .gateway(gw)
+                .expect("an observed route's gateway has its family")
+        }
+        // A route without a gateway reaches its destination on the link itself.
+        None => builder = builder.scope(RouteScope::Link),
+    }
+    if let Some(oif) = route.oif {
+        builder = builder.output_interface(oif);
+    }
+    builder
+        .priority(route.metric)
+        .protocol(RouteProtocol::from(route.protocol))
+        .build()
+}
+
 fn request(what: &str, source: rtnetlink::Error) -> NetlinkError {
     NetlinkError::Request {
         what: what.to_string(),

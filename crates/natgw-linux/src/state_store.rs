@@ -344,3 +344,117 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> StateError {
         source,
     }
 }
+
+/// The file in a namespace's record directory naming the namespace's nsfs inode, so
+/// that `prune_dead_namespaces` can tell whether the namespace still exists (the
+/// cookie in the directory's name cannot be looked up from outside the namespace).
+const IDENTITY: &str = "netns";
+
+/// Writes this namespace's identity into its record directory (once).
+pub fn mark_namespace() -> Result<(), StateError> {
+    let dir = record_dir()?;
+    let path = dir.join(IDENTITY);
+    if path.exists() {
+        return Ok(());
+    }
+    // thread-self: natgw's lab threads enter namespaces one thread at a time.
+    let inode = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| io("inspect", Path::new("/proc/thread-self/ns/net"), e))?
+        .ino();
+    save_named(IDENTITY, &inode)
+}
+
+/// Removes the record directories of network namespaces that no longer exist: their
+/// records describe kernel state that is gone. A directory without an identity (an
+/// older natgw's) or whose namespace is still referenced anywhere is left alone.
+/// Returns the directories removed.
+pub fn prune_dead_namespaces() -> Vec<PathBuf> {
+    let live = live_namespaces();
+    // Our own namespace is always live: an empty set means /proc could not be read.
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(BASE) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("netns-") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let inode = std::fs::read_to_string(dir.join(IDENTITY))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        if inode.is_some_and(|i| !live.contains(&i)) && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
+/// nsfs inodes of every network namespace something still holds: a thread's
+/// namespace, an open descriptor, or a bind mount (`ip netns add`) in any mount
+/// namespace.
+fn live_namespaces() -> std::collections::HashSet<u64> {
+    let mut live = std::collections::HashSet::new();
+    let mut mount_namespaces = std::collections::HashSet::new();
+    let net_inode = |link: &Path| {
+        std::fs::read_link(link).ok().and_then(|target| {
+            target
+                .to_str()?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for proc_entry in procs.flatten() {
+        let pid_dir = proc_entry.path();
+        if !proc_entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        for task in std::fs::read_dir(pid_dir.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            live.extend(net_inode(&task.path().join("ns/net")));
+        }
+        for fd in std::fs::read_dir(pid_dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            live.extend(net_inode(&fd.path()));
+        }
+        let Ok(mnt) = std::fs::read_link(pid_dir.join("ns/mnt")) else {
+            continue;
+        };
+        if !mount_namespaces.insert(mnt) {
+            continue;
+        }
+        let mountinfo = std::fs::read_to_string(pid_dir.join("mountinfo")).unwrap_or_default();
+        for line in mountinfo.lines() {
+            // Field 4 is the mount's root: `net:[INODE]` for a bind-mounted namespace.
+            let root = line.split_whitespace().nth(3).unwrap_or("");
+            if let Some(inode) = root
+                .strip_prefix("net:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse().ok())
+            {
+                live.insert(inode);
+            }
+        }
+    }
+    live
+}

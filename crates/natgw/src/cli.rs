@@ -274,6 +274,14 @@ pub struct LabArgs {
 pub enum LabAction {
     /// Remove a topology left by `natgw lab --keep`.
     Down,
+    /// Internal: waits for `natgw lab` process OWNER to end and removes its lab if
+    /// that process could not (SIGKILL).
+    #[command(hide = true)]
+    Guard {
+        /// The pid of the `natgw lab` process to watch.
+        #[arg(long)]
+        owner: u32,
+    },
 }
 
 #[derive(Debug, Args)]

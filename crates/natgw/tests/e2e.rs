@@ -1311,7 +1311,7 @@ fn node_persist_writes_the_config_of_the_network_manager_found() {
     );
     assert_exit(&dry, 0);
     assert!(
-        String::from_utf8_lossy(&dry.stdout).contains("would write"),
+        String::from_utf8_lossy(&dry.stdout).contains("would change"),
         "{}",
         text(&dry)
     );

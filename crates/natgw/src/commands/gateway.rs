@@ -62,7 +62,20 @@ pub fn lock(command: &str) -> exit::Result<Lock> {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map_or(LOCK_WAIT_DEFAULT, Duration::from_secs_f64);
-    state_store::lock(wait, command).map_err(problem)
+    let lock = state_store::lock(wait, command).map_err(problem)?;
+    // Best effort, once per process (the daemon locks per reconcile): records of
+    // namespaces deleted since (a lab's, a container's) go.
+    static PRUNE: std::sync::Once = std::sync::Once::new();
+    PRUNE.call_once(|| {
+        let _ = state_store::mark_namespace();
+        for dir in state_store::prune_dead_namespaces() {
+            tracing::info!(
+                "removed {}: its network namespace no longer exists",
+                dir.display()
+            );
+        }
+    });
+    Ok(lock)
 }
 
 /// The system observed once; the data plane's tool must be there.

@@ -1,17 +1,21 @@
 //! `natgw lab`: the demo. Builds a throwaway network in namespaces, runs this very
 //! binary's `up` (autodetection) in the headnode namespace, proves outbound
 //! connectivity from every private node and that unsolicited inbound is dropped, and
-//! removes everything again (also on error and Ctrl-C).
+//! removes everything again: on error, Ctrl-C and SIGTERM by itself, and after SIGKILL
+//! by a guard process that waits for it to end.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, SERVER, SERVER_ALT};
+use natgw_lab::{
+    tcp_exchange, udp_exchange, Lab, Listener, NetnsError, Owner, Spec, HEAD_PUBLIC, SERVER,
+    SERVER_ALT,
+};
 
 use crate::cli::{LabAction, LabArgs};
-use crate::exit::{self, problem};
+use crate::exit::{self, problem, usage};
 
 const SERVICE_PORT: u16 = 7000;
 const INBOUND_PORT: u16 = 7001;
@@ -19,39 +23,40 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(args: &LabArgs) -> exit::Result<i32> {
     super::gateway::require_privilege()?;
-    if let Some(LabAction::Down) = args.action {
-        let removed = natgw_lab::remove(&args.name);
-        println!(
-            "removed {} namespace(s) of lab {}",
-            removed.len(),
-            args.name
-        );
-        return Ok(exit::OK);
-    }
-    if !natgw_lab::remove(&args.name).is_empty() {
-        println!("removed a lab {} left from an earlier run", args.name);
+    match args.action {
+        Some(LabAction::Down) => return down(&args.name),
+        Some(LabAction::Guard { owner }) => return guard(&args.name, owner),
+        None => {}
     }
     let name = args.name.clone();
+    // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination`): remove what this lab made.
     ctrlc::set_handler(move || {
-        natgw_lab::remove(&name);
+        natgw_lab::remove_abandoned(&name, Owner::current());
         eprintln!("\nnatgw lab: interrupted, topology removed");
         std::process::exit(130);
     })
-    .context("cannot install the Ctrl-C handler")
+    .context("cannot install the signal handler")
     .map_err(problem)?;
+    let _guard = spawn_guard(&args.name).map_err(problem)?;
 
     println!(
         "building lab {}: 2 private nodes, headnode, public server {SERVER}",
         args.name
     );
-    let mut lab = Lab::build(&args.name, Spec::default())
-        .context("cannot build the lab topology")
-        .map_err(problem)?;
+    let mut lab = Lab::build(&args.name, Spec::default()).map_err(|e| match e {
+        NetnsError::Busy { .. } | NetnsError::Kept { .. } | NetnsError::Foreign { .. } => {
+            usage(anyhow!(e))
+        }
+        e => problem(anyhow!(e).context("cannot build the lab topology")),
+    })?;
+    if !lab.leftovers.is_empty() {
+        println!("removed a lab {} left from an earlier run", args.name);
+    }
     let report = prove(&lab).map_err(problem)?;
     println!("\n{} passed, {} failed", report.passed, report.failed);
 
     if args.keep {
-        lab.keep = true;
+        lab.keep_up().map_err(problem)?;
         println!("\nthe lab stays up; enter a namespace with:");
         for ns in lab.namespaces() {
             println!("  ip netns exec {ns} bash");
@@ -63,6 +68,54 @@ pub fn run(args: &LabArgs) -> exit::Result<i32> {
     } else {
         exit::PROBLEM
     })
+}
+
+fn down(name: &str) -> exit::Result<i32> {
+    let done = natgw_lab::remove(name).map_err(|e| usage(anyhow!(e)))?;
+    println!("removed {} namespace(s) of lab {name}", done.removed.len());
+    for ns in &done.foreign {
+        println!("left {ns} alone: natgw lab did not make it");
+    }
+    Ok(if done.foreign.is_empty() {
+        exit::OK
+    } else {
+        exit::PROBLEM
+    })
+}
+
+/// Starts `natgw lab guard` in its own process group (a Ctrl-C or `kill` of the lab
+/// does not reach it) with a pipe from this process: when the pipe closes, this
+/// process has ended, however it ended.
+fn spawn_guard(name: &str) -> anyhow::Result<std::process::ChildStdin> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the natgw binary")?;
+    let mut child = Command::new(exe)
+        .args(["lab", "guard", "--name", name, "--owner"])
+        .arg(std::process::id().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the lab's guard process")?;
+    Ok(child.stdin.take().expect("piped"))
+}
+
+/// The guard: waits for end of input (its owner ended), then removes the owner's
+/// lab if the owner left it behind; a lab that was finished, kept or taken over by
+/// another process is not touched.
+fn guard(name: &str, owner: u32) -> exit::Result<i32> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+    let Some(owner) = Owner::of(owner) else {
+        return Ok(exit::OK);
+    };
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    natgw_lab::remove_abandoned(name, owner);
+    Ok(exit::OK)
 }
 
 fn name_flag(name: &str) -> String {

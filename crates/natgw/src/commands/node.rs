@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 use natgw_core::doctor::{Finding, Status};
 use natgw_core::node::{self, NodeChange, NodeState};
 use natgw_core::{Observed, RouteSpec, NODE_ROUTE_PROTOCOL};
@@ -75,7 +75,7 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
         }
         return Ok(exit::OK);
     }
-    if !gateway_answers(&netlink, plan.ifindex, gateway_ip, ANSWER_TIMEOUT).map_err(problem)? {
+    if !answers_now(&netlink, &observed, plan.ifindex, gateway_ip)? {
         return Err(problem(anyhow!(
             "gateway {gateway_ip} does not answer ARP on {} within {ANSWER_TIMEOUT:?}; is the headnode up with that address? (nothing was changed)",
             plan.interface
@@ -95,7 +95,16 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     state_store::save_named(state_store::NODE, &keep).map_err(problem)?;
     let result = match plan.change {
         NodeChange::Add => netlink.add_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
-        _ => netlink.replace_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
+        // Replace the metric-0 default (or add), then delete every other default
+        // exactly, so that one default remains and `down` can put them all back.
+        _ => netlink
+            .replace_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL)
+            .and_then(|()| {
+                plan.existing
+                    .iter()
+                    .filter(|r| r.protocol != NODE_ROUTE_PROTOCOL)
+                    .try_for_each(|r| netlink.del_route_exact(r))
+            }),
     };
     if let Err(e) = result {
         // The record as it was: it may hold the admin's original default route.
@@ -136,30 +145,30 @@ fn down(json: bool) -> exit::Result<i32> {
     let observed = observe(&netlink)?;
     let recorded: Option<NodeState> =
         state_store::load_named(state_store::NODE).map_err(problem)?;
+    // Someone changed the defaults since `node up`: say so, keep the record, touch nothing.
+    let down = node::down(recorded.as_ref(), &observed).map_err(problem)?;
     let mut report = DownReport::default();
-    for gw in node::owned_defaults(&observed) {
-        netlink
-            .del_route(&default_via(gw), NODE_ROUTE_PROTOCOL)
-            .map_err(problem)?;
-        report.done.push(format!("deleted default route via {gw}"));
+    let dev = |r: &natgw_core::Route| {
+        r.oif
+            .and_then(|i| observed.link_by_index(i))
+            .map_or("?".into(), |l| l.name.clone())
+    };
+    let describe = |r: &natgw_core::Route| {
+        let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
+        format!(
+            "default{via} dev {} metric {} proto {}",
+            dev(r),
+            r.metric,
+            r.protocol
+        )
+    };
+    for route in &down.delete {
+        netlink.del_route_exact(route).map_err(problem)?;
+        report.done.push(format!("deleted {}", describe(route)));
     }
-    if let Some(previous) = recorded.and_then(|s| s.previous) {
-        match previous.gateway {
-            Some(gw) => {
-                // The previous route belonged to someone else: put it back as it was.
-                netlink
-                    .restore_route(&default_via(gw), previous.protocol)
-                    .map_err(problem)?;
-                report.done.push(format!(
-                    "restored default route via {gw} dev {}",
-                    previous.interface
-                ));
-            }
-            None => report.done.push(format!(
-                "the previous default (dev {}) had no gateway; restore it by hand",
-                previous.interface
-            )),
-        }
+    for route in &down.restore {
+        netlink.add_route_exact(route).map_err(problem)?;
+        report.done.push(format!("restored {}", describe(route)));
     }
     state_store::remove_named(state_store::NODE).map_err(problem)?;
     if json {
@@ -170,6 +179,34 @@ fn down(json: bool) -> exit::Result<i32> {
         report.done.iter().for_each(|l| println!("  {l}"));
     }
     Ok(exit::OK)
+}
+
+/// Whether the gateway answers an ARP request now, from our address next to it; a
+/// link without ARP falls back to the neighbour table.
+fn answers_now(
+    netlink: &Netlink,
+    observed: &Observed,
+    ifindex: u32,
+    gateway: IpAddr,
+) -> exit::Result<bool> {
+    let source = observed
+        .addresses
+        .iter()
+        .filter(|a| a.ifindex == ifindex)
+        .filter(|a| a.network().contains(&gateway))
+        .find_map(|a| match a.address {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        });
+    if let (Some(source), IpAddr::V4(target)) = (source, gateway) {
+        let probed = natgw_linux::arp::probe(ifindex, source, target, ANSWER_TIMEOUT)
+            .with_context(|| format!("cannot send an ARP request for {gateway}"))
+            .map_err(problem)?;
+        if let Some(answered) = probed {
+            return Ok(answered);
+        }
+    }
+    gateway_answers(netlink, ifindex, gateway, ANSWER_TIMEOUT).map_err(problem)
 }
 
 fn check(json: bool) -> exit::Result<i32> {
@@ -198,14 +235,11 @@ fn check(json: bool) -> exit::Result<i32> {
                 ),
             ));
             match (gw, route.oif) {
-                (Some(gw), Some(oif))
-                    if gateway_answers(&netlink, oif, gw, ANSWER_TIMEOUT).map_err(problem)? =>
-                {
-                    findings.push(Finding::pass(
+                (Some(gw), Some(oif)) if answers_now(&netlink, &observed, oif, gw)? => findings
+                    .push(Finding::pass(
                         "gateway",
                         format!("{gw} answers ARP on {dev}"),
-                    ))
-                }
+                    )),
                 (Some(gw), _) => findings.push(Finding::fail(
                     "gateway",
                     format!("{gw} does not answer ARP on {dev}"),

@@ -1,44 +1,45 @@
 //! `natgw node persist`: reads the network configuration under `--root`, asks the core
-//! which files to change, and writes them (or prints them with --dry-run).
+//! which files to change, and writes them (or prints the diff with --dry-run).
+
+mod root_fs;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
-use natgw_core::persist::{self, Files};
+use anyhow::anyhow;
+use natgw_core::persist::{self, Interface};
 
 use super::gateway;
 use crate::exit::{self, problem, usage};
 use crate::output;
 
-/// Where network managers keep what `persist` may change: (directory, file suffix).
-const LOCATIONS: [(&str, &str); 5] = [
-    ("/etc/systemd/network", ".network"),
-    ("/etc/NetworkManager/system-connections", ".nmconnection"),
-    ("/etc/network/interfaces.d", ""),
-    ("/etc/network", "interfaces"),
-    ("/etc/sysconfig", "network"),
-];
-
 pub fn run(gateway_ip: IpAddr, dry_run: bool, root: &Path, json: bool) -> exit::Result<i32> {
     let netlink = gateway::connect()?;
     let observed = natgw_linux::observe::observe_network(&netlink).map_err(problem)?;
     // Which interface reaches the gateway; the default route itself is not our concern here.
-    let interface = natgw_core::node::plan(gateway_ip, &observed, true)
-        .map_err(usage)?
-        .interface;
-    let files = read_files(root).map_err(problem)?;
-    let plan = persist::plan(&files, &interface, gateway_ip);
-    if !dry_run {
+    let plan = natgw_core::node::plan(gateway_ip, &observed, true).map_err(usage)?;
+    let IpAddr::V4(gateway_v4) = gateway_ip else {
+        unreachable!("node::plan refuses IPv6 gateways");
+    };
+    let interface = interface(&plan.interface, plan.ifindex);
+    let root = root_fs::Root::open(root).map_err(problem)?;
+    let (files, skipped) = root.read_tree(&persist::READ_DIRS, 2);
+    let plan = persist::plan(&files, &interface, gateway_v4);
+    if !dry_run && plan.refused.is_none() {
         for edit in &plan.edits {
-            write(&under(root, &edit.path), &edit.after).map_err(problem)?;
+            root.write(&edit.path, &edit.after, edit.like.as_deref())
+                .map_err(problem)?;
         }
     }
     if json {
-        output::json(
-            &serde_json::json!({ "interface": interface, "dry_run": dry_run, "persist": plan }),
-        );
+        output::json(&serde_json::json!({
+            "interface": interface.name,
+            "dry_run": dry_run,
+            "skipped": skipped,
+            "persist": plan,
+        }));
     } else {
+        skipped.iter().for_each(|s| println!("skipped {s}"));
         if let Some(manager) = plan.manager {
             println!(
                 "network manager: {}",
@@ -48,54 +49,57 @@ pub fn run(gateway_ip: IpAddr, dry_run: bool, root: &Path, json: bool) -> exit::
                     .unwrap_or("?")
             );
         }
-        for edit in &plan.edits {
-            let verb = if dry_run { "would write" } else { "wrote" };
-            println!("{verb} {}:", under(root, &edit.path).display());
-            for line in edit.after.lines() {
-                let old = edit
-                    .before
-                    .as_deref()
-                    .is_some_and(|b| b.lines().any(|l| l == line));
-                println!("  {}{line}", if old { "  " } else { "+ " });
-            }
+        if plan.up_to_date {
+            println!(
+                "nothing to write: the configuration already has gateway {gateway_ip} for {}",
+                interface.name
+            );
         }
-        plan.notes.iter().for_each(|n| println!("{n}"));
+        for edit in &plan.edits {
+            let verb = if dry_run { "would change" } else { "changed" };
+            println!("{verb} {}:", root.show(&edit.path).display());
+            edit.diff.lines().for_each(|l| println!("  {l}"));
+        }
+        if plan.refused.is_none() {
+            plan.notes.iter().for_each(|n| println!("{n}"));
+        }
     }
-    Ok(if plan.edits.is_empty() {
+    if let Some(why) = plan.refused {
+        return Err(problem(anyhow!("{why} (nothing was written)")));
+    }
+    Ok(if plan.edits.is_empty() && !plan.up_to_date {
         exit::PROBLEM
     } else {
         exit::OK
     })
 }
 
-fn under(root: &Path, path: &str) -> PathBuf {
-    root.join(path.trim_start_matches('/'))
-}
-
-fn read_files(root: &Path) -> anyhow::Result<Files> {
-    let mut files = Files::new();
-    for (dir, suffix) in LOCATIONS {
-        let Ok(entries) = std::fs::read_dir(under(root, dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(suffix) || !entry.path().is_file() {
-                continue;
-            }
-            let text = std::fs::read_to_string(entry.path())
-                .with_context(|| format!("cannot read {}", entry.path().display()))?;
-            files.insert(format!("{dir}/{name}"), text);
+/// The interface as network managers match it: MAC address and networkd's type,
+/// from sysfs (which `ip netns exec` mounts for the namespace).
+fn interface(name: &str, index: u32) -> Interface {
+    let sys = Path::new("/sys/class/net").join(name);
+    let read = |file: &str| std::fs::read_to_string(sys.join(file)).ok();
+    let mac = read("address")
+        .map(|m| m.trim().to_ascii_lowercase())
+        .filter(|m| !m.is_empty() && m != "00:00:00:00:00:00");
+    // networkd's Type=: udev's DEVTYPE when there is one, else the ARP hardware type.
+    let devtype = read("uevent").and_then(|u| {
+        u.lines()
+            .find_map(|l| l.strip_prefix("DEVTYPE=").map(str::to_string))
+    });
+    let kind = devtype.unwrap_or_else(|| {
+        match read("type").as_deref().map(str::trim) {
+            Some("1") => "ether",
+            Some("772") => "loopback",
+            Some("65534") => "none",
+            _ => "unknown",
         }
+        .to_string()
+    });
+    Interface {
+        name: name.to_string(),
+        index,
+        mac,
+        kind,
     }
-    Ok(files)
-}
-
-fn write(path: &Path, content: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("natgw-tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
