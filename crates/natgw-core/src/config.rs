@@ -39,6 +39,9 @@ pub struct Config {
     pub port_blocks: Option<PortBlocksConfig>,
     /// Conntrack table size (entries); the kernel's default when absent.
     pub max_flows: Option<u64>,
+    /// `natgw run` writes the mapping log to its default path.
+    #[serde(default)]
+    pub log_mappings: bool,
     /// Masquerade (follow the public interface's current address) instead of SNAT.
     #[serde(default)]
     pub masquerade: bool,
@@ -94,6 +97,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub port_blocks: Option<PortBlocksConfig>,
     pub max_flows: Option<u64>,
+    #[serde(default)]
+    pub log_mappings: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -203,6 +208,7 @@ impl Config {
             timeouts: self.timeouts,
             port_blocks: self.port_blocks,
             max_flows: self.max_flows,
+            log_mappings: self.log_mappings,
         })
     }
 }
@@ -350,6 +356,7 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
 snat_to = ["203.0.113.36", "203.0.113.40-203.0.113.41"]
 port_selection = "random"
 max_flows = 500000
+log_mappings = true
 [timeouts]
 udp = 600
 [port_blocks]
@@ -368,6 +375,7 @@ size = 512
         );
         assert_eq!(s.port_blocks.unwrap().size, 512);
         assert_eq!(s.max_flows, Some(500000));
+        assert!(s.log_mappings);
         // A single address still reads as before.
         let s = parse("snat_to = \"203.0.113.1\"\n").unwrap();
         assert_eq!(s.snat_to.len(), 1);

@@ -52,7 +52,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
     let events = Events::subscribe()
         .map_err(|e| problem(anyhow!("cannot subscribe to kernel notifications: {e}")))?;
     let figures = Arc::new(DaemonFigures::default());
-    let mut tracker = start_observing(observe, &figures)?;
+    let mut tracker = start_observing(observe, settings.log_mappings, &figures)?;
     let mut daemon = Daemon {
         netlink: gateway::connect()?,
         dataplane: natgw_linux::dataplane::current(),
@@ -344,12 +344,17 @@ fn watchdog_interval() -> Option<Duration> {
 /// events (read in the loop) and the metrics listener (a thread of this process).
 fn start_observing(
     observe: &ObserveArgs,
+    log_by_config: bool,
     figures: &Arc<DaemonFigures>,
 ) -> exit::Result<Option<Tracker>> {
-    if observe.metrics_listen.is_none() && observe.log_mappings.is_none() {
+    // `log_mappings = true` in the config: the default path, unless a flag names one.
+    let log_path = observe.log_mappings.clone().or_else(|| {
+        log_by_config.then(|| std::path::PathBuf::from(crate::mapping_log::DEFAULT_PATH))
+    });
+    if observe.metrics_listen.is_none() && log_path.is_none() {
         return Ok(None);
     }
-    let log = match &observe.log_mappings {
+    let log = match &log_path {
         Some(path) => Some(
             crate::mapping_log::MappingLog::open(path, crate::mapping_log::DEFAULT_MAX_BYTES)
                 .map_err(problem)?,
