@@ -280,7 +280,7 @@ pub fn remove(name: &str) -> Vec<String> {
 }
 
 /// Deletes a namespace together with the records natgw kept for it.
-fn delete_namespace(ns: &str) -> bool {
+pub(crate) fn delete_namespace(ns: &str) -> bool {
     let _ = in_netns(ns, natgw_linux::state_store::remove_namespace_records);
     ip(&["netns", "del", ns]).is_ok()
 }
