@@ -102,3 +102,63 @@ mod tests {
         assert_eq!(parse(DEV, "eth1"), None);
     }
 }
+
+/// Packets conntrack refused in one namespace (`insert_failed` + `drop`, summed over
+/// CPUs), from `/proc/thread-self/net/stat/nf_conntrack` opened inside it. Many
+/// distribution kernels do not have the file (CONFIG_NF_CONNTRACK_PROCFS); then `open`
+/// returns None and callers go without.
+pub struct ConntrackDrops {
+    file: File,
+}
+
+impl ConntrackDrops {
+    pub fn open(ns: &str) -> Option<ConntrackDrops> {
+        let file = in_netns(ns, || File::open("/proc/thread-self/net/stat/nf_conntrack"))
+            .ok()?
+            .ok()?;
+        let drops = ConntrackDrops { file };
+        drops.read().ok()?;
+        Some(drops)
+    }
+
+    pub fn read(&self) -> io::Result<u64> {
+        let mut buf = [0u8; 8192];
+        let n = self.file.read_at(&mut buf, 0)?;
+        parse_conntrack_drops(&String::from_utf8_lossy(&buf[..n])).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected nf_conntrack statistics",
+            )
+        })
+    }
+}
+
+/// A header line naming the columns, then one line of hex numbers per CPU.
+fn parse_conntrack_drops(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let column = |name| header.iter().position(|h| *h == name);
+    let (failed, drop) = (column("insert_failed")?, column("drop")?);
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| u64::from_str_radix(fields.get(i)?, 16).ok();
+            Some(hex(failed)? + hex(drop)?)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod conntrack_tests {
+    use super::*;
+
+    #[test]
+    fn sums_refused_packets_over_cpus() {
+        let text = "entries  clashres found new invalid ignore delete delete_list insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart
+00010000  00000000 00000000 00000000 00000005 00000000 00000000 00000000 00000000 0000000a 00000001 00000000 00000000  00000000 00000000 00000000 00000000
+00010000  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000100 00000000 00000000 00000000  00000000 00000000 00000000 00000000
+";
+        assert_eq!(parse_conntrack_drops(text), Some(10 + 1 + 256));
+        assert_eq!(parse_conntrack_drops("entries found\n1 2\n"), None);
+    }
+}

@@ -23,13 +23,14 @@ impl Generator {
     }
 
     /// Sends packets `first`, `first + 1`, ... (flow of each from `flows`) until `stop`;
-    /// `sent` counts what the kernel took. Returns the next packet number.
+    /// `offered` counts every packet tried, also those the gateway's full input queue
+    /// refused (that is the gateway falling behind). Returns the next packet number.
     pub fn flood(
         &self,
         flows: &(dyn Fn(u64) -> Flow + Sync),
         first: u64,
         stop: &AtomicBool,
-        sent: &AtomicU64,
+        offered: &AtomicU64,
     ) -> io::Result<u64> {
         let mut batch = TxBatch::new(&self.template, BATCH);
         let mut next = first;
@@ -37,9 +38,9 @@ impl Generator {
             for k in 0..BATCH {
                 batch.set_flow(k, flows(next + k as u64));
             }
-            let n = self.socket.send(&mut batch)?;
+            self.socket.send(&mut batch)?;
             next += BATCH as u64;
-            sent.fetch_add(n as u64, Ordering::Relaxed);
+            offered.fetch_add(BATCH as u64, Ordering::Relaxed);
         }
         Ok(next)
     }

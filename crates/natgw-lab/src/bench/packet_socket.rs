@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::frames::{Flow, UdpFrame};
 
+const SEND_BUFFER: libc::c_int = 32 << 20;
+
 pub struct PacketSocket {
     fd: OwnedFd,
 }
@@ -40,6 +42,20 @@ impl PacketSocket {
             {
                 return Err(io::Error::last_os_error());
             }
+            // Each frame in flight is charged to the socket until the far side frees it; with
+            // the default buffer the sender would wait for the whole path and never get
+            // ahead of the gateway. A large buffer lets it overrun the gateway's queue.
+            let sndbuf: libc::c_int = SEND_BUFFER;
+            if libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&sndbuf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = ifindex as i32;
@@ -55,7 +71,7 @@ impl PacketSocket {
         }
     }
 
-    /// Sends every frame of `batch`; returns how many the kernel took.
+    /// Sends the frames of `batch` without waiting; returns how many the kernel took.
     pub fn send(&self, batch: &mut TxBatch) -> io::Result<usize> {
         let mut done = 0;
         while done < batch.len {
@@ -66,14 +82,15 @@ impl PacketSocket {
                     self.fd.as_raw_fd(),
                     batch.msgs.as_mut_ptr().add(done),
                     (batch.len - done) as libc::c_uint,
-                    0,
+                    libc::MSG_DONTWAIT,
                 )
             };
             if n < 0 {
                 let error = io::Error::last_os_error();
                 match error.raw_os_error() {
                     Some(libc::EINTR) => continue,
-                    // The device is busy: what was taken counts, the rest is dropped.
+                    // The buffer is full (frames still in flight): what was taken counts, the
+                    // rest is not sent.
                     Some(libc::ENOBUFS) | Some(libc::EAGAIN) => return Ok(done),
                     _ => return Err(error),
                 }

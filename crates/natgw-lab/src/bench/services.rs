@@ -45,11 +45,16 @@ impl TcpServer {
         role: TcpRole,
         acceptors: usize,
     ) -> Result<TcpServer, NetnsError> {
-        let listener =
-            in_netns(ns, move || TcpListener::bind(addr))?.map_err(|source| NetnsError::Enter {
-                name: format!("{ns} (listen on {addr})"),
-                source,
-            })?;
+        // Non-blocking: several acceptors wake for one connection, and only one gets it.
+        let listener = in_netns(ns, move || -> io::Result<TcpListener> {
+            let listener = TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })?
+        .map_err(|source| NetnsError::Enter {
+            name: format!("{ns} (listen on {addr})"),
+            source,
+        })?;
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -72,6 +77,7 @@ impl TcpServer {
                         let Ok((stream, _)) = listener.accept() else {
                             continue;
                         };
+                        let _ = stream.set_nonblocking(false);
                         accepted.fetch_add(1, Ordering::Relaxed);
                         match role {
                             TcpRole::AnswerAndClose => {

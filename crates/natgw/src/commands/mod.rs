@@ -1,5 +1,6 @@
 //! One short function per command: observe → core → adapter → print.
 
+mod bench;
 mod doctor;
 mod down;
 mod gateway;
@@ -39,5 +40,6 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Probe(args) => probe::run(&args),
         Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
         Command::Lab(args) => lab::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
