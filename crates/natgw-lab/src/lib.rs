@@ -2,6 +2,7 @@
 //! tests and the benchmarks. Nothing here touches the root namespace: every interface
 //! is created inside a lab namespace, and dropping a `Lab` deletes its namespaces.
 
+pub mod bench;
 mod marker;
 mod netns;
 mod services;

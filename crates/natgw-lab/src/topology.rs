@@ -398,6 +398,13 @@ fn remove_marked(name: &str, m: &Marker) -> Vec<String> {
     removed
 }
 
+/// Deletes a namespace together with the records natgw kept for it (the benchmark's
+/// namespaces, which no marker lists).
+pub(crate) fn delete_unmarked_namespace(ns: &str) -> bool {
+    let _ = in_netns(ns, natgw_linux::state_store::remove_namespace_records);
+    ip(&["netns", "del", ns]).is_ok()
+}
+
 /// Deletes a namespace with whatever still runs in it and the records natgw kept
 /// for it.
 fn delete_namespace(ns: &str, inode: u64) -> bool {
@@ -407,6 +414,5 @@ fn delete_namespace(ns: &str, inode: u64) -> bool {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let _ = in_netns(ns, natgw_linux::state_store::remove_namespace_records);
-    ip(&["netns", "del", ns]).is_ok()
+    delete_unmarked_namespace(ns)
 }

@@ -131,6 +131,10 @@ pub enum Command {
         #[arg(long, value_name = "DATE")]
         date: Option<String>,
     },
+    /// Measure plain routing, the classic iptables recipe and natgw side by side, in
+    /// throwaway namespaces (new flows/s, packets/s, TCP connects/s, flows to one
+    /// destination, bulk TCP).
+    Bench(BenchArgs),
 }
 
 impl Command {
@@ -149,7 +153,8 @@ impl Command {
             Command::Down { .. }
             | Command::Run { .. }
             | Command::StunServer { .. }
-            | Command::Lab(_) => true,
+            | Command::Lab(_)
+            | Command::Bench(_) => true,
             Command::Doctor { fix, .. } => *fix,
             Command::Node { action } => match action {
                 NodeAction::Up { .. } | NodeAction::Down { .. } => true,
@@ -268,6 +273,19 @@ pub struct LabArgs {
     /// Prefix of the lab's namespace names.
     #[arg(long, default_value = "natgw-lab", global = true)]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A short run for CI (seconds, one round) instead of the full one (minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Rounds per figure [default: 3, or 1 with --quick].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! One short function per command: observe → core → adapter → print.
 
+mod bench;
 mod doctor;
 mod down;
 mod gateway;
@@ -53,5 +54,6 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
         Command::Lab(args) => lab::run(&args),
         Command::Trace(args) => trace::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
