@@ -433,3 +433,66 @@ fn natgw_removes_records_of_namespaces_that_no_longer_exist() {
         records.display()
     );
 }
+
+#[test]
+fn lab_interrupted_during_its_inner_up_leaves_nothing_behind() {
+    if !root_or_skip("lab_interrupted_during_its_inner_up_leaves_nothing_behind") {
+        return;
+    }
+    let name = format!("ngwint{}", std::process::id());
+    // A slow nft, so that SIGINT lands while the lab's `natgw up` is applying.
+    let dir = std::env::temp_dir().join(format!("{name}-nft"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("calls.log");
+    let wrapper = dir.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nsleep 0.3\nexec /usr/sbin/nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut lab = lab_command(&["--name", &name])
+        .env("NATGW_NFT", &wrapper)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let head = format!("{name}-head");
+    let calls = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
+    let mut records = None;
+    assert!(
+        eventually(60, || {
+            if calls() >= 3 && netns_exists(&head) {
+                records = Some(record_dir(&head));
+            }
+            records.is_some()
+        }),
+        "lab {name} never started its inner up"
+    );
+    let records = records.unwrap();
+    let killed = Command::new("kill")
+        .args(["-INT", &lab.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = lab.wait();
+    assert!(
+        eventually(20, || lab_namespaces(&name).is_empty()),
+        "namespaces left: {:?}",
+        lab_namespaces(&name)
+    );
+    assert!(
+        eventually(10, || !records.exists()),
+        "record {} left",
+        records.display()
+    );
+    assert!(
+        !Path::new("/run/natgw-lab").join(&name).exists(),
+        "marker left"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
