@@ -443,18 +443,7 @@ fn lab_interrupted_during_its_inner_up_leaves_nothing_behind() {
     // A slow nft, so that SIGINT lands while the lab's `natgw up` is applying.
     let dir = std::env::temp_dir().join(format!("{name}-nft"));
     std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("calls.log");
-    let wrapper = dir.join("nft");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nsleep 0.3\nexec /usr/sbin/nft \"$@\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (wrapper, log) = slow_nft(&dir, "0.3");
     let mut lab = lab_command(&["--name", &name])
         .env("NATGW_NFT", &wrapper)
         .stdout(std::process::Stdio::null())
@@ -462,11 +451,10 @@ fn lab_interrupted_during_its_inner_up_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     let head = format!("{name}-head");
-    let calls = || std::fs::read_to_string(&log).map_or(0, |t| t.lines().count());
     let mut records = None;
     assert!(
         eventually(60, || {
-            if calls() >= 3 && netns_exists(&head) {
+            if calls(&log) >= 3 && netns_exists(&head) {
                 records = Some(record_dir(&head));
             }
             records.is_some()

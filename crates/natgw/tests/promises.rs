@@ -129,27 +129,9 @@ fn the_public_side_cannot_open_a_pinhole_with_a_private_source() {
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 }
 
-/// An `nft` that logs each call to `log` and sleeps `delay` seconds before running
-/// the real one: slow enough to collide with, or to be killed in the middle of.
+/// The slow `nft` of common::slow_nft, in the lab's scratch directory.
 fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
-    let dir = scratch(lab, "slownft");
-    let log = dir.join("calls.log");
-    let wrapper = dir.join("nft");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nsleep {delay}\nexec /usr/sbin/nft \"$@\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (wrapper.to_str().unwrap().to_string(), log)
-}
-
-fn calls(log: &std::path::Path) -> usize {
-    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+    common::slow_nft(&scratch(lab, "slownft"), delay)
 }
 
 /// Starts natgw in its own process group, so it can be killed with its children.

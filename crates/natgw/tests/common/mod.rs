@@ -246,3 +246,25 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// An `nft` that logs each call to `log` and sleeps `delay` seconds before running
+/// the real one: slow enough to collide with, or to be killed in the middle of.
+pub fn slow_nft(dir: &std::path::Path, delay: &str) -> (String, std::path::PathBuf) {
+    let log = dir.join("calls.log");
+    let wrapper = dir.join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nsleep {delay}\nexec /usr/sbin/nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (wrapper.to_str().unwrap().to_string(), log)
+}
+
+pub fn calls(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
