@@ -338,27 +338,38 @@ fn lab_killed_by_sigterm_or_sigkill_leaves_nothing_behind_and_its_name_is_refuse
                 "the second lab removed the first one's namespaces"
             );
         }
-        let killed = Command::new("kill")
-            .args([&format!("-{signal}"), &lab.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let _ = lab.wait();
-        assert!(
-            eventually(20, || lab_namespaces(&name).is_empty()),
-            "SIG{signal}: namespaces left: {:?}",
-            lab_namespaces(&name)
-        );
-        assert!(
-            eventually(10, || !records.exists()),
-            "SIG{signal}: record {} left",
-            records.display()
-        );
-        assert!(
-            !Path::new("/run/natgw-lab").join(&name).exists(),
-            "marker left"
-        );
+        kill_and_check_nothing_left(&mut lab, signal, &name, &records);
     }
+}
+
+/// Sends `signal` to the lab process, then checks that its namespaces, the headnode's
+/// record directory `records` and its marker are all gone.
+fn kill_and_check_nothing_left(
+    lab: &mut std::process::Child,
+    signal: &str,
+    name: &str,
+    records: &Path,
+) {
+    let killed = Command::new("kill")
+        .args([&format!("-{signal}"), &lab.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = lab.wait();
+    assert!(
+        eventually(20, || lab_namespaces(name).is_empty()),
+        "SIG{signal}: namespaces left: {:?}",
+        lab_namespaces(name)
+    );
+    assert!(
+        eventually(10, || !records.exists()),
+        "SIG{signal}: record {} left",
+        records.display()
+    );
+    assert!(
+        !Path::new("/run/natgw-lab").join(name).exists(),
+        "marker left"
+    );
 }
 
 #[test]
@@ -462,25 +473,6 @@ fn lab_interrupted_during_its_inner_up_leaves_nothing_behind() {
         "lab {name} never started its inner up"
     );
     let records = records.unwrap();
-    let killed = Command::new("kill")
-        .args(["-INT", &lab.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let _ = lab.wait();
-    assert!(
-        eventually(20, || lab_namespaces(&name).is_empty()),
-        "namespaces left: {:?}",
-        lab_namespaces(&name)
-    );
-    assert!(
-        eventually(10, || !records.exists()),
-        "record {} left",
-        records.display()
-    );
-    assert!(
-        !Path::new("/run/natgw-lab").join(&name).exists(),
-        "marker left"
-    );
+    kill_and_check_nothing_left(&mut lab, "INT", &name, &records);
     let _ = std::fs::remove_dir_all(dir);
 }
