@@ -282,28 +282,7 @@ mod tests {
 
     use super::*;
     use crate::config::{Config, Flags, Settings};
-    use crate::fixtures::{addr, link, route as kernel_route};
-    use crate::observed::Observed;
-
-    /// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.
-    fn headnode() -> Observed {
-        Observed {
-            links: vec![
-                link(1, "lo"),
-                link(2, "wan0"),
-                link(3, "lan0"),
-                link(4, "lan1"),
-            ],
-            addresses: vec![
-                addr(1, "127.0.0.1/8"),
-                addr(2, "203.0.113.1/24"),
-                addr(3, "10.0.0.1/24"),
-                addr(4, "192.168.5.1/24"),
-            ],
-            routes: vec![kernel_route("0.0.0.0/0", Some("203.0.113.254"), 2)],
-            ..Observed::default()
-        }
-    }
+    use crate::fixtures::headnode;
 
     fn settings(text: &str) -> Settings {
         let path = Path::new("natgw.toml");

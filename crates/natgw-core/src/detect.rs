@@ -510,31 +510,11 @@ pub use crate::prefixes::normalise;
 mod tests {
     use super::*;
     use crate::config::{Flags, RouteSpec};
-    use crate::fixtures::{addr, link, route};
+    use crate::fixtures::{addr, headnode, link, route};
     use crate::observed::Route;
 
     fn default_via(oif: u32) -> Route {
         route("0.0.0.0/0", Some("203.0.113.254"), oif)
-    }
-
-    /// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.
-    fn headnode() -> Observed {
-        Observed {
-            links: vec![
-                link(1, "lo"),
-                link(2, "wan0"),
-                link(3, "lan0"),
-                link(4, "lan1"),
-            ],
-            addresses: vec![
-                addr(1, "127.0.0.1/8"),
-                addr(2, "203.0.113.1/24"),
-                addr(3, "10.0.0.1/24"),
-                addr(4, "192.168.5.1/24"),
-            ],
-            routes: vec![default_via(2)],
-            ..Observed::default()
-        }
     }
 
     fn detect(flags: Flags, observed: &Observed) -> Result<Desired, DetectError> {

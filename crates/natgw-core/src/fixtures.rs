@@ -2,7 +2,7 @@
 
 use ipnet::IpNet;
 
-use crate::observed::{Address, Link, Route};
+use crate::observed::{Address, Link, Observed, Route};
 
 /// An up link with carrier; index 1 is loopback.
 pub fn link(index: u32, name: &str) -> Link {
@@ -37,5 +37,25 @@ pub fn route(destination: &str, gateway: Option<&str>, oif: u32) -> Route {
         oif: Some(oif),
         protocol: 4,
         metric: 0,
+    }
+}
+
+/// lo, wan0 203.0.113.1/24 with the default route, lan0 10.0.0.1/24, lan1 192.168.5.1/24.
+pub fn headnode() -> Observed {
+    Observed {
+        links: vec![
+            link(1, "lo"),
+            link(2, "wan0"),
+            link(3, "lan0"),
+            link(4, "lan1"),
+        ],
+        addresses: vec![
+            addr(1, "127.0.0.1/8"),
+            addr(2, "203.0.113.1/24"),
+            addr(3, "10.0.0.1/24"),
+            addr(4, "192.168.5.1/24"),
+        ],
+        routes: vec![route("0.0.0.0/0", Some("203.0.113.254"), 2)],
+        ..Observed::default()
     }
 }

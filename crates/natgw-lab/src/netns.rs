@@ -59,6 +59,21 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<Output, NetnsError> {
     Ok(out)
 }
 
+/// A veth pair between namespaces `a` and `b` (by name), each end addressed and up.
+pub(crate) fn cable(
+    (a, a_if, a_cidr): (&str, &str, &str),
+    (b, b_if, b_cidr): (&str, &str, &str),
+) -> Result<(), NetnsError> {
+    ip(&[
+        "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+    ])?;
+    for (ns, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
+        ip(&["-n", ns, "addr", "add", cidr, "dev", ifname])?;
+        ip(&["-n", ns, "link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
 /// Runs `f` on a new thread inside namespace `name`; sockets it opens stay there.
 pub fn in_netns<T: Send + 'static>(
     name: &str,

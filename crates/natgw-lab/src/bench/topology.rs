@@ -124,18 +124,7 @@ impl BenchNet {
         (a, a_if, a_cidr): (&str, &str, &str),
         (b, b_if, b_cidr): (&str, &str, &str),
     ) -> Result<(), NetnsError> {
-        let b_ns = self.ns(b);
-        self.ip(
-            a,
-            &[
-                "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b_ns,
-            ],
-        )?;
-        for (role, ifname, cidr) in [(a, a_if, a_cidr), (b, b_if, b_cidr)] {
-            self.ip(role, &["addr", "add", cidr, "dev", ifname])?;
-            self.ip(role, &["link", "set", ifname, "up"])?;
-        }
-        Ok(())
+        crate::netns::cable((&self.ns(a), a_if, a_cidr), (&self.ns(b), b_if, b_cidr))
     }
 
     fn create(&mut self) -> Result<(), NetnsError> {
