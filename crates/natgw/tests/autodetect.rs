@@ -124,8 +124,21 @@ fn forward_policy_is_judged_for_every_private_interface() {
         finding["detail"].as_str().unwrap().contains("lan0"),
         "{finding}"
     );
-    assert!(
-        finding["fix"].as_str().unwrap().contains("lan0"),
-        "{finding}"
+    // lan1's replies are dropped too: the fix covers both networks, and pasted whole
+    // into a shell it lets the gateway's traffic through.
+    let fix = finding["fix"].as_str().unwrap();
+    for iface in ["lan0", "lan1"] {
+        assert!(
+            fix.contains(&format!("iifname \"wan0\" oifname \"{iface}\"")),
+            "{fix}"
+        );
+    }
+    paste_fix(&lab, fix);
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "forward-policy")["status"],
+        "pass",
+        "{report}"
     );
 }

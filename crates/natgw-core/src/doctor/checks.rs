@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::firewall::{self, clamps_mss, fate, snat_rules, Chain, Endpoint, Fate, Flow, Hook};
+use super::fix::Fix;
 use super::{Finding, Inputs, Repair, Status};
 use crate::detect::{is_private_v4, roles, DetectError, Roles, IP_FORWARD};
 use crate::join;
@@ -111,7 +112,8 @@ fn port_use(inputs: &Inputs) -> Finding {
     Finding::warn(
         ID,
         format!("near port exhaustion (80 % or more): {}", busy.join("; ")),
-        "add SNAT addresses (snat_to = [...], paired pooling) and consider port_selection = \"random\"",
+        Fix::say("add SNAT addresses to snat_to in natgw.toml (paired pooling spreads hosts over them) and consider port_selection = \"random\"; then:")
+            .then_run(&["natgw", "up"]),
     )
 }
 
@@ -122,7 +124,9 @@ fn record(o: &Observed) -> Finding {
         return Finding::fail(
             ID,
             format!("natgw's record is unusable: {problem}"),
-            "natgw down (removes natgw's table and routes, names the sysctls to check, sets the record aside); then natgw up",
+            Fix::say("undo what can be undone (natgw's table and routes), see which sysctls to check, set the record aside, and start again:")
+                .then_run(&["natgw", "down"])
+                .then_run(&["natgw", "up"]),
         );
     }
     match &o.state {
@@ -131,7 +135,7 @@ fn record(o: &Observed) -> Finding {
             Some(applying) => Finding::fail(
                 ID,
                 format!("an apply by natgw (pid {}) stopped half-way", applying.pid),
-                "natgw up (finishes it) or natgw down (undoes it)",
+                Fix::say("finish it (or undo it with natgw down):").then_run(&["natgw", "up"]),
             )
             .repaired_by(Repair::ApplyGateway),
             None => Finding::pass(ID, "natgw's record is complete"),
@@ -150,7 +154,7 @@ fn without_roles(inputs: &Inputs, e: &DetectError) -> Vec<Finding> {
     let mut findings = vec![Finding::fail(
         id,
         e.to_string(),
-        "name the interfaces with --public / --private (or fix what the message says)",
+        Fix::say("fix what the message says, or name the interfaces: natgw doctor --public IFACE --private IFACE"),
     )];
     let skipped = format!("needs the interfaces' roles, which are unknown ({id} failed)");
     for check in ROLE_CHECKS.iter().filter(|c| **c != id) {
@@ -229,7 +233,7 @@ fn link_state(id: &'static str, link: &Link) -> Option<Finding> {
         let f = Finding::fail(
             id,
             format!("{} is administratively down", link.name),
-            format!("ip link set {} up", link.name),
+            Fix::run(&["ip", "link", "set", &link.name, "up"]),
         );
         return Some(f.repaired_by(Repair::LinkUp(link.name.clone())));
     }
@@ -240,7 +244,10 @@ fn link_state(id: &'static str, link: &Link) -> Option<Finding> {
                 "{} is up but has no carrier (cable unplugged, switch port or peer down)",
                 link.name
             ),
-            format!("check the cable and the switch port of {}", link.name),
+            Fix::say(format!(
+                "check the cable and the switch port of {}",
+                link.name
+            )),
         ));
     }
     None
@@ -256,7 +263,10 @@ fn public_interface(o: &Observed, link: &Link) -> Finding {
         return Finding::fail(
             ID,
             format!("{} has no IPv4 address", link.name),
-            format!("ip addr add ADDR/LEN dev {}", link.name),
+            Fix::say(format!(
+                "give {0} its public address (from your provider): ip addr add ADDR/LEN dev {0}",
+                link.name
+            )),
         );
     }
     Finding::pass(
@@ -278,10 +288,7 @@ fn private_interface(o: &Observed, link: &Link) -> Finding {
         return Finding::fail(
             ID,
             format!("{} carries no RFC 1918 / RFC 6598 address", link.name),
-            format!(
-                "ip addr add 10.0.0.1/24 dev {} (your private network's gateway address)",
-                link.name
-            ),
+            Fix::say(format!("give {0} the private network's gateway address, e.g. ip addr add 10.0.0.1/24 dev {0}", link.name)),
         );
     }
     Finding::pass(
@@ -310,7 +317,7 @@ fn default_route(o: &Observed, roles: &Roles) -> Finding {
         [] => Finding::fail(
             ID,
             "no IPv4 default route: the headnode cannot reach the outside",
-            format!("ip route add default via UPSTREAM_ROUTER dev {public}"),
+            Fix::say(format!("add a default route via your upstream router: ip route add default via ROUTER dev {public}")),
         ),
         [only] if only.oif == Some(roles.public.index) => {
             Finding::pass(ID, format!("default {}", describe(only)))
@@ -321,19 +328,25 @@ fn default_route(o: &Observed, roles: &Roles) -> Finding {
                 "the default route leaves through {}, not the public interface {public}",
                 name(only.oif)
             ),
-            format!("ip route replace default via UPSTREAM_ROUTER dev {public}"),
+            Fix::say(format!("point the default route at your upstream router on {public}: ip route replace default via ROUTER dev {public}")),
         ),
         several => {
             let list: Vec<String> = several.iter().map(describe).collect();
             let best = several.iter().min_by_key(|r| r.metric).expect("non-empty");
             let detail = format!("{} IPv4 default routes: {}", several.len(), list.join("; "));
             if best.oif == Some(roles.public.index) {
-                Finding::warn(ID, detail, "delete the extra default routes (ip route del default via GW dev IFACE) so traffic cannot leave unexpectedly")
+                let extra = several.iter().filter(|r| r.oif != best.oif || r.metric != best.metric);
+                let fix = extra.fold(
+                    Fix::say("delete the extra default routes, so traffic cannot leave unexpectedly:"),
+                    |fix, r| fix.then_run(&del_default(r, &name)),
+                );
+                Finding::warn(ID, detail, fix)
             } else {
                 Finding::fail(
                     ID,
                     format!("{detail}; the preferred one does not use {public}"),
-                    format!("ip route del default dev {}", name(best.oif)),
+                    Fix::say(format!("delete the preferred default route, so the one through {public} is used (or give that one a lower metric):"))
+                        .then_run(&del_default(best, &name)),
                 )
             }
         }
@@ -346,11 +359,17 @@ fn netfilter(inputs: &Inputs) -> Finding {
         return Finding::fail(
             ID,
             "the nft tool is not installed",
-            "apt-get install nftables (Debian/Ubuntu) or dnf install nftables",
+            Fix::say("Debian/Ubuntu (dnf install nftables on RHEL-like systems):")
+                .then_run(&["apt-get", "install", "nftables"]),
         );
     }
     if let Some(Err(e)) = &inputs.nat_check {
-        return Finding::fail(ID, format!("the kernel rejected a NAT ruleset: {e}"), "use a kernel with nf_tables and nft_nat (CONFIG_NF_TABLES, CONFIG_NFT_NAT) or load the modules: modprobe nft_nat");
+        return Finding::fail(
+            ID,
+            format!("the kernel rejected a NAT ruleset: {e}"),
+            Fix::say("load the module (or use a kernel with CONFIG_NF_TABLES and CONFIG_NFT_NAT):")
+                .then_run(&["modprobe", "nft_nat"]),
+        );
     }
     let chains = match &inputs.firewall {
         Ok(chains) => chains,
@@ -358,7 +377,7 @@ fn netfilter(inputs: &Inputs) -> Finding {
             return Finding::warn(
                 ID,
                 format!("nft is installed, but the ruleset could not be read: {why}"),
-                "run `nft -j list ruleset` to see the error",
+                Fix::say("see the error:").then_run(&["nft", "-j", "list", "ruleset"]),
             )
         }
     };
@@ -371,7 +390,10 @@ fn netfilter(inputs: &Inputs) -> Finding {
         "nft is installed"
     };
     if legacy_rules && nft_in_use {
-        return Finding::warn(ID, format!("{checked}, but rules exist in both iptables-legacy and nftables: neither tool shows the other's rules"), "list both (iptables-legacy-save; nft list ruleset) and move the legacy rules to nftables (iptables-legacy-save | iptables-restore-translate)");
+        return Finding::warn(ID, format!("{checked}, but rules exist in both iptables-legacy and nftables: neither tool shows the other's rules"), Fix::say("list both, then move the legacy rules to nftables (the last command prints them translated):")
+            .then_run(&["iptables-legacy-save"])
+            .then_run(&["nft", "list", "ruleset"])
+            .then_shell("iptables-legacy-save | iptables-restore-translate"));
     }
     Finding::pass(ID, checked)
 }
@@ -406,7 +428,7 @@ fn missing_table(table: &str) -> Finding {
     Finding::fail(
         "natgw-table",
         format!("natgw is up here, but its table {table} is gone: nothing is translated or filtered (did something run `nft flush ruleset`, e.g. nftables.service?)"),
-        "natgw up (reinstalls the table)",
+        Fix::say("reinstall the table:").then_run(&["natgw", "up"]),
     )
     .repaired_by(Repair::ApplyGateway)
 }
@@ -423,13 +445,13 @@ fn table_in_plan(table: &str, changes: &[Change]) -> Finding {
         Some(TableReason::Drift) => Finding::fail(
             ID,
             format!("table {table} was changed outside natgw: it differs from what natgw installed (`nft list table {table}` shows it)"),
-            "natgw up (reinstalls natgw's table; keep your own rules in a table of your own)",
+            Fix::say("reinstall natgw's table (keep your own rules in a table of your own):").then_run(&["natgw", "up"]),
         )
         .repaired_by(Repair::ApplyGateway),
         Some(TableReason::Update) => Finding::warn(
             ID,
             format!("table {table} does not match the configuration given (interfaces, prefixes or address changed since natgw up)"),
-            "natgw up (updates the table)",
+            Fix::say("update the table:").then_run(&["natgw", "up"]),
         )
         .repaired_by(Repair::ApplyGateway),
     }
@@ -448,7 +470,7 @@ fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
         let f = Finding::fail(
             ID,
             format!("{IP_FORWARD} = {}", value(IP_FORWARD).unwrap_or("?")),
-            format!("sysctl -w {IP_FORWARD}=1"),
+            Fix::run(&["sysctl", "-w", &format!("{IP_FORWARD}=1")]),
         );
         return f.repaired_by(Repair::ApplyGateway);
     }
@@ -458,11 +480,9 @@ fn ip_forward(o: &Observed, roles: &Roles) -> Finding {
         .filter(|name| value(&format!("net.ipv4.conf.{name}.forwarding")) == Some("0"))
         .collect();
     if !off.is_empty() {
-        let fix = off
-            .iter()
-            .map(|n| format!("sysctl -w {}=1", conf_path(n, "forwarding")))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let fix = off.iter().fold(Fix::default(), |fix, n| {
+            fix.then_run(&["sysctl", "-w", &format!("{}=1", conf_path(n, "forwarding"))])
+        });
         return Finding::fail(
             ID,
             format!("forwarding is on globally but off on {}", off.join(", ")),
@@ -501,7 +521,7 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
         return Finding::fail(
             ID,
             format!("no rule source-translates the private prefixes out of {public}"),
-            "natgw up",
+            Fix::run(&["natgw", "up"]),
         )
         .repaired_by(Repair::ApplyGateway);
     }
@@ -532,7 +552,8 @@ fn stale_snat(
         return Finding::warn(
             "snat",
             format!("natgw translates to {to} as configured, but {public} does not carry it ({}): replies come back only if the upstream routes {to} to this host", join(current)),
-            format!("add it (ip addr add {to}/LEN dev {public}) or make sure the upstream routes {to} here"),
+            Fix::say(format!("add the address to {public}, or make sure the upstream routes {to} here:"))
+                .then_run(&["ip", "addr", "add", &format!("{to}/32"), "dev", public]),
         );
     }
     let detail = format!(
@@ -544,17 +565,18 @@ fn stale_snat(
         return Finding::fail(
             "snat",
             detail,
-            "natgw up (re-renders natgw's rule with the current address)",
+            Fix::say("re-render natgw's rule with the current address:").then_run(&["natgw", "up"]),
         )
         .repaired_by(Repair::ApplyGateway);
     }
     Finding::fail(
         "snat",
         detail,
-        format!(
-            "delete the stale rule in {} (`{}`), then natgw up",
+        Fix::say(format!(
+            "delete the stale rule in {}: {}\nthen:",
             rule.chain, rule.rule
-        ),
+        ))
+        .then_run(&["natgw", "up"]),
     )
 }
 
@@ -574,6 +596,9 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
         .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward));
     let mut partial: Option<(&Chain, String)> = None;
     for chain in foreign {
+        // The first drop explains; the fix covers every private interface cut off.
+        let mut first_drop: Option<String> = None;
+        let mut cut_off: Vec<&str> = Vec::new();
         for &(prefix, iif) in &sources {
             let flows = [
                 (
@@ -603,12 +628,18 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
                     }
                     Fate::Dropped(Some(rule)) => format!("drops {what}: `{}`", rule.text),
                 };
-                return Finding::fail(
-                    ID,
-                    format!("forward chain {} {} {why}", chain.table, chain.name),
-                    forward_fix(chain, chains, iif, public),
-                );
+                first_drop.get_or_insert(why);
+                if !cut_off.contains(&iif) {
+                    cut_off.push(iif);
+                }
             }
+        }
+        if let Some(why) = first_drop {
+            return Finding::fail(
+                ID,
+                format!("forward chain {} {} {why}", chain.table, chain.name),
+                forward_fix(chain, chains, &cut_off, public),
+            );
         }
     }
     if let Some((chain, why)) = partial {
@@ -616,10 +647,7 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
         return Finding::warn(
             ID,
             format!("forward chain {} {} {why}", chain.table, chain.name),
-            format!(
-                "if that is not intended: {}",
-                forward_fix(chain, chains, first, public)
-            ),
+            Fix::say("if that is not intended:").then(forward_fix(chain, chains, &[first], public)),
         );
     }
     Finding::pass(
@@ -628,22 +656,78 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
     )
 }
 
-/// Accept rules for both directions, where the chain's owner expects them: Docker's
-/// DOCKER-USER (Docker rewrites its other chains), else the chain itself.
-fn forward_fix(chain: &Chain, chains: &[Chain], private: &str, public: &str) -> String {
-    if chain.is_docker(chains) {
-        let tool = if chain.legacy {
-            "iptables-legacy"
-        } else {
-            "iptables"
-        };
-        return format!("{tool} -I DOCKER-USER -i {private} -o {public} -j ACCEPT; {tool} -I DOCKER-USER -i {public} -o {private} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT");
-    }
-    if chain.legacy {
-        format!("iptables-legacy -I {c} -i {private} -o {public} -j ACCEPT; iptables-legacy -I {c} -i {public} -o {private} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", c = chain.name)
+/// Accept rules for both directions and every private interface given, where the
+/// chain's owner expects them: Docker's DOCKER-USER (Docker rewrites its other
+/// chains), else the chain itself.
+fn forward_fix(chain: &Chain, chains: &[Chain], privates: &[&str], public: &str) -> Fix {
+    let docker = chain.is_docker(chains);
+    let tool = if chain.legacy {
+        "iptables-legacy"
     } else {
-        format!("nft insert rule {t} {c} iifname \"{private}\" oifname \"{public}\" accept; nft insert rule {t} {c} iifname \"{public}\" oifname \"{private}\" ct state established,related accept", t = chain.table, c = chain.name)
+        "iptables"
+    };
+    let mut fix = Fix::default();
+    for private in privates {
+        fix = if docker || chain.legacy {
+            let target = if docker {
+                "DOCKER-USER"
+            } else {
+                chain.name.as_str()
+            };
+            fix.then_run(&[
+                tool, "-I", target, "-i", private, "-o", public, "-j", "ACCEPT",
+            ])
+            .then_run(&[
+                tool,
+                "-I",
+                target,
+                "-i",
+                public,
+                "-o",
+                private,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ])
+        } else {
+            let (t, c) = (&chain.table, &chain.name);
+            fix.then_run(&[
+                "nft",
+                &format!(
+                    "insert rule {t} {c} iifname {} oifname {} accept",
+                    nft_string(private),
+                    nft_string(public)
+                ),
+            ])
+            .then_run(&[
+                "nft",
+                &format!(
+                    "insert rule {t} {c} iifname {} oifname {} ct state established,related accept",
+                    nft_string(public),
+                    nft_string(private)
+                ),
+            ])
+        };
     }
+    fix
+}
+
+/// `ip route del` of exactly this default route.
+fn del_default(r: &crate::observed::Route, name: &dyn Fn(Option<u32>) -> String) -> Vec<String> {
+    let mut words: Vec<String> = ["ip", "route", "del", "default"].map(String::from).into();
+    if let Some(gw) = r.gateway {
+        words.extend(["via".into(), gw.to_string()]);
+    }
+    words.extend([
+        "dev".into(),
+        name(r.oif),
+        "metric".into(),
+        r.metric.to_string(),
+    ]);
+    words
 }
 
 fn rp_filter(o: &Observed, roles: &Roles) -> Finding {
@@ -669,10 +753,12 @@ fn rp_filter(o: &Observed, roles: &Roles) -> Finding {
     }
     let fix = strict
         .iter()
-        .map(|n| format!("sysctl -w {}=2", conf_path(n, "rp_filter")))
-        .chain((all == 1).then(|| "sysctl -w net.ipv4.conf.all.rp_filter=2".to_string()))
-        .collect::<Vec<_>>()
-        .join("; ");
+        .map(|n| conf_path(n, "rp_filter"))
+        .chain((all == 1).then(|| "net.ipv4.conf.all.rp_filter".to_string()))
+        .fold(
+            Fix::say("loose mode (2) still drops packets from nowhere routable:"),
+            |fix, key| fix.then_run(&["sysctl", "-w", &format!("{key}=2")]),
+        );
     Finding::warn(ID, format!("strict rp_filter on {}: packets from networks routed elsewhere (behind routers, asymmetric paths) are dropped", strict.join(", ")), fix)
 }
 
@@ -704,7 +790,7 @@ fn private_routes(o: &Observed, roles: &Roles) -> Finding {
                 join(&missing),
                 down.name
             ),
-            format!("ip link set {} up", down.name),
+            Fix::run(&["ip", "link", "set", &down.name, "up"]),
         )
         .repaired_by(Repair::LinkUp(down.name.clone()));
     }
@@ -714,7 +800,8 @@ fn private_routes(o: &Observed, roles: &Roles) -> Finding {
             "no route back to {}: replies for them would leave by the default route",
             join(&missing)
         ),
-        "add them to `routes` in natgw.toml ({ to = PREFIX, via = ROUTER }) and run natgw up",
+        Fix::say("add them to `routes` in natgw.toml ({ to = PREFIX, via = ROUTER }), then:")
+            .then_run(&["natgw", "up"]),
     )
     .repaired_by(Repair::ApplyGateway)
 }
@@ -739,7 +826,7 @@ fn conntrack(inputs: &Inputs) -> Finding {
             id: ID,
             status,
             detail: format!("{usage}: new connections are dropped when the table is full"),
-            fix: Some(raise_max(ct.max)),
+            fix: Some(raise_max(ct.max).to_string()),
             repair: None,
         };
     }
@@ -781,20 +868,29 @@ fn conntrack(inputs: &Inputs) -> Finding {
     )
 }
 
-fn raise_max(max: u64) -> String {
-    format!("raise net.netfilter.nf_conntrack_max (now {max}) in the root namespace")
+/// The table is global: only the root namespace may resize it (natgw's `max_flows`
+/// does so when it runs there).
+fn raise_max(max: u64) -> Fix {
+    Fix::say(format!(
+        "raise the conntrack maximum (now {max}; max_flows in natgw.toml), in the root namespace:"
+    ))
+    .then_run(&[
+        "sysctl",
+        "-w",
+        &format!("net.netfilter.nf_conntrack_max={}", max.saturating_mul(2)),
+    ])
 }
 
 /// Insert failures are clashes of translated tuples (ports exhausted towards one
 /// destination), not a full table: more addresses or random ports help, a bigger
 /// table does not. The kernel counts each clash as a drop too, so only drops beyond
 /// the insert failures, and early drops, point at a full table.
-fn lost_fix(lost: &super::ConntrackStats, max: u64) -> String {
-    let clashes = "give natgw more SNAT addresses (each carries about 64k flows per destination address and port) or fully random ports (port_selection = \"random\" in natgw.toml)";
+fn lost_fix(lost: &super::ConntrackStats, max: u64) -> Fix {
+    let clashes = Fix::say("give natgw more SNAT addresses (each carries about 64k flows per destination address and port) or fully random ports (port_selection = \"random\" in natgw.toml)");
     let full = lost.drop.saturating_sub(lost.insert_failed) + lost.early_drop > 0;
     match (lost.insert_failed > 0, full) {
-        (true, true) => format!("{clashes}; and {}", raise_max(max)),
-        (true, false) => clashes.to_string(),
+        (true, true) => clashes.then(raise_max(max)),
+        (true, false) => clashes,
         _ => raise_max(max),
     }
 }
@@ -842,19 +938,23 @@ fn mtu(inputs: &Inputs, roles: &Roles) -> Finding {
             ),
         );
     }
-    Finding::warn(ID, format!("{} exceed the public MTU of {} ({}) and TCP MSS is not clamped: large TCP segments stall where PMTU discovery is blocked", bigger.join(", "), public.name, public.mtu), format!("set mss_clamp = true in natgw.toml and run natgw up, or clamp by hand: {} (or lower the private MTU)", clamp_command(&public.name)))
+    Finding::warn(ID, format!("{} exceed the public MTU of {} ({}) and TCP MSS is not clamped: large TCP segments stall where PMTU discovery is blocked", bigger.join(", "), public.name, public.mtu), Fix::say("set mss_clamp = true in natgw.toml and run natgw up, or lower the private MTU, or clamp by hand:").then(clamp_commands(&public.name)))
 }
 
 /// A clamping rule in a table of its own, so it works on a host with no firewall yet.
-pub fn clamp_command(public: &str) -> String {
-    let rule = format!(
-        "add rule inet mssclamp forward oifname {} tcp flags syn tcp option maxseg size set rt mtu",
-        nft_string(public)
-    );
-    format!(
-        "nft add table inet mssclamp && nft add chain inet mssclamp forward '{{ type filter hook forward priority mangle; policy accept; }}' && nft {}",
-        shell_quote(&rule)
-    )
+pub fn clamp_commands(public: &str) -> Fix {
+    Fix::run(&["nft", "add table inet mssclamp"])
+        .then_run(&[
+            "nft",
+            "add chain inet mssclamp forward { type filter hook forward priority mangle; policy accept; }",
+        ])
+        .then_run(&[
+            "nft",
+            &format!(
+                "add rule inet mssclamp forward oifname {} tcp flags syn tcp option maxseg size set rt mtu",
+                nft_string(public)
+            ),
+        ])
 }
 
 /// An interface name as an nft string literal.
@@ -862,17 +962,12 @@ fn nft_string(name: &str) -> String {
     format!("\"{name}\"")
 }
 
-/// One shell word, whatever it contains.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
-
 /// Looks only: no query leaves the machine. A nameserver must be configured and routable.
 /// Shared with `natgw node check`.
 pub fn dns(o: &Observed, nameservers: &[IpAddr]) -> Finding {
     const ID: &str = "dns";
     if nameservers.is_empty() {
-        return Finding::warn(ID, "no nameserver in /etc/resolv.conf: this host cannot resolve names (private nodes often use the headnode as resolver)", "add `nameserver ADDR` to /etc/resolv.conf (or configure systemd-resolved)");
+        return Finding::warn(ID, "no nameserver in /etc/resolv.conf: this host cannot resolve names (private nodes often use the headnode as resolver)", Fix::say("add `nameserver ADDR` to /etc/resolv.conf (or configure systemd-resolved)"));
     }
     let routable = |ns: &IpAddr| {
         ns.is_loopback()
@@ -888,7 +983,7 @@ pub fn dns(o: &Observed, nameservers: &[IpAddr]) -> Finding {
         return Finding::warn(
             ID,
             format!("no route to any nameserver ({})", join(&unroutable)),
-            "fix the default route, or point /etc/resolv.conf at a reachable resolver",
+            Fix::say("fix the default route, or point /etc/resolv.conf at a reachable resolver"),
         );
     }
     Finding::pass(
@@ -973,7 +1068,52 @@ mod tests {
     fn run(o: &Observed, rulesets: &[&str], legacy: &str) -> Vec<Finding> {
         let mut chains = chains(rulesets);
         chains.extend(parse_iptables_save(legacy, true));
-        all(&inputs(&settings(), o, chains))
+        let findings = all(&inputs(&settings(), o, chains));
+        findings.iter().for_each(assert_pasteable);
+        findings
+    }
+
+    /// Every fix pastes into a shell as it is printed: prose lines are comments, every
+    /// other line starts with a command a stock host has, and no placeholder is left
+    /// in a command.
+    fn assert_pasteable(f: &Finding) {
+        const COMMANDS: &[&str] = &[
+            "ip",
+            "nft",
+            "sysctl",
+            "natgw",
+            "iptables",
+            "iptables-legacy",
+            "iptables-legacy-save",
+            "apt-get",
+            "modprobe",
+        ];
+        const PLACEHOLDERS: &[&str] =
+            &["ADDR", "LEN", "IFACE", "ROUTER", "GW", "PREFIX", "PRIVATE"];
+        for line in f.fix.iter().flat_map(|fix| fix.lines()) {
+            if line.starts_with("# ") {
+                continue;
+            }
+            let command = line.split_whitespace().next().unwrap_or_default();
+            assert!(
+                COMMANDS.contains(&command),
+                "{}: `{line}` is neither a command nor prose",
+                f.id
+            );
+            let words = line.split(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            assert!(
+                !words.clone().any(|w| PLACEHOLDERS.contains(&w)),
+                "{}: placeholder in `{line}`",
+                f.id
+            );
+            // Outside single quotes, a `;` or `&&` would chain a second command.
+            let unquoted: String = line.split('\'').step_by(2).collect();
+            assert!(
+                !unquoted.contains(';') && !unquoted.contains("&&"),
+                "{}: two commands on one line: `{line}`",
+                f.id
+            );
+        }
     }
 
     fn find<'a>(findings: &'a [Finding], id: &str) -> &'a Finding {
@@ -1100,12 +1240,34 @@ mod tests {
         let f = find(&findings, "forward-policy");
         assert_eq!(f.status, Status::Fail);
         assert!(
-            f.fix
-                .as_deref()
-                .unwrap()
-                .starts_with("nft insert rule ip filter FORWARD iifname \"lan0\""),
+            f.fix.as_deref().unwrap().starts_with(
+                r#"nft 'insert rule ip filter FORWARD iifname "lan0" oifname "wan0" accept'"#
+            ),
             "{f:?}"
         );
+    }
+
+    #[test]
+    fn forward_fix_covers_every_private_interface_cut_off() {
+        let mut o = healthy();
+        o.links.push(link(4, "lan.100"));
+        o.addresses.push(addr(4, "192.168.7.1/24"));
+        o.routes.push(route("192.168.7.0/24", None, 4));
+        let policy_drop = r#"{"nftables": [{"table": {"family": "ip", "name": "filter", "handle": 1}}, {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}]}"#;
+        let f = find(&run(&o, &[NATGW, policy_drop], ""), "forward-policy").clone();
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        let fix = f.fix.unwrap();
+        for iface in ["lan0", "lan.100"] {
+            assert!(
+                fix.contains(&format!("iifname \"{iface}\" oifname \"wan0\" accept")),
+                "{fix}"
+            );
+            assert!(
+                fix.contains(&format!("iifname \"wan0\" oifname \"{iface}\" ct state")),
+                "{fix}"
+            );
+        }
+        assert_eq!(fix.lines().count(), 4, "{fix}");
     }
 
     #[test]
@@ -1119,7 +1281,7 @@ mod tests {
         );
         assert_eq!(
             f.fix.as_deref().unwrap(),
-            "iptables -I DOCKER-USER -i lan0 -o wan0 -j ACCEPT; iptables -I DOCKER-USER -i wan0 -o lan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+            "iptables -I DOCKER-USER -i lan0 -o wan0 -j ACCEPT\niptables -I DOCKER-USER -i wan0 -o lan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
         );
     }
 
@@ -1303,13 +1465,13 @@ mod tests {
         assert_eq!(f.status, Status::Warn);
         let fix = f.fix.unwrap();
         assert!(
-            fix.starts_with("set mss_clamp = true in natgw.toml"),
+            fix.starts_with("# set mss_clamp = true in natgw.toml"),
             "{fix}"
         );
-        assert!(fix.contains(&clamp_command("wan0")), "{fix}");
+        assert!(fix.ends_with(&clamp_commands("wan0").to_string()), "{fix}");
         assert_eq!(
-            clamp_command("wan0"),
-            "nft add table inet mssclamp && nft add chain inet mssclamp forward '{ type filter hook forward priority mangle; policy accept; }' && nft 'add rule inet mssclamp forward oifname \"wan0\" tcp flags syn tcp option maxseg size set rt mtu'"
+            clamp_commands("wan0").to_string(),
+            "nft 'add table inet mssclamp'\nnft 'add chain inet mssclamp forward { type filter hook forward priority mangle; policy accept; }'\nnft 'add rule inet mssclamp forward oifname \"wan0\" tcp flags syn tcp option maxseg size set rt mtu'"
         );
         // MIXED clamps in a foreign chain.
         assert_eq!(find(&run(&o, &[MIXED], ""), "mtu").status, Status::Pass);
@@ -1328,7 +1490,7 @@ mod tests {
         o.state_problem = Some("state.json is corrupt".into());
         let f = find(&run(&o, &[NATGW], ""), "record").clone();
         assert_eq!((f.status, f.repair), (Status::Fail, None));
-        assert!(f.fix.unwrap().starts_with("natgw down"));
+        assert!(f.fix.unwrap().contains("\nnatgw down\nnatgw up"));
         let mut o = healthy();
         o.state = Some(crate::state::RecordedState {
             applying: Some(crate::state::Applying { pid: 7, started: 0 }),

@@ -4,6 +4,7 @@
 
 pub mod checks;
 pub mod firewall;
+pub mod fix;
 pub mod from_nft;
 pub mod iptables;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::observed::Observed;
 use firewall::Chain;
+pub use fix::Fix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,7 +41,8 @@ pub struct Finding {
     pub id: &'static str,
     pub status: Status,
     pub detail: String,
-    /// What an admin should do; for problems natgw will not touch, the exact command.
+    /// What an admin should do, as lines to paste into a shell: commands, and prose as
+    /// `#` comments (see [`Fix`]).
     pub fix: Option<String>,
     #[serde(skip)]
     pub repair: Option<Repair>,
@@ -56,22 +59,22 @@ impl Finding {
         }
     }
 
-    pub fn warn(id: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    pub fn warn(id: &'static str, detail: impl Into<String>, fix: Fix) -> Finding {
         Finding {
             id,
             status: Status::Warn,
             detail: detail.into(),
-            fix: Some(fix.into()),
+            fix: Some(fix.to_string()),
             repair: None,
         }
     }
 
-    pub fn fail(id: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+    pub fn fail(id: &'static str, detail: impl Into<String>, fix: Fix) -> Finding {
         Finding {
             id,
             status: Status::Fail,
             detail: detail.into(),
-            fix: Some(fix.into()),
+            fix: Some(fix.to_string()),
             repair: None,
         }
     }

@@ -255,7 +255,10 @@ pub fn print_findings(findings: &[Finding]) {
             } else {
                 "fix (natgw will not touch this)"
             };
-            println!("      {who}: {fix}");
+            println!("      {who}:");
+            for line in fix.lines() {
+                println!("        {line}");
+            }
         }
     }
 }

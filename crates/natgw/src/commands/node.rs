@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use natgw_core::doctor::{Finding, Status};
+use natgw_core::doctor::{Finding, Fix, Status};
 use natgw_core::node::{self, NodeChange, NodeState};
 use natgw_core::{Observed, RouteSpec, NODE_ROUTE_PROTOCOL};
 use natgw_linux::netlink::Netlink;
@@ -219,7 +219,9 @@ fn check(json: bool) -> exit::Result<i32> {
         None => findings.push(Finding::fail(
             "default-route",
             "no IPv4 default route: outbound traffic has nowhere to go",
-            "natgw node up --gateway HEADNODE_PRIVATE_ADDRESS",
+            Fix::say(
+                "route through the headnode: natgw node up --gateway HEADNODE_PRIVATE_ADDRESS",
+            ),
         )),
         Some(route) => {
             let gw = route.gateway;
@@ -243,12 +245,12 @@ fn check(json: bool) -> exit::Result<i32> {
                 (Some(gw), _) => findings.push(Finding::fail(
                     "gateway",
                     format!("{gw} does not answer ARP on {dev}"),
-                    "check that the headnode is up and has this address on the private network",
+                    Fix::say("check that the headnode is up and has this address on the private network"),
                 )),
                 (None, _) => findings.push(Finding::warn(
                     "gateway",
                     format!("the default route has no gateway (dev {dev})"),
-                    "natgw node up --gateway HEADNODE_PRIVATE_ADDRESS --replace",
+                    Fix::say("route through the headnode: natgw node up --gateway HEADNODE_PRIVATE_ADDRESS --replace"),
                 )),
             }
         }

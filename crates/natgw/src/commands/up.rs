@@ -110,9 +110,9 @@ fn no_foreign_blocker(settings: &Settings, observed: &Observed) -> exit::Result<
     match natgw_core::doctor::checks::foreign_blockers(&inputs).first() {
         None => Ok(()),
         Some(blocker) => Err(problem(anyhow!(
-            "natgw's rules are in place, but another firewall stops the gateway: {}; fix (natgw will not touch it): {}",
+            "natgw's rules are in place, but another firewall stops the gateway: {}\nfix (natgw will not touch it):\n{}",
             blocker.detail,
-            blocker.fix.as_deref().unwrap_or("see natgw doctor")
+            indent(blocker.fix.as_deref().unwrap_or("# see natgw doctor"))
         ))),
     }
 }
@@ -153,4 +153,12 @@ pub fn apply_and_verify(
     })
     .map_err(problem)?;
     Ok(())
+}
+
+/// A fix under its heading, each line indented as it will be pasted.
+fn indent(fix: &str) -> String {
+    fix.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

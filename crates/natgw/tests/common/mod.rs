@@ -104,6 +104,12 @@ pub fn in_ns(lab: &Lab, role: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Pastes a printed doctor fix into a shell on the headnode, whole, as an admin would:
+/// the prose lines are comments, and every command must succeed.
+pub fn paste_fix(lab: &Lab, fix: &str) {
+    in_ns(lab, "head", &["sh", "-e", "-c", fix]);
+}
+
 /// natgw's record of the headnode namespace, resolved there as natgw resolves it.
 pub fn state_path(lab: &Lab) -> std::path::PathBuf {
     natgw_lab::in_netns(&lab.ns("head"), || {
