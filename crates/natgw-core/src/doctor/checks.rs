@@ -1268,6 +1268,17 @@ mod tests {
             );
         }
         assert_eq!(fix.lines().count(), 4, "{fix}");
+        // A dotted name keeps its dot in a sysctl path written with slashes.
+        o.sysctls
+            .insert("net.ipv4.conf.lan.100.rp_filter".into(), "1".into());
+        let f = find(&run(&o, &[NATGW], ""), "rp-filter").clone();
+        assert!(
+            f.fix
+                .as_deref()
+                .unwrap()
+                .ends_with("\nsysctl -w net/ipv4/conf/lan.100/rp_filter=2"),
+            "{f:?}"
+        );
     }
 
     #[test]
