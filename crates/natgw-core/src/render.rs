@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use sha2::{Digest, Sha256};
 
 use crate::desired::{Desired, SnatMode};
@@ -90,9 +90,36 @@ fn render_body(d: &Desired) -> String {
         .filter(|p| matches!(p, IpNet::V4(_)))
         .map(|p| p.to_string())
         .collect();
-    let martians: Vec<String> = SPECIAL_V4
+    // What no packet from the public side may claim as source: the private prefixes
+    // and the special ranges, merged into one set so that the check is one lookup.
+    let public_spoofs: Vec<String> = Ipv4Net::aggregate(
+        &d.private_prefixes
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V4(v4) => Some(*v4),
+                IpNet::V6(_) => None,
+            })
+            .chain(
+                SPECIAL_V4
+                    .iter()
+                    .map(|(_, addr, len)| Ipv4Net::new(*addr, *len).expect("valid prefix")),
+            )
+            .collect::<Vec<_>>(),
+    )
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    // Established packets between a private interface and the public one, by direction.
+    let directions: Vec<String> = d
+        .private
         .iter()
-        .map(|(_, addr, len)| format!("{addr}/{len}"))
+        .flat_map(|i| {
+            let private = quote(&i.name);
+            [
+                format!("{private} . {public} : \"outbound\""),
+                format!("{public} . {private} : \"inbound_replies\""),
+            ]
+        })
         .collect();
     let random = match d.port_selection {
         PortSelection::Preserve => "",
@@ -162,10 +189,9 @@ fn render_body(d: &Desired) -> String {
     }
     // Timeouts for natgw's flows only (RFC 4787 REQ-5, RFC 5382 REQ-5), never the
     // global sysctls. `ct timeout set` acts on the new, not yet confirmed conntrack
-    // entry, so its chain runs after conntrack (mangle priority), not at raw: at raw
-    // there is no entry yet and the kernel ignores it (seen on 6.18). `ct state new`
-    // comes first: the packets of established flows (nearly all of them) leave the
-    // chain after one cheap match instead of paying a FIB lookup each.
+    // entry: it is set in the NAT chain, which sees exactly the translated flows, once,
+    // on their first packet, before conntrack confirms the entry (at raw there is no
+    // entry yet and the kernel ignores it, seen on 6.18).
     write!(
         out,
         "\tct timeout natgw_udp {{
@@ -192,6 +218,13 @@ fn render_body(d: &Desired) -> String {
     // that claims a private source never creates a translation (a pinhole to that
     // private address), whatever rp_filter says. Only packets that entered through a
     // private interface are translated.
+    //
+    // Cost: nearly every forwarded packet belongs to an established flow, and the
+    // first forward rule accepts it after one conntrack-state match and one hash lookup
+    // (counted by direction). That skips no guarantee: conntrack matched the packet to
+    // a flow whose first packet passed the rules below (anti-spoofing, no unsolicited
+    // inbound), and invalid packets are not established. Only the first packet of a
+    // flow pays for the full chain and the NAT chain.
     write!(
         out,
         "\tset private4 {{
@@ -199,24 +232,19 @@ fn render_body(d: &Desired) -> String {
 \t\tflags interval
 \t\telements = {{ {prefixes} }}
 \t}}
-\tset martians4 {{
+\tset public_spoofs4 {{
 \t\ttype ipv4_addr
 \t\tflags interval
-\t\telements = {{ {martians} }}
+\t\telements = {{ {public_spoofs} }}
 \t}}
 \tchain prerouting {{
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname {public} ip saddr @private4 counter name \"dropped_spoofed_public\" drop
-\t\tiifname {public} ip saddr @martians4 counter name \"dropped_spoofed_public\" drop
-\t}}
-\tchain timeouts {{
-\t\ttype filter hook prerouting priority mangle; policy accept;
-\t\tct state new iifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto udp ct timeout set \"natgw_udp\"
-\t\tct state new iifname {private} ip saddr @private4 ip daddr != @private4 fib daddr type != local meta l4proto tcp ct timeout set \"natgw_tcp\"
+\t\tiifname {public} ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop
 \t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
-{clamp}\t\tct state invalid counter name \"dropped_invalid\" drop
+{clamp}\t\tct state established counter name iifname . oifname map {{ {directions} }} accept
+\t\tct state invalid counter name \"dropped_invalid\" drop
 \t\tiifname {private} ip saddr != @private4 counter name \"dropped_spoofed\" drop
 \t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
 \t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
@@ -227,10 +255,12 @@ fn render_body(d: &Desired) -> String {
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\t{matched} ct timeout set meta l4proto map {{ tcp : \"natgw_tcp\", udp : \"natgw_udp\" }}
 {translate}\t}}
 ",
         prefixes = prefixes.join(", "),
-        martians = martians.join(", "),
+        public_spoofs = public_spoofs.join(", "),
+        directions = directions.join(", "),
     )
     .unwrap();
     out
@@ -302,8 +332,15 @@ mod tests {
         ), "{text}");
         assert!(text.contains("type filter hook prerouting priority raw;"));
         assert!(text.contains(
-            "iifname \"wan0\" ip saddr @private4 counter name \"dropped_spoofed_public\" drop"
+            "iifname \"wan0\" ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop"
         ));
+        // One lookup: the private prefixes and the special ranges, merged.
+        assert!(
+            text.contains(
+                "elements = { 0.0.0.0/8, 10.0.0.0/24, 127.0.0.0/8, 192.168.5.0/24, 224.0.0.0/3 }"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
