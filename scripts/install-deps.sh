@@ -7,13 +7,14 @@
 # gcc (the linker Rust needs), prometheus (only for promtool: the tests check a real
 # scrape with `promtool check metrics` and contrib/ rules with `promtool check rules`);
 # for scripts/check-package.sh: dpkg-dev, lintian, systemd (systemd-analyze verify),
-# man-db and mandoc (man page checks).
+# man-db and mandoc (man page checks); linux-perf for `natgw bench --profile`.
 set -euo pipefail
 packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 # The package checks (scripts/check-package.sh).
 packages+=(dpkg-dev lintian systemd man-db mandoc)
+packages+=(linux-perf)
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null

@@ -286,6 +286,10 @@ pub struct BenchArgs {
     /// Rounds per figure [default: 3, or 1 with --quick].
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
+    /// Also profile the gateway's CPU (perf, cpu-clock) during a 64-byte flood and a
+    /// new-flow flood of each setup, and show where the time goes.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 
 mod host;
 mod measure;
+mod profile;
 mod report;
 mod setups;
 
@@ -102,6 +103,9 @@ struct Output {
     params: Params,
     setups: BTreeMap<&'static str, String>,
     figures: Vec<report::Figure>,
+    /// With --profile: per flood, per setup, where the gateway's CPU went.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    profiles: BTreeMap<&'static str, BTreeMap<&'static str, profile::Profile>>,
     notes: Vec<String>,
     /// Every namespace of the run starts with this (all removed at the end).
     namespace_prefix: String,
@@ -146,7 +150,7 @@ pub fn run(args: &BenchArgs) -> exit::Result<i32> {
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))
         .map_err(problem)?;
-    let result = bench(&params, args.quick, &prefix, &scratch);
+    let result = bench(&params, args, &prefix, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     let leftover = natgw_lab::bench::topology::remove_all(&prefix);
     let output = result.map_err(problem)?;
@@ -160,6 +164,7 @@ pub fn run(args: &BenchArgs) -> exit::Result<i32> {
         crate::output::json(&output);
     } else {
         print!("{}", report::table(&output.figures));
+        print!("{}", report::profiles(&output.profiles));
         for note in &output.notes {
             println!("note: {note}");
         }
@@ -169,7 +174,7 @@ pub fn run(args: &BenchArgs) -> exit::Result<i32> {
 
 fn bench(
     params: &Params,
-    quick: bool,
+    args: &BenchArgs,
     prefix: &str,
     scratch: &std::path::Path,
 ) -> anyhow::Result<Output> {
@@ -297,12 +302,47 @@ fn bench(
         params.held_connections, params.bulk_streams, params.one_destination_flows
     ));
 
+    let mut profiles = BTreeMap::new();
+    if args.profile {
+        match cpus.gateway {
+            None => notes.push("--profile needs two CPUs (the gateway's own); skipped".into()),
+            Some(cpu) => {
+                for (spec, flood) in [(NEW_FLOWS, None), (PPS_SMALL, Some(MIN_IP_PACKET))] {
+                    let mut by_setup = BTreeMap::new();
+                    for setup in COMPARED {
+                        progress(format!("profiling {}: {}", spec.title, setup.name()));
+                        let path = scratch.join(format!("perf-{}-{}.data", spec.id, setup.name()));
+                        let recording = match profile::Recording::start(cpu, &path) {
+                            Ok(recording) => recording,
+                            Err(e) => {
+                                notes.push(format!("--profile: {e:#}"));
+                                break;
+                            }
+                        };
+                        match flood {
+                            None => measure::new_flows(rig(setup), &cpus, &params)?,
+                            Some(size) => measure::established(rig(setup), &cpus, &params, size)?,
+                        };
+                        match recording.finish() {
+                            Ok(profile) => by_setup.insert(setup.name(), profile),
+                            Err(e) => {
+                                notes.push(format!("--profile: {e:#}"));
+                                break;
+                            }
+                        };
+                    }
+                    profiles.insert(spec.id, by_setup);
+                }
+            }
+        }
+    }
+
     let namespaces: usize = rigs.iter().map(|r| r.net.namespaces().len()).sum();
     drop(rigs);
     progress(format!("removed {namespaces} namespaces"));
     Ok(Output {
         date: now_utc(),
-        quick,
+        quick: args.quick,
         rounds: params.rounds,
         duration_seconds: started.elapsed().as_secs_f64(),
         machine: Machine {
@@ -312,6 +352,7 @@ fn bench(
         cpus,
         setups: WITH_POOL.iter().map(|s| (s.name(), s.describe())).collect(),
         figures: collected.figures(),
+        profiles,
         notes,
         namespace_prefix: prefix.to_string(),
         params,

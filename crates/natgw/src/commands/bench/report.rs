@@ -190,6 +190,51 @@ pub fn table(figures: &[Figure]) -> String {
         .collect()
 }
 
+/// With --profile: per flood, the share of the gateway's packet-processing samples
+/// per stage for each setup, and each setup's busiest functions.
+pub fn profiles(
+    profiles: &BTreeMap<&'static str, BTreeMap<&'static str, super::profile::Profile>>,
+) -> String {
+    let mut out = String::new();
+    for (flood, by_setup) in profiles {
+        let setups: Vec<&&str> = by_setup.keys().collect();
+        let mut stages: Vec<&String> = by_setup.values().flat_map(|p| p.stages.keys()).collect();
+        stages.sort();
+        stages.dedup();
+        out.push_str(&format!(
+            "\nwhere the gateway's CPU goes during {flood} (share of its packet-processing samples, perf cpu-clock)\n{:<32}",
+            "stage"
+        ));
+        for setup in &setups {
+            out.push_str(&format!("{setup:>10}"));
+        }
+        out.push('\n');
+        for stage in stages {
+            out.push_str(&format!("{stage:<32}"));
+            for setup in &setups {
+                let share = by_setup[**setup].stages.get(stage).copied().unwrap_or(0.0);
+                out.push_str(&format!("{:>9.1}%", share));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("{:<32}", "packet-processing samples"));
+        for setup in &setups {
+            out.push_str(&format!("{:>10}", by_setup[**setup].packet_samples));
+        }
+        out.push('\n');
+        for (setup, profile) in by_setup {
+            let top: Vec<String> = profile
+                .top
+                .iter()
+                .take(6)
+                .map(|(sym, share)| format!("{sym} {share:.1}%"))
+                .collect();
+            out.push_str(&format!("  busiest in {setup}: {}\n", top.join(", ")));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,258 @@
+//! Where the gateway's CPU goes: `perf record` of the gateway's CPU while a flood runs,
+//! with `cpu-clock` (a software event: it works on VMs without hardware counters) and
+//! call chains, so that each sample in packet processing is charged to the stage it was
+//! in (nftables rules, conntrack, NAT, routing, the device), not only to its leaf
+//! function (a `memcpy` called by an nft expression is the rules' cost).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+/// Stages by function-name prefix, matched from the leaf up the call chain.
+const STAGES: [(&str, &[&str]); 6] = [
+    (
+        "nftables rules",
+        &["nft_", "__nft_", "nf_tables_", "nft_do_chain"],
+    ),
+    (
+        "conntrack",
+        &[
+            "nf_conntrack",
+            "__nf_conntrack",
+            "____nf_conntrack",
+            "nf_ct_",
+            "__nf_ct_",
+            "hash_conntrack",
+            "nf_confirm",
+            "ipv4_confirm",
+            "resolve_normal_ct",
+        ],
+    ),
+    (
+        "NAT",
+        &[
+            "nf_nat",
+            "__nf_nat",
+            "nf_xfrm_me_harder",
+            "l4proto_manip_pkt",
+        ],
+    ),
+    ("netfilter hooks", &["nf_hook_slow", "nf_hook"]),
+    (
+        "routing and forwarding",
+        &[
+            "ip_route",
+            "fib_",
+            "fib4_",
+            "ip_forward",
+            "ip_rcv",
+            "ip_list_rcv",
+            "ip_sublist",
+            "ip_output",
+            "ip_finish_output",
+            "__ip_finish_output",
+            "neigh_",
+            "ip_rcv_finish",
+            "dst_",
+            "ipv4_",
+        ],
+    ),
+    (
+        "device, RPS and skb",
+        &[
+            "veth_",
+            "netif_",
+            "__netif_",
+            "process_backlog",
+            "dev_",
+            "__dev_",
+            "skb_",
+            "__skb_",
+            "kfree_skb",
+            "consume_skb",
+            "kmem_cache",
+            "eth_",
+            "validate_xmit",
+            "sch_direct",
+            "net_rx_action",
+            "napi_",
+            "__napi",
+            "rps_",
+            "enqueue_to_backlog",
+            "__kfree_skb",
+            "sk_",
+            "pskb_",
+        ],
+    ),
+];
+
+/// A sample belongs to packet processing when its chain passes through one of these.
+const PACKET_PROCESSING: [&str; 3] = ["net_rx_action", "process_backlog", "__netif_receive_skb"];
+
+/// What one flood cost the gateway's CPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Samples on the gateway's CPU during the flood (perf samples 4,000 times a second).
+    pub samples: u64,
+    /// Of those, samples in packet processing (softirq receive path).
+    pub packet_samples: u64,
+    /// Share of packet-processing samples per stage, in percent.
+    pub stages: BTreeMap<String, f64>,
+    /// The leaf functions with the most packet-processing samples, in percent.
+    pub top: Vec<(String, f64)>,
+}
+
+/// `perf record` running on one CPU until stopped.
+pub struct Recording {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Recording {
+    pub fn start(cpu: usize, path: &Path) -> anyhow::Result<Recording> {
+        let child = Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-g", "-C"])
+            .arg(cpu.to_string())
+            .arg("-o")
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run perf (apt-get install linux-perf)")?;
+        // perf opens its events before it writes anything; give it that moment.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Recording {
+            child,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Stops the recording (SIGINT, as Ctrl-C: perf writes its file and exits) and
+    /// summarises it.
+    pub fn finish(mut self) -> anyhow::Result<Profile> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)
+            .context("cannot stop perf")?;
+        let status = self.child.wait().context("perf record")?;
+        if !self.path.exists() {
+            let mut why = String::new();
+            if let Some(mut stderr) = self.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut why);
+            }
+            return Err(anyhow!(
+                "perf record ({status}) wrote nothing: {}",
+                why.trim()
+            ));
+        }
+        let script = Command::new("perf")
+            .args(["script", "-F", "ip,sym", "-i"])
+            .arg(&self.path)
+            .output()
+            .context("cannot run perf script")?;
+        let _ = std::fs::remove_file(&self.path);
+        if !script.status.success() {
+            return Err(anyhow!(
+                "perf script failed: {}",
+                String::from_utf8_lossy(&script.stderr).trim()
+            ));
+        }
+        Ok(summarise(&String::from_utf8_lossy(&script.stdout)))
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `perf script -F ip,sym` output: one block per sample, one frame per line (address,
+/// function), leaf first, blocks separated by blank lines.
+pub fn summarise(script: &str) -> Profile {
+    let mut samples = 0;
+    let mut packet_samples = 0;
+    let mut stages: BTreeMap<String, u64> = BTreeMap::new();
+    let mut leaves: BTreeMap<String, u64> = BTreeMap::new();
+    for block in script.split("\n\n") {
+        let frames: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|sym| sym.split('+').next().unwrap_or(sym))
+            .collect();
+        if frames.is_empty() {
+            continue;
+        }
+        samples += 1;
+        if !frames
+            .iter()
+            .any(|f| PACKET_PROCESSING.iter().any(|p| f.starts_with(p)))
+        {
+            continue;
+        }
+        packet_samples += 1;
+        *leaves.entry(frames[0].to_string()).or_default() += 1;
+        let stage = frames
+            .iter()
+            .find_map(|f| {
+                STAGES
+                    .iter()
+                    .find(|(_, prefixes)| prefixes.iter().any(|p| f.starts_with(p)))
+                    .map(|(stage, _)| *stage)
+            })
+            .unwrap_or("other");
+        *stages.entry(stage.to_string()).or_default() += 1;
+    }
+    let percent = |n: u64| (n as f64 * 1000.0 / packet_samples.max(1) as f64).round() / 10.0;
+    let mut top: Vec<(String, u64)> = leaves.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Profile {
+        samples,
+        packet_samples,
+        stages: stages.into_iter().map(|(s, n)| (s, percent(n))).collect(),
+        top: top
+            .into_iter()
+            .take(10)
+            .map(|(sym, n)| (sym, percent(n)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_charged_to_the_first_known_stage_up_the_chain() {
+        let script = "\
+\tffffffff8226e639 memcpy_orig
+\tffffffff815a30df nft_meta_get_eval
+\tffffffff815a30df nft_do_chain
+\tffffffff815a30df nf_hook_slow
+\tffffffff815a30df ip_forward
+\tffffffff815a30df process_backlog
+\tffffffff815a30df net_rx_action
+
+\tffffffff8226e639 __nf_conntrack_find_get
+\tffffffff815a30df nf_conntrack_in
+\tffffffff815a30df nf_hook_slow
+\tffffffff815a30df net_rx_action
+
+\tffffffff8226e639 veth_xmit
+\tffffffff815a30df process_backlog
+
+\t5b9d4dd <rustc_infer::infer::InferCtxt>::subtype_predicate
+";
+        let p = summarise(script);
+        assert_eq!((p.samples, p.packet_samples), (4, 3));
+        assert_eq!(p.stages["nftables rules"], 33.3);
+        assert_eq!(p.stages["conntrack"], 33.3);
+        assert_eq!(p.stages["device, RPS and skb"], 33.3);
+        assert_eq!(p.top.len(), 3);
+    }
+}
