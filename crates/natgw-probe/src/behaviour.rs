@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{binding, ClientError};
+use crate::client::{self, binding, binding_as, ClientError, Dialect};
 use crate::wire::{AttrRepr, Repr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,6 +26,48 @@ impl std::fmt::Display for Kind {
             Kind::AddressDependent => "address-dependent",
             Kind::AddressAndPortDependent => "address-and-port-dependent",
         })
+    }
+}
+
+/// The names RFC 3489 gave NAT types, which many users still know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassicType {
+    OpenInternet,
+    FullCone,
+    RestrictedCone,
+    PortRestrictedCone,
+    Symmetric,
+    SymmetricUdpFirewall,
+}
+
+impl std::fmt::Display for ClassicType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClassicType::OpenInternet => "open internet",
+            ClassicType::FullCone => "full cone",
+            ClassicType::RestrictedCone => "restricted cone",
+            ClassicType::PortRestrictedCone => "port-restricted cone",
+            ClassicType::Symmetric => "symmetric",
+            ClassicType::SymmetricUdpFirewall => "symmetric UDP firewall",
+        })
+    }
+}
+
+/// RFC 3489's type from RFC 4787's mapping and filtering: a cone is endpoint-independent
+/// mapping, named after its filtering; any dependent mapping is "symmetric".
+pub fn classic_type(mapping: Kind, filtering: Kind) -> ClassicType {
+    match (mapping, filtering) {
+        (Kind::NoNat, Kind::EndpointIndependent | Kind::NoNat) => ClassicType::OpenInternet,
+        (Kind::NoNat, _) => ClassicType::SymmetricUdpFirewall,
+        (Kind::EndpointIndependent, Kind::EndpointIndependent | Kind::NoNat) => {
+            ClassicType::FullCone
+        }
+        (Kind::EndpointIndependent, Kind::AddressDependent) => ClassicType::RestrictedCone,
+        (Kind::EndpointIndependent, Kind::AddressAndPortDependent) => {
+            ClassicType::PortRestrictedCone
+        }
+        (Kind::AddressDependent | Kind::AddressAndPortDependent, _) => ClassicType::Symmetric,
     }
 }
 
@@ -80,6 +122,9 @@ pub struct Behaviour {
     pub hairpinning: Option<bool>,
     pub port_preserved: bool,
     pub lifetime: Option<Lifetime>,
+    /// The RFC 3489 name, when asked for (`--classic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classic_type: Option<ClassicType>,
     /// Why a test could not run.
     pub notes: Vec<String>,
 }
@@ -106,6 +151,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Measure the binding lifetime up to this many seconds (slow: about twice that).
     pub lifetime_max: Option<u64>,
+    /// Speak RFC 3489 (no magic cookie; CHANGED-ADDRESS) and name the type its way.
+    pub classic: bool,
 }
 
 fn socket(local_ip: std::net::IpAddr) -> Result<UdpSocket, ClientError> {
@@ -134,12 +181,17 @@ fn local_towards(server: SocketAddr) -> Result<std::net::IpAddr, ClientError> {
 /// Runs the RFC 5780 tests against `server`.
 pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, ClientError> {
     let t = options.timeout;
+    let dialect = if options.classic {
+        Dialect::Classic
+    } else {
+        Dialect::Rfc5389
+    };
     let local_ip = local_towards(server)?;
     let main = socket(local_ip)?;
     let local = main
         .local_addr()
         .map_err(|e| ClientError::Io(server, e.to_string()))?;
-    let test1 = binding(&main, server, vec![], t)?;
+    let test1 = binding_as(dialect, &main, server, vec![], t)?;
     let mapped = test1
         .repr
         .mapped_address()
@@ -155,16 +207,37 @@ pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, Clien
         hairpinning: None,
         port_preserved: mapped.port() == local.port(),
         lifetime: None,
+        classic_type: None,
         notes: Vec::new(),
     };
 
     match other {
-        None => behaviour.notes.push("the server sent no OTHER-ADDRESS: mapping and filtering need an RFC 5780 server with two addresses".into()),
+        None => behaviour.notes.push(format!(
+            "the server sent no {}: mapping and filtering need a server with two addresses",
+            if options.classic {
+                "CHANGED-ADDRESS"
+            } else {
+                "OTHER-ADDRESS"
+            }
+        )),
         Some(alt) => {
-            let m2 = binding(&main, SocketAddr::new(alt.ip(), server.port()), vec![], t)?.repr.mapped_address().unwrap_or(mapped);
-            let m3 = if m2 == mapped { None } else { binding(&main, alt, vec![], t)?.repr.mapped_address() };
-            behaviour.mapping = Some(classify_mapping(local, mapped, m2, m3));
-            behaviour.filtering = Some(filtering(server, local_ip, t)?);
+            let bind = |to| binding_as(dialect, &main, to, vec![], t);
+            let m2 = bind(SocketAddr::new(alt.ip(), server.port()))?
+                .repr
+                .mapped_address()
+                .unwrap_or(mapped);
+            let m3 = if m2 == mapped {
+                None
+            } else {
+                bind(alt)?.repr.mapped_address()
+            };
+            let mapping = classify_mapping(local, mapped, m2, m3);
+            let filtering = filtering(dialect, server, local_ip, t)?;
+            behaviour.mapping = Some(mapping);
+            behaviour.filtering = Some(filtering);
+            if options.classic {
+                behaviour.classic_type = Some(classic_type(mapping, filtering));
+            }
         }
     }
     // Without translation a packet "to the mapped address" is just a packet to the
@@ -186,18 +259,24 @@ pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, Clien
 /// Fresh socket, so the mapping tests' packets to the alternate address have opened no
 /// filter for it.
 fn filtering(
+    dialect: Dialect,
     server: SocketAddr,
     local_ip: std::net::IpAddr,
     t: Duration,
 ) -> Result<Kind, ClientError> {
     let s = socket(local_ip)?;
-    binding(&s, server, vec![], t)?;
-    let answered =
-        |ip, port| match binding(&s, server, vec![AttrRepr::ChangeRequest { ip, port }], t) {
-            Ok(_) => Ok(true),
-            Err(ClientError::Timeout(..)) => Ok(false),
-            Err(e) => Err(e),
-        };
+    binding_as(dialect, &s, server, vec![], t)?;
+    let answered = |ip, port| match binding_as(
+        dialect,
+        &s,
+        server,
+        vec![AttrRepr::ChangeRequest { ip, port }],
+        t,
+    ) {
+        Ok(_) => Ok(true),
+        Err(ClientError::Timeout(..)) => Ok(false),
+        Err(e) => Err(e),
+    };
     let both = answered(true, true)?;
     let port = !both && answered(false, true)?;
     Ok(classify_filtering(both, port))
@@ -213,7 +292,9 @@ fn hairpinning(
 ) -> Result<bool, ClientError> {
     let other = socket(local_ip)?;
     let tid = [0x68; 12];
-    let probe = Repr::binding_request(tid).emit(true);
+    let probe = Repr::binding_request(tid)
+        .emit(true)
+        .map_err(|e| ClientError::Io(mapped, e.to_string()))?;
     other
         .send_to(&probe, mapped)
         .map_err(|e| ClientError::Io(mapped, e.to_string()))?;
@@ -254,15 +335,7 @@ fn lifetime(
             .mapped_address()
             .unwrap_or(server);
         std::thread::sleep(Duration::from_secs(idle_now));
-        let b = socket(local_ip)?;
-        // The answers go to A's mapping, so B's own transaction times out after `t`;
-        // by then whatever the NAT let through is waiting at A.
-        let _ = binding(&b, server, vec![AttrRepr::ResponsePort(mapped.port())], t);
-        let mut buf = [0u8; 2048];
-        let arrived = a.set_nonblocking(true).is_ok()
-            && a.recv_from(&mut buf)
-                .is_ok_and(|(n, _)| Repr::parse_bytes(&buf[..n]).is_ok());
-        if arrived {
+        if answered_into(&a, mapped.port(), server, local_ip, t)? {
             result.alive_after_secs = Some(idle_now);
         } else {
             result.expired_after_secs = Some(idle_now);
@@ -273,6 +346,35 @@ fn lifetime(
         }
         idle *= 2;
     }
+}
+
+/// From a second socket, asks the server to answer into `a`'s binding (RESPONSE-PORT),
+/// retransmitting only until the answer arrives at `a` (the server limits such requests).
+fn answered_into(
+    a: &UdpSocket,
+    port: u16,
+    server: SocketAddr,
+    local_ip: std::net::IpAddr,
+    t: Duration,
+) -> Result<bool, ClientError> {
+    let b = socket(local_ip)?;
+    let request = client::request(Dialect::Rfc5389, vec![AttrRepr::ResponsePort(port)]);
+    let tid = (request.cookie, request.transaction_id);
+    let bytes = request
+        .emit(true)
+        .map_err(|e| ClientError::Io(server, e.to_string()))?;
+    let deadline = Instant::now() + t;
+    let mut rto = Duration::from_millis(250);
+    while Instant::now() < deadline {
+        b.send_to(&bytes, server)
+            .map_err(|e| ClientError::Io(server, e.to_string()))?;
+        let until = (Instant::now() + rto).min(deadline);
+        rto *= 2;
+        if client::receive(a, &tid, until, server)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One line of the conformance report.
@@ -356,6 +458,41 @@ mod tests {
     }
 
     #[test]
+    fn classic_names_follow_mapping_and_filtering() {
+        use Kind::*;
+        assert_eq!(
+            classic_type(NoNat, EndpointIndependent),
+            ClassicType::OpenInternet
+        );
+        assert_eq!(
+            classic_type(NoNat, AddressAndPortDependent),
+            ClassicType::SymmetricUdpFirewall
+        );
+        assert_eq!(
+            classic_type(EndpointIndependent, EndpointIndependent),
+            ClassicType::FullCone
+        );
+        assert_eq!(
+            classic_type(EndpointIndependent, AddressDependent),
+            ClassicType::RestrictedCone
+        );
+        assert_eq!(
+            classic_type(EndpointIndependent, AddressAndPortDependent),
+            ClassicType::PortRestrictedCone
+        );
+        for filtering in [EndpointIndependent, AddressAndPortDependent] {
+            assert_eq!(
+                classic_type(AddressDependent, filtering),
+                ClassicType::Symmetric
+            );
+            assert_eq!(
+                classic_type(AddressAndPortDependent, filtering),
+                ClassicType::Symmetric
+            );
+        }
+    }
+
+    #[test]
     fn filtering_classes() {
         assert_eq!(classify_filtering(true, false), Kind::EndpointIndependent);
         assert_eq!(classify_filtering(false, true), Kind::AddressDependent);
@@ -378,6 +515,7 @@ mod tests {
             hairpinning: Some(true),
             port_preserved: true,
             lifetime: None,
+            classic_type: None,
             notes: vec![],
         };
         assert!(!b.translated());
@@ -402,6 +540,7 @@ mod tests {
                 alive_after_secs: Some(4),
                 expired_after_secs: None,
             }),
+            classic_type: None,
             notes: vec![],
         };
         let met: Vec<Option<bool>> = requirements(&b).iter().map(|r| r.met).collect();

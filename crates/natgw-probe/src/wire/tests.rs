@@ -130,12 +130,13 @@ fn emit_round_trips_and_reproduces_the_vector_prefix() {
     let repr = Repr {
         class: Class::Success,
         method: BINDING,
+        cookie: MAGIC_COOKIE,
         transaction_id: TID,
         attributes: vec![AttrRepr::XorMappedAddress(
             "192.0.2.1:32853".parse().unwrap(),
         )],
     };
-    let bytes = repr.emit(true);
+    let bytes = repr.emit(true).unwrap();
     let vector = sample_ipv4_response();
     // The XOR-MAPPED-ADDRESS attribute is byte-identical to the RFC's.
     assert_eq!(&bytes[20..32], &vector[36..48]);
@@ -149,6 +150,7 @@ fn emit_round_trips_and_reproduces_the_vector_prefix() {
     let all = Repr {
         class: Class::Error,
         method: BINDING,
+        cookie: MAGIC_COOKIE,
         transaction_id: [7; 12],
         attributes: vec![
             AttrRepr::MappedAddress("198.51.100.7:4000".parse().unwrap()),
@@ -167,7 +169,7 @@ fn emit_round_trips_and_reproduces_the_vector_prefix() {
             AttrRepr::UnknownAttributes(vec![0x0003]),
         ],
     };
-    assert_eq!(Repr::parse_bytes(&all.emit(false)).unwrap(), all);
+    assert_eq!(Repr::parse_bytes(&all.emit(false).unwrap()).unwrap(), all);
 }
 
 #[test]
@@ -177,12 +179,19 @@ fn malformed_messages_are_rejected() {
         Message::new_checked(&good[..10]).unwrap_err(),
         Error::Truncated
     );
-    let mut cookie = good.clone();
-    cookie[4] ^= 1;
+    let mut top_bits = good.clone();
+    top_bits[0] |= 0x80;
     assert_eq!(
-        Message::new_checked(&cookie[..]).unwrap_err(),
+        Message::new_checked(&top_bits[..]).unwrap_err(),
         Error::NotStun
     );
+    // Without the magic cookie it is an RFC 3489 message, where 0x8028 is no
+    // FINGERPRINT to check.
+    let mut cookie = good.clone();
+    cookie[4] ^= 1;
+    let classic = Message::new_checked(&cookie[..]).unwrap();
+    assert!(classic.is_classic());
+    assert_eq!(classic.fingerprint_ok(), None);
     assert!(matches!(
         Message::new_checked(&good[..good.len() - 4]).unwrap_err(),
         Error::BadLength(_)
