@@ -1,4 +1,7 @@
-//! NAT behaviour discovery (RFC 5780 section 4) and what it means against RFC 4787.
+//! NAT behaviour discovery (RFC 5780 section 4) and what it means against RFC 4787
+//! (UDP) and RFC 5382 (TCP, in `tcp`).
+
+pub mod tcp;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -122,6 +125,8 @@ pub struct Behaviour {
     pub hairpinning: Option<bool>,
     pub port_preserved: bool,
     pub lifetime: Option<Lifetime>,
+    /// TCP behaviour (STUN over TCP); `None` with a note when it could not be measured.
+    pub tcp: Option<tcp::TcpBehaviour>,
     /// The RFC 3489 name, when asked for (`--classic`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classic_type: Option<ClassicType>,
@@ -153,6 +158,8 @@ pub struct Options {
     pub lifetime_max: Option<u64>,
     /// Speak RFC 3489 (no magic cookie; CHANGED-ADDRESS) and name the type its way.
     pub classic: bool,
+    /// Measure how long an idle TCP connection stays open, for this many seconds.
+    pub tcp_lifetime: Option<u64>,
 }
 
 fn socket(local_ip: std::net::IpAddr) -> Result<UdpSocket, ClientError> {
@@ -207,6 +214,7 @@ pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, Clien
         hairpinning: None,
         port_preserved: mapped.port() == local.port(),
         lifetime: None,
+        tcp: None,
         classic_type: None,
         notes: Vec::new(),
     };
@@ -252,6 +260,12 @@ pub fn discover(server: SocketAddr, options: Options) -> Result<Behaviour, Clien
     }
     if let Some(max) = options.lifetime_max {
         behaviour.lifetime = Some(lifetime(server, local_ip, max, t)?);
+    }
+    match tcp::discover(server, other, local_ip, t, options.tcp_lifetime) {
+        Ok(tcp) => behaviour.tcp = Some(tcp),
+        Err(e) => behaviour
+            .notes
+            .push(format!("TCP not measured: STUN over TCP failed: {e}")),
     }
     Ok(behaviour)
 }
@@ -402,23 +416,63 @@ pub fn requirements(b: &Behaviour) -> Vec<Requirement> {
                 (Some(alive), _) if alive >= 120 => Some(true),
                 _ => None,
             });
+    let secs = |s: Option<u64>| s.map_or("-".to_string(), |s| format!("{s} s"));
     let lifetime_seen =
         b.lifetime
             .as_ref()
             .map_or("not measured (use --lifetime 130)".to_string(), |l| {
                 format!(
-                    "alive after {:?} s, expired after {:?} s",
-                    l.alive_after_secs, l.expired_after_secs
+                    "alive after {} idle, expired after {}",
+                    secs(l.alive_after_secs),
+                    secs(l.expired_after_secs)
                 )
             });
+    let tcp_mapping = b.tcp.as_ref().and_then(|t| t.mapping);
+    let (tcp_lifetime_ok, tcp_lifetime_seen) = tcp_lifetime(b);
     vec![
         Requirement { id: "RFC 4787 REQ-1", text: "MUST have endpoint-independent mapping", met: eim, observed: show(b.mapping) },
         Requirement { id: "RFC 4787 REQ-3", text: "port preservation is not required (informational)", met: None, observed: format!("local port {} mapped to {}", b.local.port(), b.mapped.port()) },
         Requirement { id: "RFC 4787 REQ-5", text: "a UDP binding MUST NOT expire in less than 2 minutes", met: lifetime_ok, observed: lifetime_seen },
         Requirement { id: "RFC 4787 REQ-8", text: "RECOMMENDED endpoint-independent filtering (transparency) or address-dependent filtering (stricter)", met: filtering_ok, observed: show(b.filtering) },
         Requirement { id: "RFC 4787 REQ-9", text: "MUST support hairpinning", met: b.hairpinning.filter(|_| b.translated()), observed: b.hairpinning_text().to_string() },
-        Requirement { id: "RFC 5382", text: "TCP behaviour (REQ-1 mapping, REQ-5 idle timeout >= 2 h 4 min)", met: None, observed: "not measured: STUN runs over UDP".into() },
+        Requirement { id: "RFC 5382 REQ-1", text: "MUST have endpoint-independent mapping for TCP", met: tcp_mapping.map(|m| matches!(m, Kind::EndpointIndependent | Kind::NoNat)), observed: if b.tcp.is_some() { show(tcp_mapping) } else { "not measured (no STUN over TCP)".into() } },
+        Requirement { id: "RFC 5382 REQ-5", text: "an established TCP connection MUST NOT time out in less than 2 h 4 min idle", met: tcp_lifetime_ok, observed: tcp_lifetime_seen },
     ]
+}
+
+/// REQ-5 for TCP from one idle period: an expiry before 2 h 4 min misses it; only a
+/// connection alive after at least that long meets it.
+fn tcp_lifetime(b: &Behaviour) -> (Option<bool>, String) {
+    let Some(l) = b.tcp.as_ref().and_then(|t| t.lifetime.as_ref()) else {
+        return (
+            None,
+            format!("not measured (use --tcp-lifetime {})", tcp::REQ5_SECS),
+        );
+    };
+    let how = if l.server_first {
+        "the server sent first"
+    } else {
+        "the client sent first: a NAT that picks up mid-stream packets can hide an expiry"
+    };
+    match (l.alive, l.idle_secs >= tcp::REQ5_SECS) {
+        (true, true) => (
+            Some(true),
+            format!("alive after {} s idle ({how})", l.idle_secs),
+        ),
+        (true, false) => (
+            None,
+            format!(
+                "alive after {} s idle ({how}); measured for less than {} s",
+                l.idle_secs,
+                tcp::REQ5_SECS
+            ),
+        ),
+        (false, true) => (None, format!("gone after {} s idle ({how})", l.idle_secs)),
+        (false, false) => (
+            Some(false),
+            format!("gone after {} s idle ({how})", l.idle_secs),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -515,6 +569,7 @@ mod tests {
             hairpinning: Some(true),
             port_preserved: true,
             lifetime: None,
+            tcp: None,
             classic_type: None,
             notes: vec![],
         };
@@ -540,18 +595,44 @@ mod tests {
                 alive_after_secs: Some(4),
                 expired_after_secs: None,
             }),
+            tcp: None,
             classic_type: None,
             notes: vec![],
         };
         let met: Vec<Option<bool>> = requirements(&b).iter().map(|r| r.met).collect();
         assert_eq!(
             met,
-            [Some(true), None, None, Some(false), Some(false), None]
+            [Some(true), None, None, Some(false), Some(false), None, None]
         );
         b.lifetime = Some(Lifetime {
             alive_after_secs: Some(16),
             expired_after_secs: Some(32),
         });
         assert_eq!(requirements(&b)[2].met, Some(false));
+
+        let tcp = |mapping, idle_secs, alive| {
+            Some(tcp::TcpBehaviour {
+                local: a("10.0.0.11:5000"),
+                mapped: a("203.0.113.1:5000"),
+                mapping: Some(mapping),
+                port_preserved: true,
+                lifetime: Some(tcp::TcpLifetime {
+                    idle_secs,
+                    alive,
+                    server_first: true,
+                }),
+            })
+        };
+        let tcp_met = |b: &Behaviour| {
+            let r = requirements(b);
+            (r[5].met, r[6].met)
+        };
+        b.tcp = tcp(Kind::EndpointIndependent, 7440, true);
+        assert_eq!(tcp_met(&b), (Some(true), Some(true)));
+        b.tcp = tcp(Kind::AddressAndPortDependent, 60, true);
+        assert_eq!(tcp_met(&b), (Some(false), None));
+        b.tcp = tcp(Kind::EndpointIndependent, 60, false);
+        assert_eq!(tcp_met(&b), (Some(true), Some(false)));
+        assert!(requirements(&b)[6].observed.contains("gone after 60 s"));
     }
 }

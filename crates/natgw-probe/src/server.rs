@@ -1,7 +1,7 @@
-//! A STUN server (RFC 5389 Binding, RFC 5780 behaviour discovery, RFC 3489 clients
-//! answered in their own terms): with an alternate address it listens on both
-//! addresses × both ports and honours CHANGE-REQUEST, RESPONSE-PORT, OTHER-ADDRESS and
-//! RESPONSE-ORIGIN.
+//! A STUN server (RFC 5389 Binding over UDP and TCP, RFC 5780 behaviour discovery,
+//! RFC 3489 clients answered in their own terms): with an alternate address it listens
+//! on both addresses × both ports and honours CHANGE-REQUEST, RESPONSE-PORT,
+//! OTHER-ADDRESS and RESPONSE-ORIGIN.
 //!
 //! It is public by design, so it is built not to be an amplifier: every source address
 //! has a token bucket, replies carry only what the request needs, RESPONSE-PORT reaches
@@ -11,6 +11,7 @@
 pub mod limit;
 pub mod reply;
 pub mod stats;
+mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -46,6 +47,12 @@ pub struct Limits {
     pub response_port: Rate,
     /// Sources remembered at once; the oldest idle ones are forgotten first.
     pub max_sources: usize,
+    /// TCP connections open at once, in all and per source address.
+    pub tcp_connections: usize,
+    pub tcp_per_source: usize,
+    /// A TCP connection silent this long is closed. Longer than RFC 5382 REQ-5's
+    /// 2 h 4 min by default, so a client can measure a NAT against it.
+    pub tcp_idle_secs: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +64,9 @@ impl Default for Limits {
                 burst: 5.0,
             },
             max_sources: 65_536,
+            tcp_connections: 256,
+            tcp_per_source: 8,
+            tcp_idle_secs: 7_500,
         }
     }
 }
@@ -103,6 +113,7 @@ struct Shared {
     limiter: Limiter,
     response_port_limiter: Limiter,
     stats: Arc<Stats>,
+    connections: Arc<tcp::Connections>,
     stop: AtomicBool,
 }
 
@@ -126,8 +137,10 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
         let endpoints = config.endpoints();
         let mut sockets = Sockets::new();
+        let mut listeners = Vec::new();
         for addr in &endpoints {
             sockets.insert((addr.ip(), addr.port()), bind_udp(*addr)?);
+            listeners.push((tcp::listen(*addr)?, *addr));
         }
         let shared = Arc::new(Shared {
             config,
@@ -138,15 +151,20 @@ impl Server {
                 config.limits.max_sources,
             ),
             stats: Arc::new(Stats::default()),
+            connections: Arc::default(),
             stop: AtomicBool::new(false),
         });
-        let threads = endpoints
+        let mut threads: Vec<JoinHandle<()>> = endpoints
             .iter()
             .map(|addr| {
                 let (shared, addr) = (shared.clone(), *addr);
                 std::thread::spawn(move || serve_udp(&shared, addr))
             })
             .collect();
+        threads.extend(listeners.into_iter().map(|(listener, addr)| {
+            let shared = shared.clone();
+            std::thread::spawn(move || tcp::serve(shared, listener, addr))
+        }));
         Ok(Server {
             shared,
             threads,

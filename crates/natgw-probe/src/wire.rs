@@ -49,6 +49,11 @@ pub mod attr {
     pub const RESPONSE_ORIGIN: u16 = 0x802b;
     /// RFC 5780
     pub const OTHER_ADDRESS: u16 = 0x802c;
+    /// natgw's own, comprehension-optional (others ignore it): over TCP, "send this
+    /// response again after N seconds of silence" (a u32), so a client can see whether
+    /// an idle NAT mapping still lets the server's packets in (RFC 5382 REQ-5). A server
+    /// that does it echoes the attribute in its first response.
+    pub const NATGW_PUSH_AFTER: u16 = 0xc0de;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

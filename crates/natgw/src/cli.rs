@@ -337,6 +337,10 @@ pub struct ProbeArgs {
     /// cone, restricted, port-restricted, symmetric).
     #[arg(long)]
     pub classic: bool,
+    /// Also measure whether an established TCP connection through the NAT survives SECS
+    /// seconds idle (RFC 5382 REQ-5 wants 7440: 2 h 4 min).
+    #[arg(long, value_name = "SECS")]
+    pub tcp_lifetime: Option<u64>,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,

@@ -246,3 +246,99 @@ fn classic_rfc3489_clients_and_natgw_agree_on_the_gateway_against_both_servers()
         ("address-and-port-dependent", "symmetric")
     );
 }
+
+/// `natgw probe --json --stun PRIMARY EXTRA` from n1, which must succeed.
+fn probe_from_n1(lab: &Lab, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--stun", PRIMARY];
+    args.extend_from_slice(extra);
+    let (out, report) = probe_json(lab, "n1", &args);
+    assert_exit(&out, 0);
+    report
+}
+
+fn requirement<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["stun"]["requirements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {report}"))
+}
+
+#[test]
+fn tcp_through_natgws_gateway_is_endpoint_independent_and_a_random_port_rule_is_not() {
+    let Some(lab) = lab_or_skip(
+        "tcp_through_natgws_gateway_is_endpoint_independent_and_a_random_port_rule_is_not",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let server = stun_server(&lab, &[]);
+    let report = probe_from_n1(&lab, &["--tcp-lifetime", "3"]);
+    let tcp = &report["stun"]["behaviour"]["tcp"];
+    assert_eq!(tcp["mapping"], "endpoint-independent", "{report}");
+    assert_eq!(tcp["port_preserved"], true, "{report}");
+    assert!(tcp["mapped"].as_str().unwrap().starts_with("203.0.113.1:"));
+    assert_eq!(tcp["lifetime"]["alive"], true, "{report}");
+    assert_eq!(tcp["lifetime"]["server_first"], true, "{report}");
+    assert_eq!(requirement(&report, "RFC 5382 REQ-1")["met"], true);
+    // Three seconds say nothing about 2 h 4 min: not claimed either way.
+    let req5 = requirement(&report, "RFC 5382 REQ-5");
+    assert_eq!(req5["met"], serde_json::Value::Null, "{req5}");
+    assert!(
+        req5["observed"]
+            .as_str()
+            .unwrap()
+            .contains("alive after 3 s idle"),
+        "{req5}"
+    );
+
+    foreign_snat(&lab, "scramble", "tcp", "203.0.113.1:1024-65535 random");
+    let report = probe_from_n1(&lab, &[]);
+    let tcp = &report["stun"]["behaviour"]["tcp"];
+    assert_eq!(tcp["mapping"], "address-and-port-dependent", "{report}");
+    assert_eq!(requirement(&report, "RFC 5382 REQ-1")["met"], false);
+    // UDP is untouched by the TCP rule.
+    assert_eq!(
+        report["stun"]["behaviour"]["mapping"],
+        "endpoint-independent"
+    );
+    let stats = final_stats(server);
+    assert!(stats["tcp_accepted"] >= 6, "{stats:?}");
+}
+
+#[test]
+fn tcp_lifetime_sees_a_nat_that_forgets_idle_connections() {
+    let Some(lab) = lab_or_skip(
+        "tcp_lifetime_sees_a_nat_that_forgets_idle_connections",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    // The classic recipe by hand (no natgw): kernel timeouts, shortened to 2 s for
+    // established TCP connections.
+    foreign_snat(&lab, "recipe_udp", "udp", "203.0.113.1");
+    foreign_snat(&lab, "recipe_tcp", "tcp", "203.0.113.1");
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    lab.sysctl(
+        "head",
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+        "2",
+    )
+    .unwrap();
+    let _server = stun_server(&lab, &[]);
+    let report = probe_from_n1(&lab, &["--tcp-lifetime", "5"]);
+    let lifetime = &report["stun"]["behaviour"]["tcp"]["lifetime"];
+    assert_eq!(lifetime["alive"], false, "{report}");
+    assert_eq!(lifetime["server_first"], true, "{report}");
+    let req5 = requirement(&report, "RFC 5382 REQ-5");
+    assert_eq!(req5["met"], false, "{req5}");
+    assert!(
+        req5["observed"]
+            .as_str()
+            .unwrap()
+            .contains("gone after 5 s idle"),
+        "{req5}"
+    );
+}

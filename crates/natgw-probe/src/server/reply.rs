@@ -33,6 +33,9 @@ pub struct Reply {
     pub error: bool,
     /// The destination port came from RESPONSE-PORT (rate-limited on its own).
     pub response_port: bool,
+    /// Over TCP: send the reply again after this many seconds of silence
+    /// (`attr::NATGW_PUSH_AFTER`).
+    pub push_after: Option<u32>,
 }
 
 /// Attributes below 0x8000 that natgw understands. ICE's PRIORITY and USE-CANDIDATE
@@ -112,6 +115,7 @@ pub fn answer(
             to: peer,
             error: true,
             response_port: false,
+            push_after: None,
         });
     }
 
@@ -145,6 +149,22 @@ pub fn answer(
             reply.attributes.push(AttrRepr::OtherAddress(alt));
         }
     }
+    let push_after = request
+        .find(|a| match a {
+            AttrRepr::Other { kind, value } if *kind == attr::NATGW_PUSH_AFTER => {
+                Some(u32::from_be_bytes(value.as_slice().try_into().ok()?))
+            }
+            _ => None,
+        })
+        .filter(|secs| {
+            transport == Transport::Tcp && u64::from(*secs) < config.limits.tcp_idle_secs
+        });
+    if let Some(secs) = push_after {
+        reply.attributes.push(AttrRepr::Other {
+            kind: attr::NATGW_PUSH_AFTER,
+            value: secs.to_be_bytes().to_vec(),
+        });
+    }
     if kinds.contains(&attr::PADDING) {
         pad_to(&mut reply, request_bytes.len(), with_fingerprint);
     }
@@ -157,6 +177,7 @@ pub fn answer(
         to,
         error: false,
         response_port: to != peer,
+        push_after,
     })
 }
 

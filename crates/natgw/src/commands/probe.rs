@@ -42,6 +42,12 @@ pub fn run(args: &ProbeArgs) -> exit::Result<i32> {
             args.timeout
         )));
     }
+    if args.tcp_lifetime == Some(0) || args.tcp_lifetime > Some(86_400) {
+        return Err(usage(anyhow!(
+            "--tcp-lifetime {} is out of range; use 1 to 86400 seconds (RFC 5382 REQ-5: 7440)",
+            args.tcp_lifetime.unwrap_or_default()
+        )));
+    }
     let timeout = Duration::from_secs_f64(args.timeout);
     let mut probes: Vec<Outcome> = Vec::new();
     probes.extend(
@@ -57,6 +63,7 @@ pub fn run(args: &ProbeArgs) -> exit::Result<i32> {
             Options {
                 lifetime_max: args.lifetime,
                 classic: args.classic,
+                tcp_lifetime: args.tcp_lifetime,
                 ..stun_options(timeout)
             },
         )
@@ -78,6 +85,7 @@ pub fn stun_options(timeout: Duration) -> Options {
         timeout,
         lifetime_max: None,
         classic: false,
+        tcp_lifetime: None,
     }
 }
 
@@ -146,6 +154,15 @@ pub fn print_stun(stun: &StunReport) {
         "port preserved:   {}",
         if b.port_preserved { "yes" } else { "no" }
     );
+    if let Some(tcp) = &b.tcp {
+        println!(
+            "tcp:              {} (local {}), mapping {}, port preserved {}",
+            tcp.mapped,
+            tcp.local,
+            show(tcp.mapping),
+            if tcp.port_preserved { "yes" } else { "no" }
+        );
+    }
     for note in &b.notes {
         println!("note: {note}");
     }
