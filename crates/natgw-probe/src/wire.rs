@@ -452,7 +452,13 @@ fn parse_attribute(a: Attribute, tid: &[u8; 12]) -> Result<AttrRepr, Error> {
             if a.value.len() < 4 {
                 return Err(Error::Malformed("ERROR-CODE"));
             }
-            let code = u16::from(a.value[2] & 0x7) * 100 + u16::from(a.value[3]);
+            // Class 3 to 6 and number 0 to 99 (RFC 5389 15.6); anything else would not
+            // survive a round trip, so it is no error code.
+            let (class, number) = (a.value[2] & 0x7, a.value[3]);
+            if !(3..=6).contains(&class) || number >= 100 {
+                return Err(Error::Malformed("ERROR-CODE"));
+            }
+            let code = u16::from(class) * 100 + u16::from(number);
             AttrRepr::ErrorCode {
                 code,
                 reason: String::from_utf8_lossy(&a.value[4..]).into_owned(),
@@ -564,8 +570,11 @@ fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) -> Result<(),
         AttrRepr::Software(s) => put_attribute(out, attr::SOFTWARE, s.as_bytes()),
         AttrRepr::Username(s) => put_attribute(out, attr::USERNAME, s.as_bytes()),
         AttrRepr::ErrorCode { code, reason } => {
-            // Class 3..6 and number 0..99 (RFC 5389 15.6); anything else is a bug here.
-            let class = u8::try_from(code / 100).map_err(|_| Error::Malformed("ERROR-CODE"))?;
+            // Class 3..6 and number 0..99 (RFC 5389 15.6).
+            if !(300..700).contains(code) {
+                return Err(Error::Malformed("ERROR-CODE"));
+            }
+            let class = u8::try_from(code / 100).expect("3 to 6");
             let number = u8::try_from(code % 100).expect("below 100");
             let mut v = vec![0, 0, class, number];
             v.extend_from_slice(reason.as_bytes());
@@ -579,5 +588,7 @@ fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) -> Result<(),
     }
 }
 
+#[cfg(test)]
+pub(crate) mod arbitrary;
 #[cfg(test)]
 mod tests;

@@ -267,3 +267,28 @@ fn classic_response_address_is_refused_and_response_port_unknown() {
     assert!(r.error);
     assert_eq!(r.to, peer());
 }
+
+mod properties {
+    use super::*;
+    use crate::wire::arbitrary;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Never an amplifier: whatever a request carries, the answer is no longer than
+        /// the request or the 64 bytes a full RFC 5780 answer with FINGERPRINT takes, and
+        /// it goes to the requester's own address.
+        #[test]
+        fn no_request_draws_a_longer_answer(bytes in arbitrary::binding_request(), tcp in any::<bool>()) {
+            let c = config(true);
+            let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+            if let Ok(r) = answer(&bytes, peer(), c.primary, &c, transport) {
+                prop_assert!(r.bytes.len() <= bytes.len().max(64), "{} -> {}", bytes.len(), r.bytes.len());
+                prop_assert_eq!(r.to.ip(), peer().ip());
+                prop_assert!(r.to.port() == peer().port() || r.to.port() >= MIN_RESPONSE_PORT);
+                prop_assert!(Repr::parse_bytes(&r.bytes).is_ok());
+            }
+        }
+    }
+}
