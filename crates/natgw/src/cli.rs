@@ -330,8 +330,9 @@ pub struct ProbeArgs {
     /// Per-probe timeout in seconds.
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     pub timeout: f64,
-    /// Also measure the UDP binding lifetime, up to SECS idle (takes about 2 x SECS).
-    #[arg(long, value_name = "SECS")]
+    /// Also measure the UDP binding lifetime, up to SECS idle [120, RFC 4787 REQ-5's 2
+    /// minutes, when given without a value]; it runs beside the other tests.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "120")]
     pub lifetime: Option<u64>,
     /// Speak RFC 3489 (no magic cookie) and also name the NAT type the old way (full
     /// cone, restricted, port-restricted, symmetric).

@@ -308,6 +308,42 @@ fn tcp_through_natgws_gateway_is_endpoint_independent_and_a_random_port_rule_is_
     assert!(stats["tcp_accepted"] >= 6, "{stats:?}");
 }
 
+/// The classic recipe by hand (no natgw, so the kernel's timeouts), with the conntrack
+/// timeout `sysctl` shortened to `secs`.
+fn classic_recipe(lab: &Lab, sysctl: &str, secs: &str) {
+    foreign_snat(lab, "recipe_udp", "udp", "203.0.113.1");
+    foreign_snat(lab, "recipe_tcp", "tcp", "203.0.113.1");
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    lab.sysctl("head", sysctl, secs).unwrap();
+}
+
+#[test]
+fn udp_lifetime_runs_beside_the_other_tests_and_sees_a_short_timeout() {
+    let Some(lab) = lab_or_skip(
+        "udp_lifetime_runs_beside_the_other_tests_and_sees_a_short_timeout",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    // 3 s: idle 2 s survives by a second, idle 4 s does not.
+    classic_recipe(&lab, "net.netfilter.nf_conntrack_udp_timeout", "3");
+    lab.sysctl("head", "net.netfilter.nf_conntrack_udp_timeout_stream", "3")
+        .unwrap();
+    let _server = stun_server(&lab, &[]);
+    let started = Instant::now();
+    let report = probe_from_n1(&lab, &["--lifetime", "8"]);
+    let lifetime = &report["stun"]["behaviour"]["lifetime"];
+    assert_eq!(lifetime["alive_after_secs"], 2, "{report}");
+    assert_eq!(lifetime["expired_after_secs"], 4, "{report}");
+    assert_eq!(requirement(&report, "RFC 4787 REQ-5")["met"], false);
+    // Idle periods of 1, 2 and 4 s one after another would take 7 s and more.
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn tcp_lifetime_sees_a_nat_that_forgets_idle_connections() {
     let Some(lab) = lab_or_skip(
@@ -316,17 +352,11 @@ fn tcp_lifetime_sees_a_nat_that_forgets_idle_connections() {
     ) else {
         return;
     };
-    // The classic recipe by hand (no natgw): kernel timeouts, shortened to 2 s for
-    // established TCP connections.
-    foreign_snat(&lab, "recipe_udp", "udp", "203.0.113.1");
-    foreign_snat(&lab, "recipe_tcp", "tcp", "203.0.113.1");
-    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
-    lab.sysctl(
-        "head",
+    classic_recipe(
+        &lab,
         "net.netfilter.nf_conntrack_tcp_timeout_established",
         "2",
-    )
-    .unwrap();
+    );
     let _server = stun_server(&lab, &[]);
     let report = probe_from_n1(&lab, &["--tcp-lifetime", "5"]);
     let lifetime = &report["stun"]["behaviour"]["tcp"]["lifetime"];

@@ -42,6 +42,12 @@ pub fn run(args: &ProbeArgs) -> exit::Result<i32> {
             args.timeout
         )));
     }
+    if args.lifetime == Some(0) || args.lifetime > Some(3_600) {
+        return Err(usage(anyhow!(
+            "--lifetime {} is out of range; use 1 to 3600 seconds (RFC 4787 REQ-5: 120)",
+            args.lifetime.unwrap_or_default()
+        )));
+    }
     if args.tcp_lifetime == Some(0) || args.tcp_lifetime > Some(86_400) {
         return Err(usage(anyhow!(
             "--tcp-lifetime {} is out of range; use 1 to 86400 seconds (RFC 5382 REQ-5: 7440)",
