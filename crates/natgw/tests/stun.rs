@@ -176,7 +176,12 @@ fn classic_client(lab: &Lab, role: &str) -> String {
 
 /// `natgw probe --classic` from n1: (mapping, filtering, RFC 3489 type).
 fn classic_probe(lab: &Lab) -> (String, String, String) {
-    let (out, report) = probe_json(lab, "n1", &["--classic", "--stun", PRIMARY]);
+    // The filtering and hairpinning tests wait out a timeout each: keep it short.
+    let (out, report) = probe_json(
+        lab,
+        "n1",
+        &["--classic", "--timeout", "1", "--stun", PRIMARY],
+    );
     assert_exit(&out, 0);
     let b = &report["stun"]["behaviour"];
     let field = |k: &str| {
