@@ -108,7 +108,7 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
     ) else {
         return;
     };
-    let server = stun_server(&lab, &["--rate-limit", "50"]);
+    let server = stun_server(&lab, &["--rate-limit", "50", "--stats", "1"]);
     let flood_ns = lab.ns("head");
     let flooder = std::thread::spawn(move || flood(&flood_ns, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(500));
@@ -150,6 +150,12 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // --stats 1 printed the counters while it ran, too.
+    assert!(
+        server.log().contains("\nstats: received="),
+        "{}",
+        server.log()
+    );
     let stats = final_stats(server);
     assert!(stats["rate_limited"] > sent / 2, "{stats:?}");
     assert_eq!(stats["oversized"], 1, "{stats:?}");
@@ -376,4 +382,56 @@ fn tcp_lifetime_sees_a_nat_that_forgets_idle_connections() {
             .contains("gone after 5 s idle"),
         "{req5}"
     );
+}
+
+#[test]
+fn tcp_connections_are_bounded_per_source_and_bad_streams_are_cut() {
+    let Some(lab) = lab_or_skip(
+        "tcp_connections_are_bounded_per_source_and_bad_streams_are_cut",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let server = stun_server(&lab, &[]);
+    let head = lab.ns("head");
+    let (held, cut) = natgw_lab::in_netns(&head, || {
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
+        let connect = || TcpStream::connect(PRIMARY).unwrap();
+        // One source holds ten connections: the server keeps eight.
+        let held: Vec<TcpStream> = (0..10).map(|_| connect()).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let open = held
+            .iter()
+            .filter(|s| {
+                let mut s = *s;
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                // A refused connection reads EOF at once; a held one times out.
+                !matches!(s.read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        drop(held);
+        std::thread::sleep(Duration::from_millis(300));
+        // A stream that announces more than the server accepts is closed, unanswered.
+        let mut s = connect();
+        let mut header = binding_request(vec![]);
+        header[2..4].copy_from_slice(&4000u16.to_be_bytes());
+        s.write_all(&header).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let cut = matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_));
+        (open, cut)
+    })
+    .unwrap();
+    assert_eq!(held, 8);
+    assert!(cut);
+    // Another source is still served over TCP meanwhile.
+    let report = probe_json(&lab, "pub", &["--stun", PRIMARY]).1;
+    assert_eq!(
+        report["stun"]["behaviour"]["tcp"]["mapping"], "no-nat",
+        "{report}"
+    );
+    let stats = final_stats(server);
+    assert_eq!(stats["tcp_refused"], 2, "{stats:?}");
+    assert_eq!(stats["oversized"], 1, "{stats:?}");
 }
