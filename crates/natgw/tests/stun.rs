@@ -117,6 +117,7 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
     assert_exit(&out, 0);
     assert_eq!(report["stun"]["behaviour"]["mapping"], "no-nat", "{report}");
     let (sent, answers) = flooder.join().unwrap();
+    eprintln!("flood: {sent} requests in 3 s from one source, {answers} answers");
     // The flooder gets its burst and its rate, never one answer per request.
     let bound = 100 + 50 * 4;
     assert!(
@@ -157,6 +158,7 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
         server.log()
     );
     let stats = final_stats(server);
+    eprintln!("server counters: {stats:?}");
     assert!(stats["rate_limited"] > sent / 2, "{stats:?}");
     assert_eq!(stats["oversized"], 1, "{stats:?}");
     assert_eq!(stats["malformed"], 2, "{stats:?}");

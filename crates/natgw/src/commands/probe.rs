@@ -63,6 +63,12 @@ pub fn run(args: &ProbeArgs) -> exit::Result<i32> {
     );
     probes.extend(args.tcp.iter().map(|t| reach::tcp(&t.to_string(), timeout)));
     probes.extend(args.udp.iter().map(|t| reach::udp(&t.to_string(), timeout)));
+    if let (Some(_), Some(secs)) = (&args.stun, args.lifetime) {
+        // The results wait for it: say why the probe takes this long.
+        eprintln!(
+            "natgw probe: measuring the UDP binding lifetime (up to {secs} s) beside the other tests"
+        );
+    }
     let stun = args.stun.as_ref().map(|target| {
         stun_report(
             &target.to_string(),
