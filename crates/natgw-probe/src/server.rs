@@ -45,7 +45,8 @@ pub struct Limits {
     /// Requests whose answer goes to another port (RESPONSE-PORT): one binding
     /// lifetime test needs one per idle period.
     pub response_port: Rate,
-    /// Sources remembered at once; the oldest idle ones are forgotten first.
+    /// Sources remembered at once; when full, those whose bucket has refilled (idle
+    /// ones) are forgotten, and new sources wait while every one is active.
     pub max_sources: usize,
     /// TCP connections open at once, in all and per source address.
     pub tcp_connections: usize,

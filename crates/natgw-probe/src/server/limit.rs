@@ -45,15 +45,25 @@ struct Bucket {
 pub struct Limiter {
     rate: Rate,
     max_sources: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    table: Mutex<Table>,
 }
+
+#[derive(Debug, Default)]
+struct Table {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// When the full table was last swept, so a flood of new (spoofed) sources costs
+    /// one sweep per `SWEEP_EVERY`, not one per packet.
+    swept: Option<Instant>,
+}
+
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Limiter {
     pub fn new(rate: Rate, max_sources: usize) -> Limiter {
         Limiter {
             rate,
             max_sources,
-            buckets: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -64,17 +74,23 @@ impl Limiter {
 
     /// Takes one token for `source` at `now`.
     pub fn allow(&self, source: IpAddr, now: Instant) -> Verdict {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(&source) && buckets.len() >= self.max_sources {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let burst = self.rate.burst;
+        if !table.buckets.contains_key(&source) && table.buckets.len() >= self.max_sources {
+            if table
+                .swept
+                .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+            {
+                return Verdict::TableFull;
+            }
             // A full bucket is the same as no bucket: forget those sources.
-            let burst = self.rate.burst;
-            buckets.retain(|_, b| self.refilled(b, now) < burst);
-            if buckets.len() >= self.max_sources {
+            table.swept = Some(now);
+            table.buckets.retain(|_, b| self.refilled(b, now) < burst);
+            if table.buckets.len() >= self.max_sources {
                 return Verdict::TableFull;
             }
         }
-        let burst = self.rate.burst;
-        let bucket = buckets.entry(source).or_insert(Bucket {
+        let bucket = table.buckets.entry(source).or_insert(Bucket {
             tokens: burst,
             at: now,
         });
@@ -145,6 +161,16 @@ mod tests {
         // Once the first two have refilled they are forgotten and make room.
         let later = t0 + Duration::from_secs(5);
         assert_eq!(limiter.allow(ip(3), later), Verdict::Allowed);
+        // A full table of active sources is swept at most every SWEEP_EVERY.
+        assert_eq!(limiter.allow(ip(1), later), Verdict::Allowed);
+        assert_eq!(limiter.allow(ip(4), later), Verdict::TableFull);
+        let soon = later + Duration::from_millis(10);
+        assert_eq!(limiter.allow(ip(5), soon), Verdict::TableFull);
+        let after_a_sweep_interval = later + SWEEP_EVERY + Duration::from_secs(5);
+        assert_eq!(
+            limiter.allow(ip(5), after_a_sweep_interval),
+            Verdict::Allowed
+        );
     }
 
     #[test]
