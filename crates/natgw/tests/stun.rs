@@ -148,6 +148,14 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
         // Replies aimed at the echo service of the requester's address.
         s.send_to(&binding_request(vec![AttrRepr::ResponsePort(7)]), PRIMARY)
             .unwrap();
+        // Eight redirections at once: a burst of five passes, three wait.
+        for _ in 0..8 {
+            s.send_to(
+                &binding_request(vec![AttrRepr::ResponsePort(40000)]),
+                PRIMARY,
+            )
+            .unwrap();
+        }
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -163,6 +171,7 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
     assert_eq!(stats["oversized"], 1, "{stats:?}");
     assert_eq!(stats["malformed"], 2, "{stats:?}");
     assert_eq!(stats["response_port_refused"], 1, "{stats:?}");
+    assert_eq!(stats["response_port_limited"], 3, "{stats:?}");
     assert!(stats["answered"] <= bound + 100, "{stats:?}");
 }
 
