@@ -103,8 +103,9 @@ pub enum Command {
     /// From a private node: reachability probes and, with a STUN server, the public
     /// address the outside sees and the NAT's behaviour (RFC 5780, RFC 4787).
     Probe(ProbeArgs),
-    /// Run a STUN server (RFC 5389 Binding over UDP and TCP, RFC 5780 with --alt, RFC 3489 clients in
-    /// their own terms) on a public host. SIGINT/SIGTERM stop it and print its counters.
+    /// Run a STUN server (RFC 5389 Binding over UDP and TCP, RFC 5780 with --alt, RFC 3489
+    /// clients in their own terms) on a public host. SIGINT/SIGTERM stop it and print its
+    /// counters.
     StunServer(StunServerArgs),
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
