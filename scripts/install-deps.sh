@@ -4,12 +4,13 @@
 # an old public address), iptables (doctor reads iptables-legacy; tests add
 # foreign rules), iputils-ping (the lab's ICMP check), util-linux (setpriv, for the
 # no-privilege test), coturn (a second STUN implementation for the interop tests),
+# stun-client (the classic RFC 3489 client `stun`, for the interop tests),
 # gcc (the linker Rust needs), prometheus (only for promtool: the tests check a real
 # scrape with `promtool check metrics` and contrib/ rules with `promtool check rules`);
 # for scripts/check-package.sh: dpkg-dev, lintian, systemd (systemd-analyze verify),
 # man-db and mandoc (man page checks); linux-perf for `natgw bench --profile`.
 set -euo pipefail
-packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc)
+packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn stun-client gcc)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 # The package checks (scripts/check-package.sh).

@@ -8,6 +8,33 @@ use rand::RngCore;
 
 use crate::wire::{AttrRepr, Class, Repr};
 
+/// Which STUN a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// RFC 5389 with the magic cookie (and RFC 5780's attributes).
+    #[default]
+    Rfc5389,
+    /// RFC 3489: a 128-bit transaction id, MAPPED-ADDRESS and CHANGED-ADDRESS.
+    Classic,
+}
+
+/// A fresh Binding request with a random transaction id.
+pub fn request(dialect: Dialect, attributes: Vec<AttrRepr>) -> Repr {
+    let base = match dialect {
+        Dialect::Rfc5389 => {
+            let mut tid = [0u8; 12];
+            rand::thread_rng().fill_bytes(&mut tid);
+            Repr::binding_request(tid)
+        }
+        Dialect::Classic => {
+            let mut tid = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut tid);
+            Repr::classic_binding_request(tid)
+        }
+    };
+    Repr { attributes, ..base }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     #[error("no STUN answer from {0} within {1:?}")]
@@ -39,13 +66,22 @@ pub fn binding(
     attributes: Vec<AttrRepr>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let mut tid = [0u8; 12];
-    rand::thread_rng().fill_bytes(&mut tid);
-    let request = Repr {
-        attributes,
-        ..Repr::binding_request(tid)
-    }
-    .emit(true);
+    binding_as(Dialect::Rfc5389, socket, server, attributes, timeout)
+}
+
+/// `binding` in the given dialect.
+pub fn binding_as(
+    dialect: Dialect,
+    socket: &UdpSocket,
+    server: SocketAddr,
+    attributes: Vec<AttrRepr>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let repr = request(dialect, attributes);
+    let tid = (repr.cookie, repr.transaction_id);
+    let request = repr
+        .emit(true)
+        .map_err(|e| ClientError::Io(server, e.to_string()))?;
     let deadline = Instant::now() + timeout;
     let mut rto = Duration::from_millis(250);
     let io = |e: std::io::Error| ClientError::Io(server, e.to_string());
@@ -63,11 +99,15 @@ pub fn binding(
     }
 }
 
+/// A transaction's identity: the cookie field (all of it for RFC 5389, the first part of
+/// the transaction id for RFC 3489) and the 96 bits that follow.
+pub type TransactionId = (u32, [u8; 12]);
+
 /// Waits until `until` for a STUN message with transaction `tid`; other datagrams are
 /// ignored.
 pub fn receive(
     socket: &UdpSocket,
-    tid: &[u8; 12],
+    tid: &TransactionId,
     until: Instant,
     server: SocketAddr,
 ) -> Result<Option<Response>, ClientError> {
@@ -85,7 +125,7 @@ pub fn receive(
                 let Ok(repr) = Repr::parse_bytes(&buf[..n]) else {
                     continue;
                 };
-                if repr.transaction_id != *tid {
+                if (repr.cookie, repr.transaction_id) != *tid {
                     continue;
                 }
                 if repr.class == Class::Error {

@@ -1,6 +1,6 @@
-//! STUN messages (RFC 5389) in the style of smoltcp's `wire`: `Message` is a checked
-//! zero-copy view over bytes with named field ranges; `Repr` is the parsed high-level
-//! form, with `parse` and `emit`.
+//! STUN messages (RFC 5389, and RFC 3489's "classic" form without the magic cookie) in
+//! the style of smoltcp's `wire`: `Message` is a checked zero-copy view over bytes with
+//! named field ranges; `Repr` is the parsed high-level form, with `parse` and `emit`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -8,6 +8,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 pub const MAGIC_COOKIE: u32 = 0x2112_a442;
+/// The cookie's top 16 bits, which XOR a port (RFC 5389 15.2).
+const COOKIE_HIGH: u16 = 0x2112;
 pub const HEADER_LEN: usize = 20;
 pub const BINDING: u16 = 0x0001;
 /// XOR value for FINGERPRINT (RFC 5389 section 15.5).
@@ -24,8 +26,14 @@ mod field {
 /// Attribute types natgw understands.
 pub mod attr {
     pub const MAPPED_ADDRESS: u16 = 0x0001;
-    /// RFC 5780
+    /// RFC 3489 only: send the response elsewhere (natgw refuses it: a reflector).
+    pub const RESPONSE_ADDRESS: u16 = 0x0002;
+    /// RFC 5780 (and RFC 3489)
     pub const CHANGE_REQUEST: u16 = 0x0003;
+    /// RFC 3489 only: where the response was sent from.
+    pub const SOURCE_ADDRESS: u16 = 0x0004;
+    /// RFC 3489 only: the server's address for changed IP and port.
+    pub const CHANGED_ADDRESS: u16 = 0x0005;
     pub const USERNAME: u16 = 0x0006;
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
     pub const ERROR_CODE: u16 = 0x0009;
@@ -41,13 +49,18 @@ pub mod attr {
     pub const RESPONSE_ORIGIN: u16 = 0x802b;
     /// RFC 5780
     pub const OTHER_ADDRESS: u16 = 0x802c;
+    /// natgw's own, comprehension-optional (others ignore it): over TCP, "send this
+    /// response again after N seconds of silence" (a u32), so a client can see whether
+    /// an idle NAT mapping still lets the server's packets in (RFC 5382 REQ-5). A server
+    /// that does it echoes the attribute in its first response.
+    pub const NATGW_PUSH_AFTER: u16 = 0xc0de;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("shorter than a STUN header")]
     Truncated,
-    #[error("not a STUN message (top bits or magic cookie wrong)")]
+    #[error("not a STUN message (the top two bits are not zero)")]
     NotStun,
     #[error("length field {0} does not match the datagram")]
     BadLength(usize),
@@ -57,6 +70,8 @@ pub enum Error {
     Malformed(&'static str),
     #[error("FINGERPRINT does not match the message")]
     BadFingerprint,
+    #[error("message or attribute longer than a 16-bit length field can say")]
+    TooLong,
 }
 
 /// A read-only view of a STUN message.
@@ -73,12 +88,12 @@ impl<T: AsRef<[u8]>> Message<T> {
         if data.len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
-        if data[0] & 0xc0 != 0
-            || u32::from_be_bytes(data[field::COOKIE].try_into().unwrap()) != MAGIC_COOKIE
-        {
+        // Without the magic cookie it is an RFC 3489 message, answered in its own terms
+        // (RFC 5389 section 12), so only the top bits tell STUN from other protocols.
+        if data[0] & 0xc0 != 0 {
             return Err(Error::NotStun);
         }
-        let length = u16::from_be_bytes(data[field::LENGTH].try_into().unwrap()) as usize;
+        let length = usize::from(u16::from_be_bytes(data[field::LENGTH].try_into().unwrap()));
         if !length.is_multiple_of(4) || HEADER_LEN + length != data.len() {
             return Err(Error::BadLength(length));
         }
@@ -111,6 +126,17 @@ impl<T: AsRef<[u8]>> Message<T> {
         self.data()[field::TRANSACTION].try_into().unwrap()
     }
 
+    /// The magic cookie field: `MAGIC_COOKIE`, or the first four bytes of an RFC 3489
+    /// message's 128-bit transaction id.
+    pub fn cookie(&self) -> u32 {
+        u32::from_be_bytes(self.data()[field::COOKIE].try_into().unwrap())
+    }
+
+    /// An RFC 3489 message (no magic cookie).
+    pub fn is_classic(&self) -> bool {
+        self.cookie() != MAGIC_COOKIE
+    }
+
     /// Attributes in order, with their offset in the message.
     pub fn attributes(&self) -> Attributes<'_> {
         Attributes {
@@ -121,12 +147,16 @@ impl<T: AsRef<[u8]>> Message<T> {
 
     /// `Some(true)` when FINGERPRINT is present and matches, `None` when absent.
     pub fn fingerprint_ok(&self) -> Option<bool> {
+        if self.is_classic() {
+            // RFC 3489 has no FINGERPRINT; 0x8028 means nothing there.
+            return None;
+        }
         let fp = self
             .attributes()
             .flatten()
             .find(|a| a.kind == attr::FINGERPRINT)?;
         let expected = u32::from_be_bytes(fp.value.try_into().ok()?);
-        Some(fingerprint(&self.data()[..fp.offset], fp.offset - HEADER_LEN + 8) == expected)
+        Some(fingerprint(&self.data()[..fp.offset], fp.offset - HEADER_LEN + 8).ok()? == expected)
     }
 
     /// `Some(true)` when MESSAGE-INTEGRITY is present and matches HMAC-SHA1 with `key`
@@ -137,7 +167,8 @@ impl<T: AsRef<[u8]>> Message<T> {
             .flatten()
             .find(|a| a.kind == attr::MESSAGE_INTEGRITY)?;
         Some(
-            integrity(&self.data()[..mi.offset], mi.offset - HEADER_LEN + 24, key)[..] == *mi.value,
+            integrity(&self.data()[..mi.offset], mi.offset - HEADER_LEN + 24, key)?[..]
+                == *mi.value,
         )
     }
 }
@@ -168,7 +199,7 @@ impl<'a> Iterator for Attributes<'a> {
             return Some(Err(Error::BadAttribute { kind: 0 }));
         };
         let kind = u16::from_be_bytes([header[0], header[1]]);
-        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
         let start = self.offset + 4;
         let Some(value) = self.data.get(start..start + len) else {
             self.offset = self.data.len();
@@ -217,6 +248,10 @@ impl Class {
 pub enum AttrRepr {
     MappedAddress(SocketAddr),
     XorMappedAddress(SocketAddr),
+    /// RFC 3489
+    SourceAddress(SocketAddr),
+    /// RFC 3489
+    ChangedAddress(SocketAddr),
     OtherAddress(SocketAddr),
     ResponseOrigin(SocketAddr),
     ChangeRequest {
@@ -243,6 +278,8 @@ pub enum AttrRepr {
 pub struct Repr {
     pub class: Class,
     pub method: u16,
+    /// `MAGIC_COOKIE`, or for RFC 3489 the first 4 of the 16 transaction id bytes.
+    pub cookie: u32,
     pub transaction_id: [u8; 12],
     pub attributes: Vec<AttrRepr>,
 }
@@ -261,6 +298,7 @@ impl Repr {
         Ok(Repr {
             class: message.class(),
             method: message.method(),
+            cookie: message.cookie(),
             transaction_id: tid,
             attributes,
         })
@@ -275,9 +313,24 @@ impl Repr {
         Repr {
             class: Class::Request,
             method: BINDING,
+            cookie: MAGIC_COOKIE,
             transaction_id,
             attributes: Vec::new(),
         }
+    }
+
+    /// An RFC 3489 Binding request: the 16-byte transaction id fills the cookie field.
+    pub fn classic_binding_request(transaction_id: [u8; 16]) -> Repr {
+        let (cookie, rest) = transaction_id.split_at(4);
+        Repr {
+            cookie: u32::from_be_bytes(cookie.try_into().unwrap()),
+            ..Repr::binding_request(rest.try_into().unwrap())
+        }
+    }
+
+    /// An RFC 3489 message (no magic cookie).
+    pub fn is_classic(&self) -> bool {
+        self.cookie != MAGIC_COOKIE
     }
 
     /// The first attribute for which `f` returns something.
@@ -299,15 +352,18 @@ impl Repr {
         })
     }
 
+    /// OTHER-ADDRESS, or CHANGED-ADDRESS from RFC 3489 servers.
     pub fn other_address(&self) -> Option<SocketAddr> {
         self.find(|a| match a {
-            AttrRepr::OtherAddress(s) => Some(*s),
+            AttrRepr::OtherAddress(s) | AttrRepr::ChangedAddress(s) => Some(*s),
             _ => None,
         })
     }
 
-    /// Serialises the message, appending FINGERPRINT when asked.
-    pub fn emit(&self, with_fingerprint: bool) -> Vec<u8> {
+    /// Serialises the message, appending FINGERPRINT when asked (never to an RFC 3489
+    /// message, which has none). Fails only when an attribute or the whole message is
+    /// too long for its 16-bit length field.
+    pub fn emit(&self, with_fingerprint: bool) -> Result<Vec<u8>, Error> {
         let method = self.method;
         let message_type = (method & 0x000f)
             | ((method & 0x0070) << 1)
@@ -316,37 +372,39 @@ impl Repr {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&message_type.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        out.extend_from_slice(&self.cookie.to_be_bytes());
         out.extend_from_slice(&self.transaction_id);
         for attribute in &self.attributes {
-            emit_attribute(&mut out, attribute, &self.transaction_id);
+            emit_attribute(&mut out, attribute, &self.transaction_id)?;
         }
-        if with_fingerprint {
-            let crc = fingerprint(&out, out.len() - HEADER_LEN + 8);
-            put_attribute(&mut out, attr::FINGERPRINT, &crc.to_be_bytes());
+        if with_fingerprint && !self.is_classic() {
+            let crc = fingerprint(&out, out.len() - HEADER_LEN + 8)?;
+            put_attribute(&mut out, attr::FINGERPRINT, &crc.to_be_bytes())?;
         }
-        let length = (out.len() - HEADER_LEN) as u16;
+        let length = u16::try_from(out.len() - HEADER_LEN).map_err(|_| Error::TooLong)?;
         out[field::LENGTH].copy_from_slice(&length.to_be_bytes());
-        out
+        Ok(out)
     }
 }
 
 /// CRC-32 of `prefix` with the length field set to `length`, XORed per RFC 5389.
-fn fingerprint(prefix: &[u8], length: usize) -> u32 {
+fn fingerprint(prefix: &[u8], length: usize) -> Result<u32, Error> {
+    let length = u16::try_from(length).map_err(|_| Error::TooLong)?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&prefix[..2]);
-    hasher.update(&(length as u16).to_be_bytes());
+    hasher.update(&length.to_be_bytes());
     hasher.update(&prefix[4..]);
-    hasher.finalize() ^ FINGERPRINT_XOR
+    Ok(hasher.finalize() ^ FINGERPRINT_XOR)
 }
 
 /// HMAC-SHA1 over `prefix` with the length field set to `length` (RFC 5389 15.4).
-fn integrity(prefix: &[u8], length: usize, key: &[u8]) -> [u8; 20] {
+fn integrity(prefix: &[u8], length: usize, key: &[u8]) -> Option<[u8; 20]> {
+    let length = u16::try_from(length).ok()?;
     let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(&prefix[..2]);
-    mac.update(&(length as u16).to_be_bytes());
+    mac.update(&length.to_be_bytes());
     mac.update(&prefix[4..]);
-    mac.finalize().into_bytes().into()
+    Some(mac.finalize().into_bytes().into())
 }
 
 fn parse_attribute(a: Attribute, tid: &[u8; 12]) -> Result<AttrRepr, Error> {
@@ -357,6 +415,12 @@ fn parse_attribute(a: Attribute, tid: &[u8; 12]) -> Result<AttrRepr, Error> {
         ),
         attr::XOR_MAPPED_ADDRESS => AttrRepr::XorMappedAddress(
             address(a.value, Some(tid)).ok_or(Error::Malformed("XOR-MAPPED-ADDRESS"))?,
+        ),
+        attr::SOURCE_ADDRESS => AttrRepr::SourceAddress(
+            address(a.value, None).ok_or(Error::Malformed("SOURCE-ADDRESS"))?,
+        ),
+        attr::CHANGED_ADDRESS => AttrRepr::ChangedAddress(
+            address(a.value, None).ok_or(Error::Malformed("CHANGED-ADDRESS"))?,
         ),
         attr::OTHER_ADDRESS => {
             AttrRepr::OtherAddress(address(a.value, None).ok_or(Error::Malformed("OTHER-ADDRESS"))?)
@@ -388,7 +452,13 @@ fn parse_attribute(a: Attribute, tid: &[u8; 12]) -> Result<AttrRepr, Error> {
             if a.value.len() < 4 {
                 return Err(Error::Malformed("ERROR-CODE"));
             }
-            let code = u16::from(a.value[2] & 0x7) * 100 + u16::from(a.value[3]);
+            // Class 3 to 6 and number 0 to 99 (RFC 5389 15.6); anything else would not
+            // survive a round trip, so it is no error code.
+            let (class, number) = (a.value[2] & 0x7, a.value[3]);
+            if !(3..=6).contains(&class) || number >= 100 {
+                return Err(Error::Malformed("ERROR-CODE"));
+            }
+            let code = u16::from(class) * 100 + u16::from(number);
             AttrRepr::ErrorCode {
                 code,
                 reason: String::from_utf8_lossy(&a.value[4..]).into_owned(),
@@ -414,7 +484,7 @@ fn address(value: &[u8], xor: Option<&[u8; 12]>) -> Option<SocketAddr> {
     let mut mask = [0u8; 16];
     mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
     if let Some(tid) = xor {
-        port ^= (MAGIC_COOKIE >> 16) as u16;
+        port ^= COOKIE_HIGH;
         mask[4..].copy_from_slice(tid);
     }
     let apply = |bytes: &[u8]| -> Vec<u8> {
@@ -441,7 +511,7 @@ fn encode_address(addr: &SocketAddr, xor: Option<&[u8; 12]>) -> Vec<u8> {
     mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
     let mut port = addr.port();
     if let Some(tid) = xor {
-        port ^= (MAGIC_COOKIE >> 16) as u16;
+        port ^= COOKIE_HIGH;
         mask[4..].copy_from_slice(tid);
     }
     let (family, bytes): (u8, Vec<u8>) = match addr.ip() {
@@ -459,15 +529,23 @@ fn encode_address(addr: &SocketAddr, xor: Option<&[u8; 12]>) -> Vec<u8> {
     value
 }
 
-fn put_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+fn put_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) -> Result<(), Error> {
+    let len = u16::try_from(value.len()).map_err(|_| Error::TooLong)?;
     out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(value);
     out.resize(out.len() + (4 - value.len() % 4) % 4, 0);
+    Ok(())
 }
 
-fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) {
+fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) -> Result<(), Error> {
     match a {
+        AttrRepr::SourceAddress(s) => {
+            put_attribute(out, attr::SOURCE_ADDRESS, &encode_address(s, None))
+        }
+        AttrRepr::ChangedAddress(s) => {
+            put_attribute(out, attr::CHANGED_ADDRESS, &encode_address(s, None))
+        }
         AttrRepr::MappedAddress(s) => {
             put_attribute(out, attr::MAPPED_ADDRESS, &encode_address(s, None))
         }
@@ -492,7 +570,13 @@ fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) {
         AttrRepr::Software(s) => put_attribute(out, attr::SOFTWARE, s.as_bytes()),
         AttrRepr::Username(s) => put_attribute(out, attr::USERNAME, s.as_bytes()),
         AttrRepr::ErrorCode { code, reason } => {
-            let mut v = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
+            // Class 3..6 and number 0..99 (RFC 5389 15.6).
+            if !(300..700).contains(code) {
+                return Err(Error::Malformed("ERROR-CODE"));
+            }
+            let class = u8::try_from(code / 100).expect("3 to 6");
+            let number = u8::try_from(code % 100).expect("below 100");
+            let mut v = vec![0, 0, class, number];
             v.extend_from_slice(reason.as_bytes());
             put_attribute(out, attr::ERROR_CODE, &v)
         }
@@ -504,5 +588,7 @@ fn emit_attribute(out: &mut Vec<u8>, a: &AttrRepr, tid: &[u8; 12]) {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod arbitrary;
 #[cfg(test)]
 mod tests;

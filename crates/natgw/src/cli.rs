@@ -103,15 +103,10 @@ pub enum Command {
     /// From a private node: reachability probes and, with a STUN server, the public
     /// address the outside sees and the NAT's behaviour (RFC 5780, RFC 4787).
     Probe(ProbeArgs),
-    /// Run a STUN server (RFC 5389 Binding, RFC 5780 with --alt) on a public host.
-    StunServer {
-        /// Primary address [port 3478 when omitted].
-        #[arg(long, value_name = "ADDR[:PORT]")]
-        listen: Endpoint,
-        /// Alternate address (a second IP of this host) [port 3479 when omitted].
-        #[arg(long, value_name = "ADDR[:PORT]")]
-        alt: Option<Endpoint>,
-    },
+    /// Run a STUN server (RFC 5389 Binding over UDP and TCP, RFC 5780 with --alt, RFC 3489
+    /// clients in their own terms) on a public host. SIGINT/SIGTERM stop it and print its
+    /// counters.
+    StunServer(StunServerArgs),
     /// Demo: build a throwaway network in namespaces, run natgw in it, prove it works.
     Lab(LabArgs),
     /// Which private host used PUBLIC_IP:PORT (from the mapping log and live conntrack).
@@ -152,7 +147,7 @@ impl Command {
             | Command::Trace(_) => false,
             Command::Down { .. }
             | Command::Run { .. }
-            | Command::StunServer { .. }
+            | Command::StunServer(_)
             | Command::Lab(_)
             | Command::Bench(_) => true,
             Command::Doctor { fix, .. } => *fix,
@@ -307,6 +302,23 @@ pub enum LabAction {
 }
 
 #[derive(Debug, Args)]
+pub struct StunServerArgs {
+    /// Primary address [port 3478 when omitted].
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub listen: Endpoint,
+    /// Alternate address (a second IP of this host) [port 3479 when omitted].
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub alt: Option<Endpoint>,
+    /// Requests per second each source address may send (bursts of twice that);
+    /// more are dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = natgw_probe::server::DEFAULT_RATE)]
+    pub rate_limit: u32,
+    /// Also print the counters every SECS seconds [10 when given without a value].
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
+    pub stats: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// STUN server for the mapped address and the behaviour tests.
     #[arg(long, value_name = "HOST[:PORT]")]
@@ -323,9 +335,18 @@ pub struct ProbeArgs {
     /// Per-probe timeout in seconds.
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     pub timeout: f64,
-    /// Also measure the UDP binding lifetime, up to SECS idle (takes about 2 x SECS).
-    #[arg(long, value_name = "SECS")]
+    /// Also measure the UDP binding lifetime, up to SECS idle [120, RFC 4787 REQ-5's 2
+    /// minutes, when given without a value]; it runs beside the other tests.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "120")]
     pub lifetime: Option<u64>,
+    /// Speak RFC 3489 (no magic cookie) and also name the NAT type the old way (full
+    /// cone, restricted, port-restricted, symmetric).
+    #[arg(long)]
+    pub classic: bool,
+    /// Also measure whether an established TCP connection through the NAT survives SECS
+    /// seconds idle (RFC 5382 REQ-5 wants 7440: 2 h 4 min).
+    #[arg(long, value_name = "SECS")]
+    pub tcp_lifetime: Option<u64>,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,

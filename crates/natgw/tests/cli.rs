@@ -120,6 +120,20 @@ fn malformed_addresses_are_refused_naming_the_flag() {
             &["status", "--log-format", "xml"],
             "'--log-format <FORMAT>'",
         ),
+        (
+            &[
+                "stun-server",
+                "--listen",
+                "198.51.100.10",
+                "--rate-limit",
+                "0",
+            ],
+            "--rate-limit 0 is out of range",
+        ),
+        (
+            &["stun-server", "--listen", "198.51.100.10", "--stats", "0"],
+            "--stats 0 is out of range",
+        ),
     ];
     for (args, flag) in cases {
         assert_refused(&natgw(args), args, flag);

@@ -810,7 +810,7 @@ fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
     assert_eq!(check(&report, "conntrack")["status"], "pass", "{report}");
     // A foreign NAT rule that squeezes all UDP into one source port: the second
     // private node's flow to the same server clashes and the kernel drops it.
-    foreign_udp_snat(&lab, "squeeze", "203.0.113.1:5000");
+    foreign_snat(&lab, "squeeze", "udp", "203.0.113.1:5000");
     assert!(udp_exchange(&lab.ns("n1"), server(), TIMEOUT).is_ok());
     assert!(udp_exchange(&lab.ns("n2"), server(), Duration::from_millis(500)).is_err());
     let (_, report) = doctor(&lab, &[]);
@@ -851,47 +851,6 @@ fn missing_nft_tool_is_named_with_its_package() {
     assert_eq!(headnode_snapshot(&lab), before);
 }
 
-/// A foreign nftables table (not natgw's) whose NAT chain runs before natgw's and
-/// source-translates the headnode's outgoing UDP with `translation`.
-fn foreign_udp_snat(lab: &Lab, table: &str, translation: &str) {
-    in_ns(lab, "head", &["nft", "add", "table", "ip", table]);
-    let hook = "{ type nat hook postrouting priority 50; }";
-    in_ns(
-        lab,
-        "head",
-        &["nft", "add", "chain", "ip", table, "post", hook],
-    );
-    let mut rule = vec![
-        "nft", "add", "rule", "ip", table, "post", "oifname", "wan0", "meta", "l4proto", "udp",
-        "snat", "to",
-    ];
-    rule.extend(translation.split_whitespace());
-    in_ns(lab, "head", &rule);
-}
-
-/// A process started in a lab namespace, killed when dropped.
-struct Background(std::process::Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(lab: &Lab, role: &str, program: &str, args: &[&str]) -> Background {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(role), program])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn in namespace");
-    // Give it time to bind its sockets.
-    std::thread::sleep(Duration::from_millis(400));
-    Background(child)
-}
-
 fn natgw_stun_server(lab: &Lab) -> Background {
     spawn_in(
         lab,
@@ -905,14 +864,6 @@ fn natgw_stun_server(lab: &Lab) -> Background {
             "198.51.100.11",
         ],
     )
-}
-
-fn probe_json(lab: &Lab, role: &str, args: &[&str]) -> (Output, serde_json::Value) {
-    let mut full = vec!["probe", "--json"];
-    full.extend_from_slice(args);
-    let out = natgw_env(lab, role, &full, &[]);
-    let report = json(&out);
-    (out, report)
 }
 
 #[test]
@@ -979,7 +930,7 @@ fn behaviour_classifier_on_topologies_known_by_construction() {
     );
 
     // A NAT that maps every flow to a fresh random port.
-    foreign_udp_snat(&lab, "scramble", "203.0.113.1:1024-65535 random");
+    foreign_snat(&lab, "scramble", "udp", "203.0.113.1:1024-65535 random");
     let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10"]);
     assert_exit(&out, 0);
     assert_eq!(
@@ -1684,7 +1635,7 @@ fn doctor_reports_old_conntrack_losses_as_old_and_then_only_new_ones() {
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&natgw(&lab, &["up"]), 0);
-    foreign_udp_snat(&lab, "squeeze", "203.0.113.1:5000");
+    foreign_snat(&lab, "squeeze", "udp", "203.0.113.1:5000");
     assert!(udp_exchange(&lab.ns("n1"), server(), TIMEOUT).is_ok());
     assert!(udp_exchange(&lab.ns("n2"), server(), Duration::from_millis(500)).is_err());
     // First run: the totals, said to be totals.

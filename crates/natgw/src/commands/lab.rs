@@ -229,13 +229,13 @@ fn prove(lab: &Lab) -> anyhow::Result<Report> {
 /// RFC 5780 behaviour test from n1; prints the report; passes when the server saw the
 /// headnode's public address.
 fn stun_behaviour(lab: &Lab) -> Result<String, String> {
-    let config = natgw_probe::server::Config {
-        primary: SocketAddr::new(IpAddr::V4(SERVER), natgw_probe::server::DEFAULT_PORT),
-        alternate: Some(SocketAddr::new(
+    let config = natgw_probe::server::Config::new(
+        SocketAddr::new(IpAddr::V4(SERVER), natgw_probe::server::DEFAULT_PORT),
+        Some(SocketAddr::new(
             IpAddr::V4(SERVER_ALT),
             natgw_probe::server::DEFAULT_ALT_PORT,
         )),
-    };
+    );
     let _server = natgw_lab::in_netns(&lab.ns("pub"), move || {
         natgw_probe::server::Server::start(config)
     })
@@ -243,7 +243,7 @@ fn stun_behaviour(lab: &Lab) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     let target = config.primary.to_string();
     let stun = natgw_lab::in_netns(&lab.ns("n1"), move || {
-        super::probe::stun_report(&target, TIMEOUT, None)
+        super::probe::stun_report(&target, super::probe::stun_options(TIMEOUT))
     })
     .map_err(|e| e.to_string())?;
     println!(

@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Doctor { gateway, fix, json } => doctor::run(&gateway, fix, json),
         Command::Node { action } => node::run(action),
         Command::Probe(args) => probe::run(&args),
-        Command::StunServer { listen, alt } => probe::stun_server(listen, alt),
+        Command::StunServer(args) => probe::stun_server(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Trace(args) => trace::run(&args),
         Command::Bench(args) => bench::run(&args),

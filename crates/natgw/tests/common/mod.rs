@@ -188,7 +188,8 @@ pub fn fails(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// `natgw run` in the headnode, stopped (SIGTERM, then SIGKILL) when dropped.
+/// `natgw run` in the headnode (or another natgw command in a lab namespace), stopped
+/// (SIGTERM, then SIGKILL) when dropped.
 pub struct Service {
     child: Child,
     log: std::path::PathBuf,
@@ -196,13 +197,28 @@ pub struct Service {
 
 impl Service {
     pub fn start(lab: &Lab, args: &[&str]) -> Service {
-        let log = scratch(lab, "run").join(format!("run-{}.log", rand_suffix()));
         let mut full = vec!["run"];
         full.extend_from_slice(args);
-        let child = natgw_command(lab, "head", &full, &[])
+        Service::spawn(lab, "head", &full, false)
+    }
+
+    /// `natgw ARGS` in the namespace of `role`, with stdout and stderr in its log.
+    pub fn natgw_in(lab: &Lab, role: &str, args: &[&str]) -> Service {
+        Service::spawn(lab, role, args, true)
+    }
+
+    fn spawn(lab: &Lab, role: &str, args: &[&str], with_stdout: bool) -> Service {
+        let log = scratch(lab, "run").join(format!("{}-{}.log", args[0], rand_suffix()));
+        let file = std::fs::File::create(&log).unwrap();
+        let stdout = if with_stdout {
+            Stdio::from(file.try_clone().unwrap())
+        } else {
+            Stdio::null()
+        };
+        let child = natgw_command(lab, role, args, &[])
             .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(stdout)
+            .stderr(file)
             .spawn()
             .unwrap();
         Service { child, log }
@@ -227,6 +243,13 @@ impl Service {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, the exit code and everything logged up to the end.
+    pub fn stop_with_log(self) -> (Option<i32>, String) {
+        let log = self.log.clone();
+        let code = self.stop();
+        (code, std::fs::read_to_string(log).unwrap_or_default())
     }
 
     pub fn running(&mut self) -> bool {
@@ -273,4 +296,54 @@ pub fn slow_nft(dir: &std::path::Path, delay: &str) -> (String, std::path::PathB
 
 pub fn calls(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
+/// A process started in a lab namespace, killed when dropped.
+pub struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_in(lab: &Lab, role: &str, program: &str, args: &[&str]) -> Background {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role), program])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn in namespace");
+    // Give it time to bind its sockets.
+    std::thread::sleep(Duration::from_millis(400));
+    Background(child)
+}
+
+/// `natgw probe --json ARGS` in the namespace of `role`.
+pub fn probe_json(lab: &Lab, role: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut full = vec!["probe", "--json"];
+    full.extend_from_slice(args);
+    let out = natgw_env(lab, role, &full, &[]);
+    let report = json(&out);
+    (out, report)
+}
+
+/// A foreign nftables table (not natgw's) whose NAT chain runs before natgw's and
+/// source-translates the headnode's outgoing `l4proto` (udp, tcp) with `translation`.
+pub fn foreign_snat(lab: &Lab, table: &str, l4proto: &str, translation: &str) {
+    in_ns(lab, "head", &["nft", "add", "table", "ip", table]);
+    let hook = "{ type nat hook postrouting priority 50; }";
+    in_ns(
+        lab,
+        "head",
+        &["nft", "add", "chain", "ip", table, "post", hook],
+    );
+    let mut rule = vec![
+        "nft", "add", "rule", "ip", table, "post", "oifname", "wan0", "meta", "l4proto", l4proto,
+        "snat", "to",
+    ];
+    rule.extend(translation.split_whitespace());
+    in_ns(lab, "head", &rule);
 }
