@@ -135,6 +135,13 @@ pub enum Command {
     /// throwaway namespaces (new flows/s, packets/s, TCP connects/s, flows to one
     /// destination, bulk TCP).
     Bench(BenchArgs),
+    /// Internal: keepalived calls this on each HA transition (master, backup, fault,
+    /// stop) to drive conntrackd.
+    #[command(hide = true)]
+    HaNotify {
+        /// The role keepalived moved to.
+        role: String,
+    },
 }
 
 impl Command {
@@ -154,7 +161,8 @@ impl Command {
             | Command::Run { .. }
             | Command::StunServer { .. }
             | Command::Lab(_)
-            | Command::Bench(_) => true,
+            | Command::Bench(_)
+            | Command::HaNotify { .. } => true,
             Command::Doctor { fix, .. } => *fix,
             Command::Node { action } => match action {
                 NodeAction::Up { .. } | NodeAction::Down { .. } => true,

@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod down;
 mod gateway;
+mod ha;
 mod install;
 mod lab;
 mod node;
@@ -55,5 +56,6 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Lab(args) => lab::run(&args),
         Command::Trace(args) => trace::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::HaNotify { role } => ha::notify(&role),
     }
 }

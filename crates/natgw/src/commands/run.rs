@@ -62,6 +62,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
         ready: false,
         repairs: 0,
         figures,
+        ha: super::ha::Ha::default(),
     };
     let watchdog = watchdog_interval();
     info!("natgw run: keeping the gateway of this network namespace");
@@ -116,6 +117,9 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             if daemon.forwarding_drifted() {
                 due = Some(now);
             }
+            if daemon.ha.poll(daemon.settings.ha.as_ref(), &daemon.netlink) {
+                due = Some(now);
+            }
         }
         if now >= next_safety {
             next_safety = now + SAFETY;
@@ -140,6 +144,8 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
 
     info!(signal = %stop, "stopping");
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    // An HA member that stops hands the gateway addresses to its peer.
+    daemon.ha.stop(daemon.settings.ha.as_ref(), &daemon.netlink);
     if down_on_exit {
         return daemon.down();
     }
@@ -159,6 +165,8 @@ struct Daemon {
     repairs: u64,
     /// Reconcile counters and health, for the metrics.
     figures: Arc<DaemonFigures>,
+    /// keepalived and conntrackd, with `[ha]`.
+    ha: super::ha::Ha,
 }
 
 impl Daemon {
@@ -243,6 +251,8 @@ impl Daemon {
             info!(changes = plan.changes.len(), "repaired and verified");
             flush_old_translations(recorded.as_ref(), &desired);
         }
+        self.ha
+            .reconcile(settings.ha.as_ref(), &desired, &observed)?;
         if let Some(lost) = natgw_core::plan::uplink_lost(&desired, &observed) {
             // The uplink's routes belong to the admin's network manager: say it, never
             // fight it.
