@@ -178,10 +178,25 @@ impl Echo {
     }
 }
 
+/// Echoes what arrives; a connection that opens with `P` is pushed to instead: the
+/// server sends every 20 ms and the client only acknowledges (after a failover only
+/// the server's packets arrive, so only replicated state carries such a flow).
 fn echo_tcp(mut stream: TcpStream, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.set_nodelay(true);
     let mut buf = [0u8; 256];
+    let mut first = true;
     while !stop.load(Ordering::Relaxed) {
+        if first {
+            let mut one = [0u8; 1];
+            if stream.peek(&mut one).is_ok_and(|n| n == 1) {
+                first = false;
+                if one[0] == b'P' {
+                    let _ = stream.read(&mut one);
+                    return push_tcp(stream, stop);
+                }
+            }
+        }
         match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
@@ -196,6 +211,17 @@ fn echo_tcp(mut stream: TcpStream, stop: &AtomicBool) {
                 ) => {}
             Err(_) => return,
         }
+    }
+}
+
+fn push_tcp(mut stream: TcpStream, stop: &AtomicBool) {
+    let mut seq: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        if stream.write_all(&seq.to_be_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(TICK);
     }
 }
 
@@ -225,14 +251,17 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn start(lab: &Lab, tcp: usize) -> Result<Traffic, String> {
+    /// `tcp` echo connections and `push` connections the server sends on (see
+    /// `echo_tcp`), spread over the private nodes.
+    pub fn start(lab: &Lab, tcp: usize, push: usize) -> Result<Traffic, String> {
         let server = SocketAddr::from((SERVER, ECHO_PORT));
         let nodes = lab.nodes();
         let stop = Arc::new(AtomicBool::new(false));
         let mut logs = Vec::new();
         let mut threads = Vec::new();
-        for i in 0..tcp {
+        for i in 0..tcp + push {
             let ns = lab.ns(&nodes[i % nodes.len()]);
+            let pushed = i >= tcp;
             let stream = in_netns(&ns, move || {
                 TcpStream::connect_timeout(&server, Duration::from_secs(3))
             })
@@ -240,7 +269,13 @@ impl Traffic {
             .map_err(|e| format!("connection {i} from {ns}: {e}"))?;
             let log = Arc::new(Mutex::new(FlowLog::default()));
             let (l, s) = (log.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || run_tcp(stream, &l, &s)));
+            threads.push(std::thread::spawn(move || {
+                if pushed {
+                    run_push(stream, &l, &s)
+                } else {
+                    run_tcp(stream, &l, &s)
+                }
+            }));
             logs.push(log);
         }
         let ns = lab.ns(&nodes[0]);
@@ -364,6 +399,40 @@ fn run_tcp(mut stream: TcpStream, log: &Mutex<FlowLog>, stop: &AtomicBool) {
     }
 }
 
+fn run_push(mut stream: TcpStream, log: &Mutex<FlowLog>, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    if let Err(e) = stream.write_all(b"P") {
+        log.lock().unwrap().error = Some(format!("send: {e}"));
+        return;
+    }
+    let mut buf = [0u8; 8];
+    let mut have = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf[have..]) {
+            Ok(0) => {
+                log.lock().unwrap().error = Some("closed by the peer".into());
+                return;
+            }
+            Ok(n) => {
+                have += n;
+                if have == 8 {
+                    have = 0;
+                    log.lock().unwrap().ok.push(Instant::now());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                log.lock().unwrap().error = Some(format!("receive: {e}"));
+                return;
+            }
+        }
+    }
+}
+
 fn run_udp(socket: UdpSocket, log: &Mutex<FlowLog>, stop: &AtomicBool) {
     let mut seq: u64 = 0;
     let mut buf = [0u8; 16];
@@ -386,6 +455,8 @@ pub struct Round {
     /// SIGKILLed).
     pub failure: &'static str,
     pub connections_before: usize,
+    /// Of them, in the backup's conntrackd external cache just before the failure.
+    pub replicated_before: usize,
     pub survived: usize,
     /// Worst stop of the surviving TCP connections' echoes, seconds.
     pub tcp_outage_s: f64,
@@ -415,10 +486,13 @@ pub fn failover(
     restart: &mut dyn FnMut() -> std::io::Result<Member>,
 ) -> Result<Round, String> {
     let _echo = Echo::start(lab).map_err(|e| e.to_string())?;
-    let traffic = Traffic::start(lab, connections)?;
+    // A quarter of them server-push: those survive only through replicated state.
+    let push = connections / 4;
+    let traffic = Traffic::start(lab, connections - push, push)?;
     // Let conntrackd replicate the established connections.
     std::thread::sleep(Duration::from_millis(1500));
     let before = traffic.alive_since(Instant::now() - Duration::from_millis(500));
+    let replicated_before = replicated(lab, "head2")?;
     let failed_at = Instant::now();
     match failure {
         Failure::LinkDown => set_links(lab, "head", false).map_err(|e| e.to_string())?,
@@ -452,6 +526,7 @@ pub fn failover(
             Failure::ProcessKill => "process-kill",
         },
         connections_before: before,
+        replicated_before,
         survived,
         tcp_outage_s,
         udp_outage_s,
@@ -459,4 +534,24 @@ pub fn failover(
         failback_survived,
         failback_outage_s,
     })
+}
+
+/// How many connections to the echo service conntrackd on `role` holds in its external
+/// cache (replicated from the peer): the proof that state is synchronised, not merely
+/// picked up again after a failover.
+pub fn replicated(lab: &Lab, role: &str) -> Result<usize, String> {
+    let dir = in_netns(&lab.ns(role), natgw_linux::state_store::ha_dir)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role), "conntrackd", "-C"])
+        .arg(dir.join("conntrackd.conf"))
+        .arg("-e")
+        .output()
+        .map_err(|e| format!("conntrackd -e: {e}"))?;
+    let port = format!("dport={ECHO_PORT} ");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("tcp") && l.contains(&port))
+        .count())
 }

@@ -50,6 +50,10 @@ fn established_connections_survive_a_failover_and_a_failback() {
     eprintln!("{round:?}");
     assert_eq!(round.connections_before, 10, "{round:?}");
     assert!(
+        round.replicated_before >= 10,
+        "conntrackd did not replicate: {round:?}"
+    );
+    assert!(
         round.survived >= 10,
         "connections lost in the failover: {round:?}"
     );
