@@ -552,6 +552,6 @@ pub fn replicated(lab: &Lab, role: &str) -> Result<usize, String> {
     let port = format!("dport={ECHO_PORT} ");
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("tcp") && l.contains(&port))
+        .filter(|l| l.contains("ESTABLISHED") && l.contains(&port))
         .count())
 }

@@ -7,6 +7,7 @@ mod gateway;
 mod ha;
 mod install;
 mod lab;
+mod lab_ha;
 mod node;
 mod persist;
 mod probe;
