@@ -37,7 +37,7 @@ pub struct HaConfig {
     pub public_vip: Ipv4Net,
     /// VRRP advertisement interval in seconds (0.01 steps). The backup takes over about
     /// 3.6 intervals after the primary falls silent: shorter fails over faster but
-    /// costs more packets and risks a takeover on a short hiccup.
+    /// costs more packets and risks a takeover on a short hiccup. Default 0.5.
     #[serde(default = "default_advert")]
     pub advert_interval: f64,
     /// Seconds a recovered primary waits before taking the addresses back, so that
@@ -46,8 +46,10 @@ pub struct HaConfig {
     pub preempt_delay: u16,
 }
 
+/// Half keepalived's default: a link failure then stops traffic under 3 s (measured
+/// with `natgw lab --ha`; 1 s gives about 3.5 s).
 fn default_advert() -> f64 {
-    1.0
+    0.5
 }
 
 fn default_preempt_delay() -> u16 {

@@ -165,3 +165,67 @@ fn an_invalid_ha_section_is_refused_and_changes_nothing() {
         "a refused config changed the headnode"
     );
 }
+
+#[test]
+fn a_keepalived_killed_outright_leaves_no_second_primary() {
+    let Some(lab) = lab_or_skip("ha keepalived kill", Spec::nodes(1).with_ha()) else {
+        return;
+    };
+    let (_head, _head2) = pair(&lab);
+    // SIGKILL the primary's keepalived: it cannot release the addresses; natgw run must.
+    let config = natgw_lab::in_netns(&lab.ns("head"), natgw_linux::state_store::ha_dir)
+        .unwrap()
+        .unwrap()
+        .join("keepalived.conf");
+    let pids = natgw_linux::ha::processes_with_arg(&config);
+    assert!(
+        !pids.is_empty(),
+        "no keepalived runs with {}",
+        config.display()
+    );
+    for pid in pids {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    assert!(
+        ha::wait_vip(&lab, "head2", true, Duration::from_secs(10)),
+        "the backup did not take over"
+    );
+    // natgw run removes what the dead keepalived left (before head takes over again,
+    // after its preempt delay)...
+    assert!(
+        ha::wait_vip(&lab, "head", false, Duration::from_secs(3)),
+        "the killed primary kept the shared address next to the new primary"
+    );
+    // ...restarts keepalived, and head preempts again.
+    assert!(
+        ha::wait_vip(&lab, "head", true, Duration::from_secs(15)),
+        "head never came back"
+    );
+    assert!(
+        ha::wait_vip(&lab, "head2", false, Duration::from_secs(5)),
+        "both headnodes hold the shared address"
+    );
+}
+
+#[test]
+fn lab_ha_reports_surviving_connections() {
+    if !root_or_skip("natgw lab --ha") {
+        return;
+    }
+    let name = format!("ngwh{}", std::process::id());
+    let out = std::process::Command::new(binary())
+        .args(["lab", "--ha", "--rounds", "1", "--connections", "8"])
+        .args(["--advert-interval", "0.2", "--json", "--name", &name])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let report = json(&out);
+    assert_eq!(report["connections_before"], 8, "{report}");
+    assert_eq!(report["survived"], 8, "{report}");
+    assert_eq!(report["rounds"][0]["failure"], "link-down", "{report}");
+    assert!(report["outage_worst_s"].as_f64().unwrap() < 3.0, "{report}");
+}

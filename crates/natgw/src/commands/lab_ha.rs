@@ -25,7 +25,27 @@ struct Summary {
     /// Median and worst TCP outage over the rounds, seconds.
     outage_median_s: f64,
     outage_worst_s: f64,
+    /// The same per kind of failure (`link-down`, `process-kill`).
+    by_failure: std::collections::BTreeMap<&'static str, Outage>,
     advert_interval_s: f64,
+}
+
+#[derive(Serialize)]
+struct Outage {
+    rounds: usize,
+    median_s: f64,
+    worst_s: f64,
+}
+
+/// Median and worst TCP outage of `rounds`.
+fn outage(rounds: &[&Round]) -> Outage {
+    let mut o: Vec<f64> = rounds.iter().map(|r| r.tcp_outage_s).collect();
+    o.sort_by(f64::total_cmp);
+    Outage {
+        rounds: o.len(),
+        median_s: median(&o),
+        worst_s: o.last().copied().unwrap_or(0.0),
+    }
 }
 
 pub fn run(args: &LabArgs) -> exit::Result<i32> {
@@ -101,8 +121,15 @@ pub fn run(args: &LabArgs) -> exit::Result<i32> {
     }
     let before: usize = rounds.iter().map(|r| r.connections_before).sum();
     let survived: usize = rounds.iter().map(|r| r.survived).sum();
-    let mut outages: Vec<f64> = rounds.iter().map(|r| r.tcp_outage_s).collect();
-    outages.sort_by(f64::total_cmp);
+    let all = outage(&rounds.iter().collect::<Vec<_>>());
+    let by_failure = ["link-down", "process-kill"]
+        .into_iter()
+        .map(|kind| {
+            let of: Vec<&Round> = rounds.iter().filter(|r| r.failure == kind).collect();
+            (kind, outage(&of))
+        })
+        .filter(|(_, o)| o.rounds > 0)
+        .collect();
     let summary = Summary {
         connections_before: before,
         survived,
@@ -111,8 +138,9 @@ pub fn run(args: &LabArgs) -> exit::Result<i32> {
         } else {
             survived as f64 / before as f64
         },
-        outage_median_s: median(&outages),
-        outage_worst_s: outages.last().copied().unwrap_or(0.0),
+        outage_median_s: all.median_s,
+        outage_worst_s: all.worst_s,
+        by_failure,
         advert_interval_s: args.advert_interval,
         rounds,
     };
@@ -128,6 +156,12 @@ pub fn run(args: &LabArgs) -> exit::Result<i32> {
             summary.outage_worst_s,
             args.advert_interval
         );
+        for (kind, o) in &summary.by_failure {
+            println!(
+                "  {kind}: {} round(s), TCP outage median {:.2} s, worst {:.2} s",
+                o.rounds, o.median_s, o.worst_s
+            );
+        }
     }
     drop(head);
     if args.keep {
