@@ -344,6 +344,41 @@ General {{
     }
 }
 
+/// UDP port on the sync link where `natgw run` tells its peer (only) the fingerprint.
+pub const FINGERPRINT_PORT: u16 = SYNC_PORT + 1;
+const ASK: &[u8] = b"natgw-ha-fingerprint?";
+const TELL: &[u8] = b"natgw-ha-fingerprint=";
+/// Requests are padded to this size, at least the answer's: never an amplifier.
+const REQUEST_LEN: usize = 40;
+
+/// The question `doctor` sends to the peer.
+pub fn fingerprint_request() -> Vec<u8> {
+    let mut q = ASK.to_vec();
+    q.resize(REQUEST_LEN, 0);
+    q
+}
+
+/// What `natgw run` answers to `request` from `from`: only the configured peer, only a
+/// well-formed question, never more bytes than it was sent.
+pub fn fingerprint_answer(
+    request: &[u8],
+    from: std::net::SocketAddr,
+    config: &HaConfig,
+) -> Option<Vec<u8>> {
+    if from.ip() != std::net::IpAddr::V4(config.peer) || request != fingerprint_request() {
+        return None;
+    }
+    let mut a = TELL.to_vec();
+    a.extend_from_slice(config.fingerprint().as_bytes());
+    (a.len() <= request.len()).then_some(a)
+}
+
+/// The peer's fingerprint from its answer.
+pub fn parse_fingerprint_answer(answer: &[u8]) -> Option<String> {
+    let fp = std::str::from_utf8(answer.strip_prefix(TELL)?).ok()?;
+    (fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit())).then(|| fp.to_string())
+}
+
 /// A headnode's role as keepalived last reported it through `natgw ha-notify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -587,6 +622,25 @@ vrrp_instance natgw {{
             natgw: Path::new("/opt/my natgw/natgw"),
         };
         assert!(r.keepalived().is_err());
+    }
+
+    #[test]
+    fn only_the_peer_gets_the_fingerprint_and_never_more_than_it_sent() {
+        let c = config();
+        let peer: std::net::SocketAddr = "192.168.255.2:40000".parse().unwrap();
+        let other: std::net::SocketAddr = "192.168.255.9:40000".parse().unwrap();
+        let q = fingerprint_request();
+        let a = fingerprint_answer(&q, peer, &c).unwrap();
+        assert!(a.len() <= q.len());
+        assert_eq!(parse_fingerprint_answer(&a), Some(c.fingerprint()));
+        assert_eq!(fingerprint_answer(&q, other, &c), None, "not the peer");
+        assert_eq!(
+            fingerprint_answer(&q[..20], peer, &c),
+            None,
+            "short question"
+        );
+        assert_eq!(fingerprint_answer(b"natgw-ha-fingerprint?", peer, &c), None);
+        assert_eq!(parse_fingerprint_answer(b"natgw-ha-fingerprint=zz"), None);
     }
 
     #[test]

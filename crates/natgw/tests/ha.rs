@@ -110,6 +110,8 @@ fn doctor_reports_a_broken_sync_link_and_status_shows_the_role() {
     assert_eq!(check("ha_sync_link"), "pass", "{checks}");
     assert_eq!(check("ha_one_primary"), "pass", "{checks}");
     assert_eq!(check("ha_running"), "pass", "{checks}");
+    // Asked over the sync link: head2 answers with the same fingerprint.
+    assert_eq!(check("ha_fingerprint"), "pass", "{checks}");
     // The sync cable breaks (head2's end down): replication stops, doctor says so.
     lab.ip("head2", &["link", "set", "sync0", "down"]).unwrap();
     let out = natgw_env(&lab, "head", &["doctor", "--json", "--config", config], &[]);

@@ -26,6 +26,8 @@ pub struct HaObserved {
     /// Whether another host answered ARP for the private shared address.
     pub other_holds_private_vip: Option<bool>,
     pub fingerprint: String,
+    /// The peer's, asked over the sync link (`None`: it did not answer).
+    pub peer_fingerprint: Option<String>,
     pub sync_interface: String,
     pub peer: String,
 }
@@ -129,8 +131,30 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
             ),
         ),
     });
-    out.push(match &o.record {
-        Some(r) if !r.sync_ok => Finding::warn(
+    out.push(match &o.peer_fingerprint {
+        Some(peer) if *peer == o.fingerprint => Finding::pass(
+            "ha_fingerprint",
+            format!("both headnodes' shared HA settings match (fingerprint {peer})"),
+        ),
+        Some(peer) => Finding::fail(
+            "ha_fingerprint",
+            format!(
+                "the peer's shared HA settings differ (fingerprint {peer}, this one {})",
+                o.fingerprint
+            ),
+            "make vrid, private_vip, public_vip and advert_interval equal in both [ha] sections",
+        ),
+        None => Finding::warn(
+            "ha_fingerprint",
+            format!(
+                "the peer did not tell its HA fingerprint over the sync link (this one {})",
+                o.fingerprint
+            ),
+            "check natgw run runs on the peer; compare `natgw status` on both",
+        ),
+    });
+    if let Some(r) = o.record.as_ref().filter(|r| !r.sync_ok) {
+        out.push(Finding::warn(
             "ha_transition",
             format!(
                 "the last transition ({}) could not sync connection state: {}",
@@ -138,15 +162,8 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 r.sync_problem.as_deref().unwrap_or("unknown")
             ),
             "check conntrackd's log in natgw's state directory (ha/conntrackd.log)",
-        ),
-        _ => Finding::pass(
-            "ha_fingerprint",
-            format!(
-                "shared HA settings fingerprint {} (must equal the peer's: natgw status on both)",
-                o.fingerprint
-            ),
-        ),
-    });
+        ));
+    }
     out
 }
 
@@ -173,6 +190,7 @@ mod tests {
             peer_answers: Some(true),
             other_holds_private_vip: Some(false),
             fingerprint: "00aa".into(),
+            peer_fingerprint: Some("00aa".into()),
             sync_interface: "sync0".into(),
             peer: "192.168.255.2".into(),
         }
@@ -214,6 +232,11 @@ mod tests {
             Status::Fail,
             "primary without addresses"
         );
+        let mut o = healthy();
+        o.peer_fingerprint = Some("00bb".into());
+        assert_eq!(status(&o, "ha_fingerprint"), Status::Fail);
+        o.peer_fingerprint = None;
+        assert_eq!(status(&o, "ha_fingerprint"), Status::Warn);
     }
 
     #[test]

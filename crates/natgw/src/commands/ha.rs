@@ -2,13 +2,13 @@
 //! running (`Ha`), keepalived calls `natgw ha-notify ROLE` on each transition, and
 //! `status` / `doctor` report the pair.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use natgw_core::doctor::ha::HaObserved;
 use natgw_core::doctor::Finding;
-use natgw_core::ha::{HaConfig, HaFiles, HaRecord, HaRender, Role};
+use natgw_core::ha::{HaConfig, HaFiles, HaRecord, HaRender, Role, FINGERPRINT_PORT};
 use natgw_core::{Desired, IfName, Observed};
 use natgw_linux::ha::{self as daemons, Daemons, CONNTRACKD, KEEPALIVED};
 use natgw_linux::netlink::Netlink;
@@ -32,6 +32,9 @@ pub struct Ha {
     daemons: Option<Daemons>,
     /// The configs last written: (keepalived, conntrackd).
     written: Option<(String, String)>,
+    /// Tells the peer this node's fingerprint: the socket on the sync address, and
+    /// the section it answers for.
+    answerer: Option<(UdpSocket, HaConfig)>,
 }
 
 impl Ha {
@@ -44,6 +47,7 @@ impl Ha {
         observed: &Observed,
     ) -> Result<(), String> {
         let Some(ha) = ha else {
+            self.answerer = None;
             if let Some(mut d) = self.daemons.take() {
                 info!("[ha] removed from the config: stopping keepalived and conntrackd");
                 d.stop();
@@ -53,6 +57,7 @@ impl Ha {
         let text = |e: anyhow::Error| format!("{e:#}");
         let files = files().map_err(text)?;
         let configs = render(ha, desired, observed, &files).map_err(text)?;
+        self.listen(ha, observed);
         let daemons = self
             .daemons
             .get_or_insert_with(|| Daemons::new(files.clone()));
@@ -78,6 +83,49 @@ impl Ha {
             info!(daemon = name, config = %files.dir.display(), "[ha] started");
         }
         Ok(())
+    }
+
+    /// Binds the fingerprint socket on the sync address (again when it changed).
+    fn listen(&mut self, ha: &HaConfig, observed: &Observed) {
+        let Ok(address) = sync_address(ha, observed) else {
+            return;
+        };
+        let at = SocketAddr::from((address, FINGERPRINT_PORT));
+        let bound = self
+            .answerer
+            .as_ref()
+            .and_then(|(s, _)| s.local_addr().ok());
+        if bound == Some(at) {
+            if let Some((_, config)) = self.answerer.as_mut() {
+                *config = ha.clone();
+            }
+            return;
+        }
+        match UdpSocket::bind(at).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+            Ok(socket) => self.answerer = Some((socket, ha.clone())),
+            Err(e) => {
+                warn!(address = %at, error = %e, "[ha] cannot answer the peer's fingerprint question")
+            }
+        }
+    }
+
+    /// The fingerprint socket, for the daemon's poll.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.answerer.as_ref().map(|(s, _)| s.as_raw_fd())
+    }
+
+    /// Answers the questions waiting on the fingerprint socket (the peer's only).
+    pub fn answer(&self) {
+        let Some((socket, config)) = &self.answerer else {
+            return;
+        };
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if let Some(answer) = natgw_core::ha::fingerprint_answer(&buf[..n], from, config) {
+                let _ = socket.send_to(&answer, from);
+            }
+        }
     }
 
     /// Children that ended: logged; a keepalived that died without giving the shared
@@ -315,6 +363,23 @@ fn running(files: &HaFiles) -> (bool, bool) {
     )
 }
 
+/// The peer's fingerprint, asked over the sync link (1 s timeout).
+fn ask_fingerprint(local: Ipv4Addr, peer: Ipv4Addr) -> Option<String> {
+    let socket = UdpSocket::bind((local, 0)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    socket
+        .send_to(
+            &natgw_core::ha::fingerprint_request(),
+            (peer, FINGERPRINT_PORT),
+        )
+        .ok()?;
+    let mut buf = [0u8; 64];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    (from.ip() == IpAddr::V4(peer))
+        .then(|| natgw_core::ha::parse_fingerprint_answer(&buf[..n]))
+        .flatten()
+}
+
 /// The doctor's HA checks.
 pub fn findings(ha: &HaConfig, observed: &Observed) -> Vec<Finding> {
     let files = files().ok();
@@ -345,7 +410,11 @@ pub fn findings(ha: &HaConfig, observed: &Observed) -> Vec<Finding> {
         }
         _ => None,
     });
+    let peer_fingerprint = sync_address(ha, observed)
+        .ok()
+        .and_then(|local| ask_fingerprint(local, ha.peer));
     let o = HaObserved {
+        peer_fingerprint,
         keepalived_installed: daemons::binary(KEEPALIVED).is_ok(),
         conntrackd_installed: daemons::binary(CONNTRACKD).is_ok(),
         keepalived_running,

@@ -84,7 +84,12 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             signals.as_fd().as_raw_fd(),
         ];
         fds.extend(tracker.as_ref().map(Tracker::fd));
+        let ha_slot = fds.len();
+        fds.extend(daemon.ha.fd());
         let ready = wait(&fds, wake.saturating_duration_since(now));
+        if daemon.ha.fd().is_some() && ready.get(ha_slot).copied().unwrap_or(false) {
+            daemon.ha.answer();
+        }
         if ready.get(3).copied().unwrap_or(false) {
             if let Some(tracker) = tracker.as_mut() {
                 tracker.on_readable();
