@@ -96,6 +96,12 @@ fn doctor_reports_a_broken_sync_link_and_status_shows_the_role() {
     assert_eq!(status["ha"]["role"], "master", "{}", text(&out));
     assert_eq!(status["ha"]["keepalived_running"], true);
     assert_eq!(status["ha"]["conntrackd_running"], true);
+    let out = natgw_env(&lab, "head2", &["status", "--config", config], &[]);
+    assert!(
+        stdout(&out).contains("ha:         backup"),
+        "{}",
+        text(&out)
+    );
     let out = natgw_env(&lab, "head", &["doctor", "--json", "--config", config], &[]);
     let checks = json(&out)["checks"].clone();
     let check = |id: &str| {
@@ -230,4 +236,35 @@ fn lab_ha_reports_surviving_connections() {
     assert_eq!(report["survived"], 8, "{report}");
     assert_eq!(report["rounds"][0]["failure"], "link-down", "{report}");
     assert!(report["outage_worst_s"].as_f64().unwrap() < 3.0, "{report}");
+}
+
+#[test]
+fn up_with_ha_sets_the_pickup_sysctls_and_the_guard_and_down_restores_them() {
+    let Some(lab) = lab_or_skip("ha up/down", Spec::nodes(1).with_ha()) else {
+        return;
+    };
+    let path = scratch(&lab, "cfg").join("head.toml");
+    std::fs::write(&path, ha::config(0, 0.3)).unwrap();
+    let liberal = "net.netfilter.nf_conntrack_tcp_be_liberal";
+    assert_eq!(lab.read_sysctl("head", liberal).unwrap(), "0");
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", path.to_str().unwrap()],
+        &[],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(lab.read_sysctl("head", liberal).unwrap(), "1");
+    let ruleset = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(
+        ruleset.contains("ip daddr 203.0.113.10 ct state new counter"),
+        "{ruleset}"
+    );
+    assert!(ruleset.contains("snat ip to 203.0.113.10"), "{ruleset}");
+    assert_exit(&natgw_env(&lab, "head", &["down"], &[]), 0);
+    assert_eq!(
+        lab.read_sysctl("head", liberal).unwrap(),
+        "0",
+        "down restores it"
+    );
 }
