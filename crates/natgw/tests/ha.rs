@@ -20,6 +20,22 @@ fn log(lab: &Lab, role: &str) -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
+/// Removes a lab's scratch directories when the test passed (a failed one keeps the
+/// members' logs).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            for what in ["logs", "cfg"] {
+                let _ = std::fs::remove_dir_all(
+                    std::env::temp_dir().join(format!("{}-{what}", self.0)),
+                );
+            }
+        }
+    }
+}
+
 /// Both members running, head primary and head2 backup.
 fn pair(lab: &Lab) -> (Member, Member) {
     let natgw = binary();
@@ -38,6 +54,7 @@ fn established_connections_survive_a_failover_and_a_failback() {
     let Some(lab) = lab_or_skip("ha failover", Spec::nodes(2).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let (mut head, _head2) = pair(&lab);
     // The standby never answers for the shared addresses while the primary is healthy.
     assert!(
@@ -70,6 +87,7 @@ fn a_killed_primary_hands_over_without_dropping_connections() {
     let Some(lab) = lab_or_skip("ha process kill", Spec::nodes(2).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let (mut head, _head2) = pair(&lab);
     let natgw = binary();
     let mut restart = || Member::start(&lab, 0, Path::new(&natgw), ADVERT, log(&lab, "head-again"));
@@ -89,6 +107,7 @@ fn doctor_reports_a_broken_sync_link_and_status_shows_the_role() {
     let Some(lab) = lab_or_skip("ha doctor", Spec::nodes(1).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let (head, _head2) = pair(&lab);
     let config = head.config.to_str().unwrap();
     let out = natgw_env(&lab, "head", &["status", "--json", "--config", config], &[]);
@@ -140,6 +159,7 @@ fn an_invalid_ha_section_is_refused_and_changes_nothing() {
     let Some(lab) = lab_or_skip("ha bad config", Spec::nodes(1).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let before = headnode_snapshot(&lab);
     let path = scratch(&lab, "cfg").join("bad.toml");
     for (bad, says) in [
@@ -179,6 +199,7 @@ fn a_keepalived_killed_outright_leaves_no_second_primary() {
     let Some(lab) = lab_or_skip("ha keepalived kill", Spec::nodes(1).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let (_head, _head2) = pair(&lab);
     // SIGKILL the primary's keepalived: it cannot release the addresses; natgw run must.
     let config = natgw_lab::in_netns(&lab.ns("head"), natgw_linux::state_store::ha_dir)
@@ -243,6 +264,7 @@ fn up_with_ha_sets_the_pickup_sysctls_and_the_guard_and_down_restores_them() {
     let Some(lab) = lab_or_skip("ha up/down", Spec::nodes(1).with_ha()) else {
         return;
     };
+    let _cleanup = Cleanup(lab.name.clone());
     let path = scratch(&lab, "cfg").join("head.toml");
     std::fs::write(&path, ha::config(0, 0.3)).unwrap();
     let liberal = "net.netfilter.nf_conntrack_tcp_be_liberal";
