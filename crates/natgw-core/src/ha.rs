@@ -426,6 +426,10 @@ pub struct HaRecord {
     /// What went wrong with them, if anything.
     #[serde(default)]
     pub sync_problem: Option<String>,
+    /// Each conntrackd step of that transition and how long it took
+    /// (`conntrackd -c: 4 ms`).
+    #[serde(default)]
+    pub steps: Vec<String>,
 }
 
 #[cfg(test)]

@@ -115,6 +115,11 @@ fn doctor_reports_a_broken_sync_link_and_status_shows_the_role() {
     assert_eq!(status["ha"]["role"], "master", "{}", text(&out));
     assert_eq!(status["ha"]["keepalived_running"], true);
     assert_eq!(status["ha"]["conntrackd_running"], true);
+    // The primary's transition committed the replicated connections first.
+    let steps = status["ha"]["last_steps"].to_string();
+    assert!(steps.starts_with("[\"conntrackd -c: "), "{steps}");
+    assert!(!steps.contains("FAILED"), "{steps}");
+    eprintln!("primary transition: {steps}");
     let out = natgw_env(&lab, "head2", &["status", "--config", config], &[]);
     assert!(
         stdout(&out).contains("ha:         backup"),

@@ -183,6 +183,7 @@ mod tests {
                 since: 1.0,
                 sync_ok: true,
                 sync_problem: None,
+                steps: vec![],
             }),
             holds_private_vip: true,
             holds_public_vip: true,

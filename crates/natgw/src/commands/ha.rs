@@ -259,12 +259,15 @@ pub fn notify(role: &str) -> exit::Result<i32> {
         Role::Stop => &[],
     };
     let mut problems = Vec::new();
+    let mut done = Vec::new();
     for args in steps {
         let started = std::time::Instant::now();
-        match daemons::control(&files, args) {
-            Ok(_) => {
-                info!(step = args.join(" "), took_ms = started.elapsed().as_millis() as u64, %role, "[ha] conntrackd")
-            }
+        let outcome = daemons::control(&files, args);
+        let ms = started.elapsed().as_millis();
+        let failed = if outcome.is_ok() { "" } else { ", FAILED" };
+        done.push(format!("conntrackd {}: {ms} ms{failed}", args.join(" ")));
+        match outcome {
+            Ok(_) => info!(step = args.join(" "), took_ms = ms as u64, %role, "[ha] conntrackd"),
             Err(e) => {
                 error!(error = %e, %role, "[ha] conntrackd step failed");
                 problems.push(e.to_string());
@@ -278,6 +281,7 @@ pub fn notify(role: &str) -> exit::Result<i32> {
             .map_or(0.0, |d| d.as_secs_f64()),
         sync_ok: problems.is_empty(),
         sync_problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        steps: done,
     };
     state_store::save_named(RECORD, &record).map_err(problem)?;
     Ok(if problems.is_empty() {
@@ -300,6 +304,8 @@ pub struct HaStatus {
     /// conntrackd's statistics (`conntrackd -s`), when it answers.
     pub sync: Option<String>,
     pub sync_problem: Option<String>,
+    /// The last transition's conntrackd steps with their durations.
+    pub last_steps: Vec<String>,
 }
 
 pub fn status(ha: &HaConfig) -> Option<HaStatus> {
@@ -318,7 +324,8 @@ pub fn status(ha: &HaConfig) -> Option<HaStatus> {
         keepalived_running,
         conntrackd_running,
         sync,
-        sync_problem: record.and_then(|r| r.sync_problem),
+        sync_problem: record.as_ref().and_then(|r| r.sync_problem.clone()),
+        last_steps: record.map(|r| r.steps).unwrap_or_default(),
     })
 }
 
@@ -350,6 +357,9 @@ pub fn print_status(s: &HaStatus) {
             "NOT RUNNING"
         }
     );
+    if !s.last_steps.is_empty() {
+        println!("            last transition: {}", s.last_steps.join(", "));
+    }
     if let Some(p) = &s.sync_problem {
         println!("            last transition's sync FAILED: {p}");
     }
