@@ -265,7 +265,7 @@ fn lab_ha_reports_surviving_connections() {
 }
 
 #[test]
-fn up_with_ha_sets_the_pickup_sysctls_and_the_guard_and_down_restores_them() {
+fn up_with_ha_drops_instead_of_resetting_and_down_restores_the_pickup_sysctls() {
     let Some(lab) = lab_or_skip("ha up/down", Spec::nodes(1).with_ha()) else {
         return;
     };
@@ -274,6 +274,15 @@ fn up_with_ha_sets_the_pickup_sysctls_and_the_guard_and_down_restores_them() {
     std::fs::write(&path, ha::config(0, 0.3)).unwrap();
     let liberal = "net.netfilter.nf_conntrack_tcp_be_liberal";
     assert_eq!(lab.read_sysctl("head", liberal).unwrap(), "0");
+    // Without natgw the kernel answers with a reset: what kills a moved connection.
+    lab.ip("head", &["addr", "add", "203.0.113.10/24", "dev", "wan0"])
+        .unwrap();
+    assert_eq!(
+        connect_from_public(&lab),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    lab.ip("head", &["addr", "del", "203.0.113.10/24", "dev", "wan0"])
+        .unwrap();
     let out = natgw_env(
         &lab,
         "head",
@@ -288,10 +297,28 @@ fn up_with_ha_sets_the_pickup_sysctls_and_the_guard_and_down_restores_them() {
         "{ruleset}"
     );
     assert!(ruleset.contains("snat ip to 203.0.113.10"), "{ruleset}");
+    // The shared address as keepalived would add it: a packet of a connection the
+    // kernel has no entry for yet (before conntrackd's commit) is dropped, not reset.
+    lab.ip("head", &["addr", "add", "203.0.113.10/24", "dev", "wan0"])
+        .unwrap();
+    assert_eq!(connect_from_public(&lab), std::io::ErrorKind::TimedOut);
+    lab.ip("head", &["addr", "del", "203.0.113.10/24", "dev", "wan0"])
+        .unwrap();
     assert_exit(&natgw_env(&lab, "head", &["down"], &[]), 0);
     assert_eq!(
         lab.read_sysctl("head", liberal).unwrap(),
         "0",
         "down restores it"
     );
+}
+
+/// How a TCP connection from the public host to the shared address fails.
+fn connect_from_public(lab: &Lab) -> std::io::ErrorKind {
+    let to = std::net::SocketAddr::from((natgw_lab::HA_PUBLIC_VIP, 7300));
+    natgw_lab::in_netns(&lab.ns("pub"), move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(700))
+            .map(|_| std::io::ErrorKind::Other)
+            .unwrap_or_else(|e| e.kind())
+    })
+    .unwrap()
 }
