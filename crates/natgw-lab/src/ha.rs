@@ -79,6 +79,17 @@ impl Member {
         }
     }
 
+    /// SIGHUP: `natgw run` rereads its config (`ip netns exec` execs natgw, so the
+    /// child is natgw itself).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGHUP);
+            }
+        }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -322,3 +322,25 @@ fn connect_from_public(lab: &Lab) -> std::io::ErrorKind {
     })
     .unwrap()
 }
+
+#[test]
+fn a_reloaded_priority_moves_the_primary() {
+    let Some(lab) = lab_or_skip("ha reload", Spec::nodes(1).with_ha()) else {
+        return;
+    };
+    let _cleanup = Cleanup(lab.name.clone());
+    let (_head, head2) = pair(&lab);
+    // SIGHUP with a higher priority on head2: natgw rewrites keepalived's config and
+    // reloads it; head2 preempts.
+    std::fs::write(
+        &head2.config,
+        ha::config(1, ADVERT).replace("priority = 100", "priority = 200"),
+    )
+    .unwrap();
+    head2.reload();
+    assert!(
+        ha::wait_vip(&lab, "head2", true, Duration::from_secs(10)),
+        "the reloaded priority did not take effect"
+    );
+    assert!(ha::wait_vip(&lab, "head", false, Duration::from_secs(5)));
+}
