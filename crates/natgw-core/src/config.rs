@@ -8,6 +8,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::ha::HaConfig;
 use crate::pool::{PortBlocksConfig, PortSelection, Timeouts};
 
 /// The largest config file natgw reads: a wrong path (a device, a log file) must not
@@ -54,6 +55,8 @@ pub struct Config {
     /// Clamp the TCP MSS of forwarded connections to the path MTU.
     #[serde(default)]
     pub mss_clamp: bool,
+    /// Active/standby pair with a second headnode (keepalived + conntrackd).
+    pub ha: Option<HaConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +102,9 @@ pub struct Settings {
     pub max_flows: Option<u64>,
     #[serde(default)]
     pub log_mappings: bool,
+    /// The HA pair, when configured; `snat_to` is then its public address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -180,13 +186,39 @@ impl Config {
                     .into(),
             ));
         }
+        let public = flags.public.clone().or(self.public);
+        let private = if flags.private.is_empty() {
+            self.private
+        } else {
+            flags.private.clone()
+        };
+        let snat_to = match &self.ha {
+            None => snat_to,
+            Some(ha) => {
+                let invalid = |e: String| ConfigError::Invalid(format!("{}: {e}", file.display()));
+                ha.check(&snat_to, masquerade)
+                    .map_err(|e| invalid(e.to_string()))?;
+                // Detection could take the sync link for a private network.
+                if public.is_none() || private.is_empty() {
+                    return Err(invalid(
+                        "[ha] needs the gateway's interfaces named: set `public` and `private`"
+                            .into(),
+                    ));
+                }
+                if public.as_deref() == Some(ha.sync_interface.as_str())
+                    || private.contains(&ha.sync_interface)
+                {
+                    return Err(invalid(format!(
+                        "[ha] sync_interface {} is also a gateway interface; give the dedicated sync link",
+                        ha.sync_interface
+                    )));
+                }
+                vec![IpAddr::V4(ha.public_vip.addr())]
+            }
+        };
         Ok(Settings {
-            public: flags.public.clone().or(self.public),
-            private: if flags.private.is_empty() {
-                self.private
-            } else {
-                flags.private.clone()
-            },
+            public,
+            private,
             snat_to,
             masquerade,
             private_prefixes: self
@@ -209,6 +241,7 @@ impl Config {
             port_blocks: self.port_blocks,
             max_flows: self.max_flows,
             log_mappings: self.log_mappings,
+            ha: self.ha,
         })
     }
 }
@@ -379,6 +412,66 @@ size = 512
         // A single address still reads as before.
         let s = parse("snat_to = \"203.0.113.1\"\n").unwrap();
         assert_eq!(s.snat_to.len(), 1);
+    }
+
+    const HA: &str = r#"
+public = "wan0"
+private = ["lan0"]
+[ha]
+peer = "192.168.255.2"
+sync_interface = "sync0"
+vrid = 51
+priority = 150
+private_vip = "10.0.0.1/24"
+public_vip = "203.0.113.10/24"
+advert_interval = 0.5
+"#;
+
+    fn merge_text(text: &str) -> Result<Settings, ConfigError> {
+        parse(text)?.merge(&Flags::default(), text, Path::new("natgw.toml"))
+    }
+
+    #[test]
+    fn ha_section_makes_the_public_vip_the_snat_address() {
+        let s = merge_text(HA).unwrap();
+        let ha = s.ha.as_ref().unwrap();
+        assert_eq!((ha.vrid, ha.priority, ha.preempt_delay), (51, 150, 2));
+        assert_eq!(s.snat_to, vec!["203.0.113.10".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn bad_ha_sections_are_refused() {
+        let err = merge_text(&HA.replace("vrid = 51", "vrid = 300")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { line: 7, .. }),
+            "out of range for the type names the line: {err}"
+        );
+        let err = merge_text(&HA.replace("vrid = 51", "vrid = 51\nvrrp = 1")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `vrrp`"), "{err}");
+        let err = merge_text(&HA.replace("priority = 150", "priority = 255")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml: [ha] priority must be between 1 and 254 (255 is reserved for the address owner)"
+        );
+        let err = merge_text(&HA.replace("private = [\"lan0\"]\n", "")).unwrap_err();
+        assert!(
+            err.to_string().contains("set `public` and `private`"),
+            "{err}"
+        );
+        let err = merge_text(&HA.replace("\"lan0\"]", "\"lan0\", \"sync0\"]")).unwrap_err();
+        assert!(
+            err.to_string().contains("sync_interface sync0 is also"),
+            "{err}"
+        );
+        let err = merge_text(&format!("masquerade = true\n{HA}")).unwrap_err();
+        assert!(
+            err.to_string().contains("masquerade cannot be used"),
+            "{err}"
+        );
+        let err = merge_text(&format!("snat_to = \"203.0.113.9\"\n{HA}")).unwrap_err();
+        assert!(err.to_string().contains("snat_to must be empty"), "{err}");
+        let err = merge_text(&HA.replace("sync0", "sync\\\"0")).unwrap_err();
+        assert!(err.to_string().contains("sync_interface"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub struct Desired {
     pub timeouts: Timeouts,
     /// Things worth telling the admin that do not stop `up` (no carrier, ...).
     pub warnings: Vec<String>,
+    /// The HA pair's public address: new connections to it are dropped rather than
+    /// answered with resets, so that a connection moved by a failover survives until
+    /// conntrackd has committed its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_public_vip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

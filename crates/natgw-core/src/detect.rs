@@ -18,6 +18,10 @@ use crate::{join, validate};
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
 /// The conntrack table's size; only the initial network namespace may write it.
 pub const CONNTRACK_MAX: &str = "net.netfilter.nf_conntrack_max";
+/// HA: a TCP packet without SYN may start tracking (a flow moved by a failover).
+pub const TCP_LOOSE: &str = "net.netfilter.nf_conntrack_tcp_loose";
+/// HA: out-of-window TCP packets are not marked invalid (windows the new primary never saw).
+pub const TCP_BE_LIBERAL: &str = "net.netfilter.nf_conntrack_tcp_be_liberal";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DetectError {
@@ -241,6 +245,14 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
             ));
         }
     }
+    if settings.ha.is_some() {
+        // After a failover the new primary picks up connections conntrackd had not
+        // replicated yet mid-stream (a bare ACK) instead of dropping them as invalid,
+        // and does not judge the moved flows' TCP windows it never saw. Both are
+        // per network namespace and restored by `down` like forwarding.
+        sysctls.insert(TCP_LOOSE.to_string(), "1".to_string());
+        sysctls.insert(TCP_BE_LIBERAL.to_string(), "1".to_string());
+    }
     let uplink_default = uplink_default(observed, public);
     if uplink_default.is_none() {
         warnings.push(format!(
@@ -263,6 +275,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         port_selection: settings.port_selection,
         timeouts: settings.timeouts,
         warnings,
+        ha_public_vip: settings.ha.as_ref().map(|ha| ha.public_vip.addr()),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod config_template;
 pub mod desired;
 pub mod detect;
 pub mod doctor;
+pub mod ha;
 pub mod ifname;
 pub mod mapping;
 pub mod node;

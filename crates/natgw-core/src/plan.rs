@@ -269,6 +269,7 @@ mod tests {
             port_selection: Default::default(),
             timeouts: Default::default(),
             warnings: vec![],
+            ha_public_vip: None,
         }
     }
 

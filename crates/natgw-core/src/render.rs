@@ -263,6 +263,22 @@ fn render_body(d: &Desired) -> String {
         directions = directions.join(", "),
     )
     .unwrap();
+    if let Some(vip) = d.ha_public_vip {
+        // HA: keepalived adds the address before natgw's notify hook has committed the
+        // replicated connections; a reply arriving in between would find no entry and
+        // be answered with a reset, killing the moved connection. Dropped instead, it is
+        // retransmitted and then finds the committed entry. Nothing of the headnode's
+        // own listens on the shared address.
+        write!(
+            out,
+            "\tchain ha_input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname {public} ip daddr {vip} ct state new counter drop
+\t}}
+"
+        )
+        .unwrap();
+    }
     out
 }
 
@@ -301,6 +317,7 @@ mod tests {
             port_selection: Default::default(),
             timeouts: Default::default(),
             warnings: vec![],
+            ha_public_vip: None,
         }
     }
 
@@ -309,6 +326,19 @@ mod tests {
         let r = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
         insta::assert_snapshot!(r.text);
         assert_eq!(listed_digest(&r.text), Some(r.digest.as_str()));
+    }
+
+    #[test]
+    fn ha_drops_new_connections_to_the_shared_address_instead_of_resetting() {
+        let plain = render(&desired(SnatMode::To("203.0.113.10".parse().unwrap())));
+        assert!(!plain.text.contains("ha_input"));
+        let mut d = desired(SnatMode::To("203.0.113.10".parse().unwrap()));
+        d.ha_public_vip = Some("203.0.113.10".parse().unwrap());
+        let ha = render(&d);
+        assert!(ha.text.contains(
+            "\tchain ha_input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"wan0\" ip daddr 203.0.113.10 ct state new counter drop\n\t}\n"
+        ), "{}", ha.text);
+        assert_ne!(plain.digest, ha.digest);
     }
 
     #[test]

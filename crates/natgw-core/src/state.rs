@@ -71,7 +71,8 @@ impl Default for RecordedState {
 /// The sysctls natgw may ever write: a tampered record must not make `down` write
 /// anything else (the hostname, or a path outside /proc/sys).
 pub fn is_managed_sysctl(name: &str) -> bool {
-    if name == crate::detect::IP_FORWARD || name == crate::detect::CONNTRACK_MAX {
+    use crate::detect::{CONNTRACK_MAX, IP_FORWARD, TCP_BE_LIBERAL, TCP_LOOSE};
+    if [IP_FORWARD, CONNTRACK_MAX, TCP_LOOSE, TCP_BE_LIBERAL].contains(&name) {
         return true;
     }
     name.strip_prefix("net.ipv4.conf.")

@@ -3,6 +3,7 @@
 //! is created inside a lab namespace, and dropping a `Lab` deletes its namespaces.
 
 pub mod bench;
+pub mod ha;
 mod marker;
 mod netns;
 mod services;
@@ -12,6 +13,6 @@ pub use marker::Owner;
 pub use netns::{in_netns, ip, NetnsError};
 pub use services::{tcp_exchange, udp_exchange, Listener};
 pub use topology::{
-    remove, remove_abandoned, Lab, Removed, Spec, BEHIND_ROUTER_NODE, HEAD_PUBLIC, PRIVATE_GATEWAY,
-    ROUTER, SERVER, SERVER_ALT,
+    remove, remove_abandoned, Lab, Removed, Spec, BEHIND_ROUTER_NODE, HA_HEADS, HA_PUBLIC_VIP,
+    HEAD_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER, SERVER_ALT,
 };

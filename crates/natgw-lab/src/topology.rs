@@ -26,8 +26,26 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 pub const BEHIND_ROUTER_NODE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
 
 /// Every role a lab namespace can have; `remove` looks for exactly these.
-const ROLES: [&str; 13] = [
-    "head", "sw", "pub", "r1", "far", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8",
+const ROLES: [&str; 15] = [
+    "head", "sw", "pub", "r1", "far", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "head2",
+    "psw",
+];
+
+/// HA lab (`Spec::ha`): the shared addresses and each headnode's own.
+pub const HA_PUBLIC_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const HA_HEADS: [(&str, Ipv4Addr, Ipv4Addr, Ipv4Addr); 2] = [
+    (
+        "head",
+        Ipv4Addr::new(10, 0, 0, 2),
+        Ipv4Addr::new(203, 0, 113, 2),
+        Ipv4Addr::new(192, 168, 255, 1),
+    ),
+    (
+        "head2",
+        Ipv4Addr::new(10, 0, 0, 3),
+        Ipv4Addr::new(203, 0, 113, 3),
+        Ipv4Addr::new(192, 168, 255, 2),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +54,9 @@ pub struct Spec {
     pub nodes: usize,
     /// Add router r1 on the private network with the network 10.20.0.0/24 behind it.
     pub router: bool,
+    /// Two headnodes (head, head2) on a private and a public switch with a sync link
+    /// between them; the private nodes' gateway is the shared address 10.0.0.1.
+    pub ha: bool,
 }
 
 impl Spec {
@@ -44,7 +65,13 @@ impl Spec {
         Spec {
             nodes: n,
             router: false,
+            ha: false,
         }
+    }
+
+    /// The HA pair instead of a single headnode.
+    pub fn with_ha(self) -> Spec {
+        Spec { ha: true, ..self }
     }
 
     /// Adds router r1 with 10.20.0.0/24 behind it.
@@ -61,6 +88,7 @@ impl Default for Spec {
         Spec {
             nodes: 2,
             router: false,
+            ha: false,
         }
     }
 }
@@ -177,15 +205,26 @@ impl Lab {
 
     /// A veth pair from `role`'s `ifname` to a port of the private switch.
     fn plug_into_switch(&self, role: &str, ifname: &str, cidr: &str) -> Result<(), NetnsError> {
+        self.plug_into("sw", role, ifname, cidr)
+    }
+
+    /// A veth pair from `role`'s `ifname` to port `p-ROLE` of switch `switch`.
+    fn plug_into(
+        &self,
+        switch: &str,
+        role: &str,
+        ifname: &str,
+        cidr: &str,
+    ) -> Result<(), NetnsError> {
         let port = format!("p-{role}");
-        let sw = self.ns("sw");
+        let sw = self.ns(switch);
         self.ip(
             role,
             &[
                 "link", "add", ifname, "type", "veth", "peer", "name", &port, "netns", &sw,
             ],
         )?;
-        self.ip("sw", &["link", "set", &port, "master", "br0", "up"])?;
+        self.ip(switch, &["link", "set", &port, "master", "br0", "up"])?;
         self.ip(role, &["addr", "add", cidr, "dev", ifname])?;
         self.ip(role, &["link", "set", ifname, "up"]).map(drop)
     }
@@ -220,26 +259,35 @@ impl Lab {
         .map(drop)
     }
 
-    fn create(&mut self) -> Result<(), NetnsError> {
-        for role in ["sw", "head", "pub"] {
-            self.add_ns(role)?;
-        }
-        self.ip("sw", &["link", "add", "br0", "type", "bridge"])?;
-        self.ip("sw", &["link", "set", "br0", "up"])?;
+    fn switch(&mut self, role: &str) -> Result<(), NetnsError> {
+        self.add_ns(role)?;
+        self.ip(role, &["link", "add", "br0", "type", "bridge"])?;
+        self.ip(role, &["link", "set", "br0", "up"])?;
         for family in ["iptables", "ip6tables", "arptables"] {
             // Absent when br_netfilter is not loaded: then there is nothing to turn off.
-            let _ = self.sysctl("sw", &format!("net.bridge.bridge-nf-call-{family}"), "0");
+            let _ = self.sysctl(role, &format!("net.bridge.bridge-nf-call-{family}"), "0");
         }
+        Ok(())
+    }
 
-        // Headnode: private side on the switch, public side straight to the upstream.
-        self.plug_into_switch("head", "lan0", &format!("{PRIVATE_GATEWAY}/24"))?;
-        self.cable(
-            ("head", "wan0", &format!("{HEAD_PUBLIC}/24")),
-            ("pub", "eth0", &format!("{UPSTREAM}/24")),
-        )?;
-        self.default_route("head", UPSTREAM)?;
-        // Start from a plain host: forwarding off, whatever the root namespace has.
-        self.sysctl("head", "net.ipv4.ip_forward", "0")?;
+    fn create(&mut self) -> Result<(), NetnsError> {
+        self.switch("sw")?;
+        for role in ["head", "pub"] {
+            self.add_ns(role)?;
+        }
+        if self.spec.ha {
+            self.create_ha_heads()?;
+        } else {
+            // Headnode: private side on the switch, public side straight to the upstream.
+            self.plug_into_switch("head", "lan0", &format!("{PRIVATE_GATEWAY}/24"))?;
+            self.cable(
+                ("head", "wan0", &format!("{HEAD_PUBLIC}/24")),
+                ("pub", "eth0", &format!("{UPSTREAM}/24")),
+            )?;
+            self.default_route("head", UPSTREAM)?;
+            // Start from a plain host: forwarding off, whatever the root namespace has.
+            self.sysctl("head", "net.ipv4.ip_forward", "0")?;
+        }
         self.ip(
             "pub",
             &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
@@ -268,6 +316,25 @@ impl Lab {
             self.default_route("far", Ipv4Addr::new(10, 20, 0, 1))?;
         }
         Ok(())
+    }
+
+    /// Two headnodes on the private switch and a public switch (with the upstream),
+    /// and a direct sync cable between them.
+    fn create_ha_heads(&mut self) -> Result<(), NetnsError> {
+        self.add_ns("head2")?;
+        self.switch("psw")?;
+        self.plug_into("psw", "pub", "eth0", &format!("{UPSTREAM}/24"))?;
+        for (role, private, public, _) in HA_HEADS {
+            self.plug_into("sw", role, "lan0", &format!("{private}/24"))?;
+            self.plug_into("psw", role, "wan0", &format!("{public}/24"))?;
+            self.default_route(role, UPSTREAM)?;
+            self.sysctl(role, "net.ipv4.ip_forward", "0")?;
+        }
+        let [(a, .., a_sync), (b, .., b_sync)] = HA_HEADS;
+        self.cable(
+            (a, "sync0", &format!("{a_sync}/30")),
+            (b, "sync0", &format!("{b_sync}/30")),
+        )
     }
 
     /// Removes every namespace of this lab (also done on drop unless `keep`).

@@ -9,6 +9,7 @@ pub mod ctnetlink;
 pub mod dataplane;
 pub mod events;
 pub mod firewall;
+pub mod ha;
 pub mod netlink;
 pub mod nft;
 pub mod nft_json;

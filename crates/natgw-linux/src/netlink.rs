@@ -133,6 +133,28 @@ impl Netlink {
             .collect())
     }
 
+    /// `ip addr del ADDR dev INDEX`; an address that is not there is success. Returns
+    /// whether it was there.
+    pub fn del_address(&self, index: u32, address: std::net::IpAddr) -> Result<bool, NetlinkError> {
+        let messages: Vec<_> = self.dump(
+            "dump addresses",
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(address)
+                .execute(),
+        )?;
+        let mut found = false;
+        for message in messages {
+            found = true;
+            self.runtime
+                .block_on(self.handle.address().del(message).execute())
+                .map_err(|source| request(&format!("delete address {address}"), source))?;
+        }
+        Ok(found)
+    }
+
     /// `ip route show table main` and `ip -6 route show table main`
     pub fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
         let mut routes = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use natgw_core::detect::IP_FORWARD;
+use natgw_core::detect::{IP_FORWARD, TCP_BE_LIBERAL, TCP_LOOSE};
 use natgw_core::Observed;
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -24,6 +24,8 @@ pub enum ObserveError {
 
 /// The sysctls natgw manages.
 pub const SYSCTLS: [&str; 1] = [IP_FORWARD];
+/// The conntrack sysctls an HA pair sets; absent where conntrack is not built.
+const HA_SYSCTLS: [&str; 2] = [TCP_LOOSE, TCP_BE_LIBERAL];
 
 /// Everything a gateway command looks at. An unusable record (corrupt, tampered) is
 /// reported in `state_problem` rather than failing: the live system can still be shown
@@ -33,6 +35,11 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
     let mut sysctls = BTreeMap::new();
     for name in SYSCTLS {
         sysctls.insert(name.to_string(), sysctl::read(name)?);
+    }
+    for name in HA_SYSCTLS {
+        if let Ok(value) = sysctl::read(name) {
+            sysctls.insert(name.to_string(), value);
+        }
     }
     let links = netlink.links()?;
     // Per-interface values the doctor weighs; an interface may vanish meanwhile.

@@ -134,6 +134,12 @@ pub fn daemon_lock() -> Result<Lock, StateError> {
     lock_file(DAEMON_LOCK, Duration::ZERO, "run")
 }
 
+/// Serialises `natgw ha-notify` runs: keepalived starts one per transition, and a
+/// quick master → backup flap must not interleave their conntrackd commands.
+pub fn ha_notify_lock(wait: Duration) -> Result<Lock, StateError> {
+    lock_file("ha-notify.lock", wait, "ha-notify")
+}
+
 fn lock_file(name: &str, wait: Duration, command: &str) -> Result<Lock, StateError> {
     let path = record_dir()?.join(name);
     let mut file = OpenOptions::new()
@@ -298,10 +304,23 @@ pub fn load_named<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T
 /// Writes a record atomically and durably: an exclusive 0600 temporary file, fsync,
 /// rename over the record, fsync of the directory.
 pub fn save_named<T: serde::Serialize>(name: &str, state: &T) -> Result<(), StateError> {
-    let dir = record_dir()?;
+    let text = serde_json::to_string_pretty(state).expect("state serialises");
+    write_private(&record_dir()?, name, &text)
+}
+
+/// The HA daemons' directory (configs, pid files, sockets) of this namespace, created
+/// root-only like the records'.
+pub fn ha_dir() -> Result<PathBuf, StateError> {
+    let dir = record_dir()?.join("ha");
+    secure_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Writes `text` to `dir/name` atomically and durably, 0600: an exclusive temporary
+/// file, fsync, rename, fsync of the directory. `dir` must be one of natgw's own.
+pub fn write_private(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let text = serde_json::to_string_pretty(state).expect("state serialises");
     let _ = std::fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)
@@ -314,9 +333,9 @@ pub fn save_named<T: serde::Serialize>(name: &str, state: &T) -> Result<(), Stat
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))?;
-    File::open(&dir)
+    File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("sync", &dir, e))
+        .map_err(|e| io("sync", dir, e))
 }
 
 pub fn remove_named(name: &str) -> Result<(), StateError> {

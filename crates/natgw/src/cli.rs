@@ -130,6 +130,13 @@ pub enum Command {
     /// throwaway namespaces (new flows/s, packets/s, TCP connects/s, flows to one
     /// destination, bulk TCP).
     Bench(BenchArgs),
+    /// Internal: keepalived calls this on each HA transition (master, backup, fault,
+    /// stop) to drive conntrackd.
+    #[command(hide = true)]
+    HaNotify {
+        /// The role keepalived moved to.
+        role: String,
+    },
 }
 
 impl Command {
@@ -149,7 +156,8 @@ impl Command {
             | Command::Run { .. }
             | Command::StunServer(_)
             | Command::Lab(_)
-            | Command::Bench(_) => true,
+            | Command::Bench(_)
+            | Command::HaNotify { .. } => true,
             Command::Doctor { fix, .. } => *fix,
             Command::Node { action } => match action {
                 NodeAction::Up { .. } | NodeAction::Down { .. } => true,
@@ -268,6 +276,25 @@ pub struct LabArgs {
     /// Prefix of the lab's namespace names.
     #[arg(long, default_value = "natgw-lab", global = true)]
     pub name: String,
+    /// High availability: two headnodes, fail the primary (link down, then a process
+    /// kill, alternating) with connections open, measure what survives, fail back.
+    #[arg(long)]
+    pub ha: bool,
+    /// With --ha: failovers to run [default: 2].
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "ha",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// With --ha: long-lived TCP connections per round.
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "ha",
+          value_parser = clap::value_parser!(u32).range(4..=200))]
+    pub connections: u32,
+    /// With --ha: VRRP advertisement interval in seconds (the takeover takes about
+    /// 3.6 of them).
+    #[arg(long, value_name = "SECS", default_value_t = 0.3, requires = "ha")]
+    pub advert_interval: f64,
+    /// With --ha: print machine-readable JSON.
+    #[arg(long, requires = "ha")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod firewall;
 pub mod fix;
 pub mod from_nft;
+pub mod ha;
 pub mod iptables;
 
 use std::net::IpAddr;

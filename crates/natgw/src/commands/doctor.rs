@@ -111,7 +111,7 @@ fn diagnose(
     let translations = natgw_core::desired(settings, &observed)
         .ok()
         .and_then(|desired| super::status::translations(&desired));
-    let findings = doctor::diagnose(&Inputs {
+    let mut findings = doctor::diagnose(&Inputs {
         settings,
         observed: &observed,
         firewall,
@@ -123,6 +123,9 @@ fn diagnose(
         translations,
     });
     record_counters(conntrack_stats, now);
+    if let Some(ha) = &settings.ha {
+        findings.extend(super::ha::findings(ha, &observed));
+    }
     Ok(findings)
 }
 

@@ -38,6 +38,9 @@ pub fn run(args: &LabArgs) -> exit::Result<i32> {
     .context("cannot install the signal handler")
     .map_err(problem)?;
     let _guard = spawn_guard(&args.name).map_err(problem)?;
+    if args.ha {
+        return super::lab_ha::run(args);
+    }
 
     println!(
         "building lab {}: 2 private nodes, headnode, public server {SERVER}",
@@ -86,7 +89,7 @@ fn down(name: &str) -> exit::Result<i32> {
 /// Starts `natgw lab guard` in its own process group (a Ctrl-C or `kill` of the lab
 /// does not reach it) with a pipe from this process: when the pipe closes, this
 /// process has ended, however it ended.
-fn spawn_guard(name: &str) -> anyhow::Result<std::process::ChildStdin> {
+pub(super) fn spawn_guard(name: &str) -> anyhow::Result<std::process::ChildStdin> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the natgw binary")?;
     let mut child = Command::new(exe)
@@ -118,7 +121,7 @@ fn guard(name: &str, owner: u32) -> exit::Result<i32> {
     Ok(exit::OK)
 }
 
-fn name_flag(name: &str) -> String {
+pub(super) fn name_flag(name: &str) -> String {
     if name == "natgw-lab" {
         String::new()
     } else {

@@ -4,8 +4,10 @@ mod bench;
 mod doctor;
 mod down;
 mod gateway;
+mod ha;
 mod install;
 mod lab;
+mod lab_ha;
 mod node;
 mod persist;
 mod probe;
@@ -55,5 +57,6 @@ pub fn run(cli: Cli) -> exit::Result<i32> {
         Command::Lab(args) => lab::run(&args),
         Command::Trace(args) => trace::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::HaNotify { role } => ha::notify(&role),
     }
 }

@@ -62,6 +62,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
         ready: false,
         repairs: 0,
         figures,
+        ha: super::ha::Ha::default(),
     };
     let watchdog = watchdog_interval();
     info!("natgw run: keeping the gateway of this network namespace");
@@ -83,7 +84,12 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             signals.as_fd().as_raw_fd(),
         ];
         fds.extend(tracker.as_ref().map(Tracker::fd));
+        let ha_slot = fds.len();
+        fds.extend(daemon.ha.fd());
         let ready = wait(&fds, wake.saturating_duration_since(now));
+        if daemon.ha.fd().is_some() && ready.get(ha_slot).copied().unwrap_or(false) {
+            daemon.ha.answer();
+        }
         if ready.get(3).copied().unwrap_or(false) {
             if let Some(tracker) = tracker.as_mut() {
                 tracker.on_readable();
@@ -116,6 +122,9 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             if daemon.forwarding_drifted() {
                 due = Some(now);
             }
+            if daemon.ha.poll(daemon.settings.ha.as_ref(), &daemon.netlink) {
+                due = Some(now);
+            }
         }
         if now >= next_safety {
             next_safety = now + SAFETY;
@@ -140,6 +149,8 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
 
     info!(signal = %stop, "stopping");
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    // An HA member that stops hands the gateway addresses to its peer.
+    daemon.ha.stop(daemon.settings.ha.as_ref(), &daemon.netlink);
     if down_on_exit {
         return daemon.down();
     }
@@ -159,6 +170,8 @@ struct Daemon {
     repairs: u64,
     /// Reconcile counters and health, for the metrics.
     figures: Arc<DaemonFigures>,
+    /// keepalived and conntrackd, with `[ha]`.
+    ha: super::ha::Ha,
 }
 
 impl Daemon {
@@ -243,6 +256,8 @@ impl Daemon {
             info!(changes = plan.changes.len(), "repaired and verified");
             flush_old_translations(recorded.as_ref(), &desired);
         }
+        self.ha
+            .reconcile(settings.ha.as_ref(), &desired, &observed)?;
         if let Some(lost) = natgw_core::plan::uplink_lost(&desired, &observed) {
             // The uplink's routes belong to the admin's network manager: say it, never
             // fight it.

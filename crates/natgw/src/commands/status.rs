@@ -28,6 +28,9 @@ struct Status {
     conntrack: Option<Conntrack>,
     /// natgw's live translations, from one ctnetlink dump.
     translations: Option<natgw_core::mapping::Summary>,
+    /// The HA pair, with `[ha]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ha: Option<super::ha::HaStatus>,
 }
 
 pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
@@ -36,6 +39,7 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
         desired,
         dataplane,
         rediscovered,
+        settings,
         lock: _lock,
         ..
     } = gateway::prepare(args, "status", true)?;
@@ -60,6 +64,7 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
         record_problem: observed.state_problem.clone(),
         counters,
         conntrack: observed.conntrack,
+        ha: settings.ha.as_ref().and_then(super::ha::status),
     };
     if json {
         output::json(&status);
@@ -147,6 +152,9 @@ fn print_translations(t: &natgw_core::mapping::Summary) {
 
 fn print_human(status: &Status) {
     print!("{}", output::describe(&status.desired));
+    if let Some(ha) = &status.ha {
+        super::ha::print_status(ha);
+    }
     if let Some(problem) = &status.record_problem {
         println!("record:     UNUSABLE: {problem}");
     }
