@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::Finding;
+use super::{Finding, Fix};
 use crate::ha::{HaRecord, Role};
 
 /// What the binary found about this headnode's HA instance.
@@ -48,7 +48,7 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
         Finding::fail(
             "ha_installed",
             format!("{} not installed", missing.join(" and ")),
-            format!("apt-get install {}", missing.join(" ")),
+            Fix::run(&[&["apt-get", "install"][..], &missing].concat()),
         )
     });
     let stopped: Vec<&str> = [
@@ -68,14 +68,15 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
         Finding::fail(
             "ha_running",
             format!("{} not running for this gateway", stopped.join(" and ")),
-            "start the gateway service: systemctl start natgw (natgw run starts both)",
+            Fix::say("start the gateway service (natgw run starts both):")
+                .then_run(&["systemctl", "start", "natgw"]),
         )
     });
     out.push(match (&o.sync_link, o.peer_answers) {
         (None, _) => Finding::fail(
             "ha_sync_link",
             format!("sync interface {} does not exist", o.sync_interface),
-            "create the dedicated link to the peer, or correct [ha] sync_interface",
+            Fix::say("create the dedicated link to the peer, or correct [ha] sync_interface"),
         ),
         (Some((up, carrier)), _) if !up || !carrier => Finding::fail(
             "ha_sync_link",
@@ -84,7 +85,8 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 o.sync_interface,
                 if *up { "without carrier" } else { "down" }
             ),
-            format!("ip link set {} up, and check the cable to the peer", o.sync_interface),
+            Fix::run(&["ip", "link", "set", &o.sync_interface, "up"])
+                .then_say("and check the cable to the peer"),
         ),
         (_, Some(false)) => Finding::fail(
             "ha_sync_link",
@@ -92,7 +94,7 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 "peer {} does not answer on sync link {}: connection state is not replicated",
                 o.peer, o.sync_interface
             ),
-            "check the peer is up and its [ha] sync address, and the cable between them",
+            Fix::say("check the peer is up and its [ha] sync address, and the cable between them"),
         ),
         _ => Finding::pass(
             "ha_sync_link",
@@ -105,22 +107,22 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
         (_, true, Some(true)) => Finding::fail(
             "ha_one_primary",
             "both headnodes hold the shared addresses (another host answers for the private one)",
-            "check VRRP reaches the peer on the private segment (same vrid, no filter dropping protocol 112); stop natgw on one headnode meanwhile",
+            Fix::say("check VRRP reaches the peer on the private segment (same vrid, no filter dropping protocol 112); stop natgw on one headnode meanwhile"),
         ),
         (Some(Role::Master), false, _) => Finding::fail(
             "ha_one_primary",
             "primary by keepalived's last word but the shared addresses are missing",
-            "restart the gateway service: systemctl restart natgw",
+            Fix::run(&["systemctl", "restart", "natgw"]),
         ),
         (Some(Role::Backup | Role::Fault | Role::Stop), true, _) => Finding::fail(
             "ha_one_primary",
             "not primary, yet holding the shared addresses",
-            "restart the gateway service: systemctl restart natgw",
+            Fix::run(&["systemctl", "restart", "natgw"]),
         ),
         (_, false, Some(false)) => Finding::fail(
             "ha_one_primary",
             "no headnode answers for the private shared address: private nodes have no gateway",
-            "start natgw on a headnode, and check its private link",
+            Fix::say("start natgw on a headnode, and check its private link"),
         ),
         (role, holds, _) => Finding::pass(
             "ha_one_primary",
@@ -142,7 +144,7 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 "the peer's shared HA settings differ (fingerprint {peer}, this one {})",
                 o.fingerprint
             ),
-            "make vrid, private_vip, public_vip and advert_interval equal in both [ha] sections",
+            Fix::say("make vrid, private_vip, public_vip and advert_interval equal in both [ha] sections"),
         ),
         None => Finding::warn(
             "ha_fingerprint",
@@ -150,7 +152,7 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 "the peer did not tell its HA fingerprint over the sync link (this one {})",
                 o.fingerprint
             ),
-            "check natgw run runs on the peer; compare `natgw status` on both",
+            Fix::say("check natgw run runs on the peer; compare `natgw status` on both"),
         ),
     });
     if let Some(r) = o.record.as_ref().filter(|r| !r.sync_ok) {
@@ -161,7 +163,7 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
                 r.role,
                 r.sync_problem.as_deref().unwrap_or("unknown")
             ),
-            "check conntrackd's log in natgw's state directory (ha/conntrackd.log)",
+            Fix::say("check conntrackd's log in natgw's state directory (ha/conntrackd.log)"),
         ));
     }
     out
