@@ -68,8 +68,11 @@ pub fn findings(o: &HaObserved) -> Vec<Finding> {
         Finding::fail(
             "ha_running",
             format!("{} not running for this gateway", stopped.join(" and ")),
-            Fix::say("start the gateway service (natgw run starts both):")
-                .then_run(&["systemctl", "start", "natgw"]),
+            Fix::say("start the gateway service (natgw run starts both):").then_run(&[
+                "systemctl",
+                "start",
+                "natgw",
+            ]),
         )
     });
     out.push(match (&o.sync_link, o.peer_answers) {
