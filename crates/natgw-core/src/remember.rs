@@ -98,6 +98,7 @@ mod tests {
             port_selection: Default::default(),
             timeouts: Default::default(),
             warnings: vec![],
+            ipv6: None,
         }
     }
 

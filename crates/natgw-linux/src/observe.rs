@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use natgw_core::detect::IP_FORWARD;
+use natgw_core::ipv6::IPV6_FORWARD;
 use natgw_core::Observed;
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -40,12 +41,18 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         .iter()
         .map(|l| l.name.as_str())
         .chain(["all", "default"]);
-    for iface in per_link {
-        for key in ["forwarding", "rp_filter"] {
-            let name = format!("net.ipv4.conf.{iface}.{key}");
-            if let Ok(value) = sysctl::read(&name) {
-                sysctls.insert(name, value);
-            }
+    // IPv6 ones are absent when the kernel runs without IPv6 (ipv6.disable=1).
+    let optional = std::iter::once(IPV6_FORWARD.to_string()).chain(per_link.flat_map(|iface| {
+        [
+            format!("net.ipv4.conf.{iface}.forwarding"),
+            format!("net.ipv4.conf.{iface}.rp_filter"),
+            format!("net.ipv6.conf.{iface}.forwarding"),
+            format!("net.ipv6.conf.{iface}.accept_ra"),
+        ]
+    }));
+    for name in optional {
+        if let Ok(value) = sysctl::read(&name) {
+            sysctls.insert(name, value);
         }
     }
     let (state, state_problem) = match state_store::load() {

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use natgw_core::config::Ipv6Mode;
 
 use crate::address_flags::{Endpoint, Host, Target};
 
@@ -182,6 +183,19 @@ pub struct GatewayArgs {
     /// Masquerade: follow the public interface's current address (dynamic addresses).
     #[arg(long)]
     pub masquerade: bool,
+    /// Outbound IPv6: routed, nptv6, nat66 or off [default: `[ipv6] mode`, else detected].
+    #[arg(long, value_name = "MODE", value_parser = parse_ipv6_mode)]
+    pub ipv6_mode: Option<Ipv6Mode>,
+}
+
+fn parse_ipv6_mode(text: &str) -> Result<Ipv6Mode, String> {
+    match text {
+        "routed" => Ok(Ipv6Mode::Routed),
+        "nptv6" => Ok(Ipv6Mode::Nptv6),
+        "nat66" => Ok(Ipv6Mode::Nat66),
+        "off" => Ok(Ipv6Mode::Off),
+        _ => Err("expected routed, nptv6, nat66 or off".into()),
+    }
 }
 
 impl GatewayArgs {
@@ -193,6 +207,7 @@ impl GatewayArgs {
             && self.private.is_empty()
             && self.snat_to.is_empty()
             && !self.masquerade
+            && self.ipv6_mode.is_none()
     }
 }
 

@@ -22,6 +22,7 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
         private: args.private.clone(),
         snat_to: args.snat_to.clone(),
         masquerade: args.masquerade,
+        ipv6_mode: args.ipv6_mode,
     };
     let path: Option<PathBuf> = match &args.config {
         Some(path) => Some(path.clone()),

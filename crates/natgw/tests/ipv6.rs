@@ -1,0 +1,371 @@
+//! Outbound IPv6 for private nodes, per mode, end to end in a dual-stack lab: TCP, UDP
+//! and ICMPv6 echo out, the source the far side sees, unsolicited inbound dropped,
+//! path MTU discovery through the headnode, spoofed sources dropped both ways, IPv4
+//! unchanged, and `down` restoring forwarding and `accept_ra`.
+
+mod common;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use natgw_lab::{
+    in_netns, tcp_exchange, udp_exchange, Ipv6Mode, Lab, Listener, Spec, BEYOND6, HEAD_PUBLIC,
+    HEAD_PUBLIC6, NPTV6_PUBLIC, SERVER6, UPSTREAM6,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const SHORT: Duration = Duration::from_millis(500);
+
+fn server6() -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(SERVER6), 7006)
+}
+
+/// The value of a named counter in natgw's table.
+fn counter(lab: &Lab, name: &str) -> u64 {
+    let text = in_ns(
+        lab,
+        "head",
+        &["nft", "list", "counter", "inet", "natgw", name],
+    );
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {text}"))
+}
+
+/// The IPv6 sysctls natgw may change in the headnode.
+fn ipv6_sysctls(lab: &Lab) -> Vec<(String, String)> {
+    [
+        "net.ipv6.conf.all.forwarding",
+        "net.ipv6.conf.default.forwarding",
+        "net.ipv6.conf.wan0.forwarding",
+        "net.ipv6.conf.lan0.forwarding",
+        "net.ipv6.conf.wan0.accept_ra",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), lab.read_sysctl("head", n).unwrap()))
+    .collect()
+}
+
+/// A UDP datagram from `source` (added to the node's eth0) to the public server; true
+/// when an answer came back.
+fn udp_from(lab: &Lab, node: &str, source: Ipv6Addr) -> bool {
+    lab.ip(
+        node,
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{source}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    in_netns(&lab.ns(node), move || {
+        let socket = UdpSocket::bind((source, 0)).unwrap();
+        socket.set_read_timeout(Some(SHORT)).unwrap();
+        socket.send_to(b"spoofed", server6()).unwrap();
+        socket.recv_from(&mut [0u8; 256]).is_ok()
+    })
+    .unwrap()
+}
+
+/// Everything one mode must do; `config` is the natgw.toml to use (none: detection).
+fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str) {
+    let Some(lab) = lab_or_skip(test, Spec::nodes(2).with_ipv6(mode)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    let _server4 = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let n1 = lab.node_address6(1).unwrap();
+    let target = SocketAddr::new(IpAddr::V6(n1), 7001);
+    let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
+    // A hostile upstream that routes the private prefix to the headnode (routed mode
+    // has that route by construction).
+    if mode != Ipv6Mode::Routed {
+        let private = format!("{}/64", lab.spec.private6().unwrap());
+        lab.ip(
+            "pub",
+            &[
+                "-6",
+                "route",
+                "add",
+                &private,
+                "via",
+                &HEAD_PUBLIC6.to_string(),
+            ],
+        )
+        .unwrap();
+    }
+    // The public side is configured by router advertisements: its default route says so.
+    lab.ip(
+        "head",
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &UPSTREAM6.to_string(),
+            "dev",
+            "wan0",
+            "proto",
+            "ra",
+        ],
+    )
+    .unwrap();
+
+    // Control: plain forwarding lets the hostile upstream in, and nodes out untranslated.
+    lab.sysctl("head", "net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
+    assert!(
+        tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),
+        "control: plain IPv6 forwarding lets inbound through"
+    );
+    lab.sysctl("head", "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    assert!(tcp_exchange(&lab.ns("n1"), server6(), SHORT).is_err());
+    let before = ipv6_sysctls(&lab);
+
+    let mut args = vec!["up".to_string()];
+    let dir = scratch(&lab, "ipv6");
+    if let Some(text) = config {
+        let path = dir.join("natgw.toml");
+        std::fs::write(&path, text).unwrap();
+        args.extend(["--config".into(), path.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = natgw(&lab, &args);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains(expect_line), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("set sysctl net.ipv6.conf.all.forwarding: 0 -> 1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.wan0.accept_ra")
+            .unwrap(),
+        "2",
+        "router advertisements stay accepted on the public side"
+    );
+
+    for i in 1..=2 {
+        let node = format!("n{i}");
+        let ns = lab.ns(&node);
+        let expect = IpAddr::V6(lab.expected_source6(i).unwrap());
+        let tcp = tcp_exchange(&ns, server6(), TIMEOUT).unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert_eq!(tcp.ip(), expect, "{node}: server saw TCP from {tcp}");
+        let udp = udp_exchange(&ns, server6(), TIMEOUT).unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert_eq!(udp.ip(), expect, "{node}: server saw UDP from {udp}");
+        in_ns(
+            &lab,
+            &node,
+            &["ping", "-6", "-c", "1", "-W", "2", &SERVER6.to_string()],
+        );
+        // IPv4 keeps working unchanged on the dual-stack host.
+        assert_translated(&lab, &node, IpAddr::V4(HEAD_PUBLIC));
+    }
+
+    // Unsolicited inbound: to the node's own address, and to where it is mapped.
+    assert!(tcp_exchange(&lab.ns("pub"), target, SHORT).is_err());
+    let mapped = SocketAddr::new(IpAddr::V6(lab.expected_source6(1).unwrap()), 7001);
+    assert!(tcp_exchange(&lab.ns("pub"), mapped, SHORT).is_err());
+    assert!(counter(&lab, "dropped_unsolicited") > 0);
+
+    // Path MTU: `pub` reaches BEYOND6 over a 1280-byte link; its packet-too-big must
+    // come back through the headnode to the node, which then knows the path MTU.
+    let ping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("n1"),
+            "ping",
+            "-6",
+            "-c",
+            "2",
+            "-W",
+            "1",
+        ])
+        .args(["-s", "1400", "-M", "do", &BEYOND6.to_string()])
+        .output()
+        .unwrap();
+    let route = in_ns(
+        &lab,
+        "n1",
+        &["ip", "-6", "route", "get", &BEYOND6.to_string()],
+    );
+    assert!(
+        route.contains("mtu 1280"),
+        "packet-too-big did not reach n1: {route}\n{}",
+        text(&ping)
+    );
+    in_ns(
+        &lab,
+        "n1",
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            "1200",
+            &BEYOND6.to_string(),
+        ],
+    );
+
+    // Spoofed sources: from a node (outside the private prefix), and from the public
+    // side (inside it).
+    let spoofed = counter(&lab, "dropped_spoofed");
+    assert!(!udp_from(&lab, "n2", "2001:db8:99::5".parse().unwrap()));
+    assert!(counter(&lab, "dropped_spoofed") > spoofed);
+    let private_source = lab.node_address6(7).unwrap();
+    lab.ip(
+        "pub",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{private_source}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    let spoofed_public = counter(&lab, "dropped_spoofed_public");
+    in_netns(&lab.ns("pub"), move || {
+        let socket = UdpSocket::bind((private_source, 0)).unwrap();
+        socket.send_to(b"spoofed", target).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(counter(&lab, "dropped_spoofed_public") > spoofed_public);
+
+    // A second up changes nothing; down restores every IPv6 sysctl.
+    let again = natgw(&lab, &args);
+    assert_exit(&again, 0);
+    assert!(stdout(&again).contains("no changes"), "{}", text(&again));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(ipv6_sysctls(&lab), before);
+    assert!(tcp_exchange(&lab.ns("n1"), server6(), SHORT).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn nat66_translates_to_the_headnode_address() {
+    scenario(
+        "nat66_translates_to_the_headnode_address",
+        Ipv6Mode::Nat66,
+        None,
+        "ipv6:       fd00:77::/64 -> nat66 to 2001:db8:1::1",
+    );
+}
+
+#[test]
+fn nptv6_maps_the_private_prefix_to_the_public_one() {
+    scenario(
+        "nptv6_maps_the_private_prefix_to_the_public_one",
+        Ipv6Mode::Nptv6,
+        Some(&format!("[ipv6]\npublic_prefix = \"{NPTV6_PUBLIC}/64\"\n")),
+        "ipv6:       fd00:77::/64 -> nptv6 fd00:77::/64 <-> 2001:db8:177::/64",
+    );
+}
+
+#[test]
+fn routed_forwards_the_nodes_own_addresses() {
+    scenario(
+        "routed_forwards_the_nodes_own_addresses",
+        Ipv6Mode::Routed,
+        None,
+        "ipv6:       2001:db8:77::/64 -> routed (no translation)",
+    );
+}
+
+#[test]
+fn bad_ipv6_input_exits_2_and_changes_nothing() {
+    let test = "bad_ipv6_input_exits_2_and_changes_nothing";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    // Two global addresses on the public side: nat66 cannot pick one by itself.
+    lab.ip(
+        "head",
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "wan0",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    let snapshot = |lab: &Lab| {
+        let routes = in_ns(lab, "head", &["ip", "-6", "route", "show", "table", "all"]);
+        format!(
+            "{}\n{routes}\n{:?}",
+            headnode_snapshot(lab),
+            ipv6_sysctls(lab)
+        )
+    };
+    let before = snapshot(&lab);
+    let dir = scratch(&lab, "bad6");
+    let cases = [
+        (
+            "",
+            "has several global IPv6 addresses (2001:db8:1::2, 2001:db8:1::1); set [ipv6] mode",
+        ),
+        (
+            "[ipv6]\nmode = \"nat66\"\n",
+            "name the one to translate to with [ipv6] address",
+        ),
+        ("[ipv6]\nmode = \"routed\"\n", "are all ULA (fc00::/7)"),
+        ("[ipv6]\nmode = \"nptv6\"\n", "set [ipv6] public_prefix"),
+        (
+            "[ipv6]\npublic_prefix = \"2001:db8:177::/56\"\n",
+            "must have the length of the private prefix",
+        ),
+        (
+            "[ipv6]\nprivate_prefixes = [\"fe80::/64\"]\n",
+            "overlaps the link-local range",
+        ),
+        ("[ipv6]\nmode = \"nat44\"\n", "unknown variant `nat44`"),
+        (
+            "[ipv6]\naddress = \"fd00:77::5\"\n",
+            "is inside the private prefix fd00:77::/64",
+        ),
+    ];
+    for (i, (content, message)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.toml"));
+        std::fs::write(&path, content).unwrap();
+        let out = natgw(&lab, &["up", "--config", path.to_str().unwrap()]);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains(message),
+            "{content:?}: expected {message:?} in {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one clear message: {err}");
+    }
+    let out = natgw(&lab, &["up", "--ipv6-mode", "nat64"]);
+    assert_exit(&out, 2);
+    assert_eq!(snapshot(&lab), before, "bad input changed the system");
+    // Mode off leaves IPv6 alone.
+    let out = natgw(&lab, &["up", "--ipv6-mode", "off"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("ipv6:       off"), "{}", text(&out));
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.all.forwarding")
+            .unwrap(),
+        "0"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
