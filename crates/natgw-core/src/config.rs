@@ -126,6 +126,8 @@ pub struct Flags {
     pub masquerade: bool,
     /// `--ipv6-mode`
     pub ipv6_mode: Option<Ipv6Mode>,
+    /// `--ipv6-public-prefix`
+    pub ipv6_public_prefix: Option<Ipv6Net>,
 }
 
 /// Config and flags merged: what natgw was asked for, before looking at the system.
@@ -244,6 +246,10 @@ impl Config {
         let mut ipv6 = self.ipv6;
         if flags.ipv6_mode.is_some() {
             ipv6.mode = flags.ipv6_mode;
+        }
+        if let Some(prefix) = flags.ipv6_public_prefix {
+            check_network(&IpNet::V6(prefix), || "--ipv6-public-prefix".into())?;
+            ipv6.public_prefix = Some(prefix);
         }
         Ok(Settings {
             public: flags.public.clone().or(self.public),
@@ -390,6 +396,7 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             snat_to: vec!["198.51.100.7".parse().unwrap()],
             masquerade: false,
             ipv6_mode: Some(Ipv6Mode::Off),
+            ipv6_public_prefix: None,
         };
         let s = parse(text)
             .unwrap()

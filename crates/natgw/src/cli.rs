@@ -186,9 +186,12 @@ pub struct GatewayArgs {
     /// Outbound IPv6: routed, nptv6, nat66 or off [default: `[ipv6] mode`, else detected].
     #[arg(long, value_name = "MODE", value_parser = parse_ipv6_mode)]
     pub ipv6_mode: Option<Ipv6Mode>,
+    /// nptv6: the public prefix the upstream routes here [default: `[ipv6] public_prefix`].
+    #[arg(long, value_name = "PREFIX")]
+    pub ipv6_public_prefix: Option<ipnet::Ipv6Net>,
 }
 
-fn parse_ipv6_mode(text: &str) -> Result<Ipv6Mode, String> {
+pub fn parse_ipv6_mode(text: &str) -> Result<Ipv6Mode, String> {
     match text {
         "routed" => Ok(Ipv6Mode::Routed),
         "nptv6" => Ok(Ipv6Mode::Nptv6),
@@ -208,6 +211,7 @@ impl GatewayArgs {
             && self.snat_to.is_empty()
             && !self.masquerade
             && self.ipv6_mode.is_none()
+            && self.ipv6_public_prefix.is_none()
     }
 }
 
@@ -288,6 +292,10 @@ pub struct LabArgs {
     /// Prefix of the lab's namespace names.
     #[arg(long, default_value = "natgw-lab", global = true)]
     pub name: String,
+    /// IPv6 of the lab: nat66 (ULA nodes behind the headnode's address), nptv6 (ULA
+    /// mapped to a routed prefix), routed (global addresses on the nodes) or off.
+    #[arg(long, value_name = "MODE", default_value = "nat66", value_parser = parse_ipv6_mode)]
+    pub ipv6_mode: Ipv6Mode,
 }
 
 #[derive(Debug, Args)]

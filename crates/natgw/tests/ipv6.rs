@@ -154,6 +154,19 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
         "router advertisements stay accepted on the public side"
     );
 
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    let finding = check(&report, "ipv6");
+    assert_eq!(finding["status"], "pass", "{report}");
+    let mode = mode.to_string();
+    assert!(
+        finding["detail"].as_str().unwrap().contains(&mode),
+        "{finding}"
+    );
+    let status = natgw(&lab, &["status"]);
+    assert_exit(&status, 0);
+    assert!(stdout(&status).contains(expect_line), "{}", text(&status));
+
     for i in 1..=2 {
         let node = format!("n{i}");
         let ns = lab.ns(&node);
@@ -368,4 +381,39 @@ fn bad_ipv6_input_exits_2_and_changes_nothing() {
         "0"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn lab_proves_ipv6_outbound_in_every_mode() {
+    if !root_or_skip("lab_proves_ipv6_outbound_in_every_mode") {
+        return;
+    }
+    for (mode, seen) in [
+        ("routed", "server saw [2001:db8:77::11]:"),
+        ("nptv6", "server saw [2001:db8:177::11]:"),
+        ("off", ""),
+    ] {
+        let name = format!("ngw6lab{mode}{}", std::process::id());
+        let out = std::process::Command::new(binary())
+            .args(["lab", "--name", &name, "--ipv6-mode", mode])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+        let stdout = stdout(&out);
+        let checks = if mode == "off" { 8 } else { 15 };
+        assert!(
+            stdout.contains(&format!("{checks} passed, 0 failed")),
+            "{mode}: {stdout}"
+        );
+        assert!(stdout.contains(seen), "{mode}: {stdout}");
+        assert_eq!(
+            mode == "off",
+            !stdout.contains("ICMPv6"),
+            "{mode}: {stdout}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{name}-head")).exists(),
+            "{mode}: lab left behind"
+        );
+    }
 }

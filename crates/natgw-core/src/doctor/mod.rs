@@ -6,6 +6,7 @@ pub mod checks;
 pub mod firewall;
 pub mod from_nft;
 pub mod iptables;
+pub mod ipv6;
 
 use std::net::IpAddr;
 

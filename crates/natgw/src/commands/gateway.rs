@@ -23,6 +23,7 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
         snat_to: args.snat_to.clone(),
         masquerade: args.masquerade,
         ipv6_mode: args.ipv6_mode,
+        ipv6_public_prefix: args.ipv6_public_prefix,
     };
     let path: Option<PathBuf> = match &args.config {
         Some(path) => Some(path.clone()),
