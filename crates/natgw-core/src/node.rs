@@ -106,7 +106,7 @@ pub struct NodePlan {
 
 /// The default routes of `gateway`'s address family: IPv4 and IPv6 defaults are
 /// separate, and `node up` with an IPv6 gateway leaves the IPv4 ones alone (and back).
-fn defaults<'a>(observed: &'a Observed, gateway: IpAddr) -> Vec<&'a Route> {
+fn defaults(observed: &Observed, gateway: IpAddr) -> Vec<&Route> {
     observed
         .routes
         .iter()

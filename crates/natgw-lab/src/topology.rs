@@ -362,6 +362,29 @@ impl Lab {
         .map(drop)
     }
 
+    /// The IPv6 counterpart: the upstream routes the private IPv6 prefix at the
+    /// headnode (a routed lab has that route already).
+    pub fn route_private6_from_upstream(&self) -> Result<(), NetnsError> {
+        let Some(private) = self.spec.private6() else {
+            return Ok(());
+        };
+        if self.spec.ipv6 == Ipv6Mode::Routed {
+            return Ok(());
+        }
+        self.ip(
+            "pub",
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{private}/64"),
+                "via",
+                &HEAD_PUBLIC6.to_string(),
+            ],
+        )
+        .map(drop)
+    }
+
     fn create(&mut self) -> Result<(), NetnsError> {
         for role in ["sw", "head", "pub"] {
             self.add_ns(role)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use natgw_lab::{
     in_netns, tcp_exchange, udp_exchange, Ipv6Mode, Lab, Listener, Spec, BEYOND6, HEAD_PUBLIC,
-    HEAD_PUBLIC6, NPTV6_PUBLIC, SERVER6, UPSTREAM6,
+    NPTV6_PUBLIC, SERVER6, UPSTREAM6,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,23 +84,8 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     let n1 = lab.node_address6(1).unwrap();
     let target = SocketAddr::new(IpAddr::V6(n1), 7001);
     let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
-    // A hostile upstream that routes the private prefix to the headnode (routed mode
-    // has that route by construction).
-    if mode != Ipv6Mode::Routed {
-        let private = format!("{}/64", lab.spec.private6().unwrap());
-        lab.ip(
-            "pub",
-            &[
-                "-6",
-                "route",
-                "add",
-                &private,
-                "via",
-                &HEAD_PUBLIC6.to_string(),
-            ],
-        )
-        .unwrap();
-    }
+    // A hostile upstream that routes the private prefix to the headnode.
+    lab.route_private6_from_upstream().unwrap();
     // The public side is configured by router advertisements: its default route says so.
     lab.ip(
         "head",
