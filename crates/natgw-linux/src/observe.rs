@@ -111,7 +111,11 @@ pub fn gateway_answers(
     timeout: std::time::Duration,
 ) -> Result<bool, ObserveError> {
     let deadline = std::time::Instant::now() + timeout;
-    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
+    let any: std::net::SocketAddr = match gateway {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    if let Ok(socket) = std::net::UdpSocket::bind(any) {
         let _ = socket.send_to(b"natgw", (gateway, 9));
     }
     loop {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use natgw_lab::{
     in_netns, tcp_exchange, udp_exchange, Ipv6Mode, Lab, Listener, Spec, BEYOND6, HEAD_PUBLIC,
-    NPTV6_PUBLIC, SERVER6, UPSTREAM6,
+    HEAD_PUBLIC6, NPTV6_PUBLIC, SERVER6, UPSTREAM6,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -401,4 +401,68 @@ fn lab_proves_ipv6_outbound_in_every_mode() {
             "{mode}: lab left behind"
         );
     }
+}
+
+#[test]
+fn node_up_sets_the_ipv6_default_via_the_headnode_and_down_restores_it() {
+    let test = "node_up_sets_the_ipv6_default_via_the_headnode_and_down_restores_it";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let gateway = lab.node_address6(0).unwrap().to_string();
+    let node = |args: &[&str]| natgw_env(&lab, "n1", args, &[]);
+    // The lab's IPv6 default already goes through the headnode.
+    let out = node(&["node", "up", "--gateway", &gateway]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("no changes"), "{}", text(&out));
+
+    // Another IPv6 default: refused without --replace, nothing changed.
+    lab.ip(
+        "n1",
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            "fd00:77::fe",
+            "dev",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    let defaults = |family: &str| in_ns(&lab, "n1", &["ip", family, "route", "show", "default"]);
+    let (v4, v6) = (defaults("-4"), defaults("-6"));
+    let out = node(&["node", "up", "--gateway", &gateway]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--replace"), "{}", text(&out));
+    let out = node(&["node", "up", "--gateway", "fe80::1"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("link-local"), "{}", text(&out));
+    assert_eq!((defaults("-4"), defaults("-6")), (v4.clone(), v6.clone()));
+
+    let out = node(&["node", "up", "--gateway", &gateway, "--replace"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("answers neighbour discovery"),
+        "{}",
+        text(&out)
+    );
+    let now = defaults("-6");
+    assert!(
+        now.contains(&format!("via {gateway}")) && now.contains("proto 89"),
+        "{now}"
+    );
+    assert_eq!(defaults("-4"), v4, "the IPv4 default is not touched");
+    let udp = udp_exchange(&lab.ns("n1"), server6(), TIMEOUT).unwrap();
+    assert_eq!(udp.ip(), IpAddr::V6(HEAD_PUBLIC6));
+    let out = node(&["node", "check", "--json"]);
+    assert_exit(&out, 0);
+    assert_eq!(check(&json(&out), "default-route-ipv6")["status"], "pass");
+
+    let out = node(&["node", "down"]);
+    assert_exit(&out, 0);
+    assert_eq!((defaults("-4"), defaults("-6")), (v4, v6), "{}", text(&out));
 }
