@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use natgw_lab::{
     in_netns, tcp_exchange, udp_exchange, Ipv6Mode, Lab, Listener, Spec, BEYOND6, HEAD_PUBLIC,
-    HEAD_PUBLIC6, NPTV6_PUBLIC, SERVER6, UPSTREAM6,
+    HEAD_PUBLIC6, NPTV6_PUBLIC, SERVER6, SERVER6_ALT, UPSTREAM6,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -465,4 +465,66 @@ fn node_up_sets_the_ipv6_default_via_the_headnode_and_down_restores_it() {
     let out = node(&["node", "down"]);
     assert_exit(&out, 0);
     assert_eq!((defaults("-4"), defaults("-6")), (v4, v6), "{}", text(&out));
+}
+
+#[test]
+fn probe_reaches_ipv6_targets_and_stun_sees_the_nat66_address() {
+    let test = "probe_reaches_ipv6_targets_and_stun_sees_the_nat66_address";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    let config = natgw_probe::server::Config {
+        primary: SocketAddr::new(IpAddr::V6(SERVER6), natgw_probe::server::DEFAULT_PORT),
+        alternate: Some(SocketAddr::new(
+            IpAddr::V6(SERVER6_ALT),
+            natgw_probe::server::DEFAULT_ALT_PORT,
+        )),
+    };
+    let _stun = in_netns(&lab.ns("pub"), move || {
+        natgw_probe::server::Server::start(config)
+    })
+    .unwrap()
+    .unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    let tcp = format!("[{SERVER6}]:7006");
+    // The UDP probe is a STUN binding request: only the STUN server answers it.
+    let udp = format!("[{SERVER6}]:3478");
+    let stun = format!("[{SERVER6}]");
+    let out = natgw_env(
+        &lab,
+        "n1",
+        &[
+            "probe",
+            "--json",
+            "--icmp",
+            &SERVER6.to_string(),
+            "--tcp",
+            &tcp,
+            "--udp",
+            &udp,
+            "--stun",
+            &stun,
+        ],
+        &[],
+    );
+    assert_exit(&out, 0);
+    let report = json(&out);
+    let probes = report["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 3, "{report}");
+    assert!(probes.iter().all(|p| p["ok"] == true), "{report}");
+    let mapped: SocketAddr = report["stun"]["behaviour"]["mapped"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V6(HEAD_PUBLIC6), "{report}");
+    // An address nothing answers fails, per probe.
+    let out = natgw_env(
+        &lab,
+        "n1",
+        &["probe", "--icmp", "2001:db8:100::99", "--timeout", "0.5"],
+        &[],
+    );
+    assert_exit(&out, 1);
 }
