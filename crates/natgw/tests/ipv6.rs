@@ -356,6 +356,16 @@ fn bad_ipv6_input_exits_2_and_changes_nothing() {
     let out = natgw(&lab, &["up", "--ipv6-mode", "nat64"]);
     assert_exit(&out, 2);
     assert_eq!(snapshot(&lab), before, "bad input changed the system");
+    // Valid input, and a failure after the IPv6 sysctls were written: rolled back.
+    let path = dir.join("good.toml");
+    std::fs::write(&path, "[ipv6]\naddress = \"2001:db8:1::2\"\n").unwrap();
+    let config = ["up", "--config", path.to_str().unwrap()];
+    for step in ["table", "verify"] {
+        let out = natgw_env(&lab, "head", &config, &[("NATGW_TEST_FAIL_AT", step)]);
+        assert_exit(&out, 1);
+        assert!(stderr(&out).contains("rolled back"), "{}", text(&out));
+        assert_eq!(snapshot(&lab), before, "a failed up at {step} left changes");
+    }
     // Mode off leaves IPv6 alone.
     let out = natgw(&lab, &["up", "--ipv6-mode", "off"]);
     assert_exit(&out, 0);
@@ -527,4 +537,64 @@ fn probe_reaches_ipv6_targets_and_stun_sees_the_nat66_address() {
         &[],
     );
     assert_exit(&out, 1);
+}
+
+#[test]
+fn run_repairs_ipv6_forwarding_and_keeps_router_advertisements() {
+    let test = "run_repairs_ipv6_forwarding_and_keeps_router_advertisements";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    lab.ip(
+        "head",
+        &[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &UPSTREAM6.to_string(),
+            "dev",
+            "wan0",
+            "proto",
+            "ra",
+        ],
+    )
+    .unwrap();
+    let works = || {
+        udp_exchange(&lab.ns("n1"), server6(), Duration::from_millis(200))
+            .is_ok_and(|a| a.ip() == IpAddr::V6(HEAD_PUBLIC6))
+    };
+    let until = |check: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let mut service = Service::start(&lab, &[]);
+    assert!(
+        until(&works),
+        "natgw run: no IPv6 outbound\n{}",
+        service.log()
+    );
+    for (name, damaged) in [
+        ("net.ipv6.conf.all.forwarding", "0"),
+        ("net.ipv6.conf.wan0.accept_ra", "1"),
+    ] {
+        lab.sysctl("head", name, damaged).unwrap();
+        let repaired = || lab.read_sysctl("head", name).unwrap() != damaged;
+        assert!(until(&repaired), "{name} not repaired\n{}", service.log());
+        assert!(
+            until(&works),
+            "{name}: IPv6 outbound not back\n{}",
+            service.log()
+        );
+    }
+    assert!(service.running(), "{}", service.log());
+    assert_eq!(service.stop(), Some(0));
 }
