@@ -49,6 +49,16 @@ fn ipv6_sysctls(lab: &Lab) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The headnode's public side as configured by router advertisements: its IPv6 default
+/// route carries protocol `ra`.
+fn advertised_default(lab: &Lab) {
+    let via = UPSTREAM6.to_string();
+    let args = [
+        "-6", "route", "replace", "default", "via", &via, "dev", "wan0", "proto", "ra",
+    ];
+    lab.ip("head", &args).unwrap();
+}
+
 /// A UDP datagram from `source` (added to the node's eth0) to the public server; true
 /// when an answer came back.
 fn udp_from(lab: &Lab, node: &str, source: Ipv6Addr) -> bool {
@@ -87,22 +97,7 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     // A hostile upstream that routes the private prefix to the headnode.
     lab.route_private6_from_upstream().unwrap();
     // The public side is configured by router advertisements: its default route says so.
-    lab.ip(
-        "head",
-        &[
-            "-6",
-            "route",
-            "replace",
-            "default",
-            "via",
-            &UPSTREAM6.to_string(),
-            "dev",
-            "wan0",
-            "proto",
-            "ra",
-        ],
-    )
-    .unwrap();
+    advertised_default(&lab);
 
     // Control: plain forwarding lets the hostile upstream in, and nodes out untranslated.
     lab.sysctl("head", "net.ipv6.conf.all.forwarding", "1")
@@ -546,22 +541,7 @@ fn run_repairs_ipv6_forwarding_and_keeps_router_advertisements() {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
-    lab.ip(
-        "head",
-        &[
-            "-6",
-            "route",
-            "replace",
-            "default",
-            "via",
-            &UPSTREAM6.to_string(),
-            "dev",
-            "wan0",
-            "proto",
-            "ra",
-        ],
-    )
-    .unwrap();
+    advertised_default(&lab);
     let works = || {
         udp_exchange(&lab.ns("n1"), server6(), Duration::from_millis(200))
             .is_ok_and(|a| a.ip() == IpAddr::V6(HEAD_PUBLIC6))
