@@ -138,9 +138,9 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     assert_exit(&out, 0);
     let finding = check(&report, "ipv6");
     assert_eq!(finding["status"], "pass", "{report}");
-    let mode = mode.to_string();
+    let mode_name = mode.to_string();
     assert!(
-        finding["detail"].as_str().unwrap().contains(&mode),
+        finding["detail"].as_str().unwrap().contains(&mode_name),
         "{finding}"
     );
     let status = natgw(&lab, &["status"]);
@@ -163,6 +163,15 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
         // IPv4 keeps working unchanged on the dual-stack host.
         assert_translated(&lab, &node, IpAddr::V4(HEAD_PUBLIC));
     }
+
+    // status lists the IPv6 translations with the IPv4 ones (routed mode has none).
+    let status = json(&natgw(&lab, &["status", "--json"]));
+    let hosts = status["translations"]["top_hosts"].to_string();
+    assert_eq!(
+        hosts.contains(&format!("\"{n1}\"")),
+        mode != Ipv6Mode::Routed,
+        "{status}"
+    );
 
     // Unsolicited inbound: to the node's own address, and to where it is mapped.
     assert!(tcp_exchange(&lab.ns("pub"), target, SHORT).is_err());
