@@ -164,6 +164,23 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
         assert_translated(&lab, &node, IpAddr::V4(HEAD_PUBLIC));
     }
 
+    // natgw's UDP timeout (300 s, not the kernel's 30 s / 120 s) holds for IPv6 flows.
+    let flows = in_ns(
+        &lab,
+        "head",
+        &["conntrack", "-L", "-f", "ipv6", "-p", "udp"],
+    );
+    let timeout: u64 = flows
+        .lines()
+        .find(|l| l.contains(&format!("src={n1} ")))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no UDP flow of {n1}: {flows}"));
+    assert!(
+        timeout > 200,
+        "IPv6 UDP flow without natgw's timeout: {flows}"
+    );
+
     // status lists the IPv6 translations with the IPv4 ones (routed mode has none).
     let status = json(&natgw(&lab, &["status", "--json"]));
     let hosts = status["translations"]["top_hosts"].to_string();
