@@ -604,3 +604,106 @@ fn run_repairs_ipv6_forwarding_and_keeps_router_advertisements() {
     assert!(service.running(), "{}", service.log());
     assert_eq!(service.stop(), Some(0));
 }
+
+/// A router advertisement from `pub` on its link to the headnode (a default router for
+/// `lifetime` seconds), sent as a router sends it: to all nodes, hop limit 255, from
+/// its link-local address.
+fn advertise_default_router(lab: &Lab, lifetime: u16) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    in_netns(&lab.ns("pub"), move || {
+        // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        assert_ne!(ifindex, 0, "pub has no eth0");
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+        socket.set_multicast_hops_v6(255).unwrap();
+        socket.set_multicast_if_v6(ifindex).unwrap();
+        // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, router
+        // lifetime, reachable time 0, retransmission timer 0.
+        let mut ra = vec![134, 0, 0, 0, 64, 0];
+        ra.extend_from_slice(&lifetime.to_be_bytes());
+        ra.extend_from_slice(&[0; 8]);
+        let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, ifindex);
+        socket.send_to(&ra, &all_nodes.into()).unwrap();
+    })
+    .unwrap();
+}
+
+/// The headnode's IPv6 default route, as `ip -6 route` prints it.
+fn head_default6(lab: &Lab) -> String {
+    in_ns(lab, "head", &["ip", "-6", "route", "show", "default"])
+}
+
+#[test]
+fn a_default_route_learnt_from_router_advertisements_survives_up_and_down() {
+    let test = "a_default_route_learnt_from_router_advertisements_survives_up_and_down";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    lab.ip("head", &["-6", "route", "del", "default"]).unwrap();
+    advertise_default_router(&lab, 1800);
+    let learnt = |lab: &Lab| {
+        let route = head_default6(lab);
+        route.contains("proto ra") && route.contains("via fe80::")
+    };
+    let start = std::time::Instant::now();
+    while !learnt(&lab) && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        learnt(&lab),
+        "no default route from the advertisement: {}",
+        head_default6(&lab)
+    );
+    // Control: forwarding on while advertisements are not accepted purges the route.
+    lab.sysctl("head", "net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
+    assert!(
+        !learnt(&lab),
+        "control: forwarding kept the advertised route"
+    );
+    lab.sysctl("head", "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    advertise_default_router(&lab, 1800);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(learnt(&lab), "{}", head_default6(&lab));
+
+    let out = natgw(&lab, &["up"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("set sysctl net.ipv6.conf.wan0.accept_ra: 1 -> 2"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        learnt(&lab),
+        "up lost the advertised default route: {}",
+        head_default6(&lab)
+    );
+    let udp = udp_exchange(&lab.ns("n1"), server6(), TIMEOUT).unwrap();
+    assert_eq!(udp.ip(), IpAddr::V6(HEAD_PUBLIC6));
+    // Advertisements keep being processed while forwarding: a zero lifetime withdraws.
+    advertise_default_router(&lab, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !learnt(&lab),
+        "a withdrawal was ignored: {}",
+        head_default6(&lab)
+    );
+    advertise_default_router(&lab, 1800);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(learnt(&lab), "{}", head_default6(&lab));
+
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.wan0.accept_ra")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.all.forwarding")
+            .unwrap(),
+        "0"
+    );
+    assert!(learnt(&lab), "down lost the advertised default route");
+}
