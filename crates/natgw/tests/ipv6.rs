@@ -707,3 +707,36 @@ fn a_default_route_learnt_from_router_advertisements_survives_up_and_down() {
     );
     assert!(learnt(&lab), "down lost the advertised default route");
 }
+
+#[test]
+fn doctor_finds_ipv6_forwarding_off_and_fix_turns_it_back_on() {
+    let test = "doctor_finds_ipv6_forwarding_off_and_fix_turns_it_back_on";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1).with_ipv6(Ipv6Mode::Nat66)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server6()).unwrap();
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.sysctl("head", "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    assert!(udp_exchange(&lab.ns("n1"), server6(), SHORT).is_err());
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    assert_eq!(check(&report, "ipv6")["status"], "fail", "{report}");
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 0);
+    assert!(fails(&report).is_empty(), "{report}");
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.all.forwarding")
+            .unwrap(),
+        "1"
+    );
+    let udp = udp_exchange(&lab.ns("n1"), server6(), TIMEOUT).unwrap();
+    assert_eq!(udp.ip(), IpAddr::V6(HEAD_PUBLIC6));
+    // down still restores the value from before up, not the one doctor repaired.
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(
+        lab.read_sysctl("head", "net.ipv6.conf.all.forwarding")
+            .unwrap(),
+        "0"
+    );
+}
