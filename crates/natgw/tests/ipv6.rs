@@ -267,6 +267,21 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     std::thread::sleep(Duration::from_millis(200));
     assert!(counter(&lab, "dropped_spoofed_public") > spoofed_public);
 
+    // An edit of natgw's IPv6 rules is drift (in nptv6 mode too, whose table the
+    // nftables schema cannot fully type), and up repairs it.
+    in_ns(
+        &lab,
+        "head",
+        &["nft", "flush", "chain", "inet", "natgw", "postrouting"],
+    );
+    let status = natgw(&lab, &["status", "--json"]);
+    assert_exit(&status, 1);
+    let status = json(&status);
+    assert_eq!(status["drift"]["changes"][0]["reason"], "drift", "{status}");
+    assert_exit(&natgw(&lab, &args), 0);
+    let udp = udp_exchange(&lab.ns("n1"), server6(), TIMEOUT).unwrap();
+    assert_eq!(udp.ip(), IpAddr::V6(lab.expected_source6(1).unwrap()));
+
     // A second up changes nothing; down restores every IPv6 sysctl.
     let again = natgw(&lab, &args);
     assert_exit(&again, 0);
