@@ -136,6 +136,11 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
         .unwrap();
     assert!(tcp_exchange(&lab.ns("n1"), server6(), SHORT).is_err());
     let before = ipv6_sysctls(&lab);
+    if mode == Ipv6Mode::Routed {
+        // A ULA beside the routed prefix: used inside, never routed out.
+        let args = ["-6", "addr", "add", "fd00:78::1/64", "dev", "lan0", "nodad"];
+        lab.ip("head", &args).unwrap();
+    }
 
     let mut args = vec!["up".to_string()];
     let dir = scratch(&lab, "ipv6");
@@ -260,6 +265,14 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     let spoofed = counter(&lab, "dropped_spoofed");
     assert!(!udp_from(&lab, "n2", "2001:db8:99::5".parse().unwrap()));
     assert!(counter(&lab, "dropped_spoofed") > spoofed);
+    if mode == Ipv6Mode::Routed {
+        let spoofed = counter(&lab, "dropped_spoofed");
+        assert!(!udp_from(&lab, "n1", "fd00:78::11".parse().unwrap()));
+        assert!(
+            counter(&lab, "dropped_spoofed") > spoofed,
+            "a ULA source left untranslated"
+        );
+    }
     let private_source = lab.node_address6(7).unwrap();
     lab.ip(
         "pub",
