@@ -2,10 +2,10 @@
 //! flags taking precedence. Unknown keys and malformed values are errors naming file,
 //! line and column.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::ha::HaConfig;
@@ -57,6 +57,50 @@ pub struct Config {
     pub mss_clamp: bool,
     /// Active/standby pair with a second headnode (keepalived + conntrackd).
     pub ha: Option<HaConfig>,
+    /// Outbound IPv6 for the private nodes (`[ipv6]`); autodetected when absent.
+    #[serde(default)]
+    pub ipv6: Ipv6Config,
+}
+
+/// How private nodes reach the IPv6 internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// The upstream routes the private prefix here; no translation, stateful filter only.
+    Routed,
+    /// 1:1 prefix translation (RFC 6296) between a private and a public prefix.
+    Nptv6,
+    /// Many nodes behind one public IPv6 address.
+    Nat66,
+    /// natgw leaves IPv6 alone.
+    Off,
+}
+
+impl std::fmt::Display for Ipv6Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ipv6Mode::Routed => "routed",
+            Ipv6Mode::Nptv6 => "nptv6",
+            Ipv6Mode::Nat66 => "nat66",
+            Ipv6Mode::Off => "off",
+        })
+    }
+}
+
+/// The `[ipv6]` section.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv6Config {
+    /// Autodetected when absent.
+    pub mode: Option<Ipv6Mode>,
+    /// Extra private IPv6 prefixes, beyond the private interfaces' own networks.
+    #[serde(default)]
+    pub private_prefixes: Vec<Ipv6Net>,
+    /// nptv6: the public prefix the upstream routes here (same length as the private one).
+    pub public_prefix: Option<Ipv6Net>,
+    /// nat66: the public address to translate to (the public interface's global address
+    /// when absent).
+    pub address: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +127,10 @@ pub struct Flags {
     pub private: Vec<String>,
     pub snat_to: Vec<IpAddr>,
     pub masquerade: bool,
+    /// `--ipv6-mode`
+    pub ipv6_mode: Option<Ipv6Mode>,
+    /// `--ipv6-public-prefix`
+    pub ipv6_public_prefix: Option<Ipv6Net>,
 }
 
 /// Config and flags merged: what natgw was asked for, before looking at the system.
@@ -105,6 +153,8 @@ pub struct Settings {
     /// The HA pair, when configured; `snat_to` is then its public address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaConfig>,
+    #[serde(default)]
+    pub ipv6: Ipv6Config,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -153,6 +203,19 @@ impl Config {
         let routes = self.routes.iter().map(|r| (r.get_ref().to, r.span()));
         for (net, span) in prefixes.chain(routes) {
             check_network(&net, || origin(text, file, span.start))?;
+        }
+        let ipv6 = self
+            .ipv6
+            .private_prefixes
+            .iter()
+            .map(|p| (IpNet::V6(*p), "private_prefixes"))
+            .chain(
+                self.ipv6
+                    .public_prefix
+                    .map(|p| (IpNet::V6(p), "public_prefix")),
+            );
+        for (net, key) in ipv6 {
+            check_network(&net, || format!("{}: [ipv6] {key}", file.display()))?;
         }
         Ok(())
     }
@@ -216,6 +279,14 @@ impl Config {
                 vec![IpAddr::V4(ha.public_vip.addr())]
             }
         };
+        let mut ipv6 = self.ipv6;
+        if flags.ipv6_mode.is_some() {
+            ipv6.mode = flags.ipv6_mode;
+        }
+        if let Some(prefix) = flags.ipv6_public_prefix {
+            check_network(&IpNet::V6(prefix), || "--ipv6-public-prefix".into())?;
+            ipv6.public_prefix = Some(prefix);
+        }
         Ok(Settings {
             public,
             private,
@@ -242,6 +313,7 @@ impl Config {
             max_flows: self.max_flows,
             log_mappings: self.log_mappings,
             ha: self.ha,
+            ipv6,
         })
     }
 }
@@ -356,6 +428,8 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             private: vec!["eth0".into()],
             snat_to: vec!["198.51.100.7".parse().unwrap()],
             masquerade: false,
+            ipv6_mode: Some(Ipv6Mode::Off),
+            ipv6_public_prefix: None,
         };
         let s = parse(text)
             .unwrap()
@@ -368,6 +442,31 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             !s.masquerade,
             "--snat-to overrides masquerade from the file"
         );
+        assert_eq!(s.ipv6.mode, Some(Ipv6Mode::Off));
+    }
+
+    #[test]
+    fn ipv6_section_parses_and_is_checked() {
+        let text = "[ipv6]\nmode = \"nptv6\"\nprivate_prefixes = [\"fd00:77::/64\"]\npublic_prefix = \"2001:db8:177::/64\"\n";
+        let s = parse(text)
+            .unwrap()
+            .merge(&Flags::default(), text, Path::new("natgw.toml"))
+            .unwrap();
+        assert_eq!(s.ipv6.mode, Some(Ipv6Mode::Nptv6));
+        assert_eq!(
+            s.ipv6.private_prefixes,
+            vec!["fd00:77::/64".parse().unwrap()]
+        );
+        let err = parse("[ipv6]\nmode = \"nat44\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("natgw.toml:2:"), "{err}");
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let err = parse("[ipv6]\npublic_prefix = \"2001:db8:177::1/64\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml: [ipv6] public_prefix: 2001:db8:177::1/64 is not a network address (host bits are set); write 2001:db8:177::/64 instead"
+        );
+        let err = parse("[ipv6]\nadress = \"2001:db8::1\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `adress`"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use toml::Value;
 
-use crate::config::Settings;
-use crate::desired::{Desired, SnatMode};
+use crate::config::{Ipv6Mode, Settings};
+use crate::desired::{Desired, Ipv6Translation, SnatMode};
 
 /// A key's value as a TOML literal, and whether it is set or only shown.
 struct Shown {
@@ -34,6 +34,11 @@ struct Values {
     timeouts: Shown,
     /// Shown only when set (the kernel's default otherwise).
     max_flows: Option<Shown>,
+    ipv6_mode: Shown,
+    ipv6_private_prefixes: Shown,
+    /// nat66's address, nptv6's public prefix: shown when the mode has one.
+    ipv6_address: Option<Shown>,
+    ipv6_public_prefix: Option<Shown>,
 }
 
 /// The resolved gateway: what `settings` asked for is set, what detection found is
@@ -95,6 +100,33 @@ pub fn from_desired(desired: &Desired, settings: &Settings) -> String {
             value: Value::Integer(n as i64),
             set: true,
         }),
+        ipv6_mode: Shown {
+            value: string(
+                desired
+                    .ipv6
+                    .as_ref()
+                    .map_or(Ipv6Mode::Off, |g| g.translation.mode()),
+            ),
+            set: settings.ipv6.mode.is_some(),
+        },
+        ipv6_private_prefixes: Shown {
+            value: Value::Array(settings.ipv6.private_prefixes.iter().map(string).collect()),
+            set: !settings.ipv6.private_prefixes.is_empty(),
+        },
+        ipv6_address: match desired.ipv6.as_ref().map(|g| &g.translation) {
+            Some(Ipv6Translation::Nat66 { address }) => Some(Shown {
+                value: string(address),
+                set: settings.ipv6.address.is_some(),
+            }),
+            _ => None,
+        },
+        ipv6_public_prefix: match desired.ipv6.as_ref().map(|g| &g.translation) {
+            Some(Ipv6Translation::Nptv6 { public, .. }) => Some(Shown {
+                value: string(public),
+                set: settings.ipv6.public_prefix.is_some(),
+            }),
+            _ => None,
+        },
     };
     let mut text = String::from(
         "# natgw configuration, written by `natgw install` from the gateway it resolved.\n\
@@ -125,6 +157,10 @@ pub fn example(problem: Option<&str>) -> String {
         port_selection: shown(string(crate::pool::PortSelection::default())),
         timeouts: shown(timeouts(&crate::pool::Timeouts::default())),
         max_flows: None,
+        ipv6_mode: shown(string(Ipv6Mode::Nat66)),
+        ipv6_private_prefixes: shown(Value::Array(Vec::new())),
+        ipv6_address: None,
+        ipv6_public_prefix: None,
     };
     let mut text = String::from(
         "# natgw configuration. Every setting is commented out, so natgw detects the gateway\n\
@@ -234,6 +270,47 @@ fn render(text: &mut String, v: &Values) {
         "\n# Deterministic port blocks per private host (RFC 7422), opt-in, e.g.\n\
          # port_blocks = { size = 1024 } (needs enough snat_to addresses; see natgw(8)).\n",
     );
+    // A table comes after every top-level key; its header stays uncommented (an
+    // empty table is the default), so that uncommented keys land inside it.
+    text.push_str("\n# Outbound IPv6 for the private nodes.\n[ipv6]\n");
+    setting(
+        text,
+        &[
+            "\"routed\" (the upstream routes the private prefix here), \"nptv6\" (prefix",
+            "translation), \"nat66\" (one public address) or \"off\".",
+            "Detected: from the private interfaces' ULA / global networks and the public side.",
+        ],
+        ("mode", &v.ipv6_mode),
+    );
+    setting(
+        text,
+        &[
+            "Extra private IPv6 networks, beyond the private interfaces' own.",
+            "Example: private_prefixes = [\"fd00:77::/64\"]",
+        ],
+        ("private_prefixes", &v.ipv6_private_prefixes),
+    );
+    match &v.ipv6_address {
+        Some(address) => setting(
+            text,
+            &["nat66: the public address to translate to."],
+            ("address", address),
+        ),
+        None => text.push_str(
+            "\n# nat66: the public address to translate to, e.g. address = \"2001:db8::1\"\n",
+        ),
+    }
+    match &v.ipv6_public_prefix {
+        Some(prefix) => setting(
+            text,
+            &["nptv6: the public prefix the upstream routes to this host."],
+            ("public_prefix", prefix),
+        ),
+        None => text.push_str(
+            "\n# nptv6: the public prefix the upstream routes to this host (as long as the\n\
+             # private one), e.g. public_prefix = \"2001:db8:177::/64\"\n",
+        ),
+    }
 }
 
 fn timeouts(t: &crate::pool::Timeouts) -> Value {
@@ -309,8 +386,10 @@ mod tests {
     }
 
     /// Every key of `Config` the template writes as a setting, sorted (`max_flows` when
-    /// set; `port_blocks` is explained only: uncommented blindly it would need a pool).
-    const ALL_KEYS: [&str; 9] = [
+    /// set; `port_blocks` is explained only: uncommented blindly it would need a pool;
+    /// `ipv6` is a table, always there).
+    const ALL_KEYS: [&str; 10] = [
+        "ipv6",
         "masquerade",
         "mss_clamp",
         "port_selection",
@@ -382,6 +461,30 @@ mod tests {
             .origin
             .clone_from(&detected.routes[0].origin);
         assert_eq!(again, detected);
+    }
+
+    #[test]
+    fn detected_ipv6_is_shown_and_pins_the_same_ipv6_gateway() {
+        let mut observed = headnode();
+        observed
+            .addresses
+            .push(crate::fixtures::addr(2, "2001:db8:1::1/64"));
+        observed
+            .addresses
+            .push(crate::fixtures::addr(3, "fd00:77::1/64"));
+        observed
+            .routes
+            .push(crate::fixtures::route("::/0", Some("2001:db8:1::fe"), 2));
+        let detected = crate::desired(&Settings::default(), &observed).unwrap();
+        let text = from_desired(&detected, &Settings::default());
+        assert!(text.contains("\n[ipv6]\n"), "{text}");
+        assert!(text.contains("\n#mode = \"nat66\"\n"), "{text}");
+        assert!(text.contains("\n#address = \"2001:db8:1::1\"\n"), "{text}");
+        assert_eq!(settings(&text), Settings::default());
+        let pinned = settings(&uncomment(&text));
+        assert_eq!(pinned.ipv6.mode, Some(Ipv6Mode::Nat66));
+        let again = crate::desired(&pinned, &observed).unwrap();
+        assert_eq!(again.ipv6, detected.ipv6);
     }
 
     #[test]

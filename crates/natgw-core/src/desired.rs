@@ -1,9 +1,9 @@
 //! The gateway natgw should make: the resolved roles, prefixes and translation.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteSpec;
@@ -36,6 +36,60 @@ pub struct Desired {
     /// conntrackd has committed its state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_public_vip: Option<std::net::Ipv4Addr>,
+    /// Outbound IPv6 for the private nodes; `None` leaves IPv6 alone (mode `off`).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Gateway>,
+}
+
+/// The IPv6 side of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Gateway {
+    pub translation: Ipv6Translation,
+    /// Sources accepted from the private interfaces (anti-spoofing): their ULA and
+    /// global networks and the configured prefixes. Normalised.
+    pub private_prefixes: Vec<Ipv6Net>,
+    /// Of those, the sources that may leave through the public interface (in `routed`
+    /// mode a ULA stays inside; in the translating modes, what is translated).
+    pub outbound_prefixes: Vec<Ipv6Net>,
+    /// The public interface has an IPv6 default route.
+    pub uplink_default: bool,
+    /// The public interface is configured by router advertisements, which must keep
+    /// being accepted once forwarding is on (`accept_ra = 2`).
+    pub accept_ra: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Ipv6Translation {
+    /// No translation: the upstream routes the private prefixes to the headnode.
+    Routed,
+    /// Prefix translation: `private` becomes `public`, host bits kept.
+    Nptv6 { private: Ipv6Net, public: Ipv6Net },
+    /// Every node behind one public address.
+    Nat66 { address: Ipv6Addr },
+}
+
+impl Ipv6Translation {
+    pub fn mode(&self) -> crate::config::Ipv6Mode {
+        use crate::config::Ipv6Mode;
+        match self {
+            Ipv6Translation::Routed => Ipv6Mode::Routed,
+            Ipv6Translation::Nptv6 { .. } => Ipv6Mode::Nptv6,
+            Ipv6Translation::Nat66 { .. } => Ipv6Mode::Nat66,
+        }
+    }
+}
+
+impl std::fmt::Display for Ipv6Translation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ipv6Translation::Routed => write!(f, "routed (no translation)"),
+            Ipv6Translation::Nptv6 { private, public } => {
+                write!(f, "nptv6 {private} <-> {public}")
+            }
+            Ipv6Translation::Nat66 { address } => write!(f, "nat66 to {address}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,8 +59,10 @@ pub enum DetectError {
         via: IpAddr,
         networks: String,
     },
-    #[error("{0} is not an IPv4 address; IPv6 translation is not supported yet")]
+    #[error("{0} is not an IPv4 address; IPv6 is set up in the [ipv6] section of the config (mode, private_prefixes, address, public_prefix)")]
     Ipv6NotSupported(String),
+    #[error("{0}")]
+    Ipv6(String),
     #[error("{role} {source}")]
     BadName {
         role: &'static str,
@@ -235,7 +237,11 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
                 .map_err(DetectError::BadPortBlocks)?
         }
     };
+    let ipv6 = crate::ipv6::resolve(&settings.ipv6, observed, public, &private, &mut warnings)?;
     let mut sysctls = BTreeMap::from([(IP_FORWARD.to_string(), "1".to_string())]);
+    if let Some(gateway) = &ipv6 {
+        sysctls.extend(crate::ipv6::sysctls(gateway, &public.name));
+    }
     if let Some(max) = settings.max_flows {
         if observed.initial_netns {
             sysctls.insert(CONNTRACK_MAX.to_string(), max.to_string());
@@ -276,6 +282,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         timeouts: settings.timeouts,
         warnings,
         ha_public_vip: settings.ha.as_ref().map(|ha| ha.public_vip.addr()),
+        ipv6,
     })
 }
 

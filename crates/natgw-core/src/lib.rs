@@ -11,6 +11,7 @@ pub mod detect;
 pub mod doctor;
 pub mod ha;
 pub mod ifname;
+pub mod ipv6;
 pub mod mapping;
 pub mod node;
 pub mod observed;
@@ -25,7 +26,7 @@ pub mod trace;
 pub mod validate;
 
 pub use config::{Config, ConfigError, RouteSpec, Settings};
-pub use desired::{Desired, Interface, SnatMode, UplinkDefault};
+pub use desired::{Desired, Interface, Ipv6Gateway, Ipv6Translation, SnatMode, UplinkDefault};
 pub use detect::{desired, DetectError};
 pub use ifname::IfName;
 pub use observed::{Address, Link, Observed, Route};

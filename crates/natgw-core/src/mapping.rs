@@ -29,7 +29,8 @@ impl Protocol {
         match number {
             6 => Protocol::Tcp,
             17 => Protocol::Udp,
-            1 => Protocol::Icmp,
+            // ICMP and ICMPv6 echo: translated alike, by identifier.
+            1 | 58 => Protocol::Icmp,
             _ => Protocol::Other,
         }
     }

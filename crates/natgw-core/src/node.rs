@@ -11,8 +11,8 @@ use crate::NODE_ROUTE_PROTOCOL;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NodeError {
-    #[error("gateway {0} is not an IPv4 address; IPv6 default routes are not supported yet")]
-    NotIpv4(IpAddr),
+    #[error("gateway {0} is link-local, which every interface has; give the headnode's ULA or global address on the private network")]
+    LinkLocal(IpAddr),
     #[error("gateway {0} is an address of this node itself; give the headnode's private address")]
     OwnAddress(IpAddr),
     #[error("gateway {gateway} is not on-link: no interface of this node is on its network (networks here: {networks}); give the headnode's address on the private network")]
@@ -104,9 +104,19 @@ pub struct NodePlan {
     pub existing: Vec<Route>,
 }
 
+/// The default routes of `gateway`'s address family: IPv4 and IPv6 defaults are
+/// separate, and `node up` with an IPv6 gateway leaves the IPv4 ones alone (and back).
+fn defaults(observed: &Observed, gateway: IpAddr) -> Vec<&Route> {
+    observed
+        .routes
+        .iter()
+        .filter(|r| r.destination == default_for(gateway))
+        .collect()
+}
+
 pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodePlan, NodeError> {
-    if !gateway.is_ipv4() {
-        return Err(NodeError::NotIpv4(gateway));
+    if matches!(gateway, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+        return Err(NodeError::LinkLocal(gateway));
     }
     if observed.addresses.iter().any(|a| a.address == gateway) {
         return Err(NodeError::OwnAddress(gateway));
@@ -114,14 +124,14 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
     let on_link = observed
         .addresses
         .iter()
-        .filter(|a| a.address.is_ipv4())
+        .filter(|a| a.address.is_ipv4() == gateway.is_ipv4())
         .find(|a| a.network().contains(&gateway))
         .and_then(|a| observed.link_by_index(a.ifindex).map(|l| (a, l)));
     let Some((address, link)) = on_link else {
         let networks: Vec<String> = observed
             .addresses
             .iter()
-            .filter(|a| a.address.is_ipv4() && !a.address.is_loopback())
+            .filter(|a| a.address.is_ipv4() == gateway.is_ipv4() && !a.address.is_loopback())
             .map(|a| a.network().to_string())
             .collect();
         return Err(NodeError::NotOnLink {
@@ -134,7 +144,7 @@ pub fn plan(gateway: IpAddr, observed: &Observed, replace: bool) -> Result<NodeP
         oif.and_then(|i| observed.link_by_index(i))
             .map_or("?".into(), |l| l.name.clone())
     };
-    let defaults: Vec<_> = observed.ipv4_defaults().collect();
+    let defaults = defaults(observed, gateway);
     let previous = defaults
         .iter()
         .map(|r| PreviousDefault {
@@ -185,20 +195,26 @@ pub struct NodeDown {
 /// Plans `node down`. With a record, the defaults must be exactly the one natgw set:
 /// anything else means someone changed them since, and natgw changes nothing.
 pub fn down(state: Option<&NodeState>, observed: &Observed) -> Result<NodeDown, NodeError> {
-    let (ours, others): (Vec<&Route>, Vec<&Route>) = observed
-        .ipv4_defaults()
-        .partition(|r| r.protocol == NODE_ROUTE_PROTOCOL);
-    let delete: Vec<Route> = ours.iter().map(|r| (*r).clone()).collect();
     let Some(state) = state else {
+        // Without a record: natgw's IPv4 defaults (what `node up` made before IPv6).
+        let delete = observed
+            .ipv4_defaults()
+            .filter(|r| r.protocol == NODE_ROUTE_PROTOCOL)
+            .cloned()
+            .collect();
         return Ok(NodeDown {
             delete,
             restore: Vec::new(),
         });
     };
+    let (ours, others): (Vec<&Route>, Vec<&Route>) = defaults(observed, state.gateway)
+        .into_iter()
+        .partition(|r| r.protocol == NODE_ROUTE_PROTOCOL);
+    let delete: Vec<Route> = ours.iter().map(|r| (*r).clone()).collect();
     let as_set = ours.len() == 1 && ours[0].gateway == Some(state.gateway);
     if !as_set || !others.is_empty() {
-        let now: Vec<String> = observed
-            .ipv4_defaults()
+        let now: Vec<String> = defaults(observed, state.gateway)
+            .into_iter()
             .map(|r| {
                 let dev = r
                     .oif
@@ -236,7 +252,7 @@ pub fn down(state: Option<&NodeState>, observed: &Observed) -> Result<NodeDown, 
                 .find(|l| l.name == p.interface)
                 .ok_or_else(|| NodeError::PreviousInterfaceGone(p.interface.clone()))?;
             Ok(Route {
-                destination: default_v4(),
+                destination: default_for(state.gateway),
                 gateway: p.gateway,
                 oif: Some(link.index),
                 protocol: p.protocol,
@@ -250,7 +266,9 @@ pub fn down(state: Option<&NodeState>, observed: &Observed) -> Result<NodeDown, 
 /// A /31 or /32 has no network or broadcast address (RFC 3021); larger ones do, and
 /// neither can be a gateway.
 fn not_network_or_broadcast(gateway: IpAddr, network: IpNet) -> Result<(), NodeError> {
-    let which = if network.prefix_len() >= network.max_prefix_len() - 1 {
+    // IPv6 has no broadcast, and its "network" address is the subnet-router anycast
+    // address, which a router answers.
+    let which = if network.prefix_len() >= network.max_prefix_len() - 1 || gateway.is_ipv6() {
         None
     } else if gateway == network.network() {
         Some("network")
@@ -281,6 +299,14 @@ pub fn owned_defaults(observed: &Observed) -> Vec<IpAddr> {
 /// The IPv4 default destination.
 pub fn default_v4() -> IpNet {
     "0.0.0.0/0".parse().expect("valid prefix")
+}
+
+/// The default destination of `gateway`'s family (`0.0.0.0/0` or `::/0`).
+pub fn default_for(gateway: IpAddr) -> IpNet {
+    match gateway {
+        IpAddr::V4(_) => default_v4(),
+        IpAddr::V6(_) => "::/0".parse().expect("valid prefix"),
+    }
 }
 
 #[cfg(test)]
@@ -433,8 +459,64 @@ mod tests {
             );
         }
         assert_eq!(
-            plan(gw("2001:db8::1"), &node(None), false),
-            Err(NodeError::NotIpv4(gw("2001:db8::1")))
+            plan(gw("fe80::1"), &node(None), false),
+            Err(NodeError::LinkLocal(gw("fe80::1")))
         );
+        assert!(matches!(
+            plan(gw("2001:db8::1"), &node(None), false),
+            Err(NodeError::NotOnLink { .. })
+        ));
+    }
+
+    /// The node of `node(Some("10.0.0.1"))` with fd00:77::11/64 and an IPv6 default.
+    fn dual_stack(default6: Option<&str>) -> Observed {
+        let mut o = node(Some("10.0.0.1"));
+        o.addresses.push(Address {
+            ifindex: 2,
+            address: gw("fd00:77::11"),
+            prefix_len: 64,
+            secondary: false,
+            dynamic: false,
+        });
+        o.routes.extend(default6.map(|g| Route {
+            destination: "::/0".parse().unwrap(),
+            gateway: Some(gw(g)),
+            oif: Some(2),
+            protocol: 4,
+            metric: 1024,
+        }));
+        o
+    }
+
+    #[test]
+    fn an_ipv6_gateway_manages_only_the_ipv6_default() {
+        let p = plan(gw("fd00:77::1"), &dual_stack(None), false).unwrap();
+        assert_eq!(
+            (p.change, p.previous.len()),
+            (NodeChange::Add, 0),
+            "the IPv4 default is not IPv6's"
+        );
+        let o = dual_stack(Some("fd00:77::fe"));
+        assert!(matches!(
+            plan(gw("fd00:77::1"), &o, false),
+            Err(NodeError::DefaultExists { .. })
+        ));
+        let p = plan(gw("fd00:77::1"), &o, true).unwrap();
+        assert_eq!(p.change, NodeChange::Replace);
+        assert_eq!(p.previous[0].gateway, Some(gw("fd00:77::fe")));
+
+        // After up: down deletes natgw's IPv6 default and restores the previous one,
+        // never touching the IPv4 default.
+        let mut after = dual_stack(Some("fd00:77::1"));
+        after.routes.last_mut().unwrap().protocol = NODE_ROUTE_PROTOCOL;
+        let state = NodeState {
+            gateway: gw("fd00:77::1"),
+            previous: p.previous,
+        };
+        let d = down(Some(&state), &after).unwrap();
+        assert_eq!(d.delete.len(), 1);
+        assert_eq!(d.delete[0].destination, "::/0".parse::<IpNet>().unwrap());
+        assert_eq!(d.restore[0].gateway, Some(gw("fd00:77::fe")));
+        assert_eq!(d.restore[0].destination, "::/0".parse::<IpNet>().unwrap());
     }
 }

@@ -108,4 +108,11 @@ impl Observed {
             .iter()
             .filter(|r| matches!(r.destination, IpNet::V4(n) if n.prefix_len() == 0))
     }
+
+    /// IPv6 default routes of the main table.
+    pub fn ipv6_defaults(&self) -> impl Iterator<Item = &Route> {
+        self.routes
+            .iter()
+            .filter(|r| matches!(r.destination, IpNet::V6(n) if n.prefix_len() == 0))
+    }
 }

@@ -63,7 +63,11 @@ impl Plan {
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut changes = Vec::new();
 
-    for (name, want) in &desired.sysctls {
+    // accept_ra = 2 before forwarding: turning forwarding on purges the default routes
+    // learnt from router advertisements on interfaces that do not accept them then.
+    let mut sysctls: Vec<_> = desired.sysctls.iter().collect();
+    sysctls.sort_by_key(|(name, _)| !name.ends_with(".accept_ra"));
+    for (name, want) in sysctls {
         let have = observed.sysctls.get(name);
         if have != Some(want) {
             changes.push(Change::SetSysctl {
@@ -270,6 +274,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            ipv6: None,
         }
     }
 
@@ -317,6 +322,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn accept_ra_is_set_before_ipv6_forwarding() {
+        let mut d = desired();
+        d.sysctls
+            .insert("net.ipv6.conf.all.forwarding".into(), "1".into());
+        d.sysctls
+            .insert("net.ipv6.conf.wan0.accept_ra".into(), "2".into());
+        let names: Vec<String> = plan(&d, &Observed::default())
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::SetSysctl { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "net.ipv6.conf.wan0.accept_ra",
+                "net.ipv4.ip_forward",
+                "net.ipv6.conf.all.forwarding"
+            ]
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! default route or a downed interface is reported as such, and a detection that now
 //! finds something else is shown, never silently adopted.
 
-use crate::config::Settings;
-use crate::desired::Desired;
+use crate::config::{Ipv6Mode, Settings};
+use crate::desired::{Desired, Ipv6Translation};
 use crate::observed::Observed;
 
 /// `settings` with the recorded roles filled in where the admin named none.
@@ -44,8 +44,28 @@ pub fn recall(settings: &Settings, recorded: Option<&Desired>, observed: &Observ
                 .filter(|name| exists("private", name))
                 .collect();
         }
+        recall_ipv6(&mut settings, recorded);
     }
     Recalled { settings, gone }
+}
+
+/// The recorded IPv6 mode (and its nat66 address or nptv6 prefix) where the admin set
+/// none: a second global address or a new default route does not switch it silently.
+fn recall_ipv6(settings: &mut Settings, recorded: &Desired) {
+    let ipv6 = &mut settings.ipv6;
+    if ipv6.mode.is_some() || ipv6.address.is_some() || ipv6.public_prefix.is_some() {
+        return;
+    }
+    let Some(gateway) = &recorded.ipv6 else {
+        ipv6.mode = Some(Ipv6Mode::Off);
+        return;
+    };
+    ipv6.mode = Some(gateway.translation.mode());
+    match gateway.translation {
+        Ipv6Translation::Nat66 { address } => ipv6.address = Some(address),
+        Ipv6Translation::Nptv6 { public, .. } => ipv6.public_prefix = Some(public),
+        Ipv6Translation::Routed => {}
+    }
 }
 
 /// How roles detected afresh differ from the recorded roles in use, one line per role.
@@ -69,6 +89,18 @@ pub fn differences(kept: &Desired, detected: &Desired) -> Vec<String> {
             "private interfaces: {} (recorded) are kept; detection now finds {}",
             names(kept),
             names(detected)
+        ));
+    }
+    let ipv6 = |d: &Desired| {
+        d.ipv6
+            .as_ref()
+            .map_or("off".to_string(), |g| g.translation.to_string())
+    };
+    if ipv6(kept) != ipv6(detected) {
+        out.push(format!(
+            "ipv6: {} (recorded) is kept; detection now finds {} (set [ipv6] mode, or run natgw down and up, to change it)",
+            ipv6(kept),
+            ipv6(detected)
         ));
     }
     out
@@ -99,6 +131,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            ipv6: None,
         }
     }
 
@@ -117,6 +150,42 @@ mod tests {
         let s = settings_with_recorded_roles(&named, Some(&recorded));
         assert_eq!(s.public.as_deref(), Some("wan9"));
         assert_eq!(settings_with_recorded_roles(&none, None), none);
+    }
+
+    #[test]
+    fn the_recorded_ipv6_mode_is_kept_unless_configured() {
+        let mut recorded = gateway("eth1", &["eth0"], "203.0.113.36");
+        let none = Settings::from_flags(&Flags::default()).unwrap();
+        let s = settings_with_recorded_roles(&none, Some(&recorded));
+        assert_eq!(s.ipv6.mode, Some(Ipv6Mode::Off), "off stays off");
+        recorded.ipv6 = Some(crate::Ipv6Gateway {
+            translation: Ipv6Translation::Nat66 {
+                address: "2001:db8:1::1".parse().unwrap(),
+            },
+            private_prefixes: vec!["fd00:77::/64".parse().unwrap()],
+            outbound_prefixes: vec!["fd00:77::/64".parse().unwrap()],
+            uplink_default: true,
+            accept_ra: false,
+        });
+        let s = settings_with_recorded_roles(&none, Some(&recorded));
+        assert_eq!(s.ipv6.mode, Some(Ipv6Mode::Nat66));
+        assert_eq!(s.ipv6.address, Some("2001:db8:1::1".parse().unwrap()));
+        let configured = Settings::from_flags(&Flags {
+            ipv6_mode: Some(Ipv6Mode::Routed),
+            ..Flags::default()
+        })
+        .unwrap();
+        let s = settings_with_recorded_roles(&configured, Some(&recorded));
+        assert_eq!(
+            (s.ipv6.mode, s.ipv6.address),
+            (Some(Ipv6Mode::Routed), None)
+        );
+        let fresh = gateway("eth1", &["eth0"], "203.0.113.36");
+        let d = differences(&recorded, &fresh);
+        assert_eq!(
+            d,
+            ["ipv6: nat66 to 2001:db8:1::1 (recorded) is kept; detection now finds off (set [ipv6] mode, or run natgw down and up, to change it)"]
+        );
     }
 
     #[test]

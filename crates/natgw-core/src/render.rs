@@ -6,9 +6,9 @@ use std::fmt::Write;
 use ipnet::{IpNet, Ipv4Net};
 use sha2::{Digest, Sha256};
 
-use crate::desired::{Desired, SnatMode};
+use crate::desired::{Desired, Ipv6Gateway, Ipv6Translation, SnatMode};
 use crate::ifname::IfName;
-use crate::pool::PortSelection;
+use crate::pool::{PortSelection, Timeouts};
 use crate::validate::SPECIAL_V4;
 use crate::{TABLE_FAMILY, TABLE_NAME};
 
@@ -183,33 +183,25 @@ fn render_body(d: &Desired) -> String {
         String::new()
     };
 
+    let v6 = d
+        .ipv6
+        .as_ref()
+        .map(|g| render_v6(g, d.timeouts, &private, &public, random));
+
     let mut out = String::new();
     for (name, what) in COUNTERS {
         writeln!(out, "\tcounter {name} {{\n\t\tcomment \"{what}\"\n\t}}").unwrap();
     }
     // Timeouts for natgw's flows only (RFC 4787 REQ-5, RFC 5382 REQ-5), never the
     // global sysctls. `ct timeout set` acts on the new, not yet confirmed conntrack
-    // entry: it is set in the NAT chain, which sees exactly the translated flows, once,
-    // on their first packet, before conntrack confirms the entry (at raw there is no
-    // entry yet and the kernel ignores it, seen on 6.18).
-    write!(
-        out,
-        "\tct timeout natgw_udp {{
-\t\tprotocol udp
-\t\tl3proto ip
-\t\tpolicy = {{ unreplied : {udp}, replied : {udp} }}
-\t}}
-\tct timeout natgw_tcp {{
-\t\tprotocol tcp
-\t\tl3proto ip
-\t\tpolicy = {{ syn_sent : {tr}, syn_recv : {tr}, established : {est}, fin_wait : {tr}, close_wait : {tr}, last_ack : {tr}, time_wait : {tr} }}
-\t}}
-{maps}",
-        udp = t.udp,
-        tr = t.tcp_transitory,
-        est = t.tcp_established,
-    )
-    .unwrap();
+    // entry: it is set in the NAT chain, which sees exactly natgw's flows, once, on
+    // their first packet, before conntrack confirms the entry (at raw there is no entry
+    // yet and the kernel ignores it, seen on 6.18).
+    out.push_str(&ct_timeouts("", "ip", t));
+    if let Some(v6) = &v6 {
+        out.push_str(&v6.objects);
+    }
+    out.push_str(&maps);
     // Forwarding is on for every interface once natgw turns it on, so the forward
     // chain also closes what natgw would otherwise open: new connections from the public
     // side to any interface (not only the private ones), and untranslated private-range
@@ -237,30 +229,38 @@ fn render_body(d: &Desired) -> String {
 \t\tflags interval
 \t\telements = {{ {public_spoofs} }}
 \t}}
-\tchain prerouting {{
+{sets6}\tchain prerouting {{
 \t\ttype filter hook prerouting priority raw; policy accept;
 \t\tiifname {public} ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop
-\t}}
+{prerouting6}\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
 {clamp}\t\tct state established counter name iifname . oifname map {{ {directions} }} accept
-\t\tct state invalid counter name \"dropped_invalid\" drop
+{forward6_first}\t\tct state invalid counter name \"dropped_invalid\" drop
 \t\tiifname {private} ip saddr != @private4 counter name \"dropped_spoofed\" drop
-\t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
-\t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
+{forward6_spoof}\t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
+{forward6_out}\t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
 \t\tiifname {public} oifname {private} counter name \"dropped_unsolicited\" drop
 \t\tiifname {public} ct state established,related accept
 \t\tiifname {public} counter name \"dropped_unsolicited\" drop
 \t\toifname {public} ip saddr {{ 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16 }} counter name \"dropped_spoofed\" drop
-\t}}
+{forward6_last}\t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\t{matched} ct timeout set meta l4proto map {{ tcp : \"natgw_tcp\", udp : \"natgw_udp\" }}
-{translate}\t}}
+{translate}{timeouts6}{translate6}\t}}
 ",
         prefixes = prefixes.join(", "),
         public_spoofs = public_spoofs.join(", "),
         directions = directions.join(", "),
+        sets6 = v6.as_ref().map_or("", |v| &v.sets),
+        prerouting6 = v6.as_ref().map_or("", |v| &v.prerouting),
+        timeouts6 = v6.as_ref().map_or("", |v| &v.timeouts),
+        forward6_first = v6.as_ref().map_or("", |v| &v.forward_first),
+        forward6_spoof = v6.as_ref().map_or("", |v| &v.forward_spoof),
+        forward6_out = v6.as_ref().map_or("", |v| &v.forward_out),
+        forward6_last = v6.as_ref().map_or("", |v| &v.forward_last),
+        translate6 = v6.as_ref().map_or("", |v| &v.translate),
     )
     .unwrap();
     if let Some(vip) = d.ha_public_vip {
@@ -280,6 +280,105 @@ fn render_body(d: &Desired) -> String {
         .unwrap();
     }
     out
+}
+
+/// The timeout objects `natgw_udpSUFFIX` and `natgw_tcpSUFFIX` for one family.
+fn ct_timeouts(suffix: &str, l3proto: &str, t: Timeouts) -> String {
+    format!(
+        "\tct timeout natgw_udp{suffix} {{
+\t\tprotocol udp
+\t\tl3proto {l3proto}
+\t\tpolicy = {{ unreplied : {udp}, replied : {udp} }}
+\t}}
+\tct timeout natgw_tcp{suffix} {{
+\t\tprotocol tcp
+\t\tl3proto {l3proto}
+\t\tpolicy = {{ syn_sent : {tr}, syn_recv : {tr}, established : {est}, fin_wait : {tr}, close_wait : {tr}, last_ack : {tr}, time_wait : {tr} }}
+\t}}
+",
+        udp = t.udp,
+        tr = t.tcp_transitory,
+        est = t.tcp_established,
+    )
+}
+
+/// The IPv6 lines, each slotted into the chain next to its IPv4 counterpart.
+struct V6Rules {
+    objects: String,
+    sets: String,
+    prerouting: String,
+    timeouts: String,
+    forward_first: String,
+    forward_spoof: String,
+    forward_out: String,
+    forward_last: String,
+    translate: String,
+}
+
+/// IPv6 keeps the IPv4 promises: sources from private interfaces must be in
+/// `private6`, only `outbound6` leaves, private sources arriving on the public side
+/// are dropped before conntrack, and unsolicited inbound is dropped by the
+/// family-independent rules already in the forward chain. Neighbour discovery is
+/// never forwarded (link-local, hop limit 255) and natgw does not filter input, so it
+/// needs no rule; ICMPv6 errors about allowed flows (packet-too-big, unreachable, time
+/// exceeded) are conntrack `related` and pass with their flow's replies.
+fn render_v6(g: &Ipv6Gateway, t: Timeouts, private: &str, public: &str, random: &str) -> V6Rules {
+    let join = |nets: &[ipnet::Ipv6Net]| {
+        nets.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let counted = "counter name \"translated_connections\"";
+    let matched = format!("iifname {private} oifname {public}");
+    let translate = match &g.translation {
+        Ipv6Translation::Routed => String::new(),
+        Ipv6Translation::Nat66 { address } => {
+            format!("\t\t{matched} ip6 saddr @outbound6 {counted} snat ip6 to {address}{random}\n")
+        }
+        // nft's prefix NAT (NF_NAT_RANGE_NETMAP) keeps the host bits: node fd00::11
+        // always leaves as PUBLIC::11. It goes through conntrack like every other flow.
+        Ipv6Translation::Nptv6 {
+            private: from,
+            public: to,
+        } => format!("\t\t{matched} ip6 saddr {from} {counted} snat ip6 prefix to {to}\n"),
+    };
+    // Routed nodes keep their own addresses, so a packet-too-big about a flow
+    // conntrack no longer knows (flushed, failed over) still reaches them.
+    let forward_first = match g.translation {
+        Ipv6Translation::Routed => format!(
+            "\t\tiifname {public} oifname {private} ip6 daddr @outbound6 icmpv6 type packet-too-big counter name \"inbound_replies\" accept\n"
+        ),
+        _ => String::new(),
+    };
+    V6Rules {
+        objects: ct_timeouts("6", "ip6", t),
+        sets: format!(
+            "\tset private6 {{\n\t\ttype ipv6_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\tset outbound6 {{\n\t\ttype ipv6_addr\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n",
+            join(&g.private_prefixes),
+            join(&g.outbound_prefixes)
+        ),
+        prerouting: format!(
+            "\t\tiifname {public} ip6 saddr @private6 counter name \"dropped_spoofed_public\" drop\n\t\tiifname {public} ip6 saddr {{ ::1, ::ffff:0:0/96, ff00::/8 }} counter name \"dropped_spoofed_public\" drop\n"
+        ),
+        // In the NAT chain like IPv4's: once per flow, also in `routed` mode, where
+        // nothing is translated but the NAT chain still sees each new flow.
+        timeouts: format!(
+            "\t\t{matched} ip6 saddr @outbound6 ct timeout set meta l4proto map {{ tcp : \"natgw_tcp6\", udp : \"natgw_udp6\" }}\n"
+        ),
+        forward_first,
+        forward_spoof: format!(
+            "\t\tiifname {private} ip6 saddr != @private6 counter name \"dropped_spoofed\" drop\n"
+        ),
+        forward_out: format!(
+            "\t\t{matched} ip6 saddr @outbound6 counter name \"outbound\" accept\n"
+        ),
+        // ULA never leaves untranslated, whichever interface it came from.
+        forward_last: format!(
+            "\t\toifname {public} ip6 saddr fc00::/7 counter name \"dropped_spoofed\" drop\n"
+        ),
+        translate,
+    }
 }
 
 /// A name between double quotes. `IfName` holds only characters that are plain data
@@ -318,6 +417,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            ipv6: None,
         }
     }
 
@@ -382,6 +482,69 @@ mod tests {
             .text
             .contains("counter name \"translated_connections\" masquerade\n"));
         assert!(!masq.text.contains("snat ip to"));
+    }
+
+    fn dual_stack(translation: Ipv6Translation) -> Desired {
+        let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
+        let private: Vec<ipnet::Ipv6Net> = vec!["fd00:77::/64".parse().unwrap()];
+        d.ipv6 = Some(Ipv6Gateway {
+            outbound_prefixes: match translation {
+                Ipv6Translation::Routed => vec!["2001:db8:77::/64".parse().unwrap()],
+                _ => private.clone(),
+            },
+            private_prefixes: match translation {
+                Ipv6Translation::Routed => vec![
+                    "2001:db8:77::/64".parse().unwrap(),
+                    "fd00:77::/64".parse().unwrap(),
+                ],
+                _ => private,
+            },
+            translation,
+            uplink_default: true,
+            accept_ra: false,
+        });
+        d
+    }
+
+    #[test]
+    fn ipv6_rulesets() {
+        insta::assert_snapshot!(
+            "ipv6_nat66",
+            render(&dual_stack(Ipv6Translation::Nat66 {
+                address: "2001:db8:1::1".parse().unwrap()
+            }))
+            .text
+        );
+        insta::assert_snapshot!(
+            "ipv6_nptv6",
+            render(&dual_stack(Ipv6Translation::Nptv6 {
+                private: "fd00:77::/64".parse().unwrap(),
+                public: "2001:db8:177::/64".parse().unwrap()
+            }))
+            .text
+        );
+        insta::assert_snapshot!(
+            "ipv6_routed",
+            render(&dual_stack(Ipv6Translation::Routed)).text
+        );
+    }
+
+    #[test]
+    fn ipv6_keeps_the_ipv4_rules_and_orders_its_own() {
+        let v4 = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap()))).text;
+        let routed = render(&dual_stack(Ipv6Translation::Routed)).text;
+        for line in v4.lines().filter(|l| !l.contains(DIGEST_MARK)) {
+            assert!(routed.contains(line), "IPv4 line lost: {line}");
+        }
+        let at = |needle: &str| routed.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        // Spoofed sources drop before the accept, ULA never leaves untranslated, and
+        // routed mode translates nothing.
+        assert!(
+            at("ip6 saddr != @private6") < at("ip6 saddr @outbound6 counter name \"outbound\"")
+        );
+        assert!(at("ip6 saddr @outbound6 counter name \"outbound\"") < at("ip6 saddr fc00::/7"));
+        assert!(at("icmpv6 type packet-too-big") < at("ct state invalid"));
+        assert!(!routed.contains("snat ip6"));
     }
 
     #[test]

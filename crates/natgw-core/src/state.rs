@@ -75,9 +75,14 @@ pub fn is_managed_sysctl(name: &str) -> bool {
     if [IP_FORWARD, CONNTRACK_MAX, TCP_LOOSE, TCP_BE_LIBERAL].contains(&name) {
         return true;
     }
-    name.strip_prefix("net.ipv4.conf.")
-        .and_then(|rest| rest.strip_suffix(".forwarding"))
-        .is_some_and(|iface| crate::ifname::IfName::new(iface).is_ok())
+    let per_interface = |prefix: &str, key: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(key))
+            .is_some_and(|iface| crate::ifname::IfName::new(iface).is_ok())
+    };
+    per_interface("net.ipv4.conf.", ".forwarding")
+        || per_interface("net.ipv6.conf.", ".forwarding")
+        || per_interface("net.ipv6.conf.", ".accept_ra")
 }
 
 /// Values natgw writes to its sysctls are small integers, nothing else.
@@ -93,7 +98,11 @@ mod tests {
     fn only_forwarding_sysctls_are_managed() {
         assert!(is_managed_sysctl("net.ipv4.ip_forward"));
         assert!(is_managed_sysctl("net.ipv4.conf.eth0.100.forwarding"));
+        assert!(is_managed_sysctl("net.ipv6.conf.all.forwarding"));
+        assert!(is_managed_sysctl("net.ipv6.conf.wan0.accept_ra"));
         for name in [
+            "net.ipv6.conf.wan0.disable_ipv6",
+            "net.ipv6.conf.../../x.accept_ra",
             "kernel.hostname",
             "net.ipv4.conf.../../../etc.forwarding",
             "net.ipv4.conf.eth0.rp_filter",

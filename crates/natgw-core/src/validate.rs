@@ -7,9 +7,9 @@
 //! connected private network.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::config::RouteSpec;
 use crate::detect::DetectError;
@@ -22,11 +22,37 @@ pub const SPECIAL_V4: [(&str, Ipv4Addr, u8); 4] = [
     ("reserved / broadcast", Ipv4Addr::new(240, 0, 0, 0), 4),
 ];
 
+/// IPv6 ranges that are never a private network behind a gateway: neighbour discovery
+/// and DAD live in link-local and unspecified sources, which natgw never filters.
+pub const SPECIAL_V6: [(&str, Ipv6Addr, u8); 5] = [
+    ("unspecified", Ipv6Addr::UNSPECIFIED, 128),
+    ("loopback", Ipv6Addr::LOCALHOST, 128),
+    (
+        "IPv4-mapped",
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        96,
+    ),
+    ("link-local", Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    ("multicast", Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+];
+
 fn special(net: &IpNet) -> Option<&'static str> {
-    SPECIAL_V4
+    let v4 = SPECIAL_V4
         .iter()
-        .find(|(_, addr, len)| overlap(net, &IpNet::V4(Ipv4Net::new(*addr, *len).unwrap())))
-        .map(|(what, _, _)| *what)
+        .map(|(what, addr, len)| (*what, IpNet::V4(Ipv4Net::new(*addr, *len).unwrap())));
+    let v6 = SPECIAL_V6
+        .iter()
+        .map(|(what, addr, len)| (*what, IpNet::V6(Ipv6Net::new(*addr, *len).unwrap())));
+    v4.chain(v6)
+        .find(|(_, range)| same_family(net, range) && overlap(net, range))
+        .map(|(what, _)| what)
+}
+
+fn same_family(a: &IpNet, b: &IpNet) -> bool {
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 /// `addr` is the first or last address of `net` (for nets larger than /31).
@@ -61,15 +87,16 @@ pub fn route_via(
     Ok(())
 }
 
-fn overlap(a: &IpNet, b: &IpNet) -> bool {
+pub(crate) fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// The SNAT address: unicast, routable, outside the private prefixes.
 pub fn snat_address(addr: IpAddr, private: &[IpNet], public: &[IpNet]) -> Result<(), DetectError> {
     let refuse = |reason: String| Err(DetectError::BadSnatAddress { addr, reason });
-    let IpAddr::V4(v4) = addr else {
-        return Err(DetectError::Ipv6NotSupported(format!("--snat-to {addr}")));
+    let v4 = match addr {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => return snat_address_v6(v6, private),
     };
     if v4.is_unspecified() {
         return refuse("is the unspecified address".into());
@@ -89,6 +116,27 @@ pub fn snat_address(addr: IpAddr, private: &[IpNet], public: &[IpNet]) -> Result
         ));
     }
     if let Some(net) = private.iter().find(|n| n.contains(&addr)) {
+        return refuse(format!(
+            "is inside the private prefix {net}; translating to it gives private nodes a private source"
+        ));
+    }
+    Ok(())
+}
+
+/// The nat66 address: a unicast address the outside can answer, outside the private
+/// prefixes.
+fn snat_address_v6(addr: Ipv6Addr, private: &[IpNet]) -> Result<(), DetectError> {
+    let refuse = |reason: String| {
+        Err(DetectError::BadSnatAddress {
+            addr: IpAddr::V6(addr),
+            reason,
+        })
+    };
+    let host = IpNet::V6(Ipv6Net::new(addr, 128).expect("/128 is valid"));
+    if let Some(what) = special(&host) {
+        return refuse(format!("is in the {what} range"));
+    }
+    if let Some(net) = private.iter().find(|n| n.contains(&IpAddr::V6(addr))) {
         return refuse(format!(
             "is inside the private prefix {net}; translating to it gives private nodes a private source"
         ));
@@ -187,6 +235,22 @@ mod tests {
             );
         }
         snat_address("203.0.113.36".parse().unwrap(), &private, &public).unwrap();
+        let private6 = nets(&["fd00:77::/64"]);
+        for bad in [
+            "::",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "fd00:77::5",
+            "::ffff:1.2.3.4",
+        ] {
+            let err = snat_address(bad.parse().unwrap(), &private6, &public).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("SNAT address {bad} ")),
+                "{err}"
+            );
+        }
+        snat_address("2001:db8:1::1".parse().unwrap(), &private6, &public).unwrap();
         // Cascaded NAT: a private-range public address is fine when it is not ours.
         snat_address("192.168.1.7".parse().unwrap(), &private, &public).unwrap();
     }
@@ -206,6 +270,24 @@ mod tests {
             assert!(text.contains(why), "{text}");
         }
         private_prefix(&"10.9.0.0/16".parse().unwrap(), "x", &public).unwrap();
+        let public6 = nets(&["2001:db8:1::/64"]);
+        for (bad, why) in [
+            ("::/0", "covers every address"),
+            ("fe80::/64", "link-local"),
+            ("ff00::/8", "multicast"),
+            ("::1/128", "loopback"),
+            (
+                "2001:db8::/32",
+                "overlaps the public network 2001:db8:1::/64",
+            ),
+        ] {
+            let err = private_prefix(&bad.parse().unwrap(), "[ipv6]", &public6).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        private_prefix(&"fd00:77::/64".parse().unwrap(), "x", &public6).unwrap();
+        // An IPv4 prefix is never compared with the IPv6 special ranges, and back.
+        private_prefix(&"0.0.0.0/1".parse().unwrap(), "x", &public6).unwrap_err();
+        private_prefix(&"2001:db8:77::/64".parse().unwrap(), "x", &public).unwrap();
     }
 
     #[test]

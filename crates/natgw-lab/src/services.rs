@@ -96,7 +96,11 @@ pub fn tcp_exchange(ns: &str, server: SocketAddr, timeout: Duration) -> Result<S
 /// Sends one datagram from namespace `ns` and returns the source address the server saw.
 pub fn udp_exchange(ns: &str, server: SocketAddr, timeout: Duration) -> Result<SocketAddr, String> {
     in_netns(ns, move || -> Result<SocketAddr, String> {
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        let any: SocketAddr = match server {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(any).map_err(|e| e.to_string())?;
         socket
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;

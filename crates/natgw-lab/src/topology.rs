@@ -10,8 +10,16 @@
 //! with bridge netfilter off, so only the headnode's own rules act on its traffic.
 //! `pub` is the upstream router and the public server in one, and has no route to the
 //! private network: replies reach private nodes only through the headnode's NAT.
+//!
+//! With `Spec::ipv6` the lab is dual stack: wan0 2001:db8:1::1/64 with an IPv6 default
+//! route to `pub` (2001:db8:1::fe), the servers at 2001:db8:100::10 and ::11 on `pub`'s
+//! loopback, and the private side on fd00:77::/64 (nat66, nptv6) or the global
+//! 2001:db8:77::/64 (routed), nodes at ::11, ::12, ... `pub` routes the routed prefix, or
+//! the nptv6 public prefix 2001:db8:177::/64, to the headnode.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub use natgw_core::config::Ipv6Mode;
 
 use crate::marker::{self, Marker, Owner};
 use crate::netns::{in_netns, ip, NetnsError};
@@ -24,11 +32,21 @@ pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const SERVER_ALT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 pub const BEHIND_ROUTER_NODE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
+pub const HEAD_PUBLIC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const UPSTREAM6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+pub const SERVER6_ALT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x11);
+/// The public prefix the upstream routes to the headnode in an nptv6 lab.
+pub const NPTV6_PUBLIC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x177, 0, 0, 0, 0, 0);
+/// A host beyond `pub`, behind a 1280-byte link: bigger packets to it get a
+/// packet-too-big from `pub` (path MTU discovery through the headnode).
+pub const BEYOND6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 2);
+const BEYOND6_ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 1);
 
 /// Every role a lab namespace can have; `remove` looks for exactly these.
-const ROLES: [&str; 15] = [
-    "head", "sw", "pub", "r1", "far", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "head2",
-    "psw",
+const ROLES: [&str; 16] = [
+    "head", "sw", "pub", "r1", "far", "beyond", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8",
+    "head2", "psw",
 ];
 
 /// HA lab (`Spec::ha`): the shared addresses and each headnode's own.
@@ -57,6 +75,8 @@ pub struct Spec {
     /// Two headnodes (head, head2) on a private and a public switch with a sync link
     /// between them; the private nodes' gateway is the shared address 10.0.0.1.
     pub ha: bool,
+    /// Dual stack, addressed for this IPv6 mode (`Off`: IPv4 only).
+    pub ipv6: Ipv6Mode,
 }
 
 impl Spec {
@@ -66,6 +86,23 @@ impl Spec {
             nodes: n,
             router: false,
             ha: false,
+            ipv6: Ipv6Mode::Off,
+        }
+    }
+
+    /// Dual stack, addressed for `mode`.
+    pub fn with_ipv6(self, mode: Ipv6Mode) -> Spec {
+        Spec { ipv6: mode, ..self }
+    }
+
+    /// The private IPv6 network: global for routed, ULA otherwise; `None` without IPv6.
+    pub fn private6(&self) -> Option<Ipv6Addr> {
+        match self.ipv6 {
+            Ipv6Mode::Off => None,
+            Ipv6Mode::Routed => Some(Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0)),
+            Ipv6Mode::Nat66 | Ipv6Mode::Nptv6 => {
+                Some(Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0))
+            }
         }
     }
 
@@ -85,11 +122,7 @@ impl Spec {
 
 impl Default for Spec {
     fn default() -> Self {
-        Spec {
-            nodes: 2,
-            router: false,
-            ha: false,
-        }
+        Spec::nodes(2)
     }
 }
 
@@ -138,6 +171,28 @@ impl Lab {
         Ipv4Addr::new(10, 0, 0, 10 + i as u8)
     }
 
+    /// IPv6 address of node `i` (1-based) in the private prefix, or the headnode's
+    /// private address for `i = 0`; `None` without IPv6.
+    pub fn node_address6(&self, i: usize) -> Option<Ipv6Addr> {
+        let mut segments = self.spec.private6()?.segments();
+        segments[7] = if i == 0 { 1 } else { 0x10 + i as u16 };
+        Some(Ipv6Addr::from(segments))
+    }
+
+    /// Where the far side sees node `i`'s IPv6 traffic come from in this lab's mode.
+    pub fn expected_source6(&self, i: usize) -> Option<Ipv6Addr> {
+        let own = self.node_address6(i)?;
+        Some(match self.spec.ipv6 {
+            Ipv6Mode::Nat66 => HEAD_PUBLIC6,
+            Ipv6Mode::Nptv6 => {
+                let mut segments = NPTV6_PUBLIC.segments();
+                segments[4..].copy_from_slice(&own.segments()[4..]);
+                Ipv6Addr::from(segments)
+            }
+            _ => own,
+        })
+    }
+
     /// Namespaces that exist for this lab, in creation order.
     pub fn namespaces(&self) -> &[String] {
         &self.created
@@ -179,7 +234,93 @@ impl Lab {
         ip(&["netns", "add", &ns])?;
         self.created.push(ns);
         self.save_marker(Some(Owner::current()))?;
+        if self.spec.ipv6 != Ipv6Mode::Off {
+            // No duplicate address detection: addresses are usable at once, not
+            // tentative for a second or two.
+            for conf in ["all", "default"] {
+                self.sysctl(role, &format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+            }
+        }
         self.ip(role, &["link", "set", "lo", "up"]).map(drop)
+    }
+
+    /// `ip -6 addr add CIDR dev IFNAME nodad` in a role's namespace.
+    fn add_address6(&self, role: &str, ifname: &str, cidr: &str) -> Result<(), NetnsError> {
+        self.ip(role, &["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
+            .map(drop)
+    }
+
+    /// The IPv6 half of a dual-stack lab (see the module documentation).
+    fn create_ipv6(&mut self) -> Result<(), NetnsError> {
+        let Some(private) = self.spec.private6() else {
+            return Ok(());
+        };
+        self.sysctl("head", "net.ipv6.conf.all.forwarding", "0")?;
+        self.sysctl("pub", "net.ipv6.conf.all.forwarding", "1")?;
+        self.add_address6("head", "wan0", &format!("{HEAD_PUBLIC6}/64"))?;
+        self.add_address6("pub", "eth0", &format!("{UPSTREAM6}/64"))?;
+        for server in [SERVER6, SERVER6_ALT] {
+            self.add_address6("pub", "lo", &format!("{server}/128"))?;
+        }
+        self.ip(
+            "head",
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &UPSTREAM6.to_string(),
+            ],
+        )?;
+        let gateway = self.node_address6(0).expect("dual stack");
+        self.add_address6("head", "lan0", &format!("{gateway}/64"))?;
+        for i in 1..=self.spec.nodes {
+            let node = format!("n{i}");
+            let address = self.node_address6(i).expect("dual stack");
+            self.add_address6(&node, "eth0", &format!("{address}/64"))?;
+            self.ip(
+                &node,
+                &["-6", "route", "add", "default", "via", &gateway.to_string()],
+            )?;
+        }
+        // The upstream routes the prefix it delegated to the headnode.
+        let routed = match self.spec.ipv6 {
+            Ipv6Mode::Routed => Some(private),
+            Ipv6Mode::Nptv6 => Some(NPTV6_PUBLIC),
+            _ => None,
+        };
+        self.add_ns("beyond")?;
+        self.cable(
+            ("pub", "eth1", &format!("{BEYOND6_ROUTER}/64")),
+            ("beyond", "eth0", &format!("{BEYOND6}/64")),
+        )?;
+        self.ip("pub", &["link", "set", "eth1", "mtu", "1280"])?;
+        self.ip(
+            "beyond",
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &BEYOND6_ROUTER.to_string(),
+            ],
+        )?;
+        if let Some(prefix) = routed {
+            self.ip(
+                "pub",
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{prefix}/64"),
+                    "via",
+                    &HEAD_PUBLIC6.to_string(),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn save_marker(&self, owner: Option<Owner>) -> Result<(), NetnsError> {
@@ -259,6 +400,29 @@ impl Lab {
         .map(drop)
     }
 
+    /// The IPv6 counterpart: the upstream routes the private IPv6 prefix at the
+    /// headnode (a routed lab has that route already).
+    pub fn route_private6_from_upstream(&self) -> Result<(), NetnsError> {
+        let Some(private) = self.spec.private6() else {
+            return Ok(());
+        };
+        if self.spec.ipv6 == Ipv6Mode::Routed {
+            return Ok(());
+        }
+        self.ip(
+            "pub",
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{private}/64"),
+                "via",
+                &HEAD_PUBLIC6.to_string(),
+            ],
+        )
+        .map(drop)
+    }
+
     fn switch(&mut self, role: &str) -> Result<(), NetnsError> {
         self.add_ns(role)?;
         self.ip(role, &["link", "add", "br0", "type", "bridge"])?;
@@ -315,7 +479,7 @@ impl Lab {
             self.sysctl("r1", "net.ipv4.ip_forward", "1")?;
             self.default_route("far", Ipv4Addr::new(10, 20, 0, 1))?;
         }
-        Ok(())
+        self.create_ipv6()
     }
 
     /// Two headnodes on the private switch and a public switch (with the upstream),

@@ -232,16 +232,27 @@ fn apply_one(
     Ok(())
 }
 
-/// The per-interface `forwarding` values a write of `name` would overwrite.
+/// The per-interface `forwarding` values a write of `name` would overwrite
+/// (`net.ipv4.ip_forward` rewrites the IPv4 ones, `net.ipv6.conf.all.forwarding` the
+/// IPv6 ones and `default`'s).
 fn side_effects_of<'a>(name: &str, observed: &'a Observed) -> Vec<(&'a String, &'a String)> {
-    if name != natgw_core::detect::IP_FORWARD {
-        return Vec::new();
-    }
+    let family = match name {
+        natgw_core::detect::IP_FORWARD => "net.ipv4.conf.",
+        natgw_core::ipv6::IPV6_FORWARD => "net.ipv6.conf.",
+        _ => return Vec::new(),
+    };
     observed
         .sysctls
         .iter()
-        .filter(|(key, _)| key.starts_with("net.ipv4.conf.") && key.ends_with(".forwarding"))
+        .filter(|(key, _)| key.as_str() != name)
+        .filter(|(key, _)| key.starts_with(family) && key.ends_with(".forwarding"))
         .collect()
+}
+
+/// The switches that rewrite other sysctls go first when restoring, so the values
+/// they overwrite are put back after them.
+fn is_master_switch(name: &str) -> bool {
+    name == natgw_core::detect::IP_FORWARD || name == natgw_core::ipv6::IPV6_FORWARD
 }
 
 fn roll_back(undo: Vec<Undo>, target: &Target) -> Vec<String> {
@@ -347,7 +358,7 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
     // restored after it, each compared with a fresh read.
     let mut sysctls: Vec<(String, String)> =
         std::mem::take(&mut remaining.sysctls).into_iter().collect();
-    sysctls.sort_by_key(|(name, _)| name != natgw_core::detect::IP_FORWARD);
+    sysctls.sort_by_key(|(name, _)| !is_master_switch(name));
     for (name, value) in sysctls {
         if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
             report.errors.push(format!(
@@ -368,7 +379,11 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
 
     if let Some(problem) = &observed.state_problem {
         // Without a trustworthy record natgw cannot know what it changed there.
-        for name in crate::observe::SYSCTLS {
+        let ipv6 = observed
+            .sysctls
+            .contains_key(natgw_core::ipv6::IPV6_FORWARD)
+            .then_some(natgw_core::ipv6::IPV6_FORWARD);
+        for name in crate::observe::SYSCTLS.into_iter().chain(ipv6) {
             let now = observed.sysctls.get(name).map_or("unknown", String::as_str);
             report.unknown.push(format!(
                 "{name} is {now}; natgw may have changed it but its record is unusable ({problem}); set it back yourself if needed: sysctl -w {name}=0"

@@ -33,6 +33,7 @@ const NFNLGRP_CONNTRACK_NEW: u32 = 1;
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// Attribute numbers inside CTA_TUPLE_PROTO that the crate leaves untyped.
 const CTA_PROTO_ICMP_ID: u16 = 4;
+const CTA_PROTO_ICMPV6_ID: u16 = 7;
 /// Events buffered before the kernel reports an overrun (needs CAP_NET_ADMIN to go
 /// past net.core.rmem_max): about 16,000 events at ~1 KiB of socket memory each.
 const EVENT_BUFFER: usize = 16 << 20;
@@ -141,19 +142,22 @@ impl Ctnetlink {
         Ok(total)
     }
 
-    /// Every source-translated IPv4 entry; the cost is the size of the table, so this
-    /// is for a start or a resync, never per request.
+    /// Every source-translated entry, IPv4 then IPv6 (nat66, nptv6); the cost is the
+    /// size of the table, so this is for a start or a resync, never per request.
     pub fn translations(
         &mut self,
         mut each: impl FnMut(Translation),
     ) -> Result<(), CtnetlinkError> {
-        self.exchange(1, NetfilterProtoFamily::IPv4, true, |message| {
-            if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)) = &message.inner {
-                if let Some(t) = translation(a) {
-                    each(t);
+        for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
+            self.exchange(1, family, true, |message| {
+                if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(a)) = &message.inner {
+                    if let Some(t) = translation(a) {
+                        each(t);
+                    }
                 }
-            }
-        })
+            })?;
+        }
+        Ok(())
     }
 
     /// Sends one request of `message_type` and hands each answer to `each` until the
@@ -368,7 +372,12 @@ impl Endpoints {
                             ProtoTuple::Protocol(p) => e.protocol = Some(u8::from(*p)),
                             ProtoTuple::SourcePort(p) => e.source_port = Some(*p),
                             ProtoTuple::DestinationPort(p) => e.destination_port = Some(*p),
-                            ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
+                            ProtoTuple::Other(nla)
+                                if matches!(
+                                    nla.kind(),
+                                    CTA_PROTO_ICMP_ID | CTA_PROTO_ICMPV6_ID
+                                ) =>
+                            {
                                 e.icmp_id = be_u16(nla)
                             }
                             _ => {}

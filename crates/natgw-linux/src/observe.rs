@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use natgw_core::detect::{IP_FORWARD, TCP_BE_LIBERAL, TCP_LOOSE};
+
+use natgw_core::ipv6::IPV6_FORWARD;
 use natgw_core::Observed;
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -47,12 +49,18 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         .iter()
         .map(|l| l.name.as_str())
         .chain(["all", "default"]);
-    for iface in per_link {
-        for key in ["forwarding", "rp_filter"] {
-            let name = format!("net.ipv4.conf.{iface}.{key}");
-            if let Ok(value) = sysctl::read(&name) {
-                sysctls.insert(name, value);
-            }
+    // IPv6 ones are absent when the kernel runs without IPv6 (ipv6.disable=1).
+    let optional = std::iter::once(IPV6_FORWARD.to_string()).chain(per_link.flat_map(|iface| {
+        [
+            format!("net.ipv4.conf.{iface}.forwarding"),
+            format!("net.ipv4.conf.{iface}.rp_filter"),
+            format!("net.ipv6.conf.{iface}.forwarding"),
+            format!("net.ipv6.conf.{iface}.accept_ra"),
+        ]
+    }));
+    for name in optional {
+        if let Ok(value) = sysctl::read(&name) {
+            sysctls.insert(name, value);
         }
     }
     let (state, state_problem) = match state_store::load() {
@@ -111,7 +119,11 @@ pub fn gateway_answers(
     timeout: std::time::Duration,
 ) -> Result<bool, ObserveError> {
     let deadline = std::time::Instant::now() + timeout;
-    if let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") {
+    let any: std::net::SocketAddr = match gateway {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    if let Ok(socket) = std::net::UdpSocket::bind(any) {
         let _ = socket.send_to(b"natgw", (gateway, 9));
     }
     loop {

@@ -46,6 +46,8 @@ const MAX_RECORD: u64 = 16 << 20;
 /// Record names: the gateway (`natgw up`) and the private node (`natgw node up`).
 pub const GATEWAY: &str = "state.json";
 pub const NODE: &str = "node.json";
+/// The private node's IPv6 default route (`natgw node up --gateway IPV6`).
+pub const NODE6: &str = "node6.json";
 const LOCK: &str = "lock";
 /// Held by `natgw run` for its whole life: one daemon per namespace.
 const DAEMON_LOCK: &str = "run.lock";

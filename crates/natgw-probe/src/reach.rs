@@ -96,27 +96,34 @@ pub fn udp(target: &str, timeout: Duration) -> Outcome {
 pub fn icmp(target: &str, timeout: Duration) -> Outcome {
     let probe = format!("icmp {target}");
     let started = Instant::now();
-    let result = resolve(target, 0).and_then(|addr| match addr.ip() {
-        IpAddr::V4(_) => echo_v4(addr, timeout),
-        IpAddr::V6(_) => Err("ICMPv6 echo is not supported yet".into()),
-    });
+    let result = resolve(target, 0).and_then(|addr| echo(addr, timeout));
     outcome(probe, started, result)
 }
 
-fn echo_v4(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let (socket, raw) = match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
+/// ICMP or ICMPv6 echo, by the target's family: (domain, protocol, request type,
+/// reply type). The kernel checksums ICMPv6 itself (it covers a pseudo-header).
+fn echo(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let v4 = addr.is_ipv4();
+    let (domain, protocol, request, reply) = if v4 {
+        (Domain::IPV4, Protocol::ICMPV4, 8, 0)
+    } else {
+        (Domain::IPV6, Protocol::ICMPV6, 128, 129)
+    };
+    let (socket, raw) = match Socket::new(domain, Type::DGRAM, Some(protocol)) {
         Ok(s) => (s, false),
         Err(_) => (
-            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+            Socket::new(domain, Type::RAW, Some(protocol))
                 .map_err(|e| format!("cannot open an ICMP socket: {e} (run as root)"))?,
             true,
         ),
     };
     let id = std::process::id() as u16;
-    let mut packet = vec![8, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
+    let mut packet = vec![request, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1];
     packet.extend_from_slice(b"natgw probe");
-    let sum = checksum(&packet);
-    packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    if v4 {
+        let sum = checksum(&packet);
+        packet[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
     socket
         .send_to(&packet, &addr.into())
         .map_err(|e| format!("send to {}: {e}", addr.ip()))?;
@@ -141,14 +148,15 @@ fn echo_v4(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
             .iter()
             .map(|b| unsafe { b.assume_init() })
             .collect();
-        let icmp = if raw {
+        // A raw IPv4 socket hands over the IP header too; IPv6 ones never do.
+        let icmp = if raw && v4 {
             data.get(usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4..)
                 .unwrap_or(&[])
         } else {
             &data[..]
         };
         let from_ip = from.as_socket().map(|s| s.ip());
-        if icmp.first() == Some(&0)
+        if icmp.first() == Some(&reply)
             && from_ip == Some(addr.ip())
             && (!raw || icmp.get(4..6) == Some(&packet[4..6]))
         {

@@ -29,7 +29,8 @@ impl FromStr for Endpoint {
                 port: Some(addr.port()),
             });
         }
-        text.parse::<IpAddr>()
+        unbracketed(text)
+            .parse::<IpAddr>()
             .map(|ip| Endpoint { ip, port: None })
             .map_err(|_| {
                 "not an address or address:port (e.g. 198.51.100.10:3478 or [2001:db8::1]:3478)"
@@ -83,7 +84,7 @@ impl FromStr for Target {
             });
         }
         // A bare IPv6 address has colons but no port.
-        if let Ok(ip) = text.parse::<IpAddr>() {
+        if let Ok(ip) = unbracketed(text).parse::<IpAddr>() {
             return Ok(Target {
                 host: Host::Ip(ip),
                 port: None,
@@ -100,6 +101,13 @@ impl FromStr for Target {
             port: Some(target_port(port)?),
         })
     }
+}
+
+/// `[2001:db8::1]` without a port, as in a URL, is the address inside.
+fn unbracketed(text: &str) -> &str {
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text)
 }
 
 /// A port to send to: 0 names no service.
@@ -161,6 +169,9 @@ mod tests {
         assert_eq!(e.or_port(3478), "198.51.100.10:3478".parse().unwrap());
         let e: Endpoint = "198.51.100.10:5000".parse().unwrap();
         assert_eq!(e.or_port(3478), "198.51.100.10:5000".parse().unwrap());
+        let e: Endpoint = "[2001:db8::1]".parse().unwrap();
+        assert_eq!((e.ip, e.port), ("2001:db8::1".parse().unwrap(), None));
+        assert!("[198.51.100.10".parse::<Endpoint>().is_err());
         let e: Endpoint = "[2001:db8::1]:5000".parse().unwrap();
         assert_eq!(e.port, Some(5000));
         let e: Endpoint = "2001:db8::1".parse().unwrap();
@@ -185,6 +196,7 @@ mod tests {
             ("localhost", "localhost"),
             ("[2001:db8::1]:80", "[2001:db8::1]:80"),
             ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
         ] {
             let target: Target = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(target.to_string(), shown);

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use natgw_core::config::Ipv6Mode;
 
 use crate::address_flags::{Endpoint, Host, Target};
 
@@ -185,6 +186,22 @@ pub struct GatewayArgs {
     /// Masquerade: follow the public interface's current address (dynamic addresses).
     #[arg(long)]
     pub masquerade: bool,
+    /// Outbound IPv6: routed, nptv6, nat66 or off [default: `[ipv6] mode`, else detected].
+    #[arg(long, value_name = "MODE", value_parser = parse_ipv6_mode)]
+    pub ipv6_mode: Option<Ipv6Mode>,
+    /// nptv6: the public prefix the upstream routes here [default: `[ipv6] public_prefix`].
+    #[arg(long, value_name = "PREFIX")]
+    pub ipv6_public_prefix: Option<ipnet::Ipv6Net>,
+}
+
+pub fn parse_ipv6_mode(text: &str) -> Result<Ipv6Mode, String> {
+    match text {
+        "routed" => Ok(Ipv6Mode::Routed),
+        "nptv6" => Ok(Ipv6Mode::Nptv6),
+        "nat66" => Ok(Ipv6Mode::Nat66),
+        "off" => Ok(Ipv6Mode::Off),
+        _ => Err("expected routed, nptv6, nat66 or off".into()),
+    }
 }
 
 impl GatewayArgs {
@@ -196,6 +213,8 @@ impl GatewayArgs {
             && self.private.is_empty()
             && self.snat_to.is_empty()
             && !self.masquerade
+            && self.ipv6_mode.is_none()
+            && self.ipv6_public_prefix.is_none()
     }
 }
 
@@ -295,6 +314,10 @@ pub struct LabArgs {
     /// With --ha: print machine-readable JSON.
     #[arg(long, requires = "ha")]
     pub json: bool,
+    /// IPv6 of the lab: nat66 (ULA nodes behind the headnode's address), nptv6 (ULA
+    /// mapped to a routed prefix), routed (global addresses on the nodes) or off.
+    #[arg(long, value_name = "MODE", default_value = "nat66", value_parser = parse_ipv6_mode)]
+    pub ipv6_mode: Ipv6Mode,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,14 @@ pub fn describe(desired: &Desired) -> String {
         prefixes.join(", "),
         desired.snat
     );
+    match &desired.ipv6 {
+        Some(v6) => text.push_str(&format!(
+            "ipv6:       {} -> {}\n",
+            natgw_core::join(&v6.outbound_prefixes),
+            v6.translation
+        )),
+        None => text.push_str("ipv6:       off\n"),
+    }
     for route in &desired.routes {
         text.push_str(&format!("route:      {} via {}\n", route.to, route.via));
     }

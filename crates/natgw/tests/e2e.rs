@@ -436,8 +436,13 @@ fn lab_demo_passes_and_cleans_up() {
         .unwrap();
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
-    assert_eq!(stdout.matches("PASS").count(), 8);
+    // IPv4 (8 checks) and IPv6 in the default nat66 mode (7 checks).
+    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    assert_eq!(stdout.matches("PASS").count(), 15);
+    assert!(
+        stdout.contains("server saw [2001:db8:1::1]:"),
+        "nat66 to the headnode's address: {stdout}"
+    );
     let left: Vec<_> = std::fs::read_dir("/run/netns")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -458,7 +463,8 @@ fn doctor_passes_a_healthy_gateway() {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 15);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 16);
+    assert_eq!(check(&report, "ipv6")["status"], "pass", "{report}");
     assert_eq!(
         check(&report, "natgw-table")["detail"],
         "table inet natgw is exactly as natgw installed it"
@@ -654,7 +660,8 @@ fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
         .unwrap();
     assert_exit(&out, 0);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("removed 5 namespace(s)"),
+        // sw, head, pub, n1, n2 and the dual-stack lab's host beyond the upstream.
+        String::from_utf8_lossy(&out.stdout).contains("removed 6 namespace(s)"),
         "{}",
         text(&out)
     );

@@ -13,11 +13,12 @@ use crate::observed::{Link, Observed};
 use crate::plan::{Change, TableReason};
 
 /// Checks that need the interfaces' roles, in report order.
-const ROLE_CHECKS: [&str; 10] = [
+const ROLE_CHECKS: [&str; 11] = [
     "public-interface",
     "private-interface",
     "default-route",
     "ip-forward",
+    "ipv6",
     "snat",
     "forward-policy",
     "rp-filter",
@@ -43,6 +44,7 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         netfilter(inputs),
         natgw_table(inputs),
         ip_forward(o, &roles),
+        super::ipv6::ipv6(inputs.settings, o, &roles),
         snat(inputs, &roles),
         forward_policy(inputs, &roles),
         rp_filter(o, &roles),
@@ -1137,6 +1139,7 @@ mod tests {
                 "netfilter",
                 "natgw-table",
                 "ip-forward",
+                "ipv6",
                 "snat",
                 "forward-policy",
                 "rp-filter",

@@ -8,6 +8,7 @@ pub mod fix;
 pub mod from_nft;
 pub mod ha;
 pub mod iptables;
+pub mod ipv6;
 
 use std::net::IpAddr;
 

@@ -22,6 +22,8 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
         private: args.private.clone(),
         snat_to: args.snat_to.clone(),
         masquerade: args.masquerade,
+        ipv6_mode: args.ipv6_mode,
+        ipv6_public_prefix: args.ipv6_public_prefix,
     };
     let path: Option<PathBuf> = match &args.config {
         Some(path) => Some(path.clone()),

@@ -39,9 +39,26 @@ pub fn run(action: NodeAction) -> exit::Result<i32> {
 
 fn default_via(gateway: IpAddr) -> RouteSpec {
     RouteSpec {
-        to: node::default_v4(),
+        to: node::default_for(gateway),
         via: gateway,
         origin: "natgw node".into(),
+    }
+}
+
+/// The record of the default route of `gateway`'s family: IPv4 and IPv6 defaults are
+/// set, recorded and restored independently.
+fn record_of(gateway: IpAddr) -> &'static str {
+    match gateway {
+        IpAddr::V4(_) => state_store::NODE,
+        IpAddr::V6(_) => state_store::NODE6,
+    }
+}
+
+/// How a gateway's presence is checked: ARP (IPv4) or neighbour discovery (IPv6).
+fn asked_by(gateway: IpAddr) -> &'static str {
+    match gateway {
+        IpAddr::V4(_) => "ARP",
+        IpAddr::V6(_) => "neighbour discovery",
     }
 }
 
@@ -77,7 +94,8 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     }
     if !answers_now(&netlink, &observed, plan.ifindex, gateway_ip)? {
         return Err(problem(anyhow!(
-            "gateway {gateway_ip} does not answer ARP on {} within {ANSWER_TIMEOUT:?}; is the headnode up with that address? (nothing was changed)",
+            "gateway {gateway_ip} does not answer {} on {} within {ANSWER_TIMEOUT:?}; is the headnode up with that address? (nothing was changed)",
+            asked_by(gateway_ip),
             plan.interface
         )));
     }
@@ -86,13 +104,13 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
         gateway: gateway_ip,
         previous: plan.previous.clone(),
     };
-    let recorded: Option<NodeState> =
-        state_store::load_named(state_store::NODE).map_err(problem)?;
+    let record = record_of(gateway_ip);
+    let recorded: Option<NodeState> = state_store::load_named(record).map_err(problem)?;
     let keep = recorded.clone().map_or(state.clone(), |old| NodeState {
         gateway: gateway_ip,
         previous: old.previous,
     });
-    state_store::save_named(state_store::NODE, &keep).map_err(problem)?;
+    state_store::save_named(record, &keep).map_err(problem)?;
     let result = match plan.change {
         NodeChange::Add => netlink.add_route(&default_via(gateway_ip), NODE_ROUTE_PROTOCOL),
         // Replace the metric-0 default (or add), then delete every other default
@@ -109,8 +127,8 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
     if let Err(e) = result {
         // The record as it was: it may hold the admin's original default route.
         let _ = match &recorded {
-            Some(old) => state_store::save_named(state_store::NODE, old),
-            None => state_store::remove_named(state_store::NODE),
+            Some(old) => state_store::save_named(record, old),
+            None => state_store::remove_named(record),
         };
         return Err(problem(e));
     }
@@ -126,8 +144,9 @@ fn up(gateway_ip: IpAddr, replace: bool, json: bool) -> exit::Result<i32> {
             "replaced"
         };
         println!(
-            "{what} default route via {gateway_ip} dev {} (gateway answers ARP)",
-            plan.interface
+            "{what} default route via {gateway_ip} dev {} (gateway answers {})",
+            plan.interface,
+            asked_by(gateway_ip)
         );
     }
     Ok(exit::OK)
@@ -143,10 +162,6 @@ fn down(json: bool) -> exit::Result<i32> {
     let _lock = gateway::lock("node down")?;
     let netlink = gateway::connect()?;
     let observed = observe(&netlink)?;
-    let recorded: Option<NodeState> =
-        state_store::load_named(state_store::NODE).map_err(problem)?;
-    // Someone changed the defaults since `node up`: say so, keep the record, touch nothing.
-    let down = node::down(recorded.as_ref(), &observed).map_err(problem)?;
     let mut report = DownReport::default();
     let dev = |r: &natgw_core::Route| {
         r.oif
@@ -162,15 +177,24 @@ fn down(json: bool) -> exit::Result<i32> {
             r.protocol
         )
     };
-    for route in &down.delete {
-        netlink.del_route_exact(route).map_err(problem)?;
-        report.done.push(format!("deleted {}", describe(route)));
+    // IPv4 first: without any record it still removes natgw's IPv4 default.
+    for record in [state_store::NODE, state_store::NODE6] {
+        let recorded: Option<NodeState> = state_store::load_named(record).map_err(problem)?;
+        if record == state_store::NODE6 && recorded.is_none() {
+            continue;
+        }
+        // Someone changed the defaults since `node up`: say so, keep the record, touch nothing.
+        let down = node::down(recorded.as_ref(), &observed).map_err(problem)?;
+        for route in &down.delete {
+            netlink.del_route_exact(route).map_err(problem)?;
+            report.done.push(format!("deleted {}", describe(route)));
+        }
+        for route in &down.restore {
+            netlink.add_route_exact(route).map_err(problem)?;
+            report.done.push(format!("restored {}", describe(route)));
+        }
+        state_store::remove_named(record).map_err(problem)?;
     }
-    for route in &down.restore {
-        netlink.add_route_exact(route).map_err(problem)?;
-        report.done.push(format!("restored {}", describe(route)));
-    }
-    state_store::remove_named(state_store::NODE).map_err(problem)?;
     if json {
         output::json(&report);
     } else if report.done.is_empty() {
@@ -255,6 +279,7 @@ fn check(json: bool) -> exit::Result<i32> {
             }
         }
     }
+    findings.extend(ipv6_default(&observed));
     findings.push(natgw_core::doctor::checks::dns(
         &observed,
         &natgw_linux::firewall::nameservers(),
@@ -268,5 +293,36 @@ fn check(json: bool) -> exit::Result<i32> {
         exit::PROBLEM
     } else {
         exit::OK
+    })
+}
+
+/// On a node with a ULA or global IPv6 address: whether IPv6 has a default route.
+fn ipv6_default(observed: &Observed) -> Option<Finding> {
+    const ID: &str = "default-route-ipv6";
+    observed.addresses.iter().find(|a| match a.address {
+        IpAddr::V6(v6) => !v6.is_loopback() && v6.segments()[0] & 0xffc0 != 0xfe80,
+        IpAddr::V4(_) => false,
+    })?;
+    let route = observed
+        .routes
+        .iter()
+        .filter(|r| r.destination == node::default_for(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)))
+        .min_by_key(|r| r.metric);
+    Some(match route {
+        Some(r) => Finding::pass(
+            ID,
+            format!(
+                "default via {} dev {}",
+                r.gateway.map_or("-".into(), |g| g.to_string()),
+                r.oif
+                    .and_then(|i| observed.link_by_index(i))
+                    .map_or("?", |l| l.name.as_str())
+            ),
+        ),
+        None => Finding::warn(
+            ID,
+            "this node has IPv6 addresses but no IPv6 default route: IPv6 outbound has nowhere to go",
+            Fix::say("route IPv6 through the headnode: natgw node up --gateway HEADNODE_PRIVATE_IPV6_ADDRESS"),
+        ),
     })
 }

@@ -17,10 +17,12 @@ pub fn run(gateway_ip: IpAddr, dry_run: bool, root: &Path, json: bool) -> exit::
     let netlink = gateway::connect()?;
     let observed = natgw_linux::observe::observe_network(&netlink).map_err(problem)?;
     // Which interface reaches the gateway; the default route itself is not our concern here.
-    let plan = natgw_core::node::plan(gateway_ip, &observed, true).map_err(usage)?;
     let IpAddr::V4(gateway_v4) = gateway_ip else {
-        unreachable!("node::plan refuses IPv6 gateways");
+        return Err(usage(anyhow!(
+            "node persist writes IPv4 gateways only; {gateway_ip} is IPv6: let the headnode's router advertisements give the nodes their IPv6 default route, or add it to the network configuration by hand"
+        )));
     };
+    let plan = natgw_core::node::plan(gateway_ip, &observed, true).map_err(usage)?;
     let interface = interface(&plan.interface, plan.ifindex);
     let root = root_fs::Root::open(root).map_err(problem)?;
     let (files, skipped) = root.read_tree(&persist::READ_DIRS, 2);
