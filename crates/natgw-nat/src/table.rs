@@ -1,0 +1,326 @@
+//! Bindings (private endpoint ↔ public endpoint) and their sessions (one per remote
+//! endpoint), port allocation and expiry. Ordered maps keep every run deterministic.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use crate::config::Timeouts;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Udp,
+    Tcp,
+    /// ICMP queries; the "port" is the identifier.
+    Icmp,
+}
+
+/// An address and a port (or ICMP identifier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+        Self { addr, port }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.addr, self.port)
+    }
+}
+
+/// TCP session state, after RFC 6146 section 3.5.2 (and RFC 7857 section 2.2 for RST).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// SYN seen from the private side only.
+    SynOut,
+    /// SYN seen from the public side only (endpoint-independent filtering).
+    SynIn,
+    Established,
+    /// FIN seen from the private side.
+    FinOut,
+    /// FIN seen from the public side.
+    FinIn,
+    /// FIN seen both ways.
+    Closing,
+    /// After a RST: kept for the transitory time, revived by any non-RST packet.
+    Reset,
+}
+
+/// Per-remote state of a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub expires: Duration,
+    /// `None` for UDP and ICMP.
+    pub tcp: Option<TcpState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Out,
+    In,
+}
+
+impl Session {
+    /// Moves a TCP session on by one segment's flags and sets its expiry.
+    pub fn tcp_step(&mut self, dir: Direction, flags: u8, now: Duration, t: &Timeouts) {
+        use crate::wire::tcp_flags::{FIN, RST, SYN};
+        use TcpState::*;
+        let Some(state) = self.tcp else { return };
+        let next = if flags & RST != 0 {
+            Reset
+        } else {
+            let syn = flags & SYN != 0;
+            let fin = flags & FIN != 0;
+            match (state, dir) {
+                (SynOut, Direction::In) | (SynIn, Direction::Out) if syn => Established,
+                (SynOut | SynIn, _) => state,
+                (Reset, _) => Established,
+                (Established, Direction::Out) if fin => FinOut,
+                (Established, Direction::In) if fin => FinIn,
+                (FinOut, Direction::In) if fin => Closing,
+                (FinIn, Direction::Out) if fin => Closing,
+                (s, _) => s,
+            }
+        };
+        self.tcp = Some(next);
+        self.expires = now
+            + match next {
+                Established | FinOut | FinIn => t.tcp_established,
+                SynOut | SynIn | Closing | Reset => t.tcp_transitory,
+            };
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub external: Endpoint,
+    /// Keyed by the remote endpoint (port 0 for ICMP).
+    pub sessions: BTreeMap<Endpoint, Session>,
+}
+
+impl Binding {
+    /// When the last session ends.
+    pub fn expires(&self) -> Duration {
+        self.sessions
+            .values()
+            .map(|s| s.expires)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// All bindings, indexed both ways.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    bindings: BTreeMap<(Proto, Endpoint), Binding>,
+    by_external: BTreeMap<(Proto, Endpoint), Endpoint>,
+}
+
+impl Table {
+    pub fn get(&self, proto: Proto, internal: Endpoint) -> Option<&Binding> {
+        self.bindings.get(&(proto, internal))
+    }
+
+    pub fn get_mut(&mut self, proto: Proto, internal: Endpoint) -> Option<&mut Binding> {
+        self.bindings.get_mut(&(proto, internal))
+    }
+
+    /// The private endpoint behind a public one.
+    pub fn internal_of(&self, proto: Proto, external: Endpoint) -> Option<Endpoint> {
+        self.by_external.get(&(proto, external)).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Proto, Endpoint, &Binding)> {
+        self.bindings.iter().map(|((p, i), b)| (*p, *i, b))
+    }
+
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+
+    /// Creates a binding on `addr`: the private port if it is in range and free (port
+    /// preservation), else the next free one after it, wrapping once through the whole
+    /// range. `None` when every port of the range is taken: one public endpoint never
+    /// serves two private ones (RFC 4787 REQ-3, no port overloading).
+    pub fn create(
+        &mut self,
+        proto: Proto,
+        internal: Endpoint,
+        addr: Ipv4Addr,
+        ports: &RangeInclusive<u16>,
+    ) -> Option<&mut Binding> {
+        debug_assert!(!self.bindings.contains_key(&(proto, internal)));
+        let port = self.free_port(proto, internal.port, addr, ports)?;
+        let external = Endpoint::new(addr, port);
+        self.by_external.insert((proto, external), internal);
+        Some(self.bindings.entry((proto, internal)).or_insert(Binding {
+            external,
+            sessions: BTreeMap::new(),
+        }))
+    }
+
+    fn free_port(
+        &self,
+        proto: Proto,
+        wanted: u16,
+        addr: Ipv4Addr,
+        ports: &RangeInclusive<u16>,
+    ) -> Option<u16> {
+        let (lo, hi) = (u32::from(*ports.start()), u32::from(*ports.end()));
+        let size = hi - lo + 1;
+        let first = if ports.contains(&wanted) {
+            u32::from(wanted) - lo
+        } else {
+            u32::from(wanted) % size
+        };
+        (0..size)
+            .map(|i| (lo + (first + i) % size) as u16)
+            .find(|p| {
+                !self
+                    .by_external
+                    .contains_key(&(proto, Endpoint::new(addr, *p)))
+            })
+    }
+
+    /// Drops sessions that ended at or before `now`, and bindings left without any.
+    pub fn expire(&mut self, now: Duration) {
+        let by_external = &mut self.by_external;
+        self.bindings.retain(|_, b| {
+            b.sessions.retain(|_, s| s.expires > now);
+            let keep = !b.sessions.is_empty();
+            if !keep {
+                by_external.retain(|(_, e), _| *e != b.external);
+            }
+            keep
+        });
+    }
+
+    /// The two indexes agree and no public endpoint is used twice (for tests).
+    pub fn consistent(&self) -> bool {
+        self.bindings.len() == self.by_external.len()
+            && self.bindings.iter().all(|((p, i), b)| {
+                self.by_external.get(&(*p, b.external)) == Some(i) && !b.sessions.is_empty()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp_flags::*;
+
+    fn ep(last: u8, port: u16) -> Endpoint {
+        Endpoint::new(Ipv4Addr::new(10, 0, 0, last), port)
+    }
+
+    const PUB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+    fn session() -> Session {
+        Session {
+            expires: Duration::from_secs(10),
+            tcp: None,
+        }
+    }
+
+    #[test]
+    fn ports_are_preserved_then_searched_then_exhausted() {
+        let mut t = Table::default();
+        let ports = 5000..=5002;
+        let b = t.create(Proto::Udp, ep(2, 5001), PUB, &ports).unwrap();
+        assert_eq!(b.external.port, 5001, "preserved");
+        b.sessions.insert(ep(9, 1), session());
+        let b = t.create(Proto::Udp, ep(3, 5001), PUB, &ports).unwrap();
+        assert_eq!(b.external.port, 5002, "next after the wanted one");
+        b.sessions.insert(ep(9, 1), session());
+        let b = t.create(Proto::Udp, ep(4, 5001), PUB, &ports).unwrap();
+        assert_eq!(b.external.port, 5000, "wrapped");
+        b.sessions.insert(ep(9, 1), session());
+        assert!(t.create(Proto::Udp, ep(5, 5001), PUB, &ports).is_none());
+        // Another protocol has its own ports.
+        t.create(Proto::Tcp, ep(5, 5001), PUB, &ports)
+            .unwrap()
+            .sessions
+            .insert(ep(9, 1), session());
+        assert!(t.consistent());
+    }
+
+    #[test]
+    fn out_of_range_ports_map_into_the_range() {
+        let mut t = Table::default();
+        let b = t
+            .create(Proto::Udp, ep(2, 80), PUB, &(1024..=2047))
+            .unwrap();
+        assert!((1024..=2047).contains(&b.external.port));
+    }
+
+    #[test]
+    fn expiry_frees_the_public_port() {
+        let mut t = Table::default();
+        let ports = 7000..=7000;
+        t.create(Proto::Udp, ep(2, 7000), PUB, &ports)
+            .unwrap()
+            .sessions
+            .insert(ep(9, 1), session());
+        assert!(t.consistent());
+        t.expire(Duration::from_secs(9));
+        assert_eq!(t.len(), 1);
+        t.expire(Duration::from_secs(10));
+        assert!(t.is_empty());
+        assert!(t.consistent());
+        assert!(t.create(Proto::Udp, ep(3, 1), PUB, &ports).is_some());
+    }
+
+    #[test]
+    fn tcp_states_follow_rfc_6146() {
+        let t = Timeouts::default();
+        let now = Duration::from_secs(100);
+        let mut s = Session {
+            expires: now,
+            tcp: Some(TcpState::SynOut),
+        };
+        s.tcp_step(Direction::Out, SYN, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::SynOut));
+        assert_eq!(s.expires, now + t.tcp_transitory);
+        s.tcp_step(Direction::In, SYN | ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Established));
+        assert_eq!(s.expires, now + t.tcp_established);
+        s.tcp_step(Direction::In, RST, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Reset));
+        assert_eq!(s.expires, now + t.tcp_transitory);
+        s.tcp_step(Direction::Out, ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Established), "revived by a non-RST");
+        s.tcp_step(Direction::Out, FIN | ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::FinOut));
+        assert_eq!(s.expires, now + t.tcp_established);
+        s.tcp_step(Direction::In, FIN | ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Closing));
+        assert_eq!(s.expires, now + t.tcp_transitory);
+        s.tcp_step(Direction::Out, ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Closing));
+    }
+
+    #[test]
+    fn an_inbound_syn_waits_for_the_private_side() {
+        let t = Timeouts::default();
+        let now = Duration::ZERO;
+        let mut s = Session {
+            expires: now,
+            tcp: Some(TcpState::SynIn),
+        };
+        s.tcp_step(Direction::In, ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::SynIn));
+        s.tcp_step(Direction::Out, SYN | ACK, now, &t);
+        assert_eq!(s.tcp, Some(TcpState::Established));
+    }
+}
