@@ -196,11 +196,11 @@ impl Table {
     /// Drops sessions that ended at or before `now`, and bindings left without any.
     pub fn expire(&mut self, now: Duration) {
         let by_external = &mut self.by_external;
-        self.bindings.retain(|_, b| {
+        self.bindings.retain(|(proto, _), b| {
             b.sessions.retain(|_, s| s.expires > now);
             let keep = !b.sessions.is_empty();
             if !keep {
-                by_external.retain(|(_, e), _| *e != b.external);
+                by_external.remove(&(*proto, b.external));
             }
             keep
         });
@@ -279,6 +279,31 @@ mod tests {
         assert!(t.is_empty());
         assert!(t.consistent());
         assert!(t.create(Proto::Udp, ep(3, 1), PUB, &ports).is_some());
+    }
+
+    #[test]
+    fn expiry_of_one_protocol_leaves_the_same_port_of_another_alone() {
+        // Found by the property tests: UDP and ICMP bindings on one public endpoint.
+        let mut t = Table::default();
+        let ports = 1000..=1003;
+        t.create(Proto::Udp, ep(2, 1000), PUB, &ports)
+            .unwrap()
+            .sessions
+            .insert(ep(9, 1), session());
+        let short = Session {
+            expires: Duration::from_secs(5),
+            tcp: None,
+        };
+        t.create(Proto::Icmp, ep(2, 1000), PUB, &ports)
+            .unwrap()
+            .sessions
+            .insert(ep(9, 0), short);
+        t.expire(Duration::from_secs(6));
+        assert!(t.consistent());
+        assert_eq!(
+            t.internal_of(Proto::Udp, Endpoint::new(PUB, 1000)),
+            Some(ep(2, 1000))
+        );
     }
 
     #[test]
