@@ -223,7 +223,11 @@ impl Nat {
                 }
                 if proto == Proto::Tcp {
                     match b.sessions.get_mut(&remote) {
-                        Some(s) => s.tcp_step(Direction::In, flags, now, &t),
+                        Some(s) => {
+                            s.tcp_step(Direction::In, flags, now, &t);
+                            let until = s.expires;
+                            b.cover(until);
+                        }
                         // RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
                         None if is_bare_syn(flags) => {
                             b.sessions.insert(
@@ -233,6 +237,7 @@ impl Nat {
                                     tcp: Some(TcpState::SynIn),
                                 },
                             );
+                            b.cover(now + t.tcp_transitory);
                         }
                         None => {}
                     }
@@ -296,6 +301,8 @@ impl Nat {
             Proto::Icmp => s.expires = now + t.icmp,
             Proto::Tcp => s.tcp_step(Direction::Out, flags, now, &t),
         }
+        let until = s.expires;
+        b.cover(until);
         Ok(b.external)
     }
 
@@ -407,7 +414,7 @@ fn view(proto: Proto, internal: Endpoint, b: &Binding) -> BindingView {
         proto,
         internal,
         external: b.external,
-        expires: b.expires(),
+        expires: b.expires,
         sessions: b.sessions.clone(),
     }
 }

@@ -98,21 +98,21 @@ impl Session {
     }
 }
 
+/// A binding lives until the latest expiry any of its sessions was ever given, so a
+/// session whose timer shrinks (a RST, a close) does not shorten it. That keeps its
+/// timer one number that only grows, which the eBPF data plane updates in O(1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub external: Endpoint,
+    pub expires: Duration,
     /// Keyed by the remote endpoint (port 0 for ICMP).
     pub sessions: BTreeMap<Endpoint, Session>,
 }
 
 impl Binding {
-    /// When the last session ends.
-    pub fn expires(&self) -> Duration {
-        self.sessions
-            .values()
-            .map(|s| s.expires)
-            .max()
-            .unwrap_or_default()
+    /// Extends the binding to cover a session's (new) expiry.
+    pub fn cover(&mut self, until: Duration) {
+        self.expires = self.expires.max(until);
     }
 }
 
@@ -166,6 +166,7 @@ impl Table {
         self.by_external.insert((proto, external), internal);
         Some(self.bindings.entry((proto, internal)).or_insert(Binding {
             external,
+            expires: Duration::ZERO,
             sessions: BTreeMap::new(),
         }))
     }
@@ -193,12 +194,12 @@ impl Table {
             })
     }
 
-    /// Drops sessions that ended at or before `now`, and bindings left without any.
+    /// Drops sessions and bindings that ended at or before `now`.
     pub fn expire(&mut self, now: Duration) {
         let by_external = &mut self.by_external;
         self.bindings.retain(|(proto, _), b| {
             b.sessions.retain(|_, s| s.expires > now);
-            let keep = !b.sessions.is_empty();
+            let keep = b.expires > now;
             if !keep {
                 by_external.remove(&(*proto, b.external));
             }
@@ -210,7 +211,8 @@ impl Table {
     pub fn consistent(&self) -> bool {
         self.bindings.len() == self.by_external.len()
             && self.bindings.iter().all(|((p, i), b)| {
-                self.by_external.get(&(*p, b.external)) == Some(i) && !b.sessions.is_empty()
+                self.by_external.get(&(*p, b.external)) == Some(i)
+                    && b.sessions.values().all(|s| s.expires <= b.expires)
             })
     }
 }
@@ -222,6 +224,13 @@ mod tests {
 
     fn ep(last: u8, port: u16) -> Endpoint {
         Endpoint::new(Ipv4Addr::new(10, 0, 0, last), port)
+    }
+
+    impl Binding {
+        fn cover_with(&mut self, remote: Endpoint, s: Session) {
+            self.cover(s.expires);
+            self.sessions.insert(remote, s);
+        }
     }
 
     const PUB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -239,19 +248,18 @@ mod tests {
         let ports = 5000..=5002;
         let b = t.create(Proto::Udp, ep(2, 5001), PUB, &ports).unwrap();
         assert_eq!(b.external.port, 5001, "preserved");
-        b.sessions.insert(ep(9, 1), session());
+        b.cover_with(ep(9, 1), session());
         let b = t.create(Proto::Udp, ep(3, 5001), PUB, &ports).unwrap();
         assert_eq!(b.external.port, 5002, "next after the wanted one");
-        b.sessions.insert(ep(9, 1), session());
+        b.cover_with(ep(9, 1), session());
         let b = t.create(Proto::Udp, ep(4, 5001), PUB, &ports).unwrap();
         assert_eq!(b.external.port, 5000, "wrapped");
-        b.sessions.insert(ep(9, 1), session());
+        b.cover_with(ep(9, 1), session());
         assert!(t.create(Proto::Udp, ep(5, 5001), PUB, &ports).is_none());
         // Another protocol has its own ports.
         t.create(Proto::Tcp, ep(5, 5001), PUB, &ports)
             .unwrap()
-            .sessions
-            .insert(ep(9, 1), session());
+            .cover_with(ep(9, 1), session());
         assert!(t.consistent());
     }
 
@@ -270,8 +278,7 @@ mod tests {
         let ports = 7000..=7000;
         t.create(Proto::Udp, ep(2, 7000), PUB, &ports)
             .unwrap()
-            .sessions
-            .insert(ep(9, 1), session());
+            .cover_with(ep(9, 1), session());
         assert!(t.consistent());
         t.expire(Duration::from_secs(9));
         assert_eq!(t.len(), 1);
@@ -288,16 +295,14 @@ mod tests {
         let ports = 1000..=1003;
         t.create(Proto::Udp, ep(2, 1000), PUB, &ports)
             .unwrap()
-            .sessions
-            .insert(ep(9, 1), session());
+            .cover_with(ep(9, 1), session());
         let short = Session {
             expires: Duration::from_secs(5),
             tcp: None,
         };
         t.create(Proto::Icmp, ep(2, 1000), PUB, &ports)
             .unwrap()
-            .sessions
-            .insert(ep(9, 0), short);
+            .cover_with(ep(9, 0), short);
         t.expire(Duration::from_secs(6));
         assert!(t.consistent());
         assert_eq!(

@@ -261,14 +261,17 @@ fn tcp_follows_its_states_and_timers() {
     // Idle for 2 h 3 min: still there.
     let t = 2 + 2 * 3600 + 3 * 60;
     forwarded(n.inbound(&tcp(r, ext, ACK, b"data"), secs(t)));
-    // A RST leaves it 4 minutes, then it is gone.
+    // A RST leaves the session 4 minutes, then it is gone and the filter closes; the
+    // binding keeps the longest timer its sessions had.
     forwarded(n.inbound(&tcp(r, ext, RST, b""), secs(t + 10)));
     assert_eq!(state(&n).tcp, Some(TcpState::Reset));
     assert_eq!(state(&n).expires, secs(t + 10 + 240));
-    assert_eq!(
-        n.inbound(&tcp(r, ext, ACK, b""), secs(t + 10 + 240)),
-        Verdict::Pass
-    );
+    let v = n.inbound(&tcp(r, ext, ACK, b""), secs(t + 10 + 240));
+    assert_eq!(v, Verdict::Drop(DropReason::Filtered));
+    assert!(n.bindings()[0].sessions.is_empty());
+    assert_eq!(n.bindings()[0].expires, secs(t + 7440));
+    let v = n.inbound(&tcp(r, ext, ACK, b""), secs(t + 7440));
+    assert_eq!(v, Verdict::Pass);
     assert!(n.bindings().is_empty());
 }
 
@@ -296,7 +299,12 @@ fn tcp_closes_through_fin_to_the_transitory_timer() {
     assert_eq!(n.bindings()[0].sessions[&r].tcp, Some(TcpState::FinOut));
     forwarded(n.inbound(&tcp(r, ext, FIN | ACK, b""), secs(11)));
     assert_eq!(n.bindings()[0].sessions[&r].tcp, Some(TcpState::Closing));
-    assert_eq!(n.bindings()[0].expires, secs(11 + 240));
+    assert_eq!(n.bindings()[0].sessions[&r].expires, secs(11 + 240));
+    assert_eq!(
+        n.bindings()[0].expires,
+        secs(10 + 7440),
+        "the binding's timer never shrinks"
+    );
 }
 
 #[test]
