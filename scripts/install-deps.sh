@@ -7,9 +7,10 @@
 # gcc (the linker Rust needs), prometheus (only for promtool: the tests check a real
 # scrape with `promtool check metrics` and contrib/ rules with `promtool check rules`);
 # for scripts/check-package.sh: dpkg-dev, lintian, systemd (systemd-analyze verify),
-# man-db and mandoc (man page checks).
+# man-db and mandoc (man page checks); clang and libbpf-dev (build.rs of natgw-ebpf
+# compiles the eBPF data plane's C programs).
 set -euo pipefail
-packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc)
+packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn gcc clang libbpf-dev)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 # The package checks (scripts/check-package.sh).

@@ -226,7 +226,7 @@ impl Nat {
                         Some(s) => {
                             s.tcp_step(Direction::In, flags, now, &t);
                             let until = s.expires;
-                            b.cover(until);
+                            b.cover(remote.addr, until);
                         }
                         // RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
                         None if is_bare_syn(flags) => {
@@ -237,7 +237,7 @@ impl Nat {
                                     tcp: Some(TcpState::SynIn),
                                 },
                             );
-                            b.cover(now + t.tcp_transitory);
+                            b.cover(remote.addr, now + t.tcp_transitory);
                         }
                         None => {}
                     }
@@ -302,7 +302,7 @@ impl Nat {
             Proto::Tcp => s.tcp_step(Direction::Out, flags, now, &t),
         }
         let until = s.expires;
-        b.cover(until);
+        b.cover(remote.addr, until);
         Ok(b.external)
     }
 
@@ -437,7 +437,7 @@ fn is_bare_syn(flags: u8) -> bool {
 fn admits(filtering: Filtering, b: &Binding, remote: Endpoint) -> bool {
     match filtering {
         Filtering::EndpointIndependent => true,
-        Filtering::AddressDependent => b.sessions.keys().any(|r| r.addr == remote.addr),
+        Filtering::AddressDependent => b.addresses.contains_key(&remote.addr),
         Filtering::AddressAndPortDependent => b.sessions.contains_key(&remote),
     }
 }

@@ -99,20 +99,26 @@ impl Session {
 }
 
 /// A binding lives until the latest expiry any of its sessions was ever given, so a
-/// session whose timer shrinks (a RST, a close) does not shorten it. That keeps its
-/// timer one number that only grows, which the eBPF data plane updates in O(1).
+/// session whose timer shrinks (a RST, a close) does not shorten it; the same holds for
+/// each remote address the address-dependent filter admits. Both timers are one number
+/// that only grows, which the eBPF data plane updates in O(1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     pub external: Endpoint,
     pub expires: Duration,
     /// Keyed by the remote endpoint (port 0 for ICMP).
     pub sessions: BTreeMap<Endpoint, Session>,
+    /// Remote addresses and until when address-dependent filtering admits them.
+    pub addresses: BTreeMap<Ipv4Addr, Duration>,
 }
 
 impl Binding {
-    /// Extends the binding to cover a session's (new) expiry.
-    pub fn cover(&mut self, until: Duration) {
+    /// Extends the binding, and the admission of the session's remote address, to
+    /// cover a session's (new) expiry.
+    pub fn cover(&mut self, remote: Ipv4Addr, until: Duration) {
         self.expires = self.expires.max(until);
+        let a = self.addresses.entry(remote).or_default();
+        *a = (*a).max(until);
     }
 }
 
@@ -168,6 +174,7 @@ impl Table {
             external,
             expires: Duration::ZERO,
             sessions: BTreeMap::new(),
+            addresses: BTreeMap::new(),
         }))
     }
 
@@ -199,6 +206,7 @@ impl Table {
         let by_external = &mut self.by_external;
         self.bindings.retain(|(proto, _), b| {
             b.sessions.retain(|_, s| s.expires > now);
+            b.addresses.retain(|_, until| *until > now);
             let keep = b.expires > now;
             if !keep {
                 by_external.remove(&(*proto, b.external));
@@ -228,7 +236,7 @@ mod tests {
 
     impl Binding {
         fn cover_with(&mut self, remote: Endpoint, s: Session) {
-            self.cover(s.expires);
+            self.cover(remote.addr, s.expires);
             self.sessions.insert(remote, s);
         }
     }

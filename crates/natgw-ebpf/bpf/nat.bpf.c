@@ -1,0 +1,718 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// natgw's own translator on the public interface: `natgw_egress` translates what
+// private hosts send, `natgw_ingress` what comes back. It implements the subset of the
+// reference model (crates/natgw-nat) listed in crates/natgw-ebpf/src/lib.rs, with the
+// same rules, the same order of checksum updates and the same port search, so the
+// differential tests can demand identical bytes.
+//
+// Keys hold addresses and ports in network byte order, as they are on the wire.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_POOL 16
+#define MAX_PRIVATE 8
+#define MAX_ENTRIES 262144
+#define CLOCK_MONOTONIC 1
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+enum filtering { EIF = 0, ADF = 1, APDF = 2 };
+
+enum tcp_state {
+	NONE = 0,
+	SYN_OUT,
+	SYN_IN,
+	ESTABLISHED,
+	FIN_OUT,
+	FIN_IN,
+	CLOSING,
+	RESET,
+};
+
+// Indexes of the per-CPU counters (crates/natgw-ebpf/src/counters.rs names them).
+enum counter {
+	C_OUT_TRANSLATED = 0,
+	C_IN_TRANSLATED,
+	C_PASSED,
+	C_DROP_MALFORMED,
+	C_DROP_UNSUPPORTED,
+	C_DROP_NO_MAPPING,
+	C_DROP_FILTERED,
+	C_DROP_NO_PORT,
+	C_BINDINGS_CREATED,
+	C_BINDINGS_EXPIRED,
+	C_SESSIONS_CREATED,
+	C_PULLED,
+	C_MAX,
+};
+
+// Mirrors `Config` in crates/natgw-ebpf/src/maps.rs (no implicit padding).
+struct config {
+	__u32 pool[MAX_POOL];
+	__u32 pool_len;
+	__u32 private_addr[MAX_PRIVATE];
+	__u32 private_mask[MAX_PRIVATE];
+	__u32 private_len;
+	__u16 port_lo; // host order
+	__u16 port_hi;
+	__u32 filtering;
+	__u32 mark;
+	__u32 _pad;
+	__u64 udp_ns;
+	__u64 tcp_established_ns;
+	__u64 tcp_transitory_ns;
+	__u64 icmp_ns;
+	// Nonzero: the clock, set by the differential tests; zero: bpf_ktime_get_ns().
+	__u64 now_ns;
+};
+
+// A private or public endpoint.
+struct endpoint {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct binding {
+	struct endpoint external;
+	__u64 expires;
+	struct bpf_timer timer;
+};
+
+// A private endpoint and one remote endpoint (port 0 for ICMP) or, for the
+// address-dependent filter, one remote address (port 0).
+struct session_key {
+	__u32 iaddr;
+	__u32 raddr;
+	__u16 iport;
+	__u16 rport;
+	__u8 proto;
+	__u8 by_address;
+	__u16 _pad;
+};
+
+struct session {
+	__u64 expires;
+	__u32 state;
+	__u32 _pad;
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} natgw_config SEC(".maps");
+
+// Private endpoint -> binding.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct endpoint);
+	__type(value, struct binding);
+} natgw_bindings SEC(".maps");
+
+// Public endpoint -> private endpoint: one entry per public endpoint, so a public
+// port is never given to two private endpoints (RFC 4787 REQ-3).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct endpoint);
+	__type(value, struct endpoint);
+} natgw_external SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct session_key);
+	__type(value, struct session);
+} natgw_sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} natgw_counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&natgw_counters, &which);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct config *config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&natgw_config, &zero);
+}
+
+static __always_inline __u64 now_ns(const struct config *c)
+{
+	return c->now_ns ? c->now_ns : bpf_ktime_get_ns();
+}
+
+static __always_inline int is_private(const struct config *c, __u32 addr)
+{
+	for (int i = 0; i < MAX_PRIVATE; i++) {
+		if (i >= c->private_len)
+			break;
+		if ((addr & c->private_mask[i]) == c->private_addr[i])
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_pool(const struct config *c, __u32 addr)
+{
+	for (int i = 0; i < MAX_POOL; i++) {
+		if (i >= c->pool_len)
+			break;
+		if (c->pool[i] == addr)
+			return 1;
+	}
+	return 0;
+}
+
+// Same function as Config::paired_address in the model.
+static __always_inline __u32 paired_address(const struct config *c, __u32 private)
+{
+	__u32 h = bpf_ntohl(private) * 0x9e3779b1u;
+	__u32 n = c->pool_len;
+	if (n == 0 || n > MAX_POOL)
+		return 0;
+	__u32 i = h % n;
+	// i < n <= MAX_POOL already, but the verifier does not follow the modulo: hide i
+	// from the compiler so that the check it would drop stays.
+	asm volatile("" : "+r"(i));
+	if (i >= MAX_POOL)
+		return 0;
+	return c->pool[i];
+}
+
+// --- expiry: lazily on every lookup, and by a bpf_timer per entry so that idle state
+// is freed without traffic.
+
+static int binding_timer(void *map, struct endpoint *key, struct binding *b)
+{
+	struct config *c = config();
+	if (!c)
+		return 0;
+	__u64 now = now_ns(c);
+	if (b->expires > now) {
+		bpf_timer_start(&b->timer, b->expires - now, 0);
+		return 0;
+	}
+	struct endpoint ext = b->external;
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &ext);
+	if (owner && owner->addr == key->addr && owner->port == key->port)
+		bpf_map_delete_elem(&natgw_external, &ext);
+	bpf_map_delete_elem(map, key);
+	count(C_BINDINGS_EXPIRED);
+	return 0;
+}
+
+static int session_timer(void *map, struct session_key *key, struct session *s)
+{
+	struct config *c = config();
+	if (!c)
+		return 0;
+	__u64 now = now_ns(c);
+	if (s->expires > now)
+		bpf_timer_start(&s->timer, s->expires - now, 0);
+	else
+		bpf_map_delete_elem(map, key);
+	return 0;
+}
+
+static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
+{
+	struct endpoint ext = b->external;
+	bpf_map_delete_elem(&natgw_external, &ext);
+	bpf_map_delete_elem(&natgw_bindings, internal);
+	count(C_BINDINGS_EXPIRED);
+}
+
+static __always_inline struct binding *live_binding(struct endpoint *internal, __u64 now)
+{
+	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
+	if (b && b->expires <= now) {
+		drop_binding(internal, b);
+		return NULL;
+	}
+	return b;
+}
+
+static __always_inline struct session *live_session(struct session_key *k, __u64 now)
+{
+	struct session *s = bpf_map_lookup_elem(&natgw_sessions, k);
+	if (s && s->expires <= now) {
+		bpf_map_delete_elem(&natgw_sessions, k);
+		return NULL;
+	}
+	return s;
+}
+
+static __always_inline void arm(struct bpf_timer *t, void *map, void *cb, __u64 after)
+{
+	bpf_timer_init(t, map, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(t, cb);
+	bpf_timer_start(t, after ? after : 1, 0);
+}
+
+// --- the port search: the private port if it is in range and free, then the next
+// ones, wrapping once through the range (bpf_loop bounds it).
+
+struct search {
+	struct endpoint internal;
+	struct endpoint external; // port filled in per try
+	__u32 lo;
+	__u32 size;
+	__u32 first;
+	__u32 found;
+	__u64 now;
+};
+
+static long try_port(__u32 i, void *ctx)
+{
+	struct search *s = ctx;
+	if (s->size == 0)
+		return 1;
+	__u32 port = s->lo + (s->first + i) % s->size;
+	s->external.port = bpf_htons((__u16)port);
+	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+		s->found = 1;
+		return 1;
+	}
+	// Taken: by a binding that expired but was not collected yet, it is free.
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
+	if (!owner)
+		return 0;
+	struct endpoint o = *owner;
+	struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
+	if (ob && ob->expires > s->now)
+		return 0;
+	if (ob) {
+		bpf_map_delete_elem(&natgw_bindings, &o);
+		count(C_BINDINGS_EXPIRED);
+	}
+	bpf_map_delete_elem(&natgw_external, &s->external);
+	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+		s->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct binding *create_binding(const struct config *c,
+						      struct endpoint *internal, __u64 now)
+{
+	struct search s = {};
+	s.internal = *internal;
+	s.external.addr = paired_address(c, internal->addr);
+	s.external.proto = internal->proto;
+	s.lo = c->port_lo;
+	s.size = (__u32)c->port_hi - c->port_lo + 1;
+	s.now = now;
+	__u32 wanted = bpf_ntohs(internal->port);
+	if (wanted >= c->port_lo && wanted <= c->port_hi)
+		s.first = wanted - c->port_lo;
+	else
+		s.first = wanted % s.size;
+	bpf_loop(s.size, try_port, &s, 0);
+	if (!s.found)
+		return NULL;
+	struct binding nb = {};
+	nb.external = s.external;
+	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&natgw_external, &s.external);
+		return NULL;
+	}
+	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
+	if (!b)
+		return NULL;
+	count(C_BINDINGS_CREATED);
+	return b;
+}
+
+static __always_inline struct session *create_session(struct session_key *k, __u32 state,
+						      __u64 now)
+{
+	struct session ns = {};
+	ns.expires = now;
+	ns.state = state;
+	if (bpf_map_update_elem(&natgw_sessions, k, &ns, BPF_NOEXIST))
+		return NULL;
+	struct session *s = bpf_map_lookup_elem(&natgw_sessions, k);
+	if (s)
+		count(C_SESSIONS_CREATED);
+	return s;
+}
+
+// RFC 6146 section 3.5.2, as TcpState::tcp_step in the model.
+static __always_inline __u32 tcp_next(__u32 st, int out, __u8 flags)
+{
+	if (flags & TCP_RST)
+		return RESET;
+	int syn = flags & TCP_SYN, fin = flags & TCP_FIN;
+	switch (st) {
+	case SYN_OUT:
+		return (!out && syn) ? ESTABLISHED : SYN_OUT;
+	case SYN_IN:
+		return (out && syn) ? ESTABLISHED : SYN_IN;
+	case RESET:
+		return ESTABLISHED;
+	case ESTABLISHED:
+		if (fin)
+			return out ? FIN_OUT : FIN_IN;
+		return ESTABLISHED;
+	case FIN_OUT:
+		return (!out && fin) ? CLOSING : FIN_OUT;
+	case FIN_IN:
+		return (out && fin) ? CLOSING : FIN_IN;
+	default:
+		return st;
+	}
+}
+
+static __always_inline __u64 tcp_timeout(const struct config *c, __u32 st)
+{
+	return (st == ESTABLISHED || st == FIN_OUT || st == FIN_IN) ? c->tcp_established_ns
+								      : c->tcp_transitory_ns;
+}
+
+static __always_inline int bare_syn(__u8 flags)
+{
+	return (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+}
+
+// Extends the binding and the address filter to a session's expiry.
+static __always_inline void cover(const struct config *c, struct binding *b,
+				  struct session_key *k, struct session *s, __u64 now)
+{
+	if (s->expires > b->expires) {
+		b->expires = s->expires;
+		bpf_timer_start(&b->timer, b->expires - now, 0);
+	}
+	// The address-dependent filter: the longest expiry of any session to this address.
+	struct session_key ak = *k;
+	ak.rport = 0;
+	ak.by_address = 1;
+	struct session *a = bpf_map_lookup_elem(&natgw_sessions, &ak);
+	if (a && a->expires < s->expires) {
+		a->expires = s->expires;
+		return;
+	}
+	if (a)
+		return;
+	a = create_session(&ak, NONE, now);
+	if (a) {
+		a->expires = s->expires;
+		arm(&a->timer, &natgw_sessions, session_timer, s->expires - now);
+	}
+}
+
+// Moves a session on by one packet, and the binding and the address filter with it.
+static __always_inline void touch(const struct config *c, struct binding *b,
+				  struct session_key *k, struct session *s, int out, __u8 flags,
+				  __u64 now)
+{
+	switch (k->proto) {
+	case IPPROTO_UDP:
+		s->expires = now + c->udp_ns;
+		break;
+	case IPPROTO_ICMP:
+		s->expires = now + c->icmp_ns;
+		break;
+	default:
+		s->state = tcp_next(s->state, out, flags);
+		s->expires = now + tcp_timeout(c, s->state);
+	}
+	cover(c, b, k, s, now);
+}
+
+// --- packets
+
+struct packet {
+	__u32 ip; // offset of the IPv4 header
+	__u32 l4; // offset of the transport header
+	__u32 src;
+	__u32 dst;
+	__u8 proto;
+	__u8 flags; // TCP
+	__u8 icmp_type;
+	__u8 later_fragment;
+	__u8 more_fragments;
+	__u8 bad_l4;
+	__u16 sport; // network order; ICMP: the identifier
+	__u16 dport;
+};
+
+// 0: not IPv4 (leave it); 1: parsed; -1: malformed IPv4.
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	// Headers outside the linear part are pulled in, not dropped.
+	__u32 want = ETH_HLEN + 60 + 20;
+	if (want > skb->len)
+		want = skb->len;
+	if ((long)skb->data + want > (long)skb->data_end) {
+		bpf_skb_pull_data(skb, want);
+		count(C_PULLED);
+	}
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return -1;
+	__u32 hl = ip->ihl * 4;
+	__u32 total = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || hl < 20 || total < hl || total > skb->len - ETH_HLEN)
+		return -1;
+	p->ip = ETH_HLEN;
+	p->l4 = ETH_HLEN + hl;
+	p->src = ip->saddr;
+	p->dst = ip->daddr;
+	p->proto = ip->protocol;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	p->later_fragment = (frag & 0x1fff) != 0;
+	p->more_fragments = (frag & 0x2000) != 0;
+	p->flags = 0;
+	p->bad_l4 = 0;
+	p->icmp_type = 0;
+	p->sport = 0;
+	p->dport = 0;
+	if (p->later_fragment)
+		return 1;
+	__u32 l4len = total - hl;
+	__u8 *l4 = (void *)ip + (hl & 0x3c);
+	__u32 need = p->proto == IPPROTO_TCP ? 20 : 8;
+	if (p->proto != IPPROTO_UDP && p->proto != IPPROTO_TCP && p->proto != IPPROTO_ICMP)
+		return 1;
+	// The model's Malformed: the transport header is cut short.
+	if (l4len < need || (void *)(l4 + 8) > end) {
+		p->bad_l4 = 1;
+		return 1;
+	}
+	p->sport = *(__u16 *)l4;
+	p->dport = *(__u16 *)(l4 + 2);
+	if (p->proto == IPPROTO_ICMP) {
+		p->icmp_type = l4[0];
+		p->sport = *(__u16 *)(l4 + 4);
+		p->dport = p->sport;
+	} else if (p->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + 14) > end) {
+			p->bad_l4 = 1;
+			return 1;
+		}
+		p->flags = l4[13];
+	}
+	return 1;
+}
+
+// Rewrites one address (IPv4 header offset `addr_off`) and one port or identifier
+// (transport offset `port_off`), in the model's order: the address with both
+// checksums, then the port with the transport checksum.
+static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p, __u32 addr_off,
+				   __u32 new_addr, __u32 port_off, __u16 new_port)
+{
+	__u32 old_addr = addr_off == 12 ? p->src : p->dst;
+	__u16 old_port;
+	__u32 csum_off;
+	__u64 l4flags;
+	if (bpf_skb_load_bytes(skb, p->l4 + port_off, &old_port, 2))
+		return -1;
+	switch (p->proto) {
+	case IPPROTO_UDP:
+		csum_off = 6;
+		l4flags = BPF_F_MARK_MANGLED_0;
+		break;
+	case IPPROTO_TCP:
+		csum_off = 16;
+		l4flags = 0;
+		break;
+	default:
+		csum_off = 2;
+		l4flags = 0;
+	}
+	if (p->proto != IPPROTO_ICMP &&
+	    bpf_l4_csum_replace(skb, p->l4 + csum_off, old_addr, new_addr,
+				l4flags | BPF_F_PSEUDO_HDR | 4))
+		return -1;
+	if (bpf_l3_csum_replace(skb, p->ip + 10, old_addr, new_addr, 4))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->ip + addr_off, &new_addr, 4, 0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, p->l4 + csum_off, old_port, new_port, l4flags | 2))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4 + port_off, &new_port, 2, 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int drop(__u32 why)
+{
+	count(why);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int pass(void)
+{
+	count(C_PASSED);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int natgw_egress(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	int r = parse(skb, &p);
+	if (r == 0)
+		return TC_ACT_OK;
+	if (r < 0) {
+		// The model drops malformed IPv4 whatever its source; so does this.
+		return drop(C_DROP_MALFORMED);
+	}
+	if (!is_private(c, p.src))
+		return pass();
+	if (p.later_fragment)
+		return drop(C_DROP_UNSUPPORTED); // fragments: not in this data plane yet
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (is_pool(c, p.dst))
+		return pass(); // hairpins are routed locally, never reach the public side
+	if (p.more_fragments)
+		return drop(C_DROP_UNSUPPORTED);
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
+	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
+		return drop(C_DROP_UNSUPPORTED);
+	__u64 now = now_ns(c);
+	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.dport;
+	struct endpoint internal = {.addr = p.src, .port = p.sport, .proto = p.proto};
+	int new_tcp = p.proto == IPPROTO_TCP && bare_syn(p.flags);
+	int new_binding = 0;
+	struct binding *b = live_binding(&internal, now);
+	if (!b) {
+		if (p.proto == IPPROTO_TCP && !new_tcp)
+			return drop(C_DROP_NO_MAPPING);
+		b = create_binding(c, &internal, now);
+		if (!b)
+			return drop(C_DROP_NO_PORT);
+		b->expires = now;
+		new_binding = 1;
+	}
+	struct session_key k = {.iaddr = p.src,
+				.raddr = p.dst,
+				.iport = p.sport,
+				.rport = rport,
+				.proto = p.proto};
+	struct session *s = live_session(&k, now);
+	if (!s) {
+		if (p.proto == IPPROTO_TCP && !new_tcp)
+			return drop(C_DROP_NO_MAPPING);
+		s = create_session(&k, p.proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
+		if (!s)
+			return drop(C_DROP_NO_MAPPING);
+		touch(c, b, &k, s, 1, p.flags, now);
+		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+	} else {
+		touch(c, b, &k, s, 1, p.flags, now);
+	}
+	// Armed once its expiry is known, so the timer cannot find it already expired.
+	if (new_binding)
+		arm(&b->timer, &natgw_bindings, binding_timer, b->expires - now);
+	struct endpoint ext = b->external;
+	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
+		return drop(C_DROP_MALFORMED);
+	count(C_OUT_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int natgw_ingress(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	int r = parse(skb, &p);
+	if (r == 0)
+		return TC_ACT_OK;
+	if (r < 0)
+		return drop(C_DROP_MALFORMED);
+	if (!is_pool(c, p.dst) || p.later_fragment)
+		return pass();
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
+	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 0))
+		return pass(); // ICMP errors and the host's own protocols: left alone
+	if (p.more_fragments)
+		return pass();
+	__u64 now = now_ns(c);
+	struct endpoint external = {.addr = p.dst, .port = p.dport, .proto = p.proto};
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
+	if (!owner)
+		return pass();
+	struct endpoint internal = *owner;
+	struct binding *b = live_binding(&internal, now);
+	if (!b)
+		return pass();
+	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.sport;
+	struct session_key k = {.iaddr = internal.addr,
+				.raddr = p.src,
+				.iport = internal.port,
+				.rport = rport,
+				.proto = p.proto};
+	struct session *s = live_session(&k, now);
+	if (c->filtering == APDF && !s)
+		return drop(C_DROP_FILTERED);
+	if (c->filtering == ADF && !s) {
+		struct session_key ak = k;
+		ak.rport = 0;
+		ak.by_address = 1;
+		if (!live_session(&ak, now))
+			return drop(C_DROP_FILTERED);
+	}
+	if (p.proto == IPPROTO_TCP) {
+		if (s) {
+			touch(c, b, &k, s, 0, p.flags, now);
+		} else if (bare_syn(p.flags)) {
+			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
+			s = create_session(&k, SYN_IN, now);
+			if (s) {
+				s->expires = now + c->tcp_transitory_ns;
+				cover(c, b, &k, s, now);
+				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+			}
+		}
+	}
+	if (rewrite(skb, &p, 16, internal.addr, p.proto == IPPROTO_ICMP ? 4 : 2, internal.port))
+		return drop(C_DROP_MALFORMED);
+	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
+	skb->mark = c->mark;
+	count(C_IN_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
