@@ -6,6 +6,16 @@ use std::net::Ipv4Addr;
 use crate::table::Endpoint;
 use crate::wire::{self, icmp_type, ip, l4};
 
+/// 10.0.0.`i`:`port`, a private host of the tests' networks.
+pub fn private_host(i: u8, port: u16) -> Endpoint {
+    Endpoint::new(Ipv4Addr::new(10, 0, 0, i), port)
+}
+
+/// 198.51.100.`i`:`port` (TEST-NET-2), a remote host of the tests' networks.
+pub fn remote_host(i: u8, port: u16) -> Endpoint {
+    Endpoint::new(Ipv4Addr::new(198, 51, 100, i), port)
+}
+
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     let total = ip::MIN_LEN + payload.len();
     let mut p = vec![0u8; ip::MIN_LEN];

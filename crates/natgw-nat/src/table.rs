@@ -16,6 +16,10 @@ pub enum Proto {
     Icmp,
 }
 
+impl Proto {
+    pub const ALL: [Proto; 3] = [Proto::Udp, Proto::Tcp, Proto::Icmp];
+}
+
 /// An address and a port (or ICMP identifier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {

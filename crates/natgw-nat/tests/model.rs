@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use natgw_nat::packet::{echo, fragment, icmp_error, reassemble, tcp, udp};
+use natgw_nat::packet::{
+    echo, fragment, icmp_error, private_host as host, reassemble, remote_host as remote, tcp, udp,
+};
 use natgw_nat::wire::{self, checksums_ok, icmp_type, tcp_flags::*, Ipv4};
 use natgw_nat::{Config, DropReason, Endpoint, Filtering, Nat, Proto, TcpState, Timeouts, Verdict};
 
@@ -23,14 +25,6 @@ fn config(filtering: Filtering) -> Config {
 
 fn nat(filtering: Filtering) -> Nat {
     Nat::new(config(filtering)).unwrap()
-}
-
-fn host(last: u8, port: u16) -> Endpoint {
-    Endpoint::new(Ipv4Addr::new(10, 0, 0, last), port)
-}
-
-fn remote(last: u8, port: u16) -> Endpoint {
-    Endpoint::new(Ipv4Addr::new(198, 51, 100, last), port)
 }
 
 fn secs(s: u64) -> Duration {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use natgw_nat::packet::{echo, icmp_error, tcp, udp};
+use natgw_nat::packet::{echo, icmp_error, private_host as host, remote_host as remote, tcp, udp};
 use natgw_nat::wire::{self, checksums_ok, tcp_flags::*, Ipv4};
 use natgw_nat::{Config, Endpoint, Filtering, Nat, Proto, Timeouts, Verdict};
 use proptest::prelude::*;
@@ -84,16 +84,8 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
-fn host(i: u8, port: u16) -> Endpoint {
-    Endpoint::new(Ipv4Addr::new(10, 0, 0, i), port)
-}
-
-fn remote(i: u8, port: u16) -> Endpoint {
-    Endpoint::new(Ipv4Addr::new(198, 51, 100, i), port)
-}
-
 fn proto_of(i: u8) -> Proto {
-    [Proto::Udp, Proto::Tcp, Proto::Icmp][usize::from(i % 3)]
+    Proto::ALL[usize::from(i % 3)]
 }
 
 /// What the RFC rules alone say about one private endpoint's binding.
