@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aya::maps::{Array, PerCpuArray};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::maps::{BpfConfig, LayoutError, COUNTERS};
@@ -29,6 +29,27 @@ impl Side {
             Self::Ingress => "natgw_ingress",
         }
     }
+
+    fn tc(self) -> TcAttachType {
+        match self {
+            Self::Egress => TcAttachType::Egress,
+            Self::Ingress => TcAttachType::Ingress,
+        }
+    }
+}
+
+/// The names of the programs attached to `ifname` on one side (TCX), for checks that
+/// nothing is left behind. Call it inside the interface's namespace.
+pub fn attached(ifname: &str, side: Side) -> Result<Vec<String>, PlaneError> {
+    let (_, progs) =
+        SchedClassifier::query_tcx(ifname, side.tc()).map_err(|source| PlaneError::Program {
+            name: side.program(),
+            source,
+        })?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +169,21 @@ impl Plane {
             data: out,
             mark,
         })
+    }
+
+    /// Attaches both programs to the public interface `ifname` (TCX on kernels that
+    /// have it, clsact otherwise): egress after routing, ingress before it. They stay
+    /// attached as long as this `Plane` lives. Call it inside the interface's namespace.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), PlaneError> {
+        for side in [Side::Egress, Side::Ingress] {
+            self.program(side)?
+                .attach(ifname, side.tc())
+                .map_err(|source| PlaneError::Program {
+                    name: side.program(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The counters, summed over CPUs.

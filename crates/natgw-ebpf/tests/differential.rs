@@ -10,6 +10,9 @@
 //!
 //! Needs root (loading programs); skips with a message otherwise, but never under CI.
 
+mod common;
+use common::root_or_skip;
+
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -26,23 +29,6 @@ const POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0
 const HOST_PORTS: [u16; 4] = [1000, 1001, 5000, 40000];
 const REMOTE_PORTS: [u16; 3] = [53, 3478, 3479];
 const STEPS: [u64; 9] = [0, 0, 1, 30, 59, 119, 200, 299, 7500];
-
-fn root_or_skip(test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: CI runs as root, this must not skip"
-        );
-        eprintln!("SKIPPED {test}: loading eBPF programs needs root");
-    }
-    root
-}
 
 fn config(filtering: Filtering, ports: std::ops::RangeInclusive<u16>) -> Config {
     Config {

@@ -1,0 +1,185 @@
+//! The programs attached at TCX of a lab headnode's public interface, with real
+//! traffic between namespaces (no nftables, no conntrack: the translation is theirs
+//! alone): endpoint-independent mapping with port preservation, endpoint-independent
+//! filtering, unsolicited inbound dropped under address-and-port-dependent filtering,
+//! TCP through the translator, and nothing left attached once the plane is dropped.
+//!
+//! Root only; skips with a message otherwise, never under CI.
+
+mod common;
+use common::root_or_skip;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use natgw_ebpf::plane::attached;
+use natgw_ebpf::{Plane, Side};
+use natgw_lab::{in_netns, Lab, Spec, HEAD_PUBLIC, SERVER, SERVER_ALT};
+use natgw_nat::{Config, Filtering, Timeouts};
+
+const WAN: &str = "wan0";
+
+fn lab() -> Lab {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "ngwe{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let lab = Lab::build(&name, Spec::nodes(1)).expect("build lab");
+    lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
+    lab
+}
+
+/// The plane, loaded and attached inside the headnode.
+fn attach(lab: &Lab, filtering: Filtering) -> Plane {
+    let cfg = Config {
+        private: vec!["10.0.0.0/24".parse().unwrap()],
+        pool: vec![HEAD_PUBLIC],
+        // Below the headnode's own ephemeral ports.
+        ports: 1024..=32767,
+        filtering,
+        timeouts: Timeouts::default(),
+        icmp_source: Ipv4Addr::new(10, 0, 0, 1),
+    };
+    in_netns(&lab.ns("head"), move || {
+        let mut p = Plane::load(&cfg, 0x4e47).unwrap();
+        p.attach(WAN).unwrap();
+        p
+    })
+    .unwrap()
+}
+
+fn udp_in(lab: &Lab, role: &str, addr: SocketAddrV4) -> UdpSocket {
+    in_netns(&lab.ns(role), move || {
+        let s = UdpSocket::bind(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        s
+    })
+    .unwrap()
+}
+
+fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 1500];
+    s.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+fn node() -> Ipv4Addr {
+    Lab::node_address(1)
+}
+
+#[test]
+fn full_cone_udp_through_the_attached_programs() {
+    if !root_or_skip("full_cone_udp_through_the_attached_programs") {
+        return;
+    }
+    let lab = lab();
+    let plane = attach(&lab, Filtering::EndpointIndependent);
+    let client = udp_in(&lab, "n1", SocketAddrV4::new(node(), 4500));
+    let server = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, 7000));
+    let alt = udp_in(&lab, "pub", SocketAddrV4::new(SERVER_ALT, 7001));
+    // Endpoint-independent mapping, port preserved: both servers see one endpoint.
+    let public = SocketAddr::from((HEAD_PUBLIC, 4500));
+    client.send_to(b"one", (SERVER, 7000)).unwrap();
+    assert_eq!(recv(&server), Some((b"one".to_vec(), public)));
+    client.send_to(b"two", (SERVER_ALT, 7001)).unwrap();
+    assert_eq!(recv(&alt), Some((b"two".to_vec(), public)));
+    // The reply maps back.
+    server.send_to(b"back", public).unwrap();
+    assert_eq!(
+        recv(&client),
+        Some((b"back".to_vec(), (SERVER, 7000).into()))
+    );
+    // Endpoint-independent filtering: an endpoint never contacted gets through too.
+    let stranger = udp_in(&lab, "pub", SocketAddrV4::new(SERVER_ALT, 7999));
+    stranger.send_to(b"hello", public).unwrap();
+    assert_eq!(
+        recv(&client),
+        Some((b"hello".to_vec(), (SERVER_ALT, 7999).into()))
+    );
+    let c = plane.counters().unwrap();
+    assert!(c["out_translated"] >= 2 && c["in_translated"] >= 2, "{c:?}");
+    assert_eq!(c["bindings_created"], 1, "{c:?}");
+    // Dropping the plane detaches both programs.
+    in_netns(&lab.ns("head"), move || {
+        assert_eq!(attached(WAN, Side::Egress).unwrap(), ["natgw_egress"]);
+        assert_eq!(attached(WAN, Side::Ingress).unwrap(), ["natgw_ingress"]);
+        drop(plane);
+        assert!(attached(WAN, Side::Egress).unwrap().is_empty());
+        assert!(attached(WAN, Side::Ingress).unwrap().is_empty());
+    })
+    .unwrap();
+    // And nothing translates any more.
+    client.send_to(b"raw", (SERVER, 7000)).unwrap();
+    assert_eq!(
+        recv(&server).map(|(_, from)| from),
+        Some((node(), 4500).into()),
+        "untranslated once detached"
+    );
+}
+
+#[test]
+fn unsolicited_inbound_is_dropped_with_port_dependent_filtering() {
+    if !root_or_skip("unsolicited_inbound_is_dropped_with_port_dependent_filtering") {
+        return;
+    }
+    let lab = lab();
+    let plane = attach(&lab, Filtering::AddressAndPortDependent);
+    let client = udp_in(&lab, "n1", SocketAddrV4::new(node(), 4600));
+    let server = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, 7000));
+    let public = SocketAddr::from((HEAD_PUBLIC, 4600));
+    client.send_to(b"one", (SERVER, 7000)).unwrap();
+    assert_eq!(recv(&server), Some((b"one".to_vec(), public)));
+    for port in [7001, 7002] {
+        let other = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, port));
+        other.send_to(b"unsolicited", public).unwrap();
+    }
+    server.send_to(b"reply", public).unwrap();
+    // Only the reply arrives; the other ports were dropped and counted.
+    assert_eq!(
+        recv(&client),
+        Some((b"reply".to_vec(), (SERVER, 7000).into()))
+    );
+    assert_eq!(recv(&client), None);
+    assert_eq!(plane.counters().unwrap()["drop_filtered"], 2);
+}
+
+#[test]
+fn tcp_connects_through_the_attached_programs() {
+    if !root_or_skip("tcp_connects_through_the_attached_programs") {
+        return;
+    }
+    let lab = lab();
+    let plane = attach(&lab, Filtering::AddressAndPortDependent);
+    let listener = in_netns(&lab.ns("pub"), || {
+        TcpListener::bind(SocketAddrV4::new(SERVER, 8080)).unwrap()
+    })
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, from) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&from.to_string().into_bytes()).unwrap();
+        buf
+    });
+    let seen = in_netns(&lab.ns("n1"), || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((SERVER, 8080)), Duration::from_secs(3))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap();
+    assert_eq!(&server.join().unwrap(), b"hello");
+    let from: SocketAddr = seen.parse().unwrap();
+    assert_eq!(from.ip(), HEAD_PUBLIC, "the server saw the public address");
+    assert!(plane.counters().unwrap()["out_translated"] >= 3);
+}
