@@ -273,8 +273,7 @@ static __always_inline void arm(struct bpf_timer *t, void *map, void *cb, __u64 
 	bpf_timer_start(t, after ? after : 1, 0);
 }
 
-// --- the port search: the private port if it is in range and free, then the next
-// ones, wrapping once through the range (bpf_loop bounds it).
+// --- the port search (bpf_loop bounds it): one try per call.
 
 struct search {
 	struct endpoint internal;
@@ -327,12 +326,18 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	s.lo = c->port_lo;
 	s.size = (__u32)c->port_hi - c->port_lo + 1;
 	s.now = now;
+	// Port preservation first; then a walk through the whole range from a hash of
+	// the private endpoint (table::probe_start in the model).
 	__u32 wanted = bpf_ntohs(internal->port);
-	if (wanted >= c->port_lo && wanted <= c->port_hi)
+	if (wanted >= c->port_lo && wanted <= c->port_hi) {
 		s.first = wanted - c->port_lo;
-	else
-		s.first = wanted % s.size;
-	bpf_loop(s.size, try_port, &s, 0);
+		try_port(0, &s);
+	}
+	if (!s.found) {
+		__u32 h = (bpf_ntohl(internal->addr) * 0x9e3779b1u ^ wanted) * 0x85ebca6bu;
+		s.first = h % s.size;
+		bpf_loop(s.size, try_port, &s, 0);
+	}
 	if (!s.found)
 		return NULL;
 	struct binding nb = {};

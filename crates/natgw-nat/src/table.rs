@@ -126,6 +126,12 @@ impl Binding {
     }
 }
 
+/// Where the port search of a private endpoint starts (nat.bpf.c computes the same).
+pub fn probe_start(internal: Endpoint) -> u32 {
+    (u32::from(internal.addr).wrapping_mul(0x9e37_79b1) ^ u32::from(internal.port))
+        .wrapping_mul(0x85eb_ca6b)
+}
+
 /// All bindings, indexed both ways.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
@@ -160,8 +166,10 @@ impl Table {
     }
 
     /// Creates a binding on `addr`: the private port if it is in range and free (port
-    /// preservation), else the next free one after it, wrapping once through the whole
-    /// range. `None` when every port of the range is taken: one public endpoint never
+    /// preservation), else the first free one of a walk through the whole range that
+    /// starts at a hash of the private endpoint (so that hosts asking for the same
+    /// port do not all queue behind it: a probe is short until the range is nearly
+    /// full). `None` when every port of the range is taken: one public endpoint never
     /// serves two private ones (RFC 4787 REQ-3, no port overloading).
     pub fn create(
         &mut self,
@@ -171,7 +179,7 @@ impl Table {
         ports: &RangeInclusive<u16>,
     ) -> Option<&mut Binding> {
         debug_assert!(!self.bindings.contains_key(&(proto, internal)));
-        let port = self.free_port(proto, internal.port, addr, ports)?;
+        let port = self.free_port(proto, internal, addr, ports)?;
         let external = Endpoint::new(addr, port);
         self.by_external.insert((proto, external), internal);
         Some(self.bindings.entry((proto, internal)).or_insert(Binding {
@@ -185,24 +193,24 @@ impl Table {
     fn free_port(
         &self,
         proto: Proto,
-        wanted: u16,
+        internal: Endpoint,
         addr: Ipv4Addr,
         ports: &RangeInclusive<u16>,
     ) -> Option<u16> {
+        let free = |p: &u16| {
+            !self
+                .by_external
+                .contains_key(&(proto, Endpoint::new(addr, *p)))
+        };
+        if ports.contains(&internal.port) && free(&internal.port) {
+            return Some(internal.port);
+        }
         let (lo, hi) = (u32::from(*ports.start()), u32::from(*ports.end()));
         let size = hi - lo + 1;
-        let first = if ports.contains(&wanted) {
-            u32::from(wanted) - lo
-        } else {
-            u32::from(wanted) % size
-        };
+        let start = probe_start(internal) % size;
         (0..size)
-            .map(|i| (lo + (first + i) % size) as u16)
-            .find(|p| {
-                !self
-                    .by_external
-                    .contains_key(&(proto, Endpoint::new(addr, *p)))
-            })
+            .map(|i| (lo + (start + i) % size) as u16)
+            .find(free)
     }
 
     /// Drops sessions and bindings that ended at or before `now`.
@@ -261,18 +269,33 @@ mod tests {
         let b = t.create(Proto::Udp, ep(2, 5001), PUB, &ports).unwrap();
         assert_eq!(b.external.port, 5001, "preserved");
         b.cover_with(ep(9, 1), session());
-        let b = t.create(Proto::Udp, ep(3, 5001), PUB, &ports).unwrap();
-        assert_eq!(b.external.port, 5002, "next after the wanted one");
-        b.cover_with(ep(9, 1), session());
-        let b = t.create(Proto::Udp, ep(4, 5001), PUB, &ports).unwrap();
-        assert_eq!(b.external.port, 5000, "wrapped");
-        b.cover_with(ep(9, 1), session());
+        let mut used = std::collections::BTreeSet::from([5001]);
+        for host in [3, 4] {
+            let b = t.create(Proto::Udp, ep(host, 5001), PUB, &ports).unwrap();
+            assert!(
+                used.insert(b.external.port),
+                "a free port, never a taken one"
+            );
+            b.cover_with(ep(9, 1), session());
+        }
+        assert_eq!(used.len(), 3);
         assert!(t.create(Proto::Udp, ep(5, 5001), PUB, &ports).is_none());
         // Another protocol has its own ports.
         t.create(Proto::Tcp, ep(5, 5001), PUB, &ports)
             .unwrap()
             .cover_with(ep(9, 1), session());
         assert!(t.consistent());
+    }
+
+    #[test]
+    fn the_search_starts_where_the_endpoint_hashes() {
+        let mut t = Table::default();
+        let ports = 1024..=65535;
+        t.create(Proto::Udp, ep(2, 7), PUB, &ports)
+            .unwrap()
+            .cover_with(ep(9, 1), session());
+        let want = 1024 + (probe_start(ep(2, 7)) % 64512) as u16;
+        assert_eq!(t.get(Proto::Udp, ep(2, 7)).unwrap().external.port, want);
     }
 
     #[test]
