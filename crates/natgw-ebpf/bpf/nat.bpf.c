@@ -408,10 +408,10 @@ static __always_inline int bare_syn(__u8 flags)
 static __always_inline void cover(const struct config *c, struct binding *b,
 				  struct session_key *k, struct session *s, __u64 now)
 {
-	if (s->expires > b->expires) {
+	// No timer restart here (it costs more than the rest of the packet): the timer
+	// fires at the old expiry, sees the new one and waits for the rest.
+	if (s->expires > b->expires)
 		b->expires = s->expires;
-		bpf_timer_start(&b->timer, b->expires - now, 0);
-	}
 	// The address-dependent filter: the longest expiry of any session to this address.
 	struct session_key ak = *k;
 	ak.rport = 0;

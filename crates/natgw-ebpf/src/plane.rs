@@ -144,6 +144,16 @@ impl Plane {
 
     /// Runs one Ethernet frame through a program, as the kernel would on that side.
     pub fn run(&mut self, side: Side, frame: &[u8]) -> Result<RunResult, PlaneError> {
+        self.run_timed(side, frame, 1).map(|(r, _)| r)
+    }
+
+    /// Runs a frame `repeat` times; also returns the kernel's average time per run.
+    pub fn run_timed(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(RunResult, Duration), PlaneError> {
         let mut out = vec![0u8; frame.len() + 256];
         let ctx_in = [0u8; SK_BUFF_LEN];
         let mut ctx_out = [0u8; SK_BUFF_LEN];
@@ -155,6 +165,7 @@ impl Plane {
                 data_out: Some(&mut out),
                 ctx_in: Some(&ctx_in),
                 ctx_out: Some(&mut ctx_out),
+                repeat,
                 ..TestRunOptions::default()
             })
             .map_err(|source| PlaneError::Program { name, source })?;
@@ -164,11 +175,12 @@ impl Plane {
                 .try_into()
                 .expect("4 bytes"),
         );
-        Ok(RunResult {
+        let result = RunResult {
             verdict: r.return_value,
             data: out,
             mark,
-        })
+        };
+        Ok((result, r.duration))
     }
 
     /// Attaches both programs to the public interface `ifname` (TCX on kernels that
