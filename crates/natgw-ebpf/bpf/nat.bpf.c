@@ -584,6 +584,278 @@ static __always_inline int pass(void)
 	return TC_ACT_OK;
 }
 
+
+// --- ICMP errors (RFC 5508): the embedded packet is rewritten, with its own checksums
+// and the outer ICMP checksum brought up to date. The arithmetic is the model's
+// (wire::csum_replace, on host-order numbers) so the bytes agree exactly; the fields
+// are read and written with bpf_skb_load_bytes/store_bytes, so quoted headers outside
+// the linear buffer are fine.
+
+#define CSUM_PLAIN 0
+#define CSUM_UDP 1
+
+static __always_inline __u32 csum_add32(__u32 a, __u32 b)
+{
+	__u32 s = a + b;
+	return s + (s < b);
+}
+
+static __always_inline __u16 csum_fold32(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline __u16 csum_replace(__u16 check, __u32 from, __u32 to)
+{
+	__u32 unfolded = (__u16)~check;
+	return csum_fold32(csum_add32(csum_add32(unfolded, ~from), to));
+}
+
+static __always_inline int load16(struct __sk_buff *skb, __u32 off, __u16 *v)
+{
+	__u16 raw;
+	if (bpf_skb_load_bytes(skb, off, &raw, 2))
+		return -1;
+	*v = bpf_ntohs(raw);
+	return 0;
+}
+
+static __always_inline int store16(struct __sk_buff *skb, __u32 off, __u16 v)
+{
+	__u16 raw = bpf_htons(v);
+	return bpf_skb_store_bytes(skb, off, &raw, 2, 0);
+}
+
+// wire::update_csum: the checksum at `off` for a covered field going from -> to.
+static __always_inline int update_csum(struct __sk_buff *skb, __u32 off, int kind, __u32 from,
+				       __u32 to)
+{
+	__u16 old;
+	if (load16(skb, off, &old))
+		return -1;
+	if (kind == CSUM_UDP && old == 0)
+		return 0;
+	__u16 new = csum_replace(old, from, to);
+	if (kind == CSUM_UDP && new == 0)
+		new = 0xffff;
+	return store16(skb, off, new);
+}
+
+// Writes an address (host order) at `off` with the IPv4 header checksum of the header
+// at `ip`, and the transport checksum at `l4csum` (if nonzero) of kind `kind`.
+static __always_inline int set_addr(struct __sk_buff *skb, __u32 ip, __u32 off, __u32 new,
+				    __u32 l4csum, int kind)
+{
+	__u32 raw;
+	if (bpf_skb_load_bytes(skb, ip + off, &raw, 4))
+		return -1;
+	__u32 old = bpf_ntohl(raw);
+	if (l4csum && update_csum(skb, l4csum, kind, old, new))
+		return -1;
+	if (update_csum(skb, ip + 10, CSUM_PLAIN, old, new))
+		return -1;
+	raw = bpf_htonl(new);
+	return bpf_skb_store_bytes(skb, ip + off, &raw, 4, 0);
+}
+
+// The words of an ICMP error that a translation can change, in increasing order:
+// embedded header checksum, source and destination, and the first 18 bytes of the
+// embedded transport header.
+#define WORDS 14
+
+struct quoted {
+	__u32 ip;     // offset of the embedded IPv4 header
+	__u32 l4;     // offset of its transport header
+	__u32 l4_len; // quoted bytes from l4 on
+	__u8 proto;
+	__u8 echo_type;
+	__u32 src;    // network order
+	__u32 dst;
+	__u16 words[WORDS];
+};
+
+static __always_inline __u32 word_off(const struct quoted *q, int i)
+{
+	// 10, 12, 14, 16, 18 of the header, then 0..16 of the transport header.
+	return i < 5 ? q->ip + 10 + 2 * i : q->l4 + 2 * (i - 5);
+}
+
+static __always_inline int word_present(const struct quoted *q, int i)
+{
+	return i < 5 || 2 * (i - 5) + 2 <= q->l4_len;
+}
+
+static __always_inline void snapshot(struct __sk_buff *skb, struct quoted *q)
+{
+	for (int i = 0; i < WORDS; i++) {
+		q->words[i] = 0;
+		if (word_present(q, i))
+			load16(skb, word_off(q, i), &q->words[i]);
+	}
+}
+
+// Embedded::parse: the quoted header, or -1 (the model's None).
+static __always_inline int parse_quoted(struct __sk_buff *skb, const struct packet *p,
+					__u32 total, struct quoted *q)
+{
+	__u32 start = p->l4 + 8;
+	__u32 end = p->ip + total;
+	if (end < start + 20)
+		return -1;
+	__u8 vihl;
+	if (bpf_skb_load_bytes(skb, start, &vihl, 1))
+		return -1;
+	__u32 hl = (vihl & 0x0f) * 4;
+	if (vihl >> 4 != 4 || hl < 20 || end - start < hl + 8)
+		return -1;
+	__u16 frag;
+	if (load16(skb, start + 6, &frag) || (frag & 0x1fff))
+		return -1;
+	q->ip = start;
+	q->l4 = start + hl;
+	q->l4_len = end - q->l4;
+	if (bpf_skb_load_bytes(skb, start + 9, &q->proto, 1) ||
+	    bpf_skb_load_bytes(skb, start + 12, &q->src, 4) ||
+	    bpf_skb_load_bytes(skb, start + 16, &q->dst, 4) ||
+	    bpf_skb_load_bytes(skb, q->l4, &q->echo_type, 1))
+		return -1;
+	return 0;
+}
+
+// Embedded::rewrite: our side of the embedded packet (address at `addr_off` of its
+// header, port or identifier at `port_off` of its transport header).
+static __always_inline int rewrite_quoted(struct __sk_buff *skb, const struct quoted *q,
+					  __u32 addr_off, __u32 port_off, __u32 addr, __u16 port)
+{
+	__u32 c = q->proto == IPPROTO_UDP ? 6 : q->proto == IPPROTO_TCP ? 16 : 2;
+	int kind = q->proto == IPPROTO_UDP ? CSUM_UDP : CSUM_PLAIN;
+	__u32 l4csum = q->l4_len >= c + 2 ? q->l4 + c : 0;
+	if (set_addr(skb, q->ip, addr_off, addr, q->proto == IPPROTO_ICMP ? 0 : l4csum, kind))
+		return -1;
+	__u16 old;
+	if (load16(skb, q->l4 + port_off, &old))
+		return -1;
+	if (l4csum && update_csum(skb, l4csum, kind, old, port))
+		return -1;
+	return store16(skb, q->l4 + port_off, port);
+}
+
+// fix_icmp_checksum: one replace per changed word, in order.
+static __always_inline int fix_icmp(struct __sk_buff *skb, const struct packet *p,
+				    struct quoted *q)
+{
+	for (int i = 0; i < WORDS; i++) {
+		if (!word_present(q, i))
+			continue;
+		__u16 now;
+		if (load16(skb, word_off(q, i), &now))
+			return -1;
+		if (now != q->words[i] &&
+		    update_csum(skb, p->l4 + 2, CSUM_PLAIN, q->words[i], now))
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 ip_total(struct __sk_buff *skb, const struct packet *p)
+{
+	__u16 total = 0;
+	load16(skb, p->ip + 2, &total);
+	return total;
+}
+
+// Nat::inbound_error.
+static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct config *c,
+					 const struct packet *p)
+{
+	struct quoted q = {};
+	if (parse_quoted(skb, p, ip_total(skb, p), &q) || q.src != p->dst)
+		return pass();
+	__u32 port_off;
+	if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_TCP)
+		port_off = 0;
+	else if (q.proto == IPPROTO_ICMP && q.echo_type == 8)
+		port_off = 4;
+	else
+		return pass();
+	__u16 port;
+	if (bpf_skb_load_bytes(skb, q.l4 + port_off, &port, 2))
+		return pass();
+	__u64 now = now_ns(c);
+	struct endpoint external = {.addr = q.src, .port = port, .proto = q.proto};
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
+	if (!owner)
+		return pass();
+	struct endpoint internal = *owner;
+	if (!live_binding(&internal, now))
+		return pass();
+	__u16 rport = 0;
+	if (q.proto != IPPROTO_ICMP && bpf_skb_load_bytes(skb, q.l4 + 2, &rport, 2))
+		return pass();
+	struct session_key k = {.iaddr = internal.addr,
+				.raddr = q.dst,
+				.iport = internal.port,
+				.rport = rport,
+				.proto = q.proto};
+	if (c->filtering == APDF && !live_session(&k, now))
+		return drop(C_DROP_FILTERED);
+	if (c->filtering == ADF) {
+		k.rport = 0;
+		k.by_address = 1;
+		if (!live_session(&k, now))
+			return drop(C_DROP_FILTERED);
+	}
+	snapshot(skb, &q);
+	if (rewrite_quoted(skb, &q, 12, port_off, bpf_ntohl(internal.addr),
+			   bpf_ntohs(internal.port)) ||
+	    set_addr(skb, p->ip, 16, bpf_ntohl(internal.addr), 0, CSUM_PLAIN) ||
+	    fix_icmp(skb, p, &q))
+		return drop(C_DROP_MALFORMED);
+	skb->mark = c->mark;
+	count(C_IN_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+// Nat::outbound_error.
+static __always_inline int icmp_error_out(struct __sk_buff *skb, const struct config *c,
+					  const struct packet *p)
+{
+	if (is_pool(c, p->dst))
+		return drop(C_DROP_UNSUPPORTED);
+	struct quoted q = {};
+	if (parse_quoted(skb, p, ip_total(skb, p), &q))
+		return drop(C_DROP_MALFORMED);
+	__u32 port_off;
+	if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_TCP)
+		port_off = 2;
+	else if (q.proto == IPPROTO_ICMP && q.echo_type == 0)
+		port_off = 4;
+	else
+		return drop(C_DROP_UNSUPPORTED);
+	__u16 port;
+	if (bpf_skb_load_bytes(skb, q.l4 + port_off, &port, 2))
+		return drop(C_DROP_MALFORMED);
+	struct endpoint internal = {.addr = q.dst, .port = port, .proto = q.proto};
+	struct binding *b = live_binding(&internal, now_ns(c));
+	if (!b)
+		return drop(C_DROP_NO_MAPPING);
+	struct endpoint ext = b->external;
+	snapshot(skb, &q);
+	if (rewrite_quoted(skb, &q, 16, port_off, bpf_ntohl(ext.addr), bpf_ntohs(ext.port)) ||
+	    set_addr(skb, p->ip, 12, bpf_ntohl(ext.addr), 0, CSUM_PLAIN) || fix_icmp(skb, p, &q))
+		return drop(C_DROP_MALFORMED);
+	count(C_OUT_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+static __always_inline int is_icmp_error(const struct packet *p)
+{
+	return p->proto == IPPROTO_ICMP &&
+	       (p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12);
+}
+
 SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
@@ -604,6 +876,8 @@ int natgw_egress(struct __sk_buff *skb)
 		return drop(C_DROP_UNSUPPORTED); // fragments: not in this data plane yet
 	if (p.bad_l4)
 		return drop(C_DROP_MALFORMED);
+	if (is_icmp_error(&p))
+		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
 	if (is_pool(c, p.dst))
 		return pass(); // hairpins are routed locally, never reach the public side
 	if (p.more_fragments)
@@ -669,11 +943,13 @@ int natgw_ingress(struct __sk_buff *skb)
 		return pass();
 	if (p.bad_l4)
 		return drop(C_DROP_MALFORMED);
-	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
-	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 0))
-		return pass(); // ICMP errors and the host's own protocols: left alone
 	if (p.more_fragments)
 		return pass();
+	if (is_icmp_error(&p))
+		return icmp_error_in(skb, c, &p);
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
+	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 0))
+		return pass(); // the host's own protocols and ICMP types: left alone
 	__u64 now = now_ns(c);
 	struct endpoint external = {.addr = p.dst, .port = p.dport, .proto = p.proto};
 	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);

@@ -4,9 +4,10 @@
 //!
 //! The corpus is what the programs claim to implement (see the crate docs): UDP, TCP
 //! and ICMP echo both ways, unsolicited and filtered inbound, TCP SYN/FIN/RST
-//! sequences, port exhaustion, clock jumps across every timer, and edge cases
-//! (truncated headers, foreign sources, other protocols). ICMP errors, fragments and
-//! hairpins are not in it: the programs do not implement them yet.
+//! sequences, port exhaustion, clock jumps across every timer, ICMP errors both ways
+//! (quotes of 8 to 28 bytes, about strangers and unbound endpoints), and edge cases
+//! (truncated headers, foreign sources, other protocols). Fragments and hairpins are
+//! not in it: the programs do not implement them yet.
 //!
 //! Needs root (loading programs); skips with a message otherwise, but never under CI.
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use natgw_ebpf::plane::{TC_ACT_OK, TC_ACT_SHOT};
 use natgw_ebpf::{Plane, Side};
-use natgw_nat::packet::{echo, private_host as host, remote_host as remote, tcp, udp};
+use natgw_nat::packet::{echo, icmp_error, private_host as host, remote_host as remote, tcp, udp};
 use natgw_nat::wire::{checksums_ok, tcp_flags::*};
 use natgw_nat::{Config, Endpoint, Filtering, Nat, Proto, Timeouts, Verdict};
 use proptest::prelude::*;
@@ -111,6 +112,13 @@ impl Pair {
             Verdict::Hairpin(_) => panic!("no hairpins in this corpus: {}", ctx()),
         };
         *self.seen.entry(format!("{side:?} {outcome}")).or_default() += 1;
+        let is_error = ip.len() > 20 && ip[9] == 1 && natgw_nat::wire::icmp_type::is_error(ip[20]);
+        if is_error {
+            *self
+                .seen
+                .entry(format!("{side:?} {outcome} (ICMP error)"))
+                .or_default() += 1;
+        }
     }
 
     fn live(&self, pick: usize) -> Option<natgw_nat::BindingView> {
@@ -164,8 +172,27 @@ enum Event {
         flags: u8,
     },
     Edge(u8, u8),
+    /// A router reports an error about a binding's traffic (`stranger`: about a remote
+    /// it never contacted, or `unbound`: about a public endpoint without a binding).
+    ErrorIn {
+        pick: usize,
+        ty: u8,
+        quote: usize,
+        stranger: bool,
+        unbound: bool,
+    },
+    /// A private host reports an error about a packet it received (`unbound`: about an
+    /// endpoint without a binding).
+    ErrorOut {
+        pick: usize,
+        quote: usize,
+        unbound: bool,
+    },
     Wait(usize),
 }
+
+/// How much of the offending packet an error quotes after its IPv4 header.
+const QUOTES: [usize; 4] = [8, 12, 20, 28];
 
 fn flags() -> impl Strategy<Value = u8> {
     prop::sample::select(vec![SYN, SYN, SYN | ACK, ACK, FIN | ACK, RST, RST | ACK])
@@ -179,6 +206,10 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(remote, rport, pick, pool, port, proto, flags)| Event::In { remote, rport, pick, pool, port, proto, flags }),
         4 => (any::<usize>(), flags()).prop_map(|(pick, flags)| Event::Reply { pick, flags }),
         1 => (0..6u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
+        2 => (any::<usize>(), prop::sample::select(vec![3u8, 11, 12]), 0..QUOTES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
+            .prop_map(|(pick, ty, quote, stranger, unbound)| Event::ErrorIn { pick, ty, quote, stranger, unbound }),
+        1 => (any::<usize>(), 0..QUOTES.len(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, quote, unbound)| Event::ErrorOut { pick, quote, unbound }),
         2 => (0..STEPS.len()).prop_map(Event::Wait),
     ]
 }
@@ -233,6 +264,48 @@ fn step(p: &mut Pair, e: &Event) {
                 Side::Ingress,
                 &packet(code(b.proto), r, b.external, flags, false),
             );
+        }
+        Event::ErrorIn {
+            pick,
+            ty,
+            quote,
+            stranger,
+            unbound,
+        } => {
+            let Some(b) = p.live(pick) else { return };
+            let Some(mut r) = b.sessions.keys().next_back().copied() else {
+                return;
+            };
+            if stranger {
+                r = remote(9, r.port);
+            }
+            let mut ext = b.external;
+            if unbound {
+                ext.port = ext.port.wrapping_add(7);
+            }
+            let sent = packet(code(b.proto), ext, r, SYN, true);
+            let router = Ipv4Addr::new(192, 0, 2, 254);
+            let code = if ty == 3 { 4 } else { 0 };
+            let err = icmp_error(router, ext.addr, ty, code, &sent, QUOTES[quote]);
+            p.packet(Side::Ingress, &err);
+        }
+        Event::ErrorOut {
+            pick,
+            quote,
+            unbound,
+        } => {
+            let Some(b) = p.live(pick) else { return };
+            let Some(r) = b.sessions.keys().next_back().copied() else {
+                return;
+            };
+            let mut internal = b.internal;
+            if unbound {
+                internal.port = internal.port.wrapping_add(7);
+            }
+            let received = packet(code(b.proto), r, internal, ACK, false);
+            let ty = if b.proto == Proto::Icmp { 11 } else { 3 };
+            let err = icmp_error(internal.addr, r.addr, ty, 3, &received, QUOTES[quote]);
+            p.packet(Side::Egress, &err);
         }
         Event::Edge(kind, h) => {
             let a = host(h, 5000);
@@ -371,6 +444,10 @@ fn the_corpus_is_not_vacuous() {
         .current();
     let p = run(Filtering::AddressAndPortDependent, 1000..=1003, &events);
     for wanted in [
+        "Egress forward (ICMP error)",
+        "Egress drop (ICMP error)",
+        "Ingress forward (ICMP error)",
+        "Ingress pass (ICMP error)",
         "Egress forward",
         "Egress drop",
         "Egress pass",
@@ -386,6 +463,7 @@ fn the_corpus_is_not_vacuous() {
         );
     }
     let c = p.plane.counters().unwrap();
+    eprintln!("outcomes: {:?}\ncounters: {c:?}", p.seen);
     for k in [
         "out_translated",
         "in_translated",
