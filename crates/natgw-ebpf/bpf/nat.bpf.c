@@ -72,6 +72,7 @@ struct config {
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
 	__u64 icmp_ns;
+	__u64 fragment_ns;
 	// Nonzero: the clock, set by the differential tests; zero: bpf_ktime_get_ns().
 	__u64 now_ns;
 };
@@ -139,6 +140,29 @@ struct {
 	__type(key, struct session_key);
 	__type(value, struct session);
 } natgw_sessions SEC(".maps");
+
+// A datagram's later fragments carry no ports: they take its first fragment's
+// translation, remembered here (LRU: a lost datagram's entry is simply evicted).
+struct frag_key {
+	__u32 src;
+	__u32 dst;
+	__u16 id;
+	__u8 proto;
+	__u8 out;
+};
+
+struct frag {
+	__u32 new_addr; // network order
+	__u32 _pad;
+	__u64 expires;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frag_key);
+	__type(value, struct frag);
+} natgw_fragments SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -856,6 +880,51 @@ static __always_inline int is_icmp_error(const struct packet *p)
 	       (p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12);
 }
 
+
+// --- fragments
+
+static __always_inline void frag_key_of(struct __sk_buff *skb, const struct packet *p, int out,
+					struct frag_key *k)
+{
+	__u16 id = 0;
+	bpf_skb_load_bytes(skb, p->ip + 4, &id, 2);
+	k->src = p->src;
+	k->dst = p->dst;
+	k->id = id;
+	k->proto = p->proto;
+	k->out = out;
+}
+
+// Nat::remember_fragment: after a first fragment was translated.
+static __always_inline void remember_fragment(struct __sk_buff *skb, const struct config *c,
+					      const struct packet *p, int out, __u32 new_addr,
+					      __u64 now)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, out, &k);
+	struct frag v = {.new_addr = new_addr, .expires = now + c->fragment_ns};
+	bpf_map_update_elem(&natgw_fragments, &k, &v, BPF_ANY);
+}
+
+// Nat::later_fragment: 1 translated, 0 nothing known (the caller decides), -1 error.
+static __always_inline int later_fragment(struct __sk_buff *skb, const struct config *c,
+					  const struct packet *p, int out)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, out, &k);
+	struct frag *f = bpf_map_lookup_elem(&natgw_fragments, &k);
+	if (!f)
+		return 0;
+	if (f->expires <= now_ns(c)) {
+		bpf_map_delete_elem(&natgw_fragments, &k);
+		return 0;
+	}
+	__u32 addr = f->new_addr;
+	if (set_addr(skb, p->ip, out ? 12 : 16, bpf_ntohl(addr), 0, CSUM_PLAIN))
+		return -1;
+	return 1;
+}
+
 SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
@@ -872,16 +941,22 @@ int natgw_egress(struct __sk_buff *skb)
 	}
 	if (!is_private(c, p.src))
 		return pass();
-	if (p.later_fragment)
-		return drop(C_DROP_UNSUPPORTED); // fragments: not in this data plane yet
+	if (p.later_fragment) {
+		// One before its first fragment: dropped (it would leak a private address).
+		int r = later_fragment(skb, c, &p, 1);
+		if (r == 0)
+			return drop(C_DROP_NO_MAPPING);
+		if (r < 0)
+			return drop(C_DROP_MALFORMED);
+		count(C_OUT_TRANSLATED);
+		return TC_ACT_OK;
+	}
 	if (p.bad_l4)
 		return drop(C_DROP_MALFORMED);
 	if (is_icmp_error(&p))
 		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
 	if (is_pool(c, p.dst))
 		return pass(); // hairpins are routed locally, never reach the public side
-	if (p.more_fragments)
-		return drop(C_DROP_UNSUPPORTED);
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
 	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
 		return drop(C_DROP_UNSUPPORTED);
@@ -923,6 +998,8 @@ int natgw_egress(struct __sk_buff *skb)
 	struct endpoint ext = b->external;
 	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
 		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 1, ext.addr, now);
 	count(C_OUT_TRANSLATED);
 	return TC_ACT_OK;
 }
@@ -939,14 +1016,23 @@ int natgw_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r < 0)
 		return drop(C_DROP_MALFORMED);
-	if (!is_pool(c, p.dst) || p.later_fragment)
+	if (!is_pool(c, p.dst))
 		return pass();
+	if (p.later_fragment) {
+		// One before its first fragment: the host's (nothing is buffered).
+		int r = later_fragment(skb, c, &p, 0);
+		if (r == 0)
+			return pass();
+		if (r < 0)
+			return drop(C_DROP_MALFORMED);
+		skb->mark = c->mark;
+		count(C_IN_TRANSLATED);
+		return TC_ACT_OK;
+	}
 	if (p.bad_l4)
 		return drop(C_DROP_MALFORMED);
-	if (p.more_fragments)
-		return pass();
 	if (is_icmp_error(&p))
-		return icmp_error_in(skb, c, &p);
+		return p.more_fragments ? pass() : icmp_error_in(skb, c, &p);
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
 	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 0))
 		return pass(); // the host's own protocols and ICMP types: left alone
@@ -990,6 +1076,8 @@ int natgw_ingress(struct __sk_buff *skb)
 	}
 	if (rewrite(skb, &p, 16, internal.addr, p.proto == IPPROTO_ICMP ? 4 : 2, internal.port))
 		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 0, internal.addr, now);
 	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
 	skb->mark = c->mark;
 	count(C_IN_TRANSLATED);

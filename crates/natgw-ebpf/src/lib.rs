@@ -8,11 +8,11 @@
 //! paired pooling, port preservation then a bounded search of the whole range
 //! (`bpf_loop`), TCP states and all timers (lazily on lookup, and a `bpf_timer` per
 //! entry that frees idle state), per-CPU counters, ICMP error translation both ways
-//! (RFC 5508, the embedded packet rewritten), and headers outside the linear buffer
+//! (RFC 5508, the embedded packet rewritten), fragments (later ones take the first
+//! one's translation, kept in an LRU map), and headers outside the linear buffer
 //! pulled in (`bpf_skb_pull_data`).
 //!
-//! Not yet (the model has them, these programs do not): fragments (dropped
-//! going out, left to the host coming in), hairpinning (a private host's packet to a
+//! Not yet (the model has them, these programs do not): hairpinning (a private host's packet to a
 //! public address of the gateway is routed locally and never reaches these programs),
 //! and the ICMP 3/13 the model sends when no port is left (the program drops and
 //! counts `drop_no_port`).

@@ -23,6 +23,7 @@ pub struct BpfConfig {
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
     pub icmp_ns: u64,
+    pub fragment_ns: u64,
     /// Nonzero: the programs' clock (tests); zero: the kernel's monotonic clock.
     pub now_ns: u64,
 }
@@ -79,6 +80,7 @@ impl BpfConfig {
             tcp_established_ns: ns(c.timeouts.tcp_established),
             tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
             icmp_ns: ns(c.timeouts.icmp),
+            fragment_ns: ns(c.timeouts.fragment),
             now_ns: 0,
         })
     }
@@ -106,7 +108,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 5*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 192);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 6*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 200);
     }
 }

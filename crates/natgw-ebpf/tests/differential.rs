@@ -5,9 +5,10 @@
 //! The corpus is what the programs claim to implement (see the crate docs): UDP, TCP
 //! and ICMP echo both ways, unsolicited and filtered inbound, TCP SYN/FIN/RST
 //! sequences, port exhaustion, clock jumps across every timer, ICMP errors both ways
-//! (quotes of 8 to 28 bytes, about strangers and unbound endpoints), and edge cases
-//! (truncated headers, foreign sources, other protocols). Fragments and hairpins are
-//! not in it: the programs do not implement them yet.
+//! (quotes of 8 to 28 bytes, about strangers and unbound endpoints), fragmented
+//! datagrams both ways (in order, reversed, the second piece alone), and edge cases
+//! (truncated headers, foreign sources, other protocols). Hairpins are not in it: the
+//! programs do not implement them yet.
 //!
 //! Needs root (loading programs); skips with a message otherwise, but never under CI.
 
@@ -19,7 +20,9 @@ use std::time::Duration;
 
 use natgw_ebpf::plane::{TC_ACT_OK, TC_ACT_SHOT};
 use natgw_ebpf::{Plane, Side};
-use natgw_nat::packet::{echo, icmp_error, private_host as host, remote_host as remote, tcp, udp};
+use natgw_nat::packet::{
+    echo, fragment, icmp_error, private_host as host, remote_host as remote, tcp, udp,
+};
 use natgw_nat::wire::{checksums_ok, tcp_flags::*};
 use natgw_nat::{Config, Endpoint, Filtering, Nat, Proto, Timeouts, Verdict};
 use proptest::prelude::*;
@@ -112,6 +115,12 @@ impl Pair {
             Verdict::Hairpin(_) => panic!("no hairpins in this corpus: {}", ctx()),
         };
         *self.seen.entry(format!("{side:?} {outcome}")).or_default() += 1;
+        if natgw_nat::wire::Ipv4::parse(ip).is_ok_and(|h| h.is_later_fragment()) {
+            *self
+                .seen
+                .entry(format!("{side:?} {outcome} (later fragment)"))
+                .or_default() += 1;
+        }
         let is_error = ip.len() > 20 && ip[9] == 1 && natgw_nat::wire::icmp_type::is_error(ip[20]);
         if is_error {
             *self
@@ -188,6 +197,17 @@ enum Event {
         quote: usize,
         unbound: bool,
     },
+    /// A datagram in two fragments, from a private host (`out`) or, to a live
+    /// binding, from a remote it talks to; `order`: 0 in order, 1 reversed, 2 only the
+    /// second.
+    Fragments {
+        out: bool,
+        host: u8,
+        pick: usize,
+        proto: u8,
+        split: usize,
+        order: u8,
+    },
     Wait(usize),
 }
 
@@ -208,6 +228,8 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (0..6u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
         2 => (any::<usize>(), prop::sample::select(vec![3u8, 11, 12]), 0..QUOTES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
             .prop_map(|(pick, ty, quote, stranger, unbound)| Event::ErrorIn { pick, ty, quote, stranger, unbound }),
+        2 => (any::<bool>(), 2..7u8, any::<usize>(), 0..3u8, 0..2usize, prop::sample::select(vec![0u8, 0, 1, 2]))
+            .prop_map(|(out, host, pick, proto, split, order)| Event::Fragments { out, host, pick, proto, split, order }),
         1 => (any::<usize>(), 0..QUOTES.len(), prop::bool::weighted(0.2))
             .prop_map(|(pick, quote, unbound)| Event::ErrorOut { pick, quote, unbound }),
         2 => (0..STEPS.len()).prop_map(Event::Wait),
@@ -306,6 +328,51 @@ fn step(p: &mut Pair, e: &Event) {
             let ty = if b.proto == Proto::Icmp { 11 } else { 3 };
             let err = icmp_error(internal.addr, r.addr, ty, 3, &received, QUOTES[quote]);
             p.packet(Side::Egress, &err);
+        }
+        Event::Fragments {
+            out,
+            host: h,
+            pick,
+            proto,
+            split,
+            order,
+        } => {
+            let (proto, src, dst) = if out {
+                let proto = proto_of(proto);
+                let icmp = proto == Proto::Icmp;
+                let dst = remote(1 + (pick % 3) as u8, if icmp { 0 } else { 53 });
+                (proto, host(h, HOST_PORTS[pick % 4]), dst)
+            } else {
+                let Some(b) = p.live(pick) else { return };
+                let Some(r) = b.sessions.keys().next_back().copied() else {
+                    return;
+                };
+                (b.proto, r, b.external)
+            };
+            let whole = match proto {
+                Proto::Udp => udp(src, dst, &[0x5a; 40]),
+                Proto::Tcp => tcp(src, dst, SYN, &[0x5a; 40]),
+                Proto::Icmp if out => echo(src.addr, dst.addr, 8, src.port, 9),
+                Proto::Icmp => echo(src.addr, dst.addr, 0, dst.port, 9),
+            };
+            let at = match proto {
+                Proto::Udp => [16, 24][split],
+                Proto::Tcp => [24, 32][split],
+                Proto::Icmp => 8,
+            };
+            let (first, second) = fragment(&whole, at);
+            let side = if out { Side::Egress } else { Side::Ingress };
+            match order {
+                0 => {
+                    p.packet(side, &first);
+                    p.packet(side, &second);
+                }
+                1 => {
+                    p.packet(side, &second);
+                    p.packet(side, &first);
+                }
+                _ => p.packet(side, &second),
+            }
         }
         Event::Edge(kind, h) => {
             let a = host(h, 5000);
@@ -448,6 +515,10 @@ fn the_corpus_is_not_vacuous() {
         "Egress drop (ICMP error)",
         "Ingress forward (ICMP error)",
         "Ingress pass (ICMP error)",
+        "Egress forward (later fragment)",
+        "Egress drop (later fragment)",
+        "Ingress forward (later fragment)",
+        "Ingress pass (later fragment)",
         "Egress forward",
         "Egress drop",
         "Egress pass",
