@@ -217,3 +217,71 @@ fn an_icmp_error_from_outside_reaches_the_private_socket() {
     assert_eq!(err, std::io::ErrorKind::ConnectionRefused);
     assert!(plane.counters().unwrap()["in_translated"] >= 1);
 }
+
+/// natgw's own RFC 5780 client (`natgw probe`'s) against its STUN server on the public
+/// side classifies the attached programs as configured.
+#[test]
+fn an_rfc_5780_client_classifies_mapping_and_filtering() {
+    if !root_or_skip("an_rfc_5780_client_classifies_mapping_and_filtering") {
+        return;
+    }
+    use natgw_probe::behaviour::{discover, Kind, Options};
+    use natgw_probe::server::{Config as StunConfig, Server};
+    for (filtering, expected, coturn) in [
+        (
+            Filtering::EndpointIndependent,
+            Kind::EndpointIndependent,
+            "NAT with Endpoint Independent Filtering!",
+        ),
+        (
+            Filtering::AddressDependent,
+            Kind::AddressDependent,
+            "NAT with Address Dependent Filtering!",
+        ),
+        (
+            Filtering::AddressAndPortDependent,
+            Kind::AddressAndPortDependent,
+            "NAT with Address and Port Dependent Filtering!",
+        ),
+    ] {
+        let lab = lab();
+        let plane = attach(&lab, filtering);
+        let _server = in_netns(&lab.ns("pub"), || {
+            Server::start(StunConfig {
+                primary: (SERVER, 3478).into(),
+                alternate: Some((SERVER_ALT, 3479).into()),
+            })
+            .unwrap()
+        })
+        .unwrap();
+        let b = in_netns(&lab.ns("n1"), || {
+            discover(
+                (SERVER, 3478).into(),
+                Options {
+                    timeout: Duration::from_millis(400),
+                    lifetime_max: None,
+                },
+            )
+            .unwrap()
+        })
+        .unwrap();
+        assert_eq!(b.mapped.ip(), HEAD_PUBLIC, "{b:?}");
+        assert_eq!(b.mapping, Some(Kind::EndpointIndependent), "{b:?}");
+        assert_eq!(b.filtering, Some(expected), "{filtering:?}: {b:?}");
+        // (The client's ephemeral port lies outside the configured range, so it is
+        // not preserved; port preservation is tested above with a port inside it.)
+        // A second implementation, coturn's RFC 5780 client, agrees.
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("n1"), "timeout", "20"])
+            .args(["turnutils_natdiscovery", "-m", "-f", "198.51.100.10"])
+            .output()
+            .expect("turnutils_natdiscovery (Debian package coturn)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("NAT with Endpoint Independent Mapping!"),
+            "{filtering:?}: {text}"
+        );
+        assert!(text.contains(coturn), "{filtering:?}: {text}");
+        drop(plane);
+    }
+}
