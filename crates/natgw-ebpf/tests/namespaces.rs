@@ -285,3 +285,29 @@ fn an_rfc_5780_client_classifies_mapping_and_filtering() {
         drop(plane);
     }
 }
+
+#[test]
+fn fragmented_datagrams_cross_both_ways() {
+    if !root_or_skip("fragmented_datagrams_cross_both_ways") {
+        return;
+    }
+    let lab = lab();
+    let plane = attach(&lab, Filtering::AddressAndPortDependent);
+    // 4,000 bytes over 1,500-byte links: the senders fragment, the headnode forwards the
+    // pieces (nothing reassembles there) and the programs translate every piece.
+    let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let client = udp_in(&lab, "n1", SocketAddrV4::new(node(), 4800));
+    let server = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, 7000));
+    let public = SocketAddr::from((HEAD_PUBLIC, 4800));
+    client.send_to(&big, (SERVER, 7000)).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the datagram arrives whole");
+    assert_eq!((&buf[..n], from), (&big[..], public));
+    server.send_to(&big, public).unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("the reply arrives whole");
+    assert_eq!((&buf[..n], from), (&big[..], (SERVER, 7000).into()));
+    let c = plane.counters().unwrap();
+    assert!(c["out_translated"] >= 3 && c["in_translated"] >= 3, "{c:?}");
+}
