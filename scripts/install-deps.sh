@@ -10,9 +10,10 @@
 # for scripts/check-package.sh: dpkg-dev, lintian, systemd (systemd-analyze verify),
 # man-db and mandoc (man page checks); linux-perf for `natgw bench --profile`;
 # keepalived and conntrackd (the HA pair: natgw runs them itself, per instance, inside
-# namespaces in the tests and the lab).
+# namespaces in the tests and the lab); clang and libbpf-dev (build.rs of natgw-ebpf
+# compiles the eBPF data plane's C programs).
 set -euo pipefail
-packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn stun-client gcc)
+packages=(iproute2 nftables iptables conntrack iputils-ping util-linux coturn stun-client gcc clang libbpf-dev)
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 # The package checks (scripts/check-package.sh).

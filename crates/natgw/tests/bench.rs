@@ -1,5 +1,5 @@
-//! `natgw bench --quick`: every figure measured for every setup, and nothing left behind
-//! (namespaces, the conntrack maximum).
+//! `natgw bench --quick`: every figure measured for every setup (the eBPF translator's
+//! column too), and nothing left behind (namespaces, the conntrack maximum).
 
 mod common;
 
@@ -61,6 +61,14 @@ fn quick_bench_measures_every_figure_and_leaves_nothing_behind() {
             assert!(f["natgw_over_plain"].as_f64().unwrap() > 0.0, "{f}");
         }
     }
+    // The fourth column: natgw's eBPF translator, in every figure but one destination's.
+    for id in RATES.iter().filter(|id| !id.starts_with("one_destination")) {
+        let f = figure(id);
+        let median = f["results"]["ebpf"]["median"].as_f64();
+        assert!(median.is_some_and(|m| m > 0.0), "{id}: ebpf {f}");
+        assert!(f["ebpf_over_plain"].as_f64().unwrap() > 0.0, "{f}");
+    }
+    assert!(report["setups"]["ebpf"].is_string(), "{report}");
     for id in ["one_destination_flows", "one_destination_failed"] {
         assert!(figure(id)["results"]["natgw-pool2"]["median"].is_number());
     }

@@ -89,8 +89,16 @@ const fn figure(
 /// One measurement of one setup: the figures it yields.
 type Measurement<'a> = dyn FnMut(&Rig) -> anyhow::Result<Vec<(FigureSpec, f64)>> + 'a;
 
-const COMPARED: [Setup; 3] = [Setup::Plain, Setup::Recipe, Setup::Natgw];
+const COMPARED: [Setup; 4] = [Setup::Plain, Setup::Recipe, Setup::Natgw, Setup::Ebpf];
 const WITH_POOL: [Setup; 4] = [Setup::Plain, Setup::Recipe, Setup::Natgw, Setup::NatgwPool2];
+/// Every setup built.
+const ALL: [Setup; 5] = [
+    Setup::Plain,
+    Setup::Recipe,
+    Setup::Natgw,
+    Setup::NatgwPool2,
+    Setup::Ebpf,
+];
 
 #[derive(Serialize)]
 struct Output {
@@ -210,7 +218,7 @@ fn bench(
     }
 
     let mut rigs = Vec::new();
-    for setup in WITH_POOL {
+    for setup in ALL {
         progress(format!(
             "building the {} network: {}",
             setup.name(),
@@ -337,6 +345,12 @@ fn bench(
         }
     }
 
+    let refused: u64 = rigs.iter().map(Rig::ebpf_refused).sum();
+    if refused > 0 {
+        notes.push(format!(
+            "ebpf: {refused} new flows refused for want of a public port over the run (endpoint-independent mapping: one public address carries at most 64,512 bindings per protocol, and every packet of the new-flow window is a new private endpoint)"
+        ));
+    }
     let namespaces: usize = rigs.iter().map(|r| r.net.namespaces().len()).sum();
     drop(rigs);
     progress(format!("removed {namespaces} namespaces"));
@@ -350,7 +364,7 @@ fn bench(
             load_average_before,
         },
         cpus,
-        setups: WITH_POOL.iter().map(|s| (s.name(), s.describe())).collect(),
+        setups: ALL.iter().map(|s| (s.name(), s.describe())).collect(),
         figures: collected.figures(),
         profiles,
         notes,

@@ -41,6 +41,9 @@ pub struct Figure {
     /// Medians natgw/recipe and natgw/plain (rates only).
     pub natgw_over_recipe: Option<f64>,
     pub natgw_over_plain: Option<f64>,
+    /// Medians ebpf/plain and ebpf/natgw (rates only).
+    pub ebpf_over_plain: Option<f64>,
+    pub ebpf_over_natgw: Option<f64>,
 }
 
 /// Values collected so far, in the order the figures were first measured.
@@ -86,17 +89,19 @@ impl Collected {
                         )
                     })
                     .collect();
-                let ratio = |over: &str| {
-                    let (natgw, other) = (results.get("natgw")?.median, results.get(over)?.median);
-                    (spec.better == Better::Higher && other > 0.0).then(|| natgw / other)
+                let ratio = |of: &str, over: &str| {
+                    let (this, other) = (results.get(of)?.median, results.get(over)?.median);
+                    (spec.better == Better::Higher && other > 0.0).then(|| this / other)
                 };
                 Figure {
                     id: spec.id,
                     title: spec.title,
                     unit: spec.unit,
                     better: spec.better,
-                    natgw_over_recipe: ratio("recipe"),
-                    natgw_over_plain: ratio("plain"),
+                    natgw_over_recipe: ratio("natgw", "recipe"),
+                    natgw_over_plain: ratio("natgw", "plain"),
+                    ebpf_over_plain: ratio("ebpf", "plain"),
+                    ebpf_over_natgw: ratio("ebpf", "natgw"),
                     results,
                 }
             })
@@ -144,8 +149,11 @@ pub fn table(figures: &[Figure]) -> String {
         "plain".into(),
         "recipe".into(),
         "natgw".into(),
+        "ebpf".into(),
         "natgw/recipe".into(),
         "natgw/plain".into(),
+        "ebpf/plain".into(),
+        "ebpf/natgw".into(),
     ]];
     let cell = |f: &Figure, setup: &str| {
         f.results.get(setup).map_or("—".into(), |r| {
@@ -161,8 +169,11 @@ pub fn table(figures: &[Figure]) -> String {
                 cell(f, "plain"),
                 cell(f, "recipe"),
                 cell(f, "natgw"),
+                cell(f, "ebpf"),
                 ratio(f.natgw_over_recipe),
                 ratio(f.natgw_over_plain),
+                ratio(f.ebpf_over_plain),
+                ratio(f.ebpf_over_natgw),
             ]);
         }
         if f.results.contains_key("natgw-pool2") {
@@ -173,10 +184,13 @@ pub fn table(figures: &[Figure]) -> String {
                 cell(f, "natgw-pool2"),
                 "—".into(),
                 "—".into(),
+                "—".into(),
+                "—".into(),
+                "—".into(),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -274,6 +288,7 @@ mod tests {
             (Setup::Plain, 200.0),
             (Setup::Recipe, 100.0),
             (Setup::Natgw, 90.0),
+            (Setup::Ebpf, 180.0),
         ] {
             c.add(RATE, setup, v);
             c.add(FAILED, setup, 0.0);
@@ -283,6 +298,8 @@ mod tests {
         let figures = c.figures();
         assert_eq!(figures[0].natgw_over_recipe, Some(0.9));
         assert_eq!(figures[0].natgw_over_plain, Some(0.45));
+        assert_eq!(figures[0].ebpf_over_plain, Some(0.9));
+        assert_eq!(figures[0].ebpf_over_natgw, Some(2.0));
         assert_eq!(figures[1].natgw_over_recipe, None);
         let table = table(&figures);
         assert_eq!(table.lines().count(), 4, "{table}");

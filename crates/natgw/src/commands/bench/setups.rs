@@ -1,16 +1,21 @@
 //! The gateways compared, each in its own network: plain routing (the limit), the
-//! classic recipe exactly as written, and natgw as `up` installs it (plus natgw with a
-//! pool of two addresses, for the one-destination figure).
+//! classic recipe exactly as written, natgw as `up` installs it (plus natgw with a
+//! pool of two addresses, for the one-destination figure), and natgw's own eBPF
+//! translator (natgw-ebpf) attached by the benchmark itself: it is not selectable in
+//! `natgw up` yet.
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use natgw_lab::bench::counter::IfaceCounter;
 use natgw_lab::bench::flows::{SOURCES, SOURCES_PREFIX_LEN};
 use natgw_lab::bench::topology::{
-    BenchNet, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC, GATEWAY_PUBLIC_2, GATEWAY_PUBLIC_IF, GENERATOR,
-    GENERATOR_IF, SERVER_IF,
+    BenchNet, GATEWAY_PRIVATE, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC, GATEWAY_PUBLIC_2,
+    GATEWAY_PUBLIC_IF, GENERATOR, GENERATOR_IF, SERVER_IF,
 };
 
 use super::host::Cpus;
@@ -22,6 +27,7 @@ pub enum Setup {
     Recipe,
     Natgw,
     NatgwPool2,
+    Ebpf,
 }
 
 impl Setup {
@@ -31,6 +37,7 @@ impl Setup {
             Setup::Recipe => "recipe",
             Setup::Natgw => "natgw",
             Setup::NatgwPool2 => "natgw-pool2",
+            Setup::Ebpf => "ebpf",
         }
     }
 
@@ -44,12 +51,15 @@ impl Setup {
             Setup::NatgwPool2 => format!(
                 "natgw up with snat_to = [\"{GATEWAY_PUBLIC}\", \"{GATEWAY_PUBLIC_2}\"], port_selection = \"random\""
             ),
+            Setup::Ebpf => format!(
+                "ip_forward=1 and natgw's eBPF translator at TCX of {GATEWAY_PUBLIC_IF} (endpoint-independent, to {GATEWAY_PUBLIC}, ports 1024-65535); no rules, no conntrack"
+            ),
         }
     }
 
     /// Whether the gateway tracks connections (and its table needs flushing between tests).
     pub fn tracks(self) -> bool {
-        self != Setup::Plain
+        !matches!(self, Setup::Plain | Setup::Ebpf)
     }
 }
 
@@ -63,6 +73,10 @@ pub struct Rig {
     pub forwarded: IfaceCounter,
     /// Packets arriving back at the generator (replies the gateway forwarded in).
     pub returned: IfaceCounter,
+    /// The eBPF setup's translator (replaced by a fresh one to flush it).
+    ebpf: Mutex<Option<natgw_ebpf::Plane>>,
+    /// New flows earlier eBPF translators (before a flush) refused for want of a port.
+    ebpf_refused: AtomicU64,
 }
 
 impl Rig {
@@ -83,7 +97,13 @@ impl Rig {
         }
         configure(setup, &net, scratch)
             .with_context(|| format!("cannot configure the {} gateway", setup.name()))?;
+        let ebpf = match setup {
+            Setup::Ebpf => Some(ebpf_plane(&net).context("cannot attach the eBPF translator")?),
+            _ => None,
+        };
         Ok(Rig {
+            ebpf: Mutex::new(ebpf),
+            ebpf_refused: AtomicU64::new(0),
             setup,
             generator_mac: net.mac("gen", GENERATOR_IF)?,
             gateway_mac: net.mac("gw", GATEWAY_PRIVATE_IF)?,
@@ -93,14 +113,77 @@ impl Rig {
         })
     }
 
-    /// Empties the gateway's connection table between tests.
+    /// New flows the eBPF translator refused for want of a public port, over the run.
+    pub fn ebpf_refused(&self) -> u64 {
+        let ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let now = ebpf
+            .as_ref()
+            .and_then(|p| p.counters().ok())
+            .map_or(0, |c| c["drop_no_port"]);
+        now + self.ebpf_refused.load(Ordering::Relaxed)
+    }
+
+    /// Empties the gateway's connection table between tests (the eBPF translator:
+    /// replaces it with a fresh one).
     pub fn flush(&self) -> anyhow::Result<()> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = ebpf.take() {
+            let refused = old.counters().map(|c| c["drop_no_port"]).unwrap_or(0);
+            self.ebpf_refused.fetch_add(refused, Ordering::Relaxed);
+            drop(old);
+            wait_detached(&self.net)?;
+            *ebpf = Some(ebpf_plane(&self.net).context("cannot re-attach the eBPF translator")?);
+        }
         if self.setup.tracks() {
             self.net.exec("gw", "conntrack", &["-F"]).context(
                 "cannot flush the gateway's conntrack table (apt-get install conntrack)",
             )?;
         }
         Ok(())
+    }
+}
+
+/// natgw's eBPF translator, loaded and attached inside the gateway namespace.
+fn ebpf_plane(net: &BenchNet) -> anyhow::Result<natgw_ebpf::Plane> {
+    let cfg = natgw_nat::Config {
+        private: vec![
+            sources().parse().context("the sources prefix")?,
+            "10.0.0.0/24".parse().context("the gateway's network")?,
+        ],
+        pool: vec![GATEWAY_PUBLIC],
+        ports: 1024..=65535,
+        filtering: natgw_nat::Filtering::EndpointIndependent,
+        timeouts: natgw_nat::Timeouts::default(),
+        icmp_source: GATEWAY_PRIVATE,
+    };
+    natgw_lab::in_netns(&net.ns("gw"), move || {
+        let mut plane = natgw_ebpf::Plane::load(&cfg, 1)?;
+        plane.attach(GATEWAY_PUBLIC_IF)?;
+        Ok::<_, natgw_ebpf::PlaneError>(plane)
+    })?
+    .map_err(anyhow::Error::from)
+}
+
+/// Waits until a dropped translator's programs are gone (the kernel detaches a closed
+/// link a moment later).
+fn wait_detached(net: &BenchNet) -> anyhow::Result<()> {
+    let attached = || {
+        natgw_lab::in_netns(&net.ns("gw"), || {
+            [natgw_ebpf::Side::Egress, natgw_ebpf::Side::Ingress]
+                .iter()
+                .map(|side| natgw_ebpf::plane::attached(GATEWAY_PUBLIC_IF, *side).map(|p| p.len()))
+                .sum::<Result<usize, _>>()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if attached()?? == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("the old eBPF translator is still attached"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -114,7 +197,7 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
         sources()
     );
     match setup {
-        Setup::Plain | Setup::Recipe => {
+        Setup::Plain | Setup::Recipe | Setup::Ebpf => {
             // The recipe's section 2.4: the static route to the network behind a router.
             net.ip(
                 "gw",

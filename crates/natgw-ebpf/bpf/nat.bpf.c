@@ -1,0 +1,1087 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// natgw's own translator on the public interface: `natgw_egress` translates what
+// private hosts send, `natgw_ingress` what comes back. It implements the subset of the
+// reference model (crates/natgw-nat) listed in crates/natgw-ebpf/src/lib.rs, with the
+// same rules, the same order of checksum updates and the same port search, so the
+// differential tests can demand identical bytes.
+//
+// Keys hold addresses and ports in network byte order, as they are on the wire.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_POOL 16
+#define MAX_PRIVATE 8
+#define MAX_ENTRIES 262144
+#define CLOCK_MONOTONIC 1
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+enum filtering { EIF = 0, ADF = 1, APDF = 2 };
+
+enum tcp_state {
+	NONE = 0,
+	SYN_OUT,
+	SYN_IN,
+	ESTABLISHED,
+	FIN_OUT,
+	FIN_IN,
+	CLOSING,
+	RESET,
+};
+
+// Indexes of the per-CPU counters (crates/natgw-ebpf/src/counters.rs names them).
+enum counter {
+	C_OUT_TRANSLATED = 0,
+	C_IN_TRANSLATED,
+	C_PASSED,
+	C_DROP_MALFORMED,
+	C_DROP_UNSUPPORTED,
+	C_DROP_NO_MAPPING,
+	C_DROP_FILTERED,
+	C_DROP_NO_PORT,
+	C_BINDINGS_CREATED,
+	C_BINDINGS_EXPIRED,
+	C_SESSIONS_CREATED,
+	C_PULLED,
+	C_MAX,
+};
+
+// Mirrors `Config` in crates/natgw-ebpf/src/maps.rs (no implicit padding).
+struct config {
+	__u32 pool[MAX_POOL];
+	__u32 pool_len;
+	__u32 private_addr[MAX_PRIVATE];
+	__u32 private_mask[MAX_PRIVATE];
+	__u32 private_len;
+	__u16 port_lo; // host order
+	__u16 port_hi;
+	__u32 filtering;
+	__u32 mark;
+	__u32 _pad;
+	__u64 udp_ns;
+	__u64 tcp_established_ns;
+	__u64 tcp_transitory_ns;
+	__u64 icmp_ns;
+	__u64 fragment_ns;
+	// Nonzero: the clock, set by the differential tests; zero: bpf_ktime_get_ns().
+	__u64 now_ns;
+};
+
+// A private or public endpoint.
+struct endpoint {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct binding {
+	struct endpoint external;
+	__u64 expires;
+	struct bpf_timer timer;
+};
+
+// A private endpoint and one remote endpoint (port 0 for ICMP) or, for the
+// address-dependent filter, one remote address (port 0).
+struct session_key {
+	__u32 iaddr;
+	__u32 raddr;
+	__u16 iport;
+	__u16 rport;
+	__u8 proto;
+	__u8 by_address;
+	__u16 _pad;
+};
+
+struct session {
+	__u64 expires;
+	__u32 state;
+	__u32 _pad;
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} natgw_config SEC(".maps");
+
+// Private endpoint -> binding.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct endpoint);
+	__type(value, struct binding);
+} natgw_bindings SEC(".maps");
+
+// Public endpoint -> private endpoint: one entry per public endpoint, so a public
+// port is never given to two private endpoints (RFC 4787 REQ-3).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct endpoint);
+	__type(value, struct endpoint);
+} natgw_external SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct session_key);
+	__type(value, struct session);
+} natgw_sessions SEC(".maps");
+
+// A datagram's later fragments carry no ports: they take its first fragment's
+// translation, remembered here (LRU: a lost datagram's entry is simply evicted).
+struct frag_key {
+	__u32 src;
+	__u32 dst;
+	__u16 id;
+	__u8 proto;
+	__u8 out;
+};
+
+struct frag {
+	__u32 new_addr; // network order
+	__u32 _pad;
+	__u64 expires;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frag_key);
+	__type(value, struct frag);
+} natgw_fragments SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} natgw_counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&natgw_counters, &which);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct config *config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&natgw_config, &zero);
+}
+
+static __always_inline __u64 now_ns(const struct config *c)
+{
+	return c->now_ns ? c->now_ns : bpf_ktime_get_ns();
+}
+
+static __always_inline int is_private(const struct config *c, __u32 addr)
+{
+	for (int i = 0; i < MAX_PRIVATE; i++) {
+		if (i >= c->private_len)
+			break;
+		if ((addr & c->private_mask[i]) == c->private_addr[i])
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_pool(const struct config *c, __u32 addr)
+{
+	for (int i = 0; i < MAX_POOL; i++) {
+		if (i >= c->pool_len)
+			break;
+		if (c->pool[i] == addr)
+			return 1;
+	}
+	return 0;
+}
+
+// Same function as Config::paired_address in the model.
+static __always_inline __u32 paired_address(const struct config *c, __u32 private)
+{
+	__u32 h = bpf_ntohl(private) * 0x9e3779b1u;
+	__u32 n = c->pool_len;
+	if (n == 0 || n > MAX_POOL)
+		return 0;
+	__u32 i = h % n;
+	// i < n <= MAX_POOL already, but the verifier does not follow the modulo: hide i
+	// from the compiler so that the check it would drop stays.
+	asm volatile("" : "+r"(i));
+	if (i >= MAX_POOL)
+		return 0;
+	return c->pool[i];
+}
+
+// --- expiry: lazily on every lookup, and by a bpf_timer per entry so that idle state
+// is freed without traffic.
+
+static int binding_timer(void *map, struct endpoint *key, struct binding *b)
+{
+	struct config *c = config();
+	if (!c)
+		return 0;
+	__u64 now = now_ns(c);
+	if (b->expires > now) {
+		bpf_timer_start(&b->timer, b->expires - now, 0);
+		return 0;
+	}
+	struct endpoint ext = b->external;
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &ext);
+	if (owner && owner->addr == key->addr && owner->port == key->port)
+		bpf_map_delete_elem(&natgw_external, &ext);
+	bpf_map_delete_elem(map, key);
+	count(C_BINDINGS_EXPIRED);
+	return 0;
+}
+
+static int session_timer(void *map, struct session_key *key, struct session *s)
+{
+	struct config *c = config();
+	if (!c)
+		return 0;
+	__u64 now = now_ns(c);
+	if (s->expires > now)
+		bpf_timer_start(&s->timer, s->expires - now, 0);
+	else
+		bpf_map_delete_elem(map, key);
+	return 0;
+}
+
+static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
+{
+	struct endpoint ext = b->external;
+	bpf_map_delete_elem(&natgw_external, &ext);
+	bpf_map_delete_elem(&natgw_bindings, internal);
+	count(C_BINDINGS_EXPIRED);
+}
+
+static __always_inline struct binding *live_binding(struct endpoint *internal, __u64 now)
+{
+	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
+	if (b && b->expires <= now) {
+		drop_binding(internal, b);
+		return NULL;
+	}
+	return b;
+}
+
+static __always_inline struct session *live_session(struct session_key *k, __u64 now)
+{
+	struct session *s = bpf_map_lookup_elem(&natgw_sessions, k);
+	if (s && s->expires <= now) {
+		bpf_map_delete_elem(&natgw_sessions, k);
+		return NULL;
+	}
+	return s;
+}
+
+static __always_inline void arm(struct bpf_timer *t, void *map, void *cb, __u64 after)
+{
+	bpf_timer_init(t, map, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(t, cb);
+	bpf_timer_start(t, after ? after : 1, 0);
+}
+
+// --- the port search (bpf_loop bounds it): one try per call.
+
+struct search {
+	struct endpoint internal;
+	struct endpoint external; // port filled in per try
+	__u32 lo;
+	__u32 size;
+	__u32 first;
+	__u32 found;
+	__u64 now;
+};
+
+static long try_port(__u32 i, void *ctx)
+{
+	struct search *s = ctx;
+	if (s->size == 0)
+		return 1;
+	__u32 port = s->lo + (s->first + i) % s->size;
+	s->external.port = bpf_htons((__u16)port);
+	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+		s->found = 1;
+		return 1;
+	}
+	// Taken: by a binding that expired but was not collected yet, it is free.
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
+	if (!owner)
+		return 0;
+	struct endpoint o = *owner;
+	struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
+	if (ob && ob->expires > s->now)
+		return 0;
+	if (ob) {
+		bpf_map_delete_elem(&natgw_bindings, &o);
+		count(C_BINDINGS_EXPIRED);
+	}
+	bpf_map_delete_elem(&natgw_external, &s->external);
+	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+		s->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct binding *create_binding(const struct config *c,
+						      struct endpoint *internal, __u64 now)
+{
+	struct search s = {};
+	s.internal = *internal;
+	s.external.addr = paired_address(c, internal->addr);
+	s.external.proto = internal->proto;
+	s.lo = c->port_lo;
+	s.size = (__u32)c->port_hi - c->port_lo + 1;
+	s.now = now;
+	// Port preservation first; then a walk through the whole range from a hash of
+	// the private endpoint (table::probe_start in the model).
+	__u32 wanted = bpf_ntohs(internal->port);
+	if (wanted >= c->port_lo && wanted <= c->port_hi) {
+		s.first = wanted - c->port_lo;
+		try_port(0, &s);
+	}
+	if (!s.found) {
+		__u32 h = (bpf_ntohl(internal->addr) * 0x9e3779b1u ^ wanted) * 0x85ebca6bu;
+		s.first = h % s.size;
+		bpf_loop(s.size, try_port, &s, 0);
+	}
+	if (!s.found)
+		return NULL;
+	struct binding nb = {};
+	nb.external = s.external;
+	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&natgw_external, &s.external);
+		return NULL;
+	}
+	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
+	if (!b)
+		return NULL;
+	count(C_BINDINGS_CREATED);
+	return b;
+}
+
+static __always_inline struct session *create_session(struct session_key *k, __u32 state,
+						      __u64 now)
+{
+	struct session ns = {};
+	ns.expires = now;
+	ns.state = state;
+	if (bpf_map_update_elem(&natgw_sessions, k, &ns, BPF_NOEXIST))
+		return NULL;
+	struct session *s = bpf_map_lookup_elem(&natgw_sessions, k);
+	if (s)
+		count(C_SESSIONS_CREATED);
+	return s;
+}
+
+// RFC 6146 section 3.5.2, as TcpState::tcp_step in the model.
+static __always_inline __u32 tcp_next(__u32 st, int out, __u8 flags)
+{
+	if (flags & TCP_RST)
+		return RESET;
+	int syn = flags & TCP_SYN, fin = flags & TCP_FIN;
+	switch (st) {
+	case SYN_OUT:
+		return (!out && syn) ? ESTABLISHED : SYN_OUT;
+	case SYN_IN:
+		return (out && syn) ? ESTABLISHED : SYN_IN;
+	case RESET:
+		return ESTABLISHED;
+	case ESTABLISHED:
+		if (fin)
+			return out ? FIN_OUT : FIN_IN;
+		return ESTABLISHED;
+	case FIN_OUT:
+		return (!out && fin) ? CLOSING : FIN_OUT;
+	case FIN_IN:
+		return (out && fin) ? CLOSING : FIN_IN;
+	default:
+		return st;
+	}
+}
+
+static __always_inline __u64 tcp_timeout(const struct config *c, __u32 st)
+{
+	return (st == ESTABLISHED || st == FIN_OUT || st == FIN_IN) ? c->tcp_established_ns
+								      : c->tcp_transitory_ns;
+}
+
+static __always_inline int bare_syn(__u8 flags)
+{
+	return (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
+}
+
+// Extends the binding and the address filter to a session's expiry.
+static __always_inline void cover(const struct config *c, struct binding *b,
+				  struct session_key *k, struct session *s, __u64 now)
+{
+	// No timer restart here (it costs more than the rest of the packet): the timer
+	// fires at the old expiry, sees the new one and waits for the rest.
+	if (s->expires > b->expires)
+		b->expires = s->expires;
+	// The address-dependent filter: the longest expiry of any session to this address.
+	struct session_key ak = *k;
+	ak.rport = 0;
+	ak.by_address = 1;
+	struct session *a = bpf_map_lookup_elem(&natgw_sessions, &ak);
+	if (a && a->expires < s->expires) {
+		a->expires = s->expires;
+		return;
+	}
+	if (a)
+		return;
+	a = create_session(&ak, NONE, now);
+	if (a) {
+		a->expires = s->expires;
+		arm(&a->timer, &natgw_sessions, session_timer, s->expires - now);
+	}
+}
+
+// Moves a session on by one packet, and the binding and the address filter with it.
+static __always_inline void touch(const struct config *c, struct binding *b,
+				  struct session_key *k, struct session *s, int out, __u8 flags,
+				  __u64 now)
+{
+	switch (k->proto) {
+	case IPPROTO_UDP:
+		s->expires = now + c->udp_ns;
+		break;
+	case IPPROTO_ICMP:
+		s->expires = now + c->icmp_ns;
+		break;
+	default:
+		s->state = tcp_next(s->state, out, flags);
+		s->expires = now + tcp_timeout(c, s->state);
+	}
+	cover(c, b, k, s, now);
+}
+
+// --- packets
+
+struct packet {
+	__u32 ip; // offset of the IPv4 header
+	__u32 l4; // offset of the transport header
+	__u32 src;
+	__u32 dst;
+	__u8 proto;
+	__u8 flags; // TCP
+	__u8 icmp_type;
+	__u8 later_fragment;
+	__u8 more_fragments;
+	__u8 bad_l4;
+	__u16 sport; // network order; ICMP: the identifier
+	__u16 dport;
+};
+
+// 0: not IPv4 (leave it); 1: parsed; -1: malformed IPv4.
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	// Headers outside the linear part are pulled in, not dropped.
+	__u32 want = ETH_HLEN + 60 + 20;
+	if (want > skb->len)
+		want = skb->len;
+	if ((long)skb->data + want > (long)skb->data_end) {
+		bpf_skb_pull_data(skb, want);
+		count(C_PULLED);
+	}
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return 0;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return -1;
+	__u32 hl = ip->ihl * 4;
+	__u32 total = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || hl < 20 || total < hl || total > skb->len - ETH_HLEN)
+		return -1;
+	p->ip = ETH_HLEN;
+	p->l4 = ETH_HLEN + hl;
+	p->src = ip->saddr;
+	p->dst = ip->daddr;
+	p->proto = ip->protocol;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	p->later_fragment = (frag & 0x1fff) != 0;
+	p->more_fragments = (frag & 0x2000) != 0;
+	p->flags = 0;
+	p->bad_l4 = 0;
+	p->icmp_type = 0;
+	p->sport = 0;
+	p->dport = 0;
+	if (p->later_fragment)
+		return 1;
+	__u32 l4len = total - hl;
+	__u8 *l4 = (void *)ip + (hl & 0x3c);
+	__u32 need = p->proto == IPPROTO_TCP ? 20 : 8;
+	if (p->proto != IPPROTO_UDP && p->proto != IPPROTO_TCP && p->proto != IPPROTO_ICMP)
+		return 1;
+	// The model's Malformed: the transport header is cut short.
+	if (l4len < need || (void *)(l4 + 8) > end) {
+		p->bad_l4 = 1;
+		return 1;
+	}
+	p->sport = *(__u16 *)l4;
+	p->dport = *(__u16 *)(l4 + 2);
+	if (p->proto == IPPROTO_ICMP) {
+		p->icmp_type = l4[0];
+		p->sport = *(__u16 *)(l4 + 4);
+		p->dport = p->sport;
+	} else if (p->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + 14) > end) {
+			p->bad_l4 = 1;
+			return 1;
+		}
+		p->flags = l4[13];
+	}
+	return 1;
+}
+
+// Rewrites one address (IPv4 header offset `addr_off`) and one port or identifier
+// (transport offset `port_off`), in the model's order: the address with both
+// checksums, then the port with the transport checksum.
+static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p, __u32 addr_off,
+				   __u32 new_addr, __u32 port_off, __u16 new_port)
+{
+	__u32 old_addr = addr_off == 12 ? p->src : p->dst;
+	__u16 old_port;
+	__u32 csum_off;
+	__u64 l4flags;
+	if (bpf_skb_load_bytes(skb, p->l4 + port_off, &old_port, 2))
+		return -1;
+	switch (p->proto) {
+	case IPPROTO_UDP:
+		csum_off = 6;
+		l4flags = BPF_F_MARK_MANGLED_0;
+		break;
+	case IPPROTO_TCP:
+		csum_off = 16;
+		l4flags = 0;
+		break;
+	default:
+		csum_off = 2;
+		l4flags = 0;
+	}
+	if (p->proto != IPPROTO_ICMP &&
+	    bpf_l4_csum_replace(skb, p->l4 + csum_off, old_addr, new_addr,
+				l4flags | BPF_F_PSEUDO_HDR | 4))
+		return -1;
+	if (bpf_l3_csum_replace(skb, p->ip + 10, old_addr, new_addr, 4))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->ip + addr_off, &new_addr, 4, 0))
+		return -1;
+	if (bpf_l4_csum_replace(skb, p->l4 + csum_off, old_port, new_port, l4flags | 2))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4 + port_off, &new_port, 2, 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int drop(__u32 why)
+{
+	count(why);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int pass(void)
+{
+	count(C_PASSED);
+	return TC_ACT_OK;
+}
+
+
+// --- ICMP errors (RFC 5508): the embedded packet is rewritten, with its own checksums
+// and the outer ICMP checksum brought up to date. The arithmetic is the model's
+// (wire::csum_replace, on host-order numbers) so the bytes agree exactly; the fields
+// are read and written with bpf_skb_load_bytes/store_bytes, so quoted headers outside
+// the linear buffer are fine.
+
+#define CSUM_PLAIN 0
+#define CSUM_UDP 1
+
+static __always_inline __u32 csum_add32(__u32 a, __u32 b)
+{
+	__u32 s = a + b;
+	return s + (s < b);
+}
+
+static __always_inline __u16 csum_fold32(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline __u16 csum_replace(__u16 check, __u32 from, __u32 to)
+{
+	__u32 unfolded = (__u16)~check;
+	return csum_fold32(csum_add32(csum_add32(unfolded, ~from), to));
+}
+
+static __always_inline int load16(struct __sk_buff *skb, __u32 off, __u16 *v)
+{
+	__u16 raw;
+	if (bpf_skb_load_bytes(skb, off, &raw, 2))
+		return -1;
+	*v = bpf_ntohs(raw);
+	return 0;
+}
+
+static __always_inline int store16(struct __sk_buff *skb, __u32 off, __u16 v)
+{
+	__u16 raw = bpf_htons(v);
+	return bpf_skb_store_bytes(skb, off, &raw, 2, 0);
+}
+
+// wire::update_csum: the checksum at `off` for a covered field going from -> to.
+static __always_inline int update_csum(struct __sk_buff *skb, __u32 off, int kind, __u32 from,
+				       __u32 to)
+{
+	__u16 old;
+	if (load16(skb, off, &old))
+		return -1;
+	if (kind == CSUM_UDP && old == 0)
+		return 0;
+	__u16 new = csum_replace(old, from, to);
+	if (kind == CSUM_UDP && new == 0)
+		new = 0xffff;
+	return store16(skb, off, new);
+}
+
+// Writes an address (host order) at `off` with the IPv4 header checksum of the header
+// at `ip`, and the transport checksum at `l4csum` (if nonzero) of kind `kind`.
+static __always_inline int set_addr(struct __sk_buff *skb, __u32 ip, __u32 off, __u32 new,
+				    __u32 l4csum, int kind)
+{
+	__u32 raw;
+	if (bpf_skb_load_bytes(skb, ip + off, &raw, 4))
+		return -1;
+	__u32 old = bpf_ntohl(raw);
+	if (l4csum && update_csum(skb, l4csum, kind, old, new))
+		return -1;
+	if (update_csum(skb, ip + 10, CSUM_PLAIN, old, new))
+		return -1;
+	raw = bpf_htonl(new);
+	return bpf_skb_store_bytes(skb, ip + off, &raw, 4, 0);
+}
+
+// The words of an ICMP error that a translation can change, in increasing order:
+// embedded header checksum, source and destination, and the first 18 bytes of the
+// embedded transport header.
+#define WORDS 14
+
+struct quoted {
+	__u32 ip;     // offset of the embedded IPv4 header
+	__u32 l4;     // offset of its transport header
+	__u32 l4_len; // quoted bytes from l4 on
+	__u8 proto;
+	__u8 echo_type;
+	__u32 src;    // network order
+	__u32 dst;
+	__u16 words[WORDS];
+};
+
+static __always_inline __u32 word_off(const struct quoted *q, int i)
+{
+	// 10, 12, 14, 16, 18 of the header, then 0..16 of the transport header.
+	return i < 5 ? q->ip + 10 + 2 * i : q->l4 + 2 * (i - 5);
+}
+
+static __always_inline int word_present(const struct quoted *q, int i)
+{
+	return i < 5 || 2 * (i - 5) + 2 <= q->l4_len;
+}
+
+static __always_inline void snapshot(struct __sk_buff *skb, struct quoted *q)
+{
+	for (int i = 0; i < WORDS; i++) {
+		q->words[i] = 0;
+		if (word_present(q, i))
+			load16(skb, word_off(q, i), &q->words[i]);
+	}
+}
+
+// Embedded::parse: the quoted header, or -1 (the model's None).
+static __always_inline int parse_quoted(struct __sk_buff *skb, const struct packet *p,
+					__u32 total, struct quoted *q)
+{
+	__u32 start = p->l4 + 8;
+	__u32 end = p->ip + total;
+	if (end < start + 20)
+		return -1;
+	__u8 vihl;
+	if (bpf_skb_load_bytes(skb, start, &vihl, 1))
+		return -1;
+	__u32 hl = (vihl & 0x0f) * 4;
+	if (vihl >> 4 != 4 || hl < 20 || end - start < hl + 8)
+		return -1;
+	__u16 frag;
+	if (load16(skb, start + 6, &frag) || (frag & 0x1fff))
+		return -1;
+	q->ip = start;
+	q->l4 = start + hl;
+	q->l4_len = end - q->l4;
+	if (bpf_skb_load_bytes(skb, start + 9, &q->proto, 1) ||
+	    bpf_skb_load_bytes(skb, start + 12, &q->src, 4) ||
+	    bpf_skb_load_bytes(skb, start + 16, &q->dst, 4) ||
+	    bpf_skb_load_bytes(skb, q->l4, &q->echo_type, 1))
+		return -1;
+	return 0;
+}
+
+// Embedded::rewrite: our side of the embedded packet (address at `addr_off` of its
+// header, port or identifier at `port_off` of its transport header).
+static __always_inline int rewrite_quoted(struct __sk_buff *skb, const struct quoted *q,
+					  __u32 addr_off, __u32 port_off, __u32 addr, __u16 port)
+{
+	__u32 c = q->proto == IPPROTO_UDP ? 6 : q->proto == IPPROTO_TCP ? 16 : 2;
+	int kind = q->proto == IPPROTO_UDP ? CSUM_UDP : CSUM_PLAIN;
+	__u32 l4csum = q->l4_len >= c + 2 ? q->l4 + c : 0;
+	if (set_addr(skb, q->ip, addr_off, addr, q->proto == IPPROTO_ICMP ? 0 : l4csum, kind))
+		return -1;
+	__u16 old;
+	if (load16(skb, q->l4 + port_off, &old))
+		return -1;
+	if (l4csum && update_csum(skb, l4csum, kind, old, port))
+		return -1;
+	return store16(skb, q->l4 + port_off, port);
+}
+
+// fix_icmp_checksum: one replace per changed word, in order.
+static __always_inline int fix_icmp(struct __sk_buff *skb, const struct packet *p,
+				    struct quoted *q)
+{
+	for (int i = 0; i < WORDS; i++) {
+		if (!word_present(q, i))
+			continue;
+		__u16 now;
+		if (load16(skb, word_off(q, i), &now))
+			return -1;
+		if (now != q->words[i] &&
+		    update_csum(skb, p->l4 + 2, CSUM_PLAIN, q->words[i], now))
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 ip_total(struct __sk_buff *skb, const struct packet *p)
+{
+	__u16 total = 0;
+	load16(skb, p->ip + 2, &total);
+	return total;
+}
+
+// Nat::inbound_error.
+static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct config *c,
+					 const struct packet *p)
+{
+	struct quoted q = {};
+	if (parse_quoted(skb, p, ip_total(skb, p), &q) || q.src != p->dst)
+		return pass();
+	__u32 port_off;
+	if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_TCP)
+		port_off = 0;
+	else if (q.proto == IPPROTO_ICMP && q.echo_type == 8)
+		port_off = 4;
+	else
+		return pass();
+	__u16 port;
+	if (bpf_skb_load_bytes(skb, q.l4 + port_off, &port, 2))
+		return pass();
+	__u64 now = now_ns(c);
+	struct endpoint external = {.addr = q.src, .port = port, .proto = q.proto};
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
+	if (!owner)
+		return pass();
+	struct endpoint internal = *owner;
+	if (!live_binding(&internal, now))
+		return pass();
+	__u16 rport = 0;
+	if (q.proto != IPPROTO_ICMP && bpf_skb_load_bytes(skb, q.l4 + 2, &rport, 2))
+		return pass();
+	struct session_key k = {.iaddr = internal.addr,
+				.raddr = q.dst,
+				.iport = internal.port,
+				.rport = rport,
+				.proto = q.proto};
+	if (c->filtering == APDF && !live_session(&k, now))
+		return drop(C_DROP_FILTERED);
+	if (c->filtering == ADF) {
+		k.rport = 0;
+		k.by_address = 1;
+		if (!live_session(&k, now))
+			return drop(C_DROP_FILTERED);
+	}
+	snapshot(skb, &q);
+	if (rewrite_quoted(skb, &q, 12, port_off, bpf_ntohl(internal.addr),
+			   bpf_ntohs(internal.port)) ||
+	    set_addr(skb, p->ip, 16, bpf_ntohl(internal.addr), 0, CSUM_PLAIN) ||
+	    fix_icmp(skb, p, &q))
+		return drop(C_DROP_MALFORMED);
+	skb->mark = c->mark;
+	count(C_IN_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+// Nat::outbound_error.
+static __always_inline int icmp_error_out(struct __sk_buff *skb, const struct config *c,
+					  const struct packet *p)
+{
+	if (is_pool(c, p->dst))
+		return drop(C_DROP_UNSUPPORTED);
+	struct quoted q = {};
+	if (parse_quoted(skb, p, ip_total(skb, p), &q))
+		return drop(C_DROP_MALFORMED);
+	__u32 port_off;
+	if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_TCP)
+		port_off = 2;
+	else if (q.proto == IPPROTO_ICMP && q.echo_type == 0)
+		port_off = 4;
+	else
+		return drop(C_DROP_UNSUPPORTED);
+	__u16 port;
+	if (bpf_skb_load_bytes(skb, q.l4 + port_off, &port, 2))
+		return drop(C_DROP_MALFORMED);
+	struct endpoint internal = {.addr = q.dst, .port = port, .proto = q.proto};
+	struct binding *b = live_binding(&internal, now_ns(c));
+	if (!b)
+		return drop(C_DROP_NO_MAPPING);
+	struct endpoint ext = b->external;
+	snapshot(skb, &q);
+	if (rewrite_quoted(skb, &q, 16, port_off, bpf_ntohl(ext.addr), bpf_ntohs(ext.port)) ||
+	    set_addr(skb, p->ip, 12, bpf_ntohl(ext.addr), 0, CSUM_PLAIN) || fix_icmp(skb, p, &q))
+		return drop(C_DROP_MALFORMED);
+	count(C_OUT_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+static __always_inline int is_icmp_error(const struct packet *p)
+{
+	return p->proto == IPPROTO_ICMP &&
+	       (p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12);
+}
+
+
+// --- fragments
+
+static __always_inline void frag_key_of(struct __sk_buff *skb, const struct packet *p, int out,
+					struct frag_key *k)
+{
+	__u16 id = 0;
+	bpf_skb_load_bytes(skb, p->ip + 4, &id, 2);
+	k->src = p->src;
+	k->dst = p->dst;
+	k->id = id;
+	k->proto = p->proto;
+	k->out = out;
+}
+
+// Nat::remember_fragment: after a first fragment was translated.
+static __always_inline void remember_fragment(struct __sk_buff *skb, const struct config *c,
+					      const struct packet *p, int out, __u32 new_addr,
+					      __u64 now)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, out, &k);
+	struct frag v = {.new_addr = new_addr, .expires = now + c->fragment_ns};
+	bpf_map_update_elem(&natgw_fragments, &k, &v, BPF_ANY);
+}
+
+// Nat::later_fragment: 1 translated, 0 nothing known (the caller decides), -1 error.
+static __always_inline int later_fragment(struct __sk_buff *skb, const struct config *c,
+					  const struct packet *p, int out)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, out, &k);
+	struct frag *f = bpf_map_lookup_elem(&natgw_fragments, &k);
+	if (!f)
+		return 0;
+	if (f->expires <= now_ns(c)) {
+		bpf_map_delete_elem(&natgw_fragments, &k);
+		return 0;
+	}
+	__u32 addr = f->new_addr;
+	if (set_addr(skb, p->ip, out ? 12 : 16, bpf_ntohl(addr), 0, CSUM_PLAIN))
+		return -1;
+	return 1;
+}
+
+SEC("classifier")
+int natgw_egress(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	int r = parse(skb, &p);
+	if (r == 0)
+		return TC_ACT_OK;
+	if (r < 0) {
+		// The model drops malformed IPv4 whatever its source; so does this.
+		return drop(C_DROP_MALFORMED);
+	}
+	if (!is_private(c, p.src))
+		return pass();
+	if (p.later_fragment) {
+		// One before its first fragment: dropped (it would leak a private address).
+		int r = later_fragment(skb, c, &p, 1);
+		if (r == 0)
+			return drop(C_DROP_NO_MAPPING);
+		if (r < 0)
+			return drop(C_DROP_MALFORMED);
+		count(C_OUT_TRANSLATED);
+		return TC_ACT_OK;
+	}
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (is_icmp_error(&p))
+		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
+	if (is_pool(c, p.dst))
+		return pass(); // hairpins are routed locally, never reach the public side
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
+	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
+		return drop(C_DROP_UNSUPPORTED);
+	__u64 now = now_ns(c);
+	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.dport;
+	struct endpoint internal = {.addr = p.src, .port = p.sport, .proto = p.proto};
+	int new_tcp = p.proto == IPPROTO_TCP && bare_syn(p.flags);
+	int new_binding = 0;
+	struct binding *b = live_binding(&internal, now);
+	if (!b) {
+		if (p.proto == IPPROTO_TCP && !new_tcp)
+			return drop(C_DROP_NO_MAPPING);
+		b = create_binding(c, &internal, now);
+		if (!b)
+			return drop(C_DROP_NO_PORT);
+		b->expires = now;
+		new_binding = 1;
+	}
+	struct session_key k = {.iaddr = p.src,
+				.raddr = p.dst,
+				.iport = p.sport,
+				.rport = rport,
+				.proto = p.proto};
+	struct session *s = live_session(&k, now);
+	if (!s) {
+		if (p.proto == IPPROTO_TCP && !new_tcp)
+			return drop(C_DROP_NO_MAPPING);
+		s = create_session(&k, p.proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
+		if (!s)
+			return drop(C_DROP_NO_MAPPING);
+		touch(c, b, &k, s, 1, p.flags, now);
+		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+	} else {
+		touch(c, b, &k, s, 1, p.flags, now);
+	}
+	// Armed once its expiry is known, so the timer cannot find it already expired.
+	if (new_binding)
+		arm(&b->timer, &natgw_bindings, binding_timer, b->expires - now);
+	struct endpoint ext = b->external;
+	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
+		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 1, ext.addr, now);
+	count(C_OUT_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int natgw_ingress(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	int r = parse(skb, &p);
+	if (r == 0)
+		return TC_ACT_OK;
+	if (r < 0)
+		return drop(C_DROP_MALFORMED);
+	if (!is_pool(c, p.dst))
+		return pass();
+	if (p.later_fragment) {
+		// One before its first fragment: the host's (nothing is buffered).
+		int r = later_fragment(skb, c, &p, 0);
+		if (r == 0)
+			return pass();
+		if (r < 0)
+			return drop(C_DROP_MALFORMED);
+		skb->mark = c->mark;
+		count(C_IN_TRANSLATED);
+		return TC_ACT_OK;
+	}
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (is_icmp_error(&p))
+		return p.more_fragments ? pass() : icmp_error_in(skb, c, &p);
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
+	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 0))
+		return pass(); // the host's own protocols and ICMP types: left alone
+	__u64 now = now_ns(c);
+	struct endpoint external = {.addr = p.dst, .port = p.dport, .proto = p.proto};
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
+	if (!owner)
+		return pass();
+	struct endpoint internal = *owner;
+	struct binding *b = live_binding(&internal, now);
+	if (!b)
+		return pass();
+	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.sport;
+	struct session_key k = {.iaddr = internal.addr,
+				.raddr = p.src,
+				.iport = internal.port,
+				.rport = rport,
+				.proto = p.proto};
+	struct session *s = live_session(&k, now);
+	if (c->filtering == APDF && !s)
+		return drop(C_DROP_FILTERED);
+	if (c->filtering == ADF && !s) {
+		struct session_key ak = k;
+		ak.rport = 0;
+		ak.by_address = 1;
+		if (!live_session(&ak, now))
+			return drop(C_DROP_FILTERED);
+	}
+	if (p.proto == IPPROTO_TCP) {
+		if (s) {
+			touch(c, b, &k, s, 0, p.flags, now);
+		} else if (bare_syn(p.flags)) {
+			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
+			s = create_session(&k, SYN_IN, now);
+			if (s) {
+				s->expires = now + c->tcp_transitory_ns;
+				cover(c, b, &k, s, now);
+				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+			}
+		}
+	}
+	if (rewrite(skb, &p, 16, internal.addr, p.proto == IPPROTO_ICMP ? 4 : 2, internal.port))
+		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 0, internal.addr, now);
+	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
+	skb->mark = c->mark;
+	count(C_IN_TRANSLATED);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

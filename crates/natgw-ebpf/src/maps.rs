@@ -1,0 +1,114 @@
+//! The layouts shared with bpf/nat.bpf.c, field for field.
+
+use natgw_nat::{Config, Filtering};
+
+pub const MAX_POOL: usize = 16;
+pub const MAX_PRIVATE: usize = 8;
+
+/// `struct config` in nat.bpf.c (addresses in network byte order, ports in host order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfConfig {
+    pub pool: [u32; MAX_POOL],
+    pub pool_len: u32,
+    pub private_addr: [u32; MAX_PRIVATE],
+    pub private_mask: [u32; MAX_PRIVATE],
+    pub private_len: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub filtering: u32,
+    pub mark: u32,
+    pub _pad: u32,
+    pub udp_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_transitory_ns: u64,
+    pub icmp_ns: u64,
+    pub fragment_ns: u64,
+    /// Nonzero: the programs' clock (tests); zero: the kernel's monotonic clock.
+    pub now_ns: u64,
+}
+
+// SAFETY: plain integers, `repr(C)`, no padding (the `_pad` field fills the only gap).
+unsafe impl aya::Pod for BpfConfig {}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{0} pool addresses; the eBPF data plane takes at most {MAX_POOL}")]
+    PoolTooLarge(usize),
+    #[error("{0} private prefixes; the eBPF data plane takes at most {MAX_PRIVATE}")]
+    TooManyPrefixes(usize),
+}
+
+fn be(a: std::net::Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+impl BpfConfig {
+    pub fn new(c: &Config, mark: u32) -> Result<Self, LayoutError> {
+        if c.pool.len() > MAX_POOL {
+            return Err(LayoutError::PoolTooLarge(c.pool.len()));
+        }
+        if c.private.len() > MAX_PRIVATE {
+            return Err(LayoutError::TooManyPrefixes(c.private.len()));
+        }
+        let mut pool = [0; MAX_POOL];
+        for (slot, a) in pool.iter_mut().zip(&c.pool) {
+            *slot = be(*a);
+        }
+        let (mut private_addr, mut private_mask) = ([0; MAX_PRIVATE], [0; MAX_PRIVATE]);
+        for (i, n) in c.private.iter().enumerate() {
+            private_addr[i] = be(n.network());
+            private_mask[i] = be(n.netmask());
+        }
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        Ok(Self {
+            pool,
+            pool_len: c.pool.len() as u32,
+            private_addr,
+            private_mask,
+            private_len: c.private.len() as u32,
+            port_lo: *c.ports.start(),
+            port_hi: *c.ports.end(),
+            filtering: match c.filtering {
+                Filtering::EndpointIndependent => 0,
+                Filtering::AddressDependent => 1,
+                Filtering::AddressAndPortDependent => 2,
+            },
+            mark,
+            _pad: 0,
+            udp_ns: ns(c.timeouts.udp),
+            tcp_established_ns: ns(c.timeouts.tcp_established),
+            tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
+            icmp_ns: ns(c.timeouts.icmp),
+            fragment_ns: ns(c.timeouts.fragment),
+            now_ns: 0,
+        })
+    }
+}
+
+/// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
+pub const COUNTERS: [&str; 12] = [
+    "out_translated",
+    "in_translated",
+    "passed",
+    "drop_malformed",
+    "drop_unsupported",
+    "drop_no_mapping",
+    "drop_filtered",
+    "drop_no_port",
+    "bindings_created",
+    "bindings_expired",
+    "sessions_created",
+    "pulled",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_has_no_hidden_padding() {
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 6*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 200);
+    }
+}

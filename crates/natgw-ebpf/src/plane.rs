@@ -1,0 +1,218 @@
+//! Loading the programs, configuring them, running packets through them with
+//! BPF_PROG_TEST_RUN, and reading their counters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aya::maps::{Array, PerCpuArray};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::maps::{BpfConfig, LayoutError, COUNTERS};
+use crate::OBJECT;
+
+/// TC verdicts (linux/pkt_cls.h).
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// Which program: the public interface's way out or way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Egress,
+    Ingress,
+}
+
+impl Side {
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Egress => "natgw_egress",
+            Self::Ingress => "natgw_ingress",
+        }
+    }
+
+    fn tc(self) -> TcAttachType {
+        match self {
+            Self::Egress => TcAttachType::Egress,
+            Self::Ingress => TcAttachType::Ingress,
+        }
+    }
+}
+
+/// The names of the programs attached to `ifname` on one side (TCX), for checks that
+/// nothing is left behind. Call it inside the interface's namespace.
+pub fn attached(ifname: &str, side: Side) -> Result<Vec<String>, PlaneError> {
+    let (_, progs) =
+        SchedClassifier::query_tcx(ifname, side.tc()).map_err(|source| PlaneError::Program {
+            name: side.program(),
+            source,
+        })?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("the kernel refused program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The outcome of one packet through a program (BPF_PROG_TEST_RUN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    /// TC_ACT_OK or TC_ACT_SHOT.
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub data: Vec<u8>,
+    /// `skb->mark` afterwards.
+    pub mark: u32,
+}
+
+/// The loaded (not necessarily attached) programs and their maps.
+pub struct Plane {
+    ebpf: Ebpf,
+    config: BpfConfig,
+}
+
+/// Size of `struct __sk_buff` (the context BPF_PROG_TEST_RUN takes and returns), and
+/// where `mark` sits in it.
+const SK_BUFF_LEN: usize = 192;
+const SK_BUFF_MARK: usize = 8;
+/// The programs' clock for model time 0 (their clock must not be 0: that means "real").
+const CLOCK_BASE_NS: u64 = 1_000_000_000;
+
+impl Plane {
+    /// Loads both programs with `cfg` (`mark`: what admitted inbound packets carry).
+    pub fn load(cfg: &natgw_nat::Config, mark: u32) -> Result<Self, PlaneError> {
+        let config = BpfConfig::new(cfg, mark)?;
+        let ebpf = EbpfLoader::new().load(OBJECT).map_err(PlaneError::Load)?;
+        let mut plane = Self { ebpf, config };
+        plane.write_config()?;
+        for side in [Side::Egress, Side::Ingress] {
+            plane
+                .program(side)?
+                .load()
+                .map_err(|source| PlaneError::Program {
+                    name: side.program(),
+                    source,
+                })?;
+        }
+        Ok(plane)
+    }
+
+    fn write_config(&mut self) -> Result<(), PlaneError> {
+        let name = "natgw_config";
+        let map = self.ebpf.map_mut(name).ok_or(PlaneError::Missing(name))?;
+        let mut a: Array<_, BpfConfig> =
+            Array::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        a.set(0, self.config, 0)
+            .map_err(|source| PlaneError::Map { name, source })
+    }
+
+    pub(crate) fn program(&mut self, side: Side) -> Result<&mut SchedClassifier, PlaneError> {
+        let name = side.program();
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(PlaneError::Missing(name))?;
+        p.try_into()
+            .map_err(|source| PlaneError::Program { name, source })
+    }
+
+    /// Makes the programs' clock read `now` (model time) instead of the kernel's.
+    pub fn set_clock(&mut self, now: Duration) -> Result<(), PlaneError> {
+        self.config.now_ns = CLOCK_BASE_NS + now.as_nanos() as u64;
+        self.write_config()
+    }
+
+    /// Runs one Ethernet frame through a program, as the kernel would on that side.
+    pub fn run(&mut self, side: Side, frame: &[u8]) -> Result<RunResult, PlaneError> {
+        self.run_timed(side, frame, 1).map(|(r, _)| r)
+    }
+
+    /// Runs a frame `repeat` times; also returns the kernel's average time per run.
+    pub fn run_timed(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(RunResult, Duration), PlaneError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let ctx_in = [0u8; SK_BUFF_LEN];
+        let mut ctx_out = [0u8; SK_BUFF_LEN];
+        let name = side.program();
+        let r = self
+            .program(side)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| PlaneError::Program { name, source })?;
+        out.truncate(r.data_size_out as usize);
+        let mark = u32::from_ne_bytes(
+            ctx_out[SK_BUFF_MARK..SK_BUFF_MARK + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        let result = RunResult {
+            verdict: r.return_value,
+            data: out,
+            mark,
+        };
+        Ok((result, r.duration))
+    }
+
+    /// Attaches both programs to the public interface `ifname` (TCX on kernels that
+    /// have it, clsact otherwise): egress after routing, ingress before it. They stay
+    /// attached as long as this `Plane` lives. Call it inside the interface's namespace.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), PlaneError> {
+        for side in [Side::Egress, Side::Ingress] {
+            self.program(side)?
+                .attach(ifname, side.tc())
+                .map_err(|source| PlaneError::Program {
+                    name: side.program(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, PlaneError> {
+        let name = "natgw_counters";
+        let map = self.ebpf.map(name).ok_or(PlaneError::Missing(name))?;
+        let a: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        COUNTERS
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let v = a
+                    .get(&(i as u32), 0)
+                    .map_err(|source| PlaneError::Map { name, source })?;
+                Ok((*n, v.iter().sum()))
+            })
+            .collect()
+    }
+}
