@@ -83,17 +83,7 @@ fn forward_policy_is_judged_for_every_private_interface() {
         return;
     };
     // A second private network; a foreign drop chain that lets only it through.
-    lab.ip(
-        "head",
-        &[
-            "link", "add", "lan1", "type", "veth", "peer", "name", "lan1p",
-        ],
-    )
-    .unwrap();
-    lab.ip("head", &["addr", "add", "192.168.7.1/24", "dev", "lan1"])
-        .unwrap();
-    lab.ip("head", &["link", "set", "lan1", "up"]).unwrap();
-    lab.ip("head", &["link", "set", "lan1p", "up"]).unwrap();
+    add_private_network(&lab, "lan1", "192.168.7.1/24");
     assert_exit(&natgw(&lab, &["up"]), 0);
     in_ns(&lab, "head", &["nft", "add", "table", "ip", "guard"]);
     in_ns(

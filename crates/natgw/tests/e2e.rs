@@ -995,23 +995,7 @@ fn stun_interoperates_with_coturn_both_ways() {
         );
     }
     // natgw's client against coturn's server, with the same verdict.
-    let _coturn = spawn_in(
-        &lab,
-        "pub",
-        "turnserver",
-        &[
-            "--stun-only",
-            "-L",
-            "198.51.100.10",
-            "-L",
-            "198.51.100.11",
-            "--no-cli",
-            "-n",
-            "--log-file",
-            "stdout",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(600));
+    let _coturn = coturn(&lab);
     let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10:3478"]);
     assert_exit(&out, 0);
     let b = &report["stun"]["behaviour"];

@@ -852,17 +852,7 @@ fn a_recorded_interface_that_vanished_is_reported_not_taken_for_a_typo() {
     ) else {
         return;
     };
-    lab.ip(
-        "head",
-        &[
-            "link", "add", "lan9", "type", "veth", "peer", "name", "lan9p",
-        ],
-    )
-    .unwrap();
-    lab.ip("head", &["addr", "add", "192.168.9.1/24", "dev", "lan9"])
-        .unwrap();
-    lab.ip("head", &["link", "set", "lan9", "up"]).unwrap();
-    lab.ip("head", &["link", "set", "lan9p", "up"]).unwrap();
+    add_private_network(&lab, "lan9", "192.168.9.1/24");
     assert_exit(&natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "del", "lan9"]).unwrap();
     let out = natgw(&lab, &["status"]);

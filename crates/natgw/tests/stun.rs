@@ -234,23 +234,7 @@ fn classic_rfc3489_clients_and_natgw_agree_on_the_gateway_against_both_servers()
         assert_eq!(stats["malformed"] + stats["rate_limited"], 0, "{stats:?}");
     }
     {
-        let _coturn = spawn_in(
-            &lab,
-            "pub",
-            "turnserver",
-            &[
-                "--stun-only",
-                "-L",
-                "198.51.100.10",
-                "-L",
-                "198.51.100.11",
-                "--no-cli",
-                "-n",
-                "--log-file",
-                "stdout",
-            ],
-        );
-        std::thread::sleep(Duration::from_millis(600));
+        let _coturn = coturn(&lab);
         assert_eq!(
             classic_client(&lab, "n1"),
             "Primary: Independent Mapping, Port Dependent Filter, preserves ports, no hairpin"

@@ -104,6 +104,43 @@ pub fn in_ns(lab: &Lab, role: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A second private network on the headnode: interface `name` (a veth whose peer
+/// stays in the headnode, up) with the gateway address `cidr`.
+pub fn add_private_network(lab: &Lab, name: &str, cidr: &str) {
+    let peer = format!("{name}p");
+    lab.ip(
+        "head",
+        &["link", "add", name, "type", "veth", "peer", "name", &peer],
+    )
+    .unwrap();
+    lab.ip("head", &["addr", "add", cidr, "dev", name]).unwrap();
+    lab.ip("head", &["link", "set", name, "up"]).unwrap();
+    lab.ip("head", &["link", "set", &peer, "up"]).unwrap();
+}
+
+/// coturn's STUN server on the public host's two addresses, as the interop tests use it,
+/// given a moment to bind.
+pub fn coturn(lab: &Lab) -> Background {
+    let server = spawn_in(
+        lab,
+        "pub",
+        "turnserver",
+        &[
+            "--stun-only",
+            "-L",
+            "198.51.100.10",
+            "-L",
+            "198.51.100.11",
+            "--no-cli",
+            "-n",
+            "--log-file",
+            "stdout",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    server
+}
+
 /// Pastes a printed doctor fix into a shell on the headnode, whole, as an admin would:
 /// the prose lines are comments, and every command must succeed.
 pub fn paste_fix(lab: &Lab, fix: &str) {
