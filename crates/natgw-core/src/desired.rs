@@ -39,6 +39,12 @@ pub struct Desired {
     /// Outbound IPv6 for the private nodes; `None` leaves IPv6 alone (mode `off`).
     #[serde(default)]
     pub ipv6: Option<Ipv6Gateway>,
+    /// Drop public-side spoofs in a chain on the public device's ingress hook rather
+    /// than at prerouting. Only where the kernel keeps such a chain across the device's
+    /// removal and binds it again to a new device of that name (Linux 6.16 and later);
+    /// older kernels delete the chain with the device.
+    #[serde(default)]
+    pub public_ingress_hook: bool,
 }
 
 /// The IPv6 side of the gateway.

@@ -283,6 +283,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         warnings,
         ha_public_vip: settings.ha.as_ref().map(|ha| ha.public_vip.addr()),
         ipv6,
+        public_ingress_hook: observed.kernel_at_least(6, 16),
     })
 }
 

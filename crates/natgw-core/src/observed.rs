@@ -22,6 +22,9 @@ pub struct Observed {
     /// conntrack maximum be set).
     #[serde(default)]
     pub initial_netns: bool,
+    /// The running kernel's release (`6.18.44`), for what depends on its version.
+    #[serde(default)]
+    pub kernel_release: Option<String>,
     /// natgw's table, when it exists.
     pub table: Option<LiveTable>,
     pub conntrack: Option<Conntrack>,
@@ -90,6 +93,20 @@ pub struct Conntrack {
 }
 
 impl Observed {
+    /// Whether the running kernel is at least `major.minor` (false when unknown).
+    pub fn kernel_at_least(&self, major: u32, minor: u32) -> bool {
+        let Some(release) = &self.kernel_release else {
+            return false;
+        };
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(ma), Some(mi)) => (ma, mi) >= (major, minor),
+            _ => false,
+        }
+    }
+
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
     }

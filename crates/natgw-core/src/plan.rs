@@ -275,6 +275,7 @@ mod tests {
             warnings: vec![],
             ha_public_vip: None,
             ipv6: None,
+            public_ingress_hook: false,
         }
     }
 

@@ -121,11 +121,22 @@ fn render_body(d: &Desired) -> String {
             ]
         })
         .collect();
+    // A new flow's first packet goes to the rules for the side it came from after one
+    // lookup, instead of testing every rule's interface match in turn.
+    let sides: Vec<String> = d
+        .private
+        .iter()
+        .map(|i| format!("{} : jump from_private", quote(&i.name)))
+        .chain([format!("{public} : jump from_public")])
+        .collect();
     let random = match d.port_selection {
         PortSelection::Preserve => "",
         PortSelection::Random => " fully-random",
     };
-    let matched = format!("iifname {private} oifname {public} ip saddr @private4");
+    // Rules in the `translate` chain, which only sees packets from a private interface
+    // leaving through the public one. Their IPv4 sources are in `private4`: natgw's own
+    // forward chain, in the same table and the same transaction, dropped every other.
+    let matched = "meta nfproto ipv4";
     let counted = "counter name \"translated_connections\"";
     let (maps, translate) = match &d.snat {
         SnatMode::To(addr) => (
@@ -183,10 +194,11 @@ fn render_body(d: &Desired) -> String {
         String::new()
     };
 
+    let spoof = SpoofCheck::new(d.public_ingress_hook, &public);
     let v6 = d
         .ipv6
         .as_ref()
-        .map(|g| render_v6(g, d.timeouts, &private, &public, random));
+        .map(|g| render_v6(g, d.timeouts, &private, &public, &spoof.only_public, random));
 
     let mut out = String::new();
     for (name, what) in COUNTERS {
@@ -206,17 +218,20 @@ fn render_body(d: &Desired) -> String {
     // chain also closes what natgw would otherwise open: new connections from the public
     // side to any interface (not only the private ones), and untranslated private-range
     // sources from interfaces natgw does not manage leaving through the public one.
-    // The prerouting chain runs before conntrack and routing: a packet from outside
-    // that claims a private source never creates a translation (a pinhole to that
-    // private address), whatever rp_filter says. Only packets that entered through a
-    // private interface are translated.
+    // The spoof chain runs before conntrack and routing: a packet from outside that
+    // claims a private source never creates a translation (a pinhole to that private
+    // address), whatever rp_filter says. Only packets that entered through a private
+    // interface are translated.
     //
-    // Cost: nearly every forwarded packet belongs to an established flow, and the
-    // first forward rule accepts it after one conntrack-state match and one hash lookup
-    // (counted by direction). That skips no guarantee: conntrack matched the packet to
-    // a flow whose first packet passed the rules below (anti-spoofing, no unsolicited
-    // inbound), and invalid packets are not established. Only the first packet of a
-    // flow pays for the full chain and the NAT chain.
+    // Cost (measured with `natgw bench --profile`): nearly every forwarded packet
+    // belongs to an established flow, and the first forward rule accepts it after one
+    // conntrack-state match and one lookup of its interface indexes (counted by
+    // direction). That skips no guarantee: conntrack matched the packet to a flow whose
+    // first packet passed the rules below (anti-spoofing, no unsolicited inbound), and
+    // invalid packets are not established. Indexes are cheaper than names; if an
+    // interface is recreated under a new index, its packets miss this rule and get the
+    // same verdict and counter from the rules below. A new flow's first packet goes to
+    // its side's chain after one lookup, and the NAT chain tests its interfaces once.
     write!(
         out,
         "\tset private4 {{
@@ -229,30 +244,42 @@ fn render_body(d: &Desired) -> String {
 \t\tflags interval
 \t\telements = {{ {public_spoofs} }}
 \t}}
-{sets6}\tchain prerouting {{
-\t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname {public} ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop
+{sets6}\tchain {spoof_chain} {{
+\t\t{spoof_hook}
+\t\t{spoof_match}ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop
 {prerouting6}\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
-{clamp}\t\tct state established counter name iifname . oifname map {{ {directions} }} accept
+{clamp}\t\tct state established counter name iif . oif map {{ {directions} }} accept
 {forward6_first}\t\tct state invalid counter name \"dropped_invalid\" drop
-\t\tiifname {private} ip saddr != @private4 counter name \"dropped_spoofed\" drop
-{forward6_spoof}\t\tiifname {private} oifname {public} ip saddr @private4 counter name \"outbound\" accept
-{forward6_out}\t\tiifname {public} oifname {private} ct state established,related counter name \"inbound_replies\" accept
-\t\tiifname {public} oifname {private} counter name \"dropped_unsolicited\" drop
-\t\tiifname {public} ct state established,related accept
-\t\tiifname {public} counter name \"dropped_unsolicited\" drop
+\t\tiifname vmap {{ {sides} }}
 \t\toifname {public} ip saddr {{ 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16 }} counter name \"dropped_spoofed\" drop
 {forward6_last}\t}}
+\tchain from_private {{
+\t\toifname {public} ip saddr @private4 counter name \"outbound\" accept
+{forward6_out}\t\tip saddr != @private4 counter name \"dropped_spoofed\" drop
+{forward6_spoof}\t}}
+\tchain from_public {{
+\t\toifname {private} ct state established,related counter name \"inbound_replies\" accept
+\t\toifname {private} counter name \"dropped_unsolicited\" drop
+\t\tct state established,related accept
+\t\tcounter name \"dropped_unsolicited\" drop
+\t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname {public} iifname {private} jump translate
+\t}}
+\tchain translate {{
 \t\t{matched} ct timeout set meta l4proto map {{ tcp : \"natgw_tcp\", udp : \"natgw_udp\" }}
 {translate}{timeouts6}{translate6}\t}}
 ",
         prefixes = prefixes.join(", "),
         public_spoofs = public_spoofs.join(", "),
         directions = directions.join(", "),
+        sides = sides.join(", "),
+        spoof_chain = spoof.chain,
+        spoof_hook = spoof.hook,
+        spoof_match = spoof.only_public,
         sets6 = v6.as_ref().map_or("", |v| &v.sets),
         prerouting6 = v6.as_ref().map_or("", |v| &v.prerouting),
         timeouts6 = v6.as_ref().map_or("", |v| &v.timeouts),
@@ -280,6 +307,38 @@ fn render_body(d: &Desired) -> String {
         .unwrap();
     }
     out
+}
+
+/// Where packets from the public side that claim a private or impossible source are
+/// dropped: before conntrack and routing, so that they never create a translation.
+struct SpoofCheck {
+    chain: &'static str,
+    hook: String,
+    /// What a rule must match first to see only the public side's packets.
+    only_public: String,
+}
+
+impl SpoofCheck {
+    fn new(at_ingress: bool, public: &str) -> Self {
+        if at_ingress {
+            // A chain on the public device's ingress sees only that device's packets,
+            // so private-side packets (nearly all of them on a busy gateway) never pay
+            // for it.
+            SpoofCheck {
+                chain: "public_ingress",
+                hook: format!(
+                    "type filter hook ingress device {public} priority filter; policy accept;"
+                ),
+                only_public: String::new(),
+            }
+        } else {
+            SpoofCheck {
+                chain: "prerouting",
+                hook: "type filter hook prerouting priority raw; policy accept;".into(),
+                only_public: format!("iifname {public} "),
+            }
+        }
+    }
 }
 
 /// The timeout objects `natgw_udpSUFFIX` and `natgw_tcpSUFFIX` for one family.
@@ -322,7 +381,14 @@ struct V6Rules {
 /// never forwarded (link-local, hop limit 255) and natgw does not filter input, so it
 /// needs no rule; ICMPv6 errors about allowed flows (packet-too-big, unreachable, time
 /// exceeded) are conntrack `related` and pass with their flow's replies.
-fn render_v6(g: &Ipv6Gateway, t: Timeouts, private: &str, public: &str, random: &str) -> V6Rules {
+fn render_v6(
+    g: &Ipv6Gateway,
+    t: Timeouts,
+    private: &str,
+    public: &str,
+    only_public: &str,
+    random: &str,
+) -> V6Rules {
     let join = |nets: &[ipnet::Ipv6Net]| {
         nets.iter()
             .map(|n| n.to_string())
@@ -330,18 +396,17 @@ fn render_v6(g: &Ipv6Gateway, t: Timeouts, private: &str, public: &str, random: 
             .join(", ")
     };
     let counted = "counter name \"translated_connections\"";
-    let matched = format!("iifname {private} oifname {public}");
     let translate = match &g.translation {
         Ipv6Translation::Routed => String::new(),
         Ipv6Translation::Nat66 { address } => {
-            format!("\t\t{matched} ip6 saddr @outbound6 {counted} snat ip6 to {address}{random}\n")
+            format!("\t\tip6 saddr @outbound6 {counted} snat ip6 to {address}{random}\n")
         }
         // nft's prefix NAT (NF_NAT_RANGE_NETMAP) keeps the host bits: node fd00::11
         // always leaves as PUBLIC::11. It goes through conntrack like every other flow.
         Ipv6Translation::Nptv6 {
             private: from,
             public: to,
-        } => format!("\t\t{matched} ip6 saddr {from} {counted} snat ip6 prefix to {to}\n"),
+        } => format!("\t\tip6 saddr {from} {counted} snat ip6 prefix to {to}\n"),
     };
     // Routed nodes keep their own addresses, so a packet-too-big about a flow
     // conntrack no longer knows (flushed, failed over) still reaches them.
@@ -359,19 +424,16 @@ fn render_v6(g: &Ipv6Gateway, t: Timeouts, private: &str, public: &str, random: 
             join(&g.outbound_prefixes)
         ),
         prerouting: format!(
-            "\t\tiifname {public} ip6 saddr @private6 counter name \"dropped_spoofed_public\" drop\n\t\tiifname {public} ip6 saddr {{ ::1, ::ffff:0:0/96, ff00::/8 }} counter name \"dropped_spoofed_public\" drop\n"
+            "\t\t{only_public}ip6 saddr @private6 counter name \"dropped_spoofed_public\" drop\n\t\t{only_public}ip6 saddr {{ ::1, ::ffff:0:0/96, ff00::/8 }} counter name \"dropped_spoofed_public\" drop\n"
         ),
         // In the NAT chain like IPv4's: once per flow, also in `routed` mode, where
         // nothing is translated but the NAT chain still sees each new flow.
-        timeouts: format!(
-            "\t\t{matched} ip6 saddr @outbound6 ct timeout set meta l4proto map {{ tcp : \"natgw_tcp6\", udp : \"natgw_udp6\" }}\n"
-        ),
+        timeouts: "\t\tip6 saddr @outbound6 ct timeout set meta l4proto map { tcp : \"natgw_tcp6\", udp : \"natgw_udp6\" }\n"
+            .into(),
         forward_first,
-        forward_spoof: format!(
-            "\t\tiifname {private} ip6 saddr != @private6 counter name \"dropped_spoofed\" drop\n"
-        ),
+        forward_spoof: "\t\tip6 saddr != @private6 counter name \"dropped_spoofed\" drop\n".into(),
         forward_out: format!(
-            "\t\t{matched} ip6 saddr @outbound6 counter name \"outbound\" accept\n"
+            "\t\toifname {public} ip6 saddr @outbound6 counter name \"outbound\" accept\n"
         ),
         // ULA never leaves untranslated, whichever interface it came from.
         forward_last: format!(
@@ -418,6 +480,7 @@ mod tests {
             warnings: vec![],
             ha_public_vip: None,
             ipv6: None,
+            public_ingress_hook: true,
         }
     }
 
@@ -457,13 +520,36 @@ mod tests {
     #[test]
     fn only_private_ingress_is_translated_and_public_spoofs_drop_first() {
         let text = render(&desired(SnatMode::Masquerade)).text;
+        // The only way into `translate`: from a private interface out of the public one.
+        assert_eq!(text.matches("jump translate").count(), 1, "{text}");
+        assert!(
+            text.contains("oifname \"wan0\" iifname { \"lan0\", \"lan1\" } jump translate"),
+            "{text}"
+        );
+        let translate = &text[text.find("chain translate").unwrap()..];
+        assert!(
+            translate
+                .contains("meta nfproto ipv4 counter name \"translated_connections\" masquerade"),
+            "{text}"
+        );
+        // ... and `private4` holds every IPv4 source that got that far.
         assert!(text.contains(
-            "iifname { \"lan0\", \"lan1\" } oifname \"wan0\" ip saddr @private4 counter name \"translated_connections\" masquerade"
+            "chain from_private {\n\t\toifname \"wan0\" ip saddr @private4 counter name \"outbound\" accept\n\t\tip saddr != @private4 counter name \"dropped_spoofed\" drop\n"
         ), "{text}");
-        assert!(text.contains("type filter hook prerouting priority raw;"));
+        assert!(text.contains("iifname vmap { \"lan0\" : jump from_private, \"lan1\" : jump from_private, \"wan0\" : jump from_public }"), "{text}");
+        // Before conntrack: on the public device's ingress where the kernel keeps such a
+        // chain across the device's removal, at raw prerouting otherwise.
         assert!(text.contains(
-            "iifname \"wan0\" ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop"
-        ));
+            "chain public_ingress {\n\t\ttype filter hook ingress device \"wan0\" priority filter; policy accept;\n\t\tip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop\n\t}"
+        ), "{text}");
+        assert!(!text.contains("hook prerouting"));
+        let mut older = desired(SnatMode::Masquerade);
+        older.public_ingress_hook = false;
+        let older = render(&older).text;
+        assert!(older.contains(
+            "chain prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname \"wan0\" ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop\n\t}"
+        ), "{older}");
+        assert!(!older.contains("hook ingress"));
         // One lookup: the private prefixes and the special ranges, merged.
         assert!(
             text.contains(
@@ -539,10 +625,16 @@ mod tests {
         let at = |needle: &str| routed.find(needle).unwrap_or_else(|| panic!("{needle}"));
         // Spoofed sources drop before the accept, ULA never leaves untranslated, and
         // routed mode translates nothing.
+        // From a private interface: what may leave is accepted first (outbound6 is a
+        // subset of private6), then every other source outside private6 is dropped.
+        let from_private = &routed[at("chain from_private")..at("chain from_public")];
         assert!(
-            at("ip6 saddr != @private6") < at("ip6 saddr @outbound6 counter name \"outbound\"")
+            from_private.find("ip6 saddr @outbound6 counter name \"outbound\" accept")
+                < from_private.find("ip6 saddr != @private6 counter name \"dropped_spoofed\" drop"),
+            "{routed}"
         );
-        assert!(at("ip6 saddr @outbound6 counter name \"outbound\"") < at("ip6 saddr fc00::/7"));
+        // (`from_private` is jumped to before the forward chain's last rules.)
+        assert!(at("iifname vmap") < at("ip6 saddr fc00::/7"));
         assert!(at("icmpv6 type packet-too-big") < at("ct state invalid"));
         assert!(!routed.contains("snat ip6"));
     }

@@ -72,6 +72,7 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
     };
     Ok(Observed {
         initial_netns: is_initial_netns(),
+        kernel_release: sysctl::read("kernel.osrelease").ok(),
         links,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,

@@ -335,6 +335,29 @@ pub struct BenchArgs {
     /// new-flow flood of each setup, and show where the time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Measure only these figures (repeat or separate with commas), e.g. to check a
+    /// change quickly: `--only new-flows,pps-64`.
+    #[arg(long, value_name = "FIGURE", value_delimiter = ',')]
+    pub only: Vec<BenchFigure>,
+}
+
+/// The figures `natgw bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchFigure {
+    /// New UDP flows per second.
+    NewFlows,
+    /// Packets per second of established flows, 64-byte frames.
+    #[value(name = "pps-64")]
+    Pps64,
+    /// Packets per second of established flows, 1400-byte packets.
+    #[value(name = "pps-1400")]
+    Pps1400,
+    /// TCP connections per second while many stay open.
+    Connects,
+    /// Simultaneous UDP flows to one destination.
+    OneDestination,
+    /// Bulk TCP throughput, one stream and several.
+    Bulk,
 }
 
 #[derive(Debug, Subcommand)]

@@ -67,6 +67,8 @@ pub enum Condition {
     Daddr(Op, Vec<IpNet>),
     /// `ct state`: new, established, related, invalid, untracked.
     CtState(Op, Vec<String>),
+    /// `meta nfproto` (`ipv4`, `ipv6`), also implied by an `ip` or `ip6` header match.
+    Family(Op, Vec<String>),
     /// Anything else (ports, protocols, marks, unresolved sets): true for some
     /// packets only, as far as the doctor can tell.
     Other,
@@ -123,6 +125,19 @@ pub struct Flow<'a> {
     pub daddr: Endpoint,
     /// Conntrack state of the packets: `new` or `established`.
     pub state: &'a str,
+}
+
+impl Flow<'_> {
+    /// `ipv6` when either end is an IPv6 network, `ipv4` otherwise (the internet
+    /// endpoint stands for either).
+    pub fn family(&self) -> &'static str {
+        let v6 = |e: Endpoint| matches!(e, Endpoint::Net(n) if n.addr().is_ipv6());
+        if v6(self.saddr) || v6(self.daddr) {
+            "ipv6"
+        } else {
+            "ipv4"
+        }
+    }
 }
 
 /// Whether a rule matches the packets of a flow: all, some or none of them.
@@ -225,6 +240,10 @@ impl Condition {
             Condition::CtState(op, states) => apply_op(
                 *op,
                 Level::from_bool(states.iter().any(|s| s == flow.state)),
+            ),
+            Condition::Family(op, families) => apply_op(
+                *op,
+                Level::from_bool(families.iter().any(|f| f == flow.family())),
             ),
             Condition::Other => Level::Maybe,
         }
@@ -461,6 +480,33 @@ mod tests {
         assert_eq!(daddr("198.51.100.0/24").level(&OUT), Level::Maybe);
         let not_lan = Condition::Iif(Op::IsNot, vec!["lan*".into()]);
         assert_eq!(not_lan.level(&OUT), Level::No);
+    }
+
+    #[test]
+    fn an_ipv6_only_rule_never_takes_an_ipv4_flow() {
+        let family = |f: &str| Condition::Family(Op::Is, vec![f.into()]);
+        assert_eq!(family("ipv4").level(&OUT), Level::Yes);
+        assert_eq!(family("ipv6").level(&OUT), Level::No);
+        // A translate chain with an IPv4 rule and an IPv6 rule after it: an IPv4 flow
+        // is translated by the first, all of it.
+        let chains = vec![base(
+            "post",
+            Hook::Postrouting,
+            Policy::Accept,
+            vec![
+                rule(
+                    vec![family("ipv4")],
+                    Action::Snat(Some("203.0.113.1".parse().unwrap())),
+                ),
+                rule(
+                    vec![family("ipv6"), Condition::Other],
+                    Action::Snat(Some("2001:db8::1".parse().unwrap())),
+                ),
+            ],
+        )];
+        let found = snat_rules(&chains, &OUT);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].to, Some("203.0.113.1".parse().unwrap()));
     }
 
     #[test]

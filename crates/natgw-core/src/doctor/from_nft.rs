@@ -117,7 +117,23 @@ fn rule(r: &schema::Rule, table: &str, sets: &Sets) -> Rule {
     };
     for statement in r.expr.iter() {
         match statement {
-            Statement::Match(m) => out.conditions.push(condition(m, table, sets)),
+            Statement::Match(m) => {
+                out.conditions.push(condition(m, table, sets));
+                // `ip6 saddr != X` does not match an IPv4 packet at all.
+                if let Expression::Named(NamedExpression::Payload(Payload::PayloadField(f))) =
+                    &m.left
+                {
+                    let family = match &*f.protocol {
+                        "ip" => Some("ipv4"),
+                        "ip6" => Some("ipv6"),
+                        _ => None,
+                    };
+                    if let Some(family) = family {
+                        out.conditions
+                            .push(Condition::Family(Op::Is, vec![family.to_string()]));
+                    }
+                }
+            }
             Statement::XT(xt) => {
                 out.opaque = true;
                 if let Some(action) = xt.as_ref().and_then(xt_target) {
@@ -201,6 +217,7 @@ fn condition(m: &Match, table: &str, sets: &Sets) -> Condition {
         Expression::Named(NamedExpression::Meta(meta)) => match meta.key {
             MetaKey::Iifname | MetaKey::Iif => strings(right).map(|n| Condition::Iif(op, n)),
             MetaKey::Oifname | MetaKey::Oif => strings(right).map(|n| Condition::Oif(op, n)),
+            MetaKey::Nfproto => strings(right).map(|f| Condition::Family(op, f)),
             _ => None,
         },
         Expression::Named(NamedExpression::Payload(Payload::PayloadField(f)))
@@ -413,10 +430,10 @@ pub(crate) mod tests {
         );
         assert_eq!(
             fwd.rules[2].conditions,
-            vec![Condition::Saddr(
-                Op::Is,
-                vec!["10.0.0.0/24".parse().unwrap()]
-            )]
+            vec![
+                Condition::Saddr(Op::Is, vec!["10.0.0.0/24".parse().unwrap()]),
+                Condition::Family(Op::Is, vec!["ipv4".into()])
+            ]
         );
         assert_eq!(fwd.rules[2].action, Action::Accept);
         assert_eq!(fwd.rules[2].text, "ip saddr 10.0.0.0/24 accept");

@@ -16,7 +16,7 @@ use anyhow::Context;
 use natgw_lab::bench::frames::MIN_IP_PACKET;
 use serde::Serialize;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchFigure};
 use crate::exit::{self, problem, usage};
 use host::{ConntrackMax, Cpus};
 use measure::Params;
@@ -255,42 +255,57 @@ fn bench(
             Ok(())
         };
 
-    each(&NEW_FLOWS, &COMPARED, &mut |r| {
-        let rate = measure::new_flows(r, &cpus, &params)?;
-        offered.push((NEW_FLOWS, r.setup, rate.offered_per_second, rate.per_second));
-        Ok(vec![(NEW_FLOWS, rate.per_second)])
-    })?;
-    for (spec, size) in [(PPS_SMALL, MIN_IP_PACKET), (PPS_LARGE, LARGE_PACKET)] {
+    let wanted = |figure: BenchFigure| args.only.is_empty() || args.only.contains(&figure);
+    if wanted(BenchFigure::NewFlows) {
+        each(&NEW_FLOWS, &COMPARED, &mut |r| {
+            let rate = measure::new_flows(r, &cpus, &params)?;
+            offered.push((NEW_FLOWS, r.setup, rate.offered_per_second, rate.per_second));
+            Ok(vec![(NEW_FLOWS, rate.per_second)])
+        })?;
+    }
+    for (spec, size, figure) in [
+        (PPS_SMALL, MIN_IP_PACKET, BenchFigure::Pps64),
+        (PPS_LARGE, LARGE_PACKET, BenchFigure::Pps1400),
+    ] {
+        if !wanted(figure) {
+            continue;
+        }
         each(&spec, &COMPARED, &mut |r| {
             let rate = measure::established(r, &cpus, &params, size)?;
             offered.push((spec, r.setup, rate.offered_per_second, rate.per_second));
             Ok(vec![(spec, rate.per_second)])
         })?;
     }
-    each(&CONNECTS, &COMPARED, &mut |r| {
-        let c = measure::connects(r, &params)?;
-        Ok(vec![
-            (CONNECTS, c.per_second),
-            (CONNECTS_FAILED, c.failed as f64),
-        ])
-    })?;
-    each(&ONE_DESTINATION, &WITH_POOL, &mut |r| {
-        let carried = measure::one_destination(r, &params)?;
-        let failed = params.one_destination_flows - carried;
-        Ok(vec![
-            (ONE_DESTINATION, carried as f64),
-            (ONE_DESTINATION_FAILED, failed as f64),
-        ])
-    })?;
-    each(&BULK_ONE, &COMPARED, &mut |r| {
-        Ok(vec![(BULK_ONE, measure::bulk(r, &params, 1)?)])
-    })?;
-    each(&BULK_MANY, &COMPARED, &mut |r| {
-        Ok(vec![(
-            BULK_MANY,
-            measure::bulk(r, &params, params.bulk_streams)?,
-        )])
-    })?;
+    if wanted(BenchFigure::Connects) {
+        each(&CONNECTS, &COMPARED, &mut |r| {
+            let c = measure::connects(r, &params)?;
+            Ok(vec![
+                (CONNECTS, c.per_second),
+                (CONNECTS_FAILED, c.failed as f64),
+            ])
+        })?;
+    }
+    if wanted(BenchFigure::OneDestination) {
+        each(&ONE_DESTINATION, &WITH_POOL, &mut |r| {
+            let carried = measure::one_destination(r, &params)?;
+            let failed = params.one_destination_flows - carried;
+            Ok(vec![
+                (ONE_DESTINATION, carried as f64),
+                (ONE_DESTINATION_FAILED, failed as f64),
+            ])
+        })?;
+    }
+    if wanted(BenchFigure::Bulk) {
+        each(&BULK_ONE, &COMPARED, &mut |r| {
+            Ok(vec![(BULK_ONE, measure::bulk(r, &params, 1)?)])
+        })?;
+        each(&BULK_MANY, &COMPARED, &mut |r| {
+            Ok(vec![(
+                BULK_MANY,
+                measure::bulk(r, &params, params.bulk_streams)?,
+            )])
+        })?;
+    }
 
     // The generator must outrun the gateway, or the figure measures the generator.
     let mut limited = 0;

@@ -103,6 +103,9 @@ pub struct Profile {
     pub stages: BTreeMap<String, f64>,
     /// The leaf functions with the most packet-processing samples, in percent.
     pub top: Vec<(String, f64)>,
+    /// Inside the rules: what `nft_do_chain` spent its samples on (the expression it
+    /// called, or itself), in percent of packet-processing samples.
+    pub rules_top: Vec<(String, f64)>,
 }
 
 /// `perf record` running on one CPU until stopped.
@@ -179,6 +182,7 @@ pub fn summarise(script: &str) -> Profile {
     let mut packet_samples = 0;
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut leaves: BTreeMap<String, u64> = BTreeMap::new();
+    let mut in_rules: BTreeMap<String, u64> = BTreeMap::new();
     for block in script.split("\n\n") {
         let frames: Vec<&str> = block
             .lines()
@@ -207,19 +211,30 @@ pub fn summarise(script: &str) -> Profile {
             })
             .unwrap_or("other");
         *stages.entry(stage.to_string()).or_default() += 1;
+        if let Some(at) = frames.iter().position(|f| f.starts_with("nft_do_chain")) {
+            let callee = if at == 0 {
+                "nft_do_chain itself"
+            } else {
+                frames[at - 1]
+            };
+            *in_rules.entry(callee.to_string()).or_default() += 1;
+        }
     }
     let percent = |n: u64| (n as f64 * 1000.0 / packet_samples.max(1) as f64).round() / 10.0;
-    let mut top: Vec<(String, u64)> = leaves.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let busiest = |counts: BTreeMap<String, u64>| {
+        let mut top: Vec<(String, u64)> = counts.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.into_iter()
+            .take(10)
+            .map(|(sym, n)| (sym, percent(n)))
+            .collect()
+    };
     Profile {
         samples,
         packet_samples,
         stages: stages.into_iter().map(|(s, n)| (s, percent(n))).collect(),
-        top: top
-            .into_iter()
-            .take(10)
-            .map(|(sym, n)| (sym, percent(n)))
-            .collect(),
+        top: busiest(leaves),
+        rules_top: busiest(in_rules),
     }
 }
 
@@ -254,5 +269,6 @@ mod tests {
         assert_eq!(p.stages["conntrack"], 33.3);
         assert_eq!(p.stages["device, RPS and skb"], 33.3);
         assert_eq!(p.top.len(), 3);
+        assert_eq!(p.rules_top, [("nft_meta_get_eval".to_string(), 33.3)]);
     }
 }

@@ -244,6 +244,15 @@ pub fn profiles(
                 .map(|(sym, share)| format!("{sym} {share:.1}%"))
                 .collect();
             out.push_str(&format!("  busiest in {setup}: {}\n", top.join(", ")));
+            if !profile.rules_top.is_empty() {
+                let rules: Vec<String> = profile
+                    .rules_top
+                    .iter()
+                    .take(8)
+                    .map(|(sym, share)| format!("{sym} {share:.1}%"))
+                    .collect();
+                out.push_str(&format!("    in {setup}'s rules: {}\n", rules.join(", ")));
+            }
         }
     }
     out
