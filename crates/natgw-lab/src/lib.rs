@@ -15,5 +15,5 @@ pub use services::{tcp_exchange, udp_exchange, Listener};
 pub use topology::{
     remove, remove_abandoned, Ipv6Mode, Lab, Removed, Spec, BEHIND_ROUTER_NODE, BEYOND6, HA_HEADS,
     HA_PUBLIC_VIP, HEAD_PUBLIC, HEAD_PUBLIC6, NPTV6_PUBLIC, PRIVATE_GATEWAY, ROUTER, SERVER,
-    SERVER6, SERVER6_ALT, SERVER_ALT, UPSTREAM6,
+    SERVER6, SERVER6_ALT, SERVER_ALT, UPSTREAM, UPSTREAM6,
 };

@@ -47,20 +47,6 @@ fn server6() -> SocketAddr {
     SocketAddr::new(IpAddr::V6(SERVER6), 7006)
 }
 
-/// The value of a named counter in natgw's table.
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let text = in_ns(
-        lab,
-        "head",
-        &["nft", "list", "counter", "inet", "natgw", name],
-    );
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {text}"))
-}
-
 /// The IPv6 sysctls natgw may change in the headnode.
 fn ipv6_sysctls(lab: &Lab) -> Vec<(String, String)> {
     [
@@ -221,7 +207,7 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
     assert!(tcp_exchange(&lab.ns("pub"), target, SHORT).is_err());
     let mapped = SocketAddr::new(IpAddr::V6(lab.expected_source6(1).unwrap()), 7001);
     assert!(tcp_exchange(&lab.ns("pub"), mapped, SHORT).is_err());
-    assert!(counter(&lab, "dropped_unsolicited") > 0);
+    assert!(nft_counter(&lab, "dropped_unsolicited") > 0);
 
     // Path MTU: `pub` reaches BEYOND6 over a 1280-byte link; its packet-too-big must
     // come back through the headnode to the node, which then knows the path MTU.
@@ -262,14 +248,14 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
 
     // Spoofed sources: from a node (outside the private prefix), and from the public
     // side (inside it).
-    let spoofed = counter(&lab, "dropped_spoofed");
+    let spoofed = nft_counter(&lab, "dropped_spoofed");
     assert!(!udp_from(&lab, "n2", "2001:db8:99::5".parse().unwrap()));
-    assert!(counter(&lab, "dropped_spoofed") > spoofed);
+    assert!(nft_counter(&lab, "dropped_spoofed") > spoofed);
     if mode == Ipv6Mode::Routed {
-        let spoofed = counter(&lab, "dropped_spoofed");
+        let spoofed = nft_counter(&lab, "dropped_spoofed");
         assert!(!udp_from(&lab, "n1", "fd00:78::11".parse().unwrap()));
         assert!(
-            counter(&lab, "dropped_spoofed") > spoofed,
+            nft_counter(&lab, "dropped_spoofed") > spoofed,
             "a ULA source left untranslated"
         );
     }
@@ -287,14 +273,14 @@ fn scenario(test: &str, mode: Ipv6Mode, config: Option<&str>, expect_line: &str)
         ],
     )
     .unwrap();
-    let spoofed_public = counter(&lab, "dropped_spoofed_public");
+    let spoofed_public = nft_counter(&lab, "dropped_spoofed_public");
     in_netns(&lab.ns("pub"), move || {
         let socket = UdpSocket::bind((private_source, 0)).unwrap();
         socket.send_to(b"spoofed", target).unwrap();
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(counter(&lab, "dropped_spoofed_public") > spoofed_public);
+    assert!(nft_counter(&lab, "dropped_spoofed_public") > spoofed_public);
 
     // An edit of natgw's IPv6 rules is drift (in nptv6 mode too, whose table the
     // nftables schema cannot fully type), and up repairs it.

@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use natgw_lab::{in_netns, Lab, Listener, Spec, HEAD_PUBLIC};
+use natgw_lab::{in_netns, Lab, Listener, Spec, HEAD_PUBLIC, UPSTREAM};
 
 fn write_config(lab: &Lab, name: &str, content: &str) -> String {
     let path = scratch(lab, "cfg").join(name);
@@ -127,6 +127,65 @@ fn the_public_side_cannot_open_a_pinhole_with_a_private_source() {
         .unwrap();
     assert!(dropped >= 1, "{status}");
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+}
+
+/// Where the kernel keeps an ingress chain across its device's removal (Linux 6.16
+/// and later), natgw checks public spoofs there; the check must hold for a public
+/// interface recreated under the same name (VPN and PPP uplinks do that), with no new
+/// `up`. On older kernels the check is an `iifname` rule, which holds anyway.
+#[test]
+fn public_spoofs_drop_also_after_the_public_interface_is_recreated() {
+    let Some(lab) = lab_or_skip(
+        "public_spoofs_drop_also_after_the_public_interface_is_recreated",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    assert_exit(&natgw(&lab, &["up"]), 0);
+    lab.ip("head", &["link", "del", "wan0"]).unwrap();
+    lab.ip(
+        "head",
+        &[
+            "link",
+            "add",
+            "wan0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &lab.ns("pub"),
+        ],
+    )
+    .unwrap();
+    for (role, ifname, address) in [("head", "wan0", HEAD_PUBLIC), ("pub", "eth0", UPSTREAM)] {
+        lab.ip(
+            role,
+            &["addr", "add", &format!("{address}/24"), "dev", ifname],
+        )
+        .unwrap();
+        lab.ip(role, &["link", "set", ifname, "up"]).unwrap();
+    }
+    let before = nft_counter(&lab, "dropped_spoofed_public");
+    // The upstream host sends datagrams claiming a private node's address.
+    let n1 = Lab::node_address(1);
+    lab.ip("pub", &["addr", "add", &format!("{n1}/32"), "dev", "lo"])
+        .unwrap();
+    in_netns(&lab.ns("pub"), move || {
+        let socket = UdpSocket::bind((n1, 0)).unwrap();
+        for _ in 0..3 {
+            socket.send_to(b"spoofed", (HEAD_PUBLIC, 9)).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = nft_counter(&lab, "dropped_spoofed_public");
+    assert!(
+        after >= before + 3,
+        "dropped_spoofed_public: {before} -> {after}"
+    );
 }
 
 /// The slow `nft` of common::slow_nft, in the lab's scratch directory.

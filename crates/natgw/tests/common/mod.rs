@@ -170,6 +170,20 @@ pub fn headnode_snapshot(lab: &Lab) -> String {
     format!("{ruleset}\n{routes}\nip_forward={forward}\nstate={state}")
 }
 
+/// The packet count of one of natgw's named counters in the headnode.
+pub fn nft_counter(lab: &Lab, name: &str) -> u64 {
+    let text = in_ns(
+        lab,
+        "head",
+        &["nft", "list", "counter", "inet", "natgw", name],
+    );
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {text}"))
+}
+
 pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
 }
