@@ -20,6 +20,7 @@
 #define MAX_PRIVATE 8
 #define MAX_ENTRIES 262144
 #define CLOCK_MONOTONIC 1
+#define AF_INET 2
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -39,7 +40,7 @@ enum tcp_state {
 	RESET,
 };
 
-// Indexes of the per-CPU counters (crates/natgw-ebpf/src/counters.rs names them).
+// Indexes of the per-CPU counters (COUNTERS in crates/natgw-ebpf/src/maps.rs names them).
 enum counter {
 	C_OUT_TRANSLATED = 0,
 	C_IN_TRANSLATED,
@@ -53,6 +54,8 @@ enum counter {
 	C_BINDINGS_EXPIRED,
 	C_SESSIONS_CREATED,
 	C_PULLED,
+	C_HAIRPINNED,
+	C_DROP_NO_ROUTE,
 	C_MAX,
 };
 
@@ -66,8 +69,9 @@ struct config {
 	__u16 port_lo; // host order
 	__u16 port_hi;
 	__u32 filtering;
-	__u32 mark;
-	__u32 _pad;
+	__u32 mark;      // the bits natgw's filter matches on admitted inbound packets
+	__u32 mark_mask; // which bits of skb->mark are natgw's (the others are kept)
+	__u32 icmp_source; // source of the ICMP errors sent to private hosts
 	__u64 udp_ns;
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
@@ -608,6 +612,12 @@ static __always_inline int pass(void)
 	return TC_ACT_OK;
 }
 
+// Sets natgw's bits of the mark and keeps the others (other software's marks).
+static __always_inline void set_mark(struct __sk_buff *skb, const struct config *c)
+{
+	skb->mark = (skb->mark & ~c->mark_mask) | (c->mark & c->mark_mask);
+}
+
 
 // --- ICMP errors (RFC 5508): the embedded packet is rewritten, with its own checksums
 // and the outer ICMP checksum brought up to date. The arithmetic is the model's
@@ -837,7 +847,7 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct con
 	    set_addr(skb, p->ip, 16, bpf_ntohl(internal.addr), 0, CSUM_PLAIN) ||
 	    fix_icmp(skb, p, &q))
 		return drop(C_DROP_MALFORMED);
-	skb->mark = c->mark;
+	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
 	return TC_ACT_OK;
 }
@@ -925,6 +935,156 @@ static __always_inline int later_fragment(struct __sk_buff *skb, const struct co
 	return 1;
 }
 
+// Nat::open: the sender's binding and its session with the destination, made or
+// moved on by this outbound packet; NULL with *why set (a counter) when there is none.
+static __always_inline struct binding *open_flow(const struct config *c, const struct packet *p,
+						 __u64 now, __u32 *why)
+{
+	__u16 rport = p->proto == IPPROTO_ICMP ? 0 : p->dport;
+	struct endpoint internal = {.addr = p->src, .port = p->sport, .proto = p->proto};
+	int new_tcp = p->proto == IPPROTO_TCP && bare_syn(p->flags);
+	int new_binding = 0;
+	*why = C_DROP_NO_MAPPING;
+	struct binding *b = live_binding(&internal, now);
+	if (!b) {
+		if (p->proto == IPPROTO_TCP && !new_tcp)
+			return NULL;
+		b = create_binding(c, &internal, now);
+		if (!b) {
+			*why = C_DROP_NO_PORT;
+			return NULL;
+		}
+		b->expires = now;
+		new_binding = 1;
+	}
+	struct session_key k = {.iaddr = p->src,
+				.raddr = p->dst,
+				.iport = p->sport,
+				.rport = rport,
+				.proto = p->proto};
+	struct session *s = live_session(&k, now);
+	if (!s) {
+		if (p->proto == IPPROTO_TCP && !new_tcp)
+			return NULL;
+		s = create_session(&k, p->proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
+		if (!s)
+			return NULL;
+		touch(c, b, &k, s, 1, p->flags, now);
+		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+	} else {
+		touch(c, b, &k, s, 1, p->flags, now);
+	}
+	// Armed once its expiry is known, so the timer cannot find it already expired.
+	if (new_binding)
+		arm(&b->timer, &natgw_bindings, binding_timer, b->expires - now);
+	return b;
+}
+
+// The inbound half of Nat::inbound_parsed once the binding is known: filtering, then
+// TCP state. 0, or the counter of why the packet is dropped.
+static __always_inline __u32 admit(const struct config *c, const struct packet *p,
+				   const struct endpoint *internal, struct binding *b, __u64 now)
+{
+	__u16 rport = p->proto == IPPROTO_ICMP ? 0 : p->sport;
+	struct session_key k = {.iaddr = internal->addr,
+				.raddr = p->src,
+				.iport = internal->port,
+				.rport = rport,
+				.proto = p->proto};
+	struct session *s = live_session(&k, now);
+	if (c->filtering == APDF && !s)
+		return C_DROP_FILTERED;
+	if (c->filtering == ADF && !s) {
+		struct session_key ak = k;
+		ak.rport = 0;
+		ak.by_address = 1;
+		if (!live_session(&ak, now))
+			return C_DROP_FILTERED;
+	}
+	if (p->proto == IPPROTO_TCP) {
+		if (s) {
+			touch(c, b, &k, s, 0, p->flags, now);
+		} else if (bare_syn(p->flags)) {
+			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
+			s = create_session(&k, SYN_IN, now);
+			if (s) {
+				s->expires = now + c->tcp_transitory_ns;
+				cover(c, b, &k, s, now);
+				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+			}
+		}
+	}
+	return 0;
+}
+
+// --- packets the programs turn around: hairpins and ICMP errors to private hosts.
+
+// Sends the packet to its (private) destination: the route and neighbour the kernel
+// knows (bpf_fib_lookup, as if the packet had arrived on this interface), out of the
+// interface they name. Redirected packets skip netfilter and routing, so a source
+// that is one of the gateway's own addresses is no martian here.
+static __always_inline int deliver(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup f = {};
+	__u16 total;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &f.ipv4_src, 4) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + 16, &f.ipv4_dst, 4) ||
+	    load16(skb, ETH_HLEN + 2, &total))
+		return drop(C_DROP_MALFORMED);
+	f.family = AF_INET;
+	f.tot_len = total;
+	f.ifindex = skb->ifindex;
+	long r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(f.ifindex, NULL, 0, 0);
+	if (r != BPF_FIB_LKUP_RET_SUCCESS)
+		return drop(C_DROP_NO_ROUTE);
+	if (bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0))
+		return drop(C_DROP_MALFORMED);
+	return bpf_redirect(f.ifindex, 0);
+}
+
+static __always_inline __u16 fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+#define QUOTE_MAX (60 + 8)
+
+// No public port left (the model's Reject): the packet becomes ICMP destination
+// unreachable, code 13, from icmp_source to its sender, quoting its IPv4 header and
+// first 8 bytes (admin_prohibited in the model), and goes back to the private side.
+static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
+				  const struct packet *p)
+{
+	count(C_DROP_NO_PORT);
+	// parse() made sure the transport header's first 8 bytes are there.
+	__u32 qlen = p->l4 - p->ip + 8;
+	__u8 buf[28 + QUOTE_MAX] = {};
+	if (qlen < 28 || qlen > QUOTE_MAX || (qlen & 3))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->ip, buf + 28, qlen))
+		return TC_ACT_SHOT;
+	__u16 total = 28 + qlen;
+	buf[0] = 0x45;
+	*(__u16 *)(buf + 2) = bpf_htons(total);
+	buf[8] = 64;
+	buf[9] = IPPROTO_ICMP;
+	*(__u32 *)(buf + 12) = c->icmp_source;
+	*(__u32 *)(buf + 16) = p->src;
+	buf[20] = 3;
+	buf[21] = 13;
+	*(__u16 *)(buf + 10) = fold(bpf_csum_diff(NULL, 0, (void *)buf, 20, 0));
+	*(__u16 *)(buf + 22) = fold(bpf_csum_diff(NULL, 0, (void *)(buf + 20), 8 + qlen, 0));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + total, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, buf, total, 0))
+		return TC_ACT_SHOT;
+	return deliver(skb);
+}
+
 SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
@@ -942,10 +1102,11 @@ int natgw_egress(struct __sk_buff *skb)
 	if (!is_private(c, p.src))
 		return pass();
 	if (p.later_fragment) {
-		// One before its first fragment: dropped (it would leak a private address).
+		// One before its first fragment: dropped (it would leak a private address),
+		// unless it is for the gateway itself.
 		int r = later_fragment(skb, c, &p, 1);
 		if (r == 0)
-			return drop(C_DROP_NO_MAPPING);
+			return is_pool(c, p.dst) ? pass() : drop(C_DROP_NO_MAPPING);
 		if (r < 0)
 			return drop(C_DROP_MALFORMED);
 		count(C_OUT_TRANSLATED);
@@ -956,45 +1117,15 @@ int natgw_egress(struct __sk_buff *skb)
 	if (is_icmp_error(&p))
 		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
 	if (is_pool(c, p.dst))
-		return pass(); // hairpins are routed locally, never reach the public side
+		return pass(); // hairpins are natgw_private's: they never reach this side
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
 	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
 		return drop(C_DROP_UNSUPPORTED);
 	__u64 now = now_ns(c);
-	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.dport;
-	struct endpoint internal = {.addr = p.src, .port = p.sport, .proto = p.proto};
-	int new_tcp = p.proto == IPPROTO_TCP && bare_syn(p.flags);
-	int new_binding = 0;
-	struct binding *b = live_binding(&internal, now);
-	if (!b) {
-		if (p.proto == IPPROTO_TCP && !new_tcp)
-			return drop(C_DROP_NO_MAPPING);
-		b = create_binding(c, &internal, now);
-		if (!b)
-			return drop(C_DROP_NO_PORT);
-		b->expires = now;
-		new_binding = 1;
-	}
-	struct session_key k = {.iaddr = p.src,
-				.raddr = p.dst,
-				.iport = p.sport,
-				.rport = rport,
-				.proto = p.proto};
-	struct session *s = live_session(&k, now);
-	if (!s) {
-		if (p.proto == IPPROTO_TCP && !new_tcp)
-			return drop(C_DROP_NO_MAPPING);
-		s = create_session(&k, p.proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
-		if (!s)
-			return drop(C_DROP_NO_MAPPING);
-		touch(c, b, &k, s, 1, p.flags, now);
-		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
-	} else {
-		touch(c, b, &k, s, 1, p.flags, now);
-	}
-	// Armed once its expiry is known, so the timer cannot find it already expired.
-	if (new_binding)
-		arm(&b->timer, &natgw_bindings, binding_timer, b->expires - now);
+	__u32 why;
+	struct binding *b = open_flow(c, &p, now, &why);
+	if (!b)
+		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
 	struct endpoint ext = b->external;
 	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
 		return drop(C_DROP_MALFORMED);
@@ -1025,7 +1156,7 @@ int natgw_ingress(struct __sk_buff *skb)
 			return pass();
 		if (r < 0)
 			return drop(C_DROP_MALFORMED);
-		skb->mark = c->mark;
+		set_mark(skb, c);
 		count(C_IN_TRANSLATED);
 		return TC_ACT_OK;
 	}
@@ -1045,43 +1176,115 @@ int natgw_ingress(struct __sk_buff *skb)
 	struct binding *b = live_binding(&internal, now);
 	if (!b)
 		return pass();
-	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.sport;
-	struct session_key k = {.iaddr = internal.addr,
-				.raddr = p.src,
-				.iport = internal.port,
-				.rport = rport,
-				.proto = p.proto};
-	struct session *s = live_session(&k, now);
-	if (c->filtering == APDF && !s)
-		return drop(C_DROP_FILTERED);
-	if (c->filtering == ADF && !s) {
-		struct session_key ak = k;
-		ak.rport = 0;
-		ak.by_address = 1;
-		if (!live_session(&ak, now))
-			return drop(C_DROP_FILTERED);
-	}
-	if (p.proto == IPPROTO_TCP) {
-		if (s) {
-			touch(c, b, &k, s, 0, p.flags, now);
-		} else if (bare_syn(p.flags)) {
-			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
-			s = create_session(&k, SYN_IN, now);
-			if (s) {
-				s->expires = now + c->tcp_transitory_ns;
-				cover(c, b, &k, s, now);
-				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
-			}
-		}
-	}
+	__u32 why = admit(c, &p, &internal, b, now);
+	if (why)
+		return drop(why);
 	if (rewrite(skb, &p, 16, internal.addr, p.proto == IPPROTO_ICMP ? 4 : 2, internal.port))
 		return drop(C_DROP_MALFORMED);
 	if (p.more_fragments)
 		remember_fragment(skb, c, &p, 0, internal.addr, now);
 	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
-	skb->mark = c->mark;
+	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
 	return TC_ACT_OK;
+}
+
+// --- hairpinning (RFC 4787 REQ-9): a private host's packet for a public endpoint of
+// the gateway that has a binding. The kernel would deliver it locally, so it never
+// reaches the public interface: this program, at the ingress of the private
+// interfaces, translates it both ways (Nat::outbound, then Nat::hairpin) and sends it
+// to the bound private host with the sender's public endpoint as source.
+
+// A later fragment: both halves of its first fragment's translation.
+static __always_inline int hairpin_fragment(struct __sk_buff *skb, const struct config *c,
+					    struct packet *p, __u64 now)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, 1, &k);
+	struct frag *f = bpf_map_lookup_elem(&natgw_fragments, &k);
+	if (f && f->expires <= now) {
+		bpf_map_delete_elem(&natgw_fragments, &k);
+		f = NULL;
+	}
+	if (!f)
+		return pass(); // no hairpin's: a datagram for the gateway itself
+	__u32 src = f->new_addr;
+	if (set_addr(skb, p->ip, 12, bpf_ntohl(src), 0, CSUM_PLAIN))
+		return drop(C_DROP_MALFORMED);
+	p->src = src;
+	int r = later_fragment(skb, c, p, 0);
+	if (r == 0)
+		return drop(C_DROP_NO_MAPPING);
+	if (r < 0)
+		return drop(C_DROP_MALFORMED);
+	set_mark(skb, c);
+	count(C_HAIRPINNED);
+	return deliver(skb);
+}
+
+SEC("classifier")
+int natgw_private(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	// Not IPv4, or malformed: the kernel's business (it drops what it cannot parse).
+	if (parse(skb, &p) <= 0)
+		return TC_ACT_OK;
+	// Everything but private hosts' packets for the gateway's public addresses is
+	// left alone, and not counted.
+	if (!is_pool(c, p.dst) || !is_private(c, p.src))
+		return TC_ACT_OK;
+	__u64 now = now_ns(c);
+	if (p.later_fragment)
+		return hairpin_fragment(skb, c, &p, now);
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (is_icmp_error(&p)) // errors about hairpinned packets are not translated
+		return p.more_fragments ? pass() : drop(C_DROP_UNSUPPORTED);
+	// ICMP queries too: no binding has identifier 0, the remote side of one.
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP)
+		return pass();
+	struct endpoint target_ext = {.addr = p.dst, .port = p.dport, .proto = p.proto};
+	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &target_ext);
+	if (!owner)
+		return pass();
+	struct endpoint target = *owner;
+	if (!live_binding(&target, now))
+		return pass(); // the gateway's own port: delivered locally
+	__u32 why;
+	struct binding *b = open_flow(c, &p, now, &why);
+	if (!b)
+		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
+	struct endpoint ext = b->external;
+	if (rewrite(skb, &p, 12, ext.addr, 0, ext.port))
+		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 1, ext.addr, now);
+	// The second half: the packet, now from the sender's public endpoint, as if it had
+	// arrived on the public interface. The target is looked up again: making the
+	// sender's binding may have changed the maps.
+	struct packet q = p;
+	q.src = ext.addr;
+	q.sport = ext.port;
+	owner = bpf_map_lookup_elem(&natgw_external, &target_ext);
+	if (!owner)
+		return drop(C_DROP_NO_MAPPING);
+	target = *owner;
+	struct binding *tb = live_binding(&target, now);
+	if (!tb)
+		return drop(C_DROP_NO_MAPPING);
+	why = admit(c, &q, &target, tb, now);
+	if (why)
+		return drop(why);
+	if (rewrite(skb, &q, 16, target.addr, 2, target.port))
+		return drop(C_DROP_MALFORMED);
+	if (q.more_fragments)
+		remember_fragment(skb, c, &q, 0, target.addr, now);
+	set_mark(skb, c);
+	count(C_HAIRPINNED);
+	return deliver(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
