@@ -432,29 +432,59 @@ static __always_inline int bare_syn(__u8 flags)
 	return (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
 }
 
-// Extends the binding and the address filter to a session's expiry.
+// Which state a flow keeps besides its binding. The model keeps a session per remote
+// endpoint and a filter entry per remote address for every binding; the programs keep
+// only what can change a verdict: sessions for TCP (its states) and for port-dependent
+// filtering, address entries for address-dependent filtering. Without them a UDP or
+// ICMP binding's expiry is still the latest session expiry the model computes (every
+// outbound packet sets it to now + timeout), so the verdicts are the same, and a new
+// flow costs a third of the map operations and one timer instead of three.
+static __always_inline int keeps_sessions(const struct config *c, __u8 proto)
+{
+	return proto == IPPROTO_TCP || c->filtering == APDF;
+}
+
+// Extends the binding, and the address filter if there is one, to `until` (a
+// session's expiry).
 static __always_inline void cover(const struct config *c, struct binding *b,
-				  struct session_key *k, struct session *s, __u64 now)
+				  struct session_key *k, __u64 until, __u64 now)
 {
 	// No timer restart here (it costs more than the rest of the packet): the timer
 	// fires at the old expiry, sees the new one and waits for the rest.
-	if (s->expires > b->expires)
-		b->expires = s->expires;
+	if (until > b->expires)
+		b->expires = until;
+	if (c->filtering != ADF)
+		return;
 	// The address-dependent filter: the longest expiry of any session to this address.
 	struct session_key ak = *k;
 	ak.rport = 0;
 	ak.by_address = 1;
 	struct session *a = bpf_map_lookup_elem(&natgw_sessions, &ak);
-	if (a && a->expires < s->expires) {
-		a->expires = s->expires;
+	if (a && a->expires < until) {
+		a->expires = until;
 		return;
 	}
 	if (a)
 		return;
 	a = create_session(&ak, NONE, now);
 	if (a) {
-		a->expires = s->expires;
-		arm(&a->timer, &natgw_sessions, session_timer, s->expires - now);
+		a->expires = until;
+		arm(&a->timer, &natgw_sessions, session_timer, until - now);
+	}
+}
+
+// A session's expiry after one more packet (and its TCP state).
+static __always_inline __u64 session_step(const struct config *c, __u8 proto, __u32 *state,
+					  int out, __u8 flags, __u64 now)
+{
+	switch (proto) {
+	case IPPROTO_UDP:
+		return now + c->udp_ns;
+	case IPPROTO_ICMP:
+		return now + c->icmp_ns;
+	default:
+		*state = tcp_next(*state, out, flags);
+		return now + tcp_timeout(c, *state);
 	}
 }
 
@@ -463,18 +493,8 @@ static __always_inline void touch(const struct config *c, struct binding *b,
 				  struct session_key *k, struct session *s, int out, __u8 flags,
 				  __u64 now)
 {
-	switch (k->proto) {
-	case IPPROTO_UDP:
-		s->expires = now + c->udp_ns;
-		break;
-	case IPPROTO_ICMP:
-		s->expires = now + c->icmp_ns;
-		break;
-	default:
-		s->state = tcp_next(s->state, out, flags);
-		s->expires = now + tcp_timeout(c, s->state);
-	}
-	cover(c, b, k, s, now);
+	s->expires = session_step(c, k->proto, &s->state, out, flags, now);
+	cover(c, b, k, s->expires, now);
 }
 
 // --- packets
@@ -962,17 +982,22 @@ static __always_inline struct binding *open_flow(const struct config *c, const s
 				.iport = p->sport,
 				.rport = rport,
 				.proto = p->proto};
-	struct session *s = live_session(&k, now);
-	if (!s) {
-		if (p->proto == IPPROTO_TCP && !new_tcp)
-			return NULL;
-		s = create_session(&k, p->proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
-		if (!s)
-			return NULL;
-		touch(c, b, &k, s, 1, p->flags, now);
-		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+	if (!keeps_sessions(c, p->proto)) {
+		__u32 none = NONE;
+		cover(c, b, &k, session_step(c, p->proto, &none, 1, p->flags, now), now);
 	} else {
-		touch(c, b, &k, s, 1, p->flags, now);
+		struct session *s = live_session(&k, now);
+		if (!s) {
+			if (p->proto == IPPROTO_TCP && !new_tcp)
+				return NULL;
+			s = create_session(&k, p->proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
+			if (!s)
+				return NULL;
+			touch(c, b, &k, s, 1, p->flags, now);
+			arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
+		} else {
+			touch(c, b, &k, s, 1, p->flags, now);
+		}
 	}
 	// Armed once its expiry is known, so the timer cannot find it already expired.
 	if (new_binding)
@@ -991,7 +1016,7 @@ static __always_inline __u32 admit(const struct config *c, const struct packet *
 				.iport = internal->port,
 				.rport = rport,
 				.proto = p->proto};
-	struct session *s = live_session(&k, now);
+	struct session *s = keeps_sessions(c, p->proto) ? live_session(&k, now) : NULL;
 	if (c->filtering == APDF && !s)
 		return C_DROP_FILTERED;
 	if (c->filtering == ADF && !s) {
@@ -1009,7 +1034,7 @@ static __always_inline __u32 admit(const struct config *c, const struct packet *
 			s = create_session(&k, SYN_IN, now);
 			if (s) {
 				s->expires = now + c->tcp_transitory_ns;
-				cover(c, b, &k, s, now);
+				cover(c, b, &k, s->expires, now);
 				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
 			}
 		}
