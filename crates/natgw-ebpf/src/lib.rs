@@ -38,8 +38,8 @@
 pub mod maps;
 pub mod plane;
 
-pub use maps::{BpfConfig, LayoutError, COUNTERS};
-pub use plane::{Plane, PlaneError, RunResult, Side};
+pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
+pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
 
 /// The compiled programs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat.bpf.o"));

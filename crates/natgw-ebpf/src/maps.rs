@@ -30,7 +30,13 @@ pub struct BpfConfig {
     pub fragment_ns: u64,
     /// Nonzero: the programs' clock (tests); zero: the kernel's monotonic clock.
     pub now_ns: u64,
+    /// How often the sweeper frees expired state (it is expired at once anyway: every
+    /// lookup checks).
+    pub sweep_ns: u64,
 }
+
+/// The sweeper's default period.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 // SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 160).
 unsafe impl aya::Pod for BpfConfig {}
@@ -88,6 +94,7 @@ impl BpfConfig {
             icmp_ns: ns(c.timeouts.icmp),
             fragment_ns: ns(c.timeouts.fragment),
             now_ns: 0,
+            sweep_ns: ns(SWEEP_INTERVAL),
         })
     }
 }
@@ -116,7 +123,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 6*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 208);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 7*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 216);
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aya::maps::{Array, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
@@ -93,6 +93,17 @@ pub struct RunResult {
     pub mark: u32,
 }
 
+/// Entries in the translation maps (see [`Plane::state_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    /// Private endpoint -> binding.
+    pub bindings: usize,
+    /// Public endpoint -> private endpoint (one per binding).
+    pub public_endpoints: usize,
+    /// TCP sessions, and filter entries of the dependent filtering modes.
+    pub sessions: usize,
+}
+
 /// The loaded (not necessarily attached) programs and their maps.
 pub struct Plane {
     ebpf: Ebpf,
@@ -155,6 +166,32 @@ impl Plane {
     pub fn set_clock(&mut self, now: Duration) -> Result<(), PlaneError> {
         self.config.now_ns = CLOCK_BASE_NS + now.as_nanos() as u64;
         self.write_config()
+    }
+
+    /// How often the sweeper walks the maps and frees expired state (default 1 s).
+    pub fn set_sweep_interval(&mut self, every: Duration) -> Result<(), PlaneError> {
+        self.config.sweep_ns = (every.as_nanos() as u64).max(1);
+        self.write_config()
+    }
+
+    /// How many entries the translation maps hold now (expired ones until the sweeper
+    /// or a lookup frees them): for `doctor` and `status` ("maps filling").
+    pub fn state_sizes(&self) -> Result<StateSizes, PlaneError> {
+        Ok(StateSizes {
+            bindings: self.entries::<8, 16>("natgw_bindings")?,
+            public_endpoints: self.entries::<8, 8>("natgw_external")?,
+            sessions: self.entries::<16, 16>("natgw_sessions")?,
+        })
+    }
+
+    fn entries<const K: usize, const V: usize>(
+        &self,
+        name: &'static str,
+    ) -> Result<usize, PlaneError> {
+        let map = self.ebpf.map(name).ok_or(PlaneError::Missing(name))?;
+        let m: HashMap<_, [u8; K], [u8; V]> =
+            HashMap::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        Ok(m.keys().filter(Result::is_ok).count())
     }
 
     /// Runs one Ethernet frame through a program, as the kernel would on that side.

@@ -717,3 +717,53 @@ fn the_mark_sets_only_natgws_bits() {
         .unwrap();
     assert_eq!(other.mark, foreign);
 }
+
+/// Idle state is freed without traffic: the sweeper (one bpf_timer) deletes what
+/// expired, and only that.
+#[test]
+fn the_sweeper_frees_expired_state_and_only_that() {
+    if !root_or_skip("the_sweeper_frees_expired_state_and_only_that") {
+        return;
+    }
+    let cfg = config(Filtering::AddressAndPortDependent, 1000..=1010);
+    let mut plane = Plane::load(&cfg, MARK).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    plane.set_sweep_interval(Duration::from_millis(10)).unwrap();
+    plane.set_clock(Duration::ZERO).unwrap();
+    for h in 2..7 {
+        let out = plane
+            .run(
+                Side::Egress,
+                &frame(&udp(host(h, 1000), remote(1, 53), b"q")),
+            )
+            .unwrap();
+        assert_eq!(out.verdict, TC_ACT_OK);
+    }
+    let syn = tcp(host(7, 5000), remote(1, 80), SYN, b"");
+    assert_eq!(
+        plane.run(Side::Egress, &frame(&syn)).unwrap().verdict,
+        TC_ACT_OK
+    );
+    let sizes = |plane: &Plane| {
+        let s = plane.state_sizes().unwrap();
+        (s.bindings, s.public_endpoints, s.sessions)
+    };
+    // Waits for the sweeper to bring the maps to `want` (or gives up after 3 s).
+    let settle = |plane: &Plane, want| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while sizes(plane) != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sizes(plane)
+    };
+    assert_eq!(sizes(&plane), (6, 6, 6));
+    // Nothing has expired at 200 s: after many sweeps, everything is still there.
+    plane.set_clock(Duration::from_secs(200)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sizes(&plane), (6, 6, 6));
+    // At 250 s the half-open TCP binding (4 min) is gone, the UDP ones (5 min) are not.
+    plane.set_clock(Duration::from_secs(250)).unwrap();
+    assert_eq!(settle(&plane, (5, 5, 5)), (5, 5, 5));
+    plane.set_clock(Duration::from_secs(301)).unwrap();
+    assert_eq!(settle(&plane, (0, 0, 0)), (0, 0, 0));
+    assert_eq!(plane.counters().unwrap()["bindings_expired"], 6);
+}
