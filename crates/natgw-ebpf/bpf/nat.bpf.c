@@ -138,6 +138,23 @@ struct {
 	__type(value, struct endpoint);
 } natgw_external SEC(".maps");
 
+// Per public address and protocol: how many of its ports natgw_external holds, and,
+// after a search found every port taken by a live binding, the earliest expiry it saw.
+// While the range is still full and that moment has not come, a new binding is
+// refused at once instead of by a walk of the whole range (which would find nothing:
+// expiries only grow). Any insertion clears the hint.
+struct range {
+	__u64 used;
+	__u64 all_live_until;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_POOL * 3);
+	__type(key, __u32);
+	__type(value, struct range);
+} natgw_ranges SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENTRIES);
@@ -215,6 +232,45 @@ static __always_inline int is_pool(const struct config *c, __u32 addr)
 	return 0;
 }
 
+static __always_inline struct range *range_of(const struct endpoint *ext)
+{
+	struct config *c = config();
+	if (!c)
+		return NULL;
+	__u32 proto = ext->proto == IPPROTO_UDP ? 0 : ext->proto == IPPROTO_TCP ? 1 : 2;
+	for (__u32 i = 0; i < MAX_POOL; i++) {
+		if (i >= c->pool_len)
+			break;
+		if (c->pool[i] == ext->addr) {
+			__u32 k = i * 3 + proto;
+			return bpf_map_lookup_elem(&natgw_ranges, &k);
+		}
+	}
+	return NULL;
+}
+
+// Every change of natgw_external goes through these two, which keep `used` exact.
+static __always_inline int ext_insert(struct endpoint *ext, struct endpoint *internal)
+{
+	if (bpf_map_update_elem(&natgw_external, ext, internal, BPF_NOEXIST))
+		return -1;
+	struct range *r = range_of(ext);
+	if (r) {
+		__sync_fetch_and_add(&r->used, 1);
+		r->all_live_until = 0;
+	}
+	return 0;
+}
+
+static __always_inline void ext_delete(struct endpoint *ext)
+{
+	if (bpf_map_delete_elem(&natgw_external, ext))
+		return;
+	struct range *r = range_of(ext);
+	if (r)
+		__sync_fetch_and_add(&r->used, -1);
+}
+
 // Same function as Config::paired_address in the model.
 static __always_inline __u32 paired_address(const struct config *c, __u32 private)
 {
@@ -260,7 +316,7 @@ static long sweep_binding(void *map, struct endpoint *key, struct binding *b, st
 	struct endpoint ext = b->external;
 	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &ext);
 	if (owner && owner->addr == key->addr && owner->port == key->port)
-		bpf_map_delete_elem(&natgw_external, &ext);
+		ext_delete(&ext);
 	bpf_map_delete_elem(map, key);
 	count(C_BINDINGS_EXPIRED);
 	return 0;
@@ -301,7 +357,7 @@ static __always_inline void start_sweeper(const struct config *c)
 static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
 {
 	struct endpoint ext = b->external;
-	bpf_map_delete_elem(&natgw_external, &ext);
+	ext_delete(&ext);
 	bpf_map_delete_elem(&natgw_bindings, internal);
 	count(C_BINDINGS_EXPIRED);
 }
@@ -335,7 +391,10 @@ struct search {
 	__u32 size;
 	__u32 first;
 	__u32 found;
+	__u32 insert_first; // the preserved port: most likely free, so try to take it at once
+	__u32 _pad;
 	__u64 now;
+	__u64 earliest; // the earliest expiry of the live bindings met
 };
 
 static long try_port(__u32 i, void *ctx)
@@ -345,24 +404,29 @@ static long try_port(__u32 i, void *ctx)
 		return 1;
 	__u32 port = s->lo + (s->first + i) % s->size;
 	s->external.port = bpf_htons((__u16)port);
-	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+	if (s->insert_first && ext_insert(&s->external, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
-	// Taken: by a binding that expired but was not collected yet, it is free.
+	// Taken ports are looked up (no bucket lock) rather than tried: in a filling range
+	// most tries meet a taken port.
 	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
-	if (!owner)
-		return 0;
-	struct endpoint o = *owner;
-	struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
-	if (ob && ob->expires > s->now)
-		return 0;
-	if (ob) {
-		bpf_map_delete_elem(&natgw_bindings, &o);
-		count(C_BINDINGS_EXPIRED);
+	if (owner) {
+		// Taken: by a binding that expired but was not collected yet, it is free.
+		struct endpoint o = *owner;
+		struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
+		if (ob && ob->expires > s->now) {
+			if (ob->expires < s->earliest)
+				s->earliest = ob->expires;
+			return 0;
+		}
+		if (ob) {
+			bpf_map_delete_elem(&natgw_bindings, &o);
+			count(C_BINDINGS_EXPIRED);
+		}
+		ext_delete(&s->external);
 	}
-	bpf_map_delete_elem(&natgw_external, &s->external);
-	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+	if (ext_insert(&s->external, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
@@ -379,24 +443,34 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	s.lo = c->port_lo;
 	s.size = (__u32)c->port_hi - c->port_lo + 1;
 	s.now = now;
+	s.earliest = ~0ULL;
+	// Every port taken by a live binding (the model's full search would fail too).
+	struct range *r = range_of(&s.external);
+	if (r && r->used >= s.size && now < r->all_live_until)
+		return NULL;
 	// Port preservation first; then a walk through the whole range from a hash of
 	// the private endpoint (table::probe_start in the model).
 	__u32 wanted = bpf_ntohs(internal->port);
 	if (wanted >= c->port_lo && wanted <= c->port_hi) {
 		s.first = wanted - c->port_lo;
+		s.insert_first = 1;
 		try_port(0, &s);
+		s.insert_first = 0;
 	}
 	if (!s.found) {
 		__u32 h = (bpf_ntohl(internal->addr) * 0x9e3779b1u ^ wanted) * 0x85ebca6bu;
 		s.first = h % s.size;
 		bpf_loop(s.size, try_port, &s, 0);
+		// The whole range walked, every port live: remember until when.
+		if (!s.found && r)
+			r->all_live_until = s.earliest;
 	}
 	if (!s.found)
 		return NULL;
 	struct binding nb = {};
 	nb.external = s.external;
 	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&natgw_external, &s.external);
+		ext_delete(&s.external);
 		return NULL;
 	}
 	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);

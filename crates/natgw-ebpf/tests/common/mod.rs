@@ -21,7 +21,7 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// A network namespace of its own for BPF_PROG_TEST_RUN: the programs' route lookups
 /// (hairpins, ICMP errors back to private hosts) happen in the calling thread's
-/// namespace, so they must see a known one: 10.0.0.0/24 on a veth, forwarding on.
+/// namespace, so they must see a known one: 10.0.0.0/8 on a veth, forwarding on.
 /// Removed on drop, also when a test panics.
 #[allow(dead_code)]
 pub struct TestNs {
@@ -45,7 +45,7 @@ impl TestNs {
             &[
                 "-n", n, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
             ][..],
-            &["-n", n, "addr", "add", "10.0.0.1/24", "dev", "lan0"],
+            &["-n", n, "addr", "add", "10.0.0.1/8", "dev", "lan0"],
             &["-n", n, "link", "set", "lan0", "up"],
             &["-n", n, "link", "set", "lan1", "up"],
             &["-n", n, "link", "set", "lo", "up"],
