@@ -155,6 +155,21 @@ struct {
 	__type(value, struct range);
 } natgw_ranges SEC(".maps");
 
+// Per public port (address, protocol, port; sized by the loader to the pool): a lower
+// bound of the expiry of the live binding that holds it, 0 if none was recorded. The
+// port search skips a port whose bound lies ahead with one array read, where finding
+// that out from the hash maps costs two lookups with cache misses (about 1 us). Expiries
+// only grow and a binding is only deleted once expired, so the bound stays a bound:
+// set when a binding is made, raised when the search meets a live one.
+#define PORTS_PER_RANGE 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_POOL * 3 * PORTS_PER_RANGE);
+	__type(key, __u32);
+	__type(value, __u64);
+} natgw_port_live SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENTRIES);
@@ -232,21 +247,36 @@ static __always_inline int is_pool(const struct config *c, __u32 addr)
 	return 0;
 }
 
-static __always_inline struct range *range_of(const struct endpoint *ext)
+// The index of a public address and protocol (natgw_ranges), or -1.
+static __always_inline int range_index(const struct endpoint *ext)
 {
 	struct config *c = config();
 	if (!c)
-		return NULL;
-	__u32 proto = ext->proto == IPPROTO_UDP ? 0 : ext->proto == IPPROTO_TCP ? 1 : 2;
-	for (__u32 i = 0; i < MAX_POOL; i++) {
+		return -1;
+	int proto = ext->proto == IPPROTO_UDP ? 0 : ext->proto == IPPROTO_TCP ? 1 : 2;
+	for (int i = 0; i < MAX_POOL; i++) {
 		if (i >= c->pool_len)
 			break;
-		if (c->pool[i] == ext->addr) {
-			__u32 k = i * 3 + proto;
-			return bpf_map_lookup_elem(&natgw_ranges, &k);
-		}
+		if (c->pool[i] == ext->addr)
+			return i * 3 + proto;
 	}
-	return NULL;
+	return -1;
+}
+
+static __always_inline struct range *range_of(const struct endpoint *ext)
+{
+	int k = range_index(ext);
+	return k < 0 ? NULL : bpf_map_lookup_elem(&natgw_ranges, &k);
+}
+
+// natgw_port_live's entry of a public endpoint, or NULL.
+static __always_inline __u64 *port_live(const struct endpoint *ext)
+{
+	int k = range_index(ext);
+	if (k < 0)
+		return NULL;
+	__u32 i = (__u32)k * PORTS_PER_RANGE + bpf_ntohs(ext->port);
+	return bpf_map_lookup_elem(&natgw_port_live, &i);
 }
 
 // Every change of natgw_external goes through these two, which keep `used` exact.
@@ -392,7 +422,7 @@ struct search {
 	__u32 first;
 	__u32 found;
 	__u32 insert_first; // the preserved port: most likely free, so try to take it at once
-	__u32 _pad;
+	__u32 live_base; // this range's first entry in natgw_port_live
 	__u64 now;
 	__u64 earliest; // the earliest expiry of the live bindings met
 };
@@ -408,6 +438,13 @@ static long try_port(__u32 i, void *ctx)
 		s->found = 1;
 		return 1;
 	}
+	__u32 li = s->live_base + port;
+	__u64 *live = bpf_map_lookup_elem(&natgw_port_live, &li);
+	if (live && *live > s->now) {
+		if (*live < s->earliest)
+			s->earliest = *live;
+		return 0;
+	}
 	// Taken ports are looked up (no bucket lock) rather than tried: in a filling range
 	// most tries meet a taken port.
 	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
@@ -418,6 +455,8 @@ static long try_port(__u32 i, void *ctx)
 		if (ob && ob->expires > s->now) {
 			if (ob->expires < s->earliest)
 				s->earliest = ob->expires;
+			if (live)
+				*live = ob->expires;
 			return 0;
 		}
 		if (ob) {
@@ -445,9 +484,12 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	s.now = now;
 	s.earliest = ~0ULL;
 	// Every port taken by a live binding (the model's full search would fail too).
-	struct range *r = range_of(&s.external);
+	int ri = range_index(&s.external);
+	struct range *r = ri < 0 ? NULL : bpf_map_lookup_elem(&natgw_ranges, &ri);
 	if (r && r->used >= s.size && now < r->all_live_until)
 		return NULL;
+	// An index past the array (a pool address not configured) finds no entry.
+	s.live_base = ri < 0 ? ~0U - PORTS_PER_RANGE : (__u32)ri * PORTS_PER_RANGE;
 	// Port preservation first; then a walk through the whole range from a hash of
 	// the private endpoint (table::probe_start in the model).
 	__u32 wanted = bpf_ntohs(internal->port);
@@ -1095,8 +1137,12 @@ static __always_inline struct binding *open_flow(const struct config *c, const s
 			touch(c, b, &k, s, 1, p->flags, now);
 		}
 	}
-	if (new_binding)
+	if (new_binding) {
+		__u64 *live = port_live(&b->external);
+		if (live)
+			*live = b->expires;
 		start_sweeper(c);
+	}
 	return b;
 }
 

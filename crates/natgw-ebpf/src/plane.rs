@@ -128,7 +128,13 @@ impl Plane {
     /// their mark set to `mark`'s and keep the others (`meta mark & mask == mark`).
     pub fn load_masked(cfg: &natgw_nat::Config, mark: u32, mask: u32) -> Result<Self, PlaneError> {
         let config = BpfConfig::new(cfg, mark & mask, mask)?;
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(PlaneError::Load)?;
+        // One entry per public port of each pool address and protocol (the program
+        // declares room for the largest pool).
+        let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("natgw_port_live", ports)
+            .load(OBJECT)
+            .map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
         plane.write_config()?;
         for side in Side::ALL {
