@@ -129,16 +129,7 @@ struct {
 	__type(value, struct binding);
 } natgw_bindings SEC(".maps");
 
-// Public endpoint -> private endpoint: one entry per public endpoint, so a public
-// port is never given to two private endpoints (RFC 4787 REQ-3).
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_ENTRIES);
-	__type(key, struct endpoint);
-	__type(value, struct endpoint);
-} natgw_external SEC(".maps");
-
-// Per public address and protocol: how many of its ports natgw_external holds, and,
+// Per public address and protocol: how many of its ports natgw_ports holds, and,
 // after a search found every port taken by a live binding, the earliest expiry it saw.
 // While the range is still full and that moment has not come, a new binding is
 // refused at once instead of by a walk of the whole range (which would find nothing:
@@ -155,20 +146,32 @@ struct {
 	__type(value, struct range);
 } natgw_ranges SEC(".maps");
 
-// Per public port (address, protocol, port; sized by the loader to the pool): a lower
-// bound of the expiry of the live binding that holds it, 0 if none was recorded. The
-// port search skips a port whose bound lies ahead with one array read, where finding
-// that out from the hash maps costs two lookups with cache misses (about 1 us). Expiries
-// only grow and a binding is only deleted once expired, so the bound stays a bound:
-// set when a binding is made, raised when the search meets a live one.
+// Public endpoint -> private endpoint, as an array indexed by public address (its
+// place in the pool), protocol and port (sized by the loader to the pool). One owner
+// per public port, taken and given back with compare-and-swap, so a public port is
+// never given to two private endpoints (RFC 4787 REQ-3). An array, not a hash map:
+// taking a port is one atomic instruction instead of a hash insertion, and the port
+// search reads consecutive entries.
 #define PORTS_PER_RANGE 65536
+
+struct port {
+	// The private endpoint (struct endpoint, 8 bytes) that holds the port; 0: free
+	// (private addresses are never 0).
+	__u64 owner;
+	// A lower bound of the owner's binding's expiry: the port search skips a port
+	// whose bound lies ahead without looking the binding up (two hash lookups with
+	// cache misses, about 1 us). Expiries only grow and a binding is deleted only once
+	// expired, so it stays a bound: set when a binding is made, raised when the
+	// search meets a live one.
+	__u64 live;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_POOL * 3 * PORTS_PER_RANGE);
 	__type(key, __u32);
-	__type(value, __u64);
-} natgw_port_live SEC(".maps");
+	__type(value, struct port);
+} natgw_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -269,22 +272,40 @@ static __always_inline struct range *range_of(const struct endpoint *ext)
 	return k < 0 ? NULL : bpf_map_lookup_elem(&natgw_ranges, &k);
 }
 
-// natgw_port_live's entry of a public endpoint, or NULL.
-static __always_inline __u64 *port_live(const struct endpoint *ext)
+// natgw_ports' entry of a public endpoint, or NULL (not a pool address).
+static __always_inline struct port *port_of(const struct endpoint *ext)
 {
 	int k = range_index(ext);
 	if (k < 0)
 		return NULL;
 	__u32 i = (__u32)k * PORTS_PER_RANGE + bpf_ntohs(ext->port);
-	return bpf_map_lookup_elem(&natgw_port_live, &i);
+	return bpf_map_lookup_elem(&natgw_ports, &i);
 }
 
-// Every change of natgw_external goes through these two, which keep `used` exact.
-static __always_inline int ext_insert(struct endpoint *ext, struct endpoint *internal)
+static __always_inline __u64 pack(const struct endpoint *e)
 {
-	if (bpf_map_update_elem(&natgw_external, ext, internal, BPF_NOEXIST))
+	__u64 v;
+	__builtin_memcpy(&v, e, sizeof(v));
+	return v;
+}
+
+// The private endpoint that holds a public one: 0, or -1 if none does.
+static __always_inline int ext_owner(const struct endpoint *ext, struct endpoint *owner)
+{
+	struct port *p = port_of(ext);
+	__u64 o = p ? p->owner : 0;
+	if (!o)
 		return -1;
-	struct range *r = range_of(ext);
+	__builtin_memcpy(owner, &o, sizeof(o));
+	return 0;
+}
+
+// Every change of an owner goes through these two, which keep `used` exact.
+static __always_inline int ext_take(struct port *p, __u32 range, struct endpoint *internal)
+{
+	if (__sync_val_compare_and_swap(&p->owner, 0, pack(internal)) != 0)
+		return -1;
+	struct range *r = bpf_map_lookup_elem(&natgw_ranges, &range);
 	if (r) {
 		__sync_fetch_and_add(&r->used, 1);
 		r->all_live_until = 0;
@@ -292,9 +313,12 @@ static __always_inline int ext_insert(struct endpoint *ext, struct endpoint *int
 	return 0;
 }
 
-static __always_inline void ext_delete(struct endpoint *ext)
+// Gives a public endpoint back, if `internal` still holds it.
+static __always_inline void ext_release(const struct endpoint *ext, const struct endpoint *internal)
 {
-	if (bpf_map_delete_elem(&natgw_external, ext))
+	struct port *p = port_of(ext);
+	__u64 o = pack(internal);
+	if (!p || __sync_val_compare_and_swap(&p->owner, o, 0) != o)
 		return;
 	struct range *r = range_of(ext);
 	if (r)
@@ -344,9 +368,7 @@ static long sweep_binding(void *map, struct endpoint *key, struct binding *b, st
 	if (b->expires > w->now)
 		return 0;
 	struct endpoint ext = b->external;
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &ext);
-	if (owner && owner->addr == key->addr && owner->port == key->port)
-		ext_delete(&ext);
+	ext_release(&ext, key);
 	bpf_map_delete_elem(map, key);
 	count(C_BINDINGS_EXPIRED);
 	return 0;
@@ -387,7 +409,7 @@ static __always_inline void start_sweeper(const struct config *c)
 static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
 {
 	struct endpoint ext = b->external;
-	ext_delete(&ext);
+	ext_release(&ext, internal);
 	bpf_map_delete_elem(&natgw_bindings, internal);
 	count(C_BINDINGS_EXPIRED);
 }
@@ -421,8 +443,8 @@ struct search {
 	__u32 size;
 	__u32 first;
 	__u32 found;
-	__u32 insert_first; // the preserved port: most likely free, so try to take it at once
-	__u32 live_base; // this range's first entry in natgw_port_live
+	__u32 range;     // index in natgw_ranges
+	__u32 base;      // this range's first entry in natgw_ports
 	__u64 now;
 	__u64 earliest; // the earliest expiry of the live bindings met
 };
@@ -434,38 +456,38 @@ static long try_port(__u32 i, void *ctx)
 		return 1;
 	__u32 port = s->lo + (s->first + i) % s->size;
 	s->external.port = bpf_htons((__u16)port);
-	if (s->insert_first && ext_insert(&s->external, &s->internal) == 0) {
+	__u32 k = s->base + port;
+	struct port *p = bpf_map_lookup_elem(&natgw_ports, &k);
+	if (!p)
+		return 1;
+	if (ext_take(p, s->range, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
-	__u32 li = s->live_base + port;
-	__u64 *live = bpf_map_lookup_elem(&natgw_port_live, &li);
-	if (live && *live > s->now) {
-		if (*live < s->earliest)
-			s->earliest = *live;
+	if (p->live > s->now) {
+		if (p->live < s->earliest)
+			s->earliest = p->live;
 		return 0;
 	}
-	// Taken ports are looked up (no bucket lock) rather than tried: in a filling range
-	// most tries meet a taken port.
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
-	if (owner) {
-		// Taken: by a binding that expired but was not collected yet, it is free.
-		struct endpoint o = *owner;
-		struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
-		if (ob && ob->expires > s->now) {
-			if (ob->expires < s->earliest)
-				s->earliest = ob->expires;
-			if (live)
-				*live = ob->expires;
-			return 0;
-		}
-		if (ob) {
-			bpf_map_delete_elem(&natgw_bindings, &o);
-			count(C_BINDINGS_EXPIRED);
-		}
-		ext_delete(&s->external);
+	// Taken: by a binding that expired but was not collected yet, it is free.
+	struct endpoint o;
+	__u64 owner = p->owner;
+	__builtin_memcpy(&o, &owner, sizeof(o));
+	if (!owner)
+		return 0; // given back meanwhile (another CPU); the next port
+	struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
+	if (ob && ob->expires > s->now) {
+		if (ob->expires < s->earliest)
+			s->earliest = ob->expires;
+		p->live = ob->expires;
+		return 0;
 	}
-	if (ext_insert(&s->external, &s->internal) == 0) {
+	if (ob) {
+		bpf_map_delete_elem(&natgw_bindings, &o);
+		count(C_BINDINGS_EXPIRED);
+	}
+	ext_release(&s->external, &o);
+	if (ext_take(p, s->range, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
@@ -483,21 +505,21 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	s.size = (__u32)c->port_hi - c->port_lo + 1;
 	s.now = now;
 	s.earliest = ~0ULL;
-	// Every port taken by a live binding (the model's full search would fail too).
 	int ri = range_index(&s.external);
-	struct range *r = ri < 0 ? NULL : bpf_map_lookup_elem(&natgw_ranges, &ri);
+	if (ri < 0)
+		return NULL;
+	s.range = ri;
+	s.base = (__u32)ri * PORTS_PER_RANGE;
+	// Every port taken by a live binding (the model's full search would fail too).
+	struct range *r = bpf_map_lookup_elem(&natgw_ranges, &ri);
 	if (r && r->used >= s.size && now < r->all_live_until)
 		return NULL;
-	// An index past the array (a pool address not configured) finds no entry.
-	s.live_base = ri < 0 ? ~0U - PORTS_PER_RANGE : (__u32)ri * PORTS_PER_RANGE;
 	// Port preservation first; then a walk through the whole range from a hash of
 	// the private endpoint (table::probe_start in the model).
 	__u32 wanted = bpf_ntohs(internal->port);
 	if (wanted >= c->port_lo && wanted <= c->port_hi) {
 		s.first = wanted - c->port_lo;
-		s.insert_first = 1;
 		try_port(0, &s);
-		s.insert_first = 0;
 	}
 	if (!s.found) {
 		__u32 h = (bpf_ntohl(internal->addr) * 0x9e3779b1u ^ wanted) * 0x85ebca6bu;
@@ -512,7 +534,7 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	struct binding nb = {};
 	nb.external = s.external;
 	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
-		ext_delete(&s.external);
+		ext_release(&s.external, internal);
 		return NULL;
 	}
 	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
@@ -978,10 +1000,9 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct con
 		return pass();
 	__u64 now = now_ns(c);
 	struct endpoint external = {.addr = q.src, .port = port, .proto = q.proto};
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
-	if (!owner)
+	struct endpoint internal;
+	if (ext_owner(&external, &internal))
 		return pass();
-	struct endpoint internal = *owner;
 	if (!live_binding(&internal, now))
 		return pass();
 	__u16 rport = 0;
@@ -1138,9 +1159,9 @@ static __always_inline struct binding *open_flow(const struct config *c, const s
 		}
 	}
 	if (new_binding) {
-		__u64 *live = port_live(&b->external);
-		if (live)
-			*live = b->expires;
+		struct port *pp = port_of(&b->external);
+		if (pp)
+			pp->live = b->expires;
 		start_sweeper(c);
 	}
 	return b;
@@ -1334,10 +1355,9 @@ int natgw_ingress(struct __sk_buff *skb)
 		return pass(); // the host's own protocols and ICMP types: left alone
 	__u64 now = now_ns(c);
 	struct endpoint external = {.addr = p.dst, .port = p.dport, .proto = p.proto};
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
-	if (!owner)
+	struct endpoint internal;
+	if (ext_owner(&external, &internal))
 		return pass();
-	struct endpoint internal = *owner;
 	struct binding *b = live_binding(&internal, now);
 	if (!b)
 		return pass();
@@ -1412,10 +1432,9 @@ int natgw_private(struct __sk_buff *skb)
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP)
 		return pass();
 	struct endpoint target_ext = {.addr = p.dst, .port = p.dport, .proto = p.proto};
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &target_ext);
-	if (!owner)
+	struct endpoint target;
+	if (ext_owner(&target_ext, &target))
 		return pass();
-	struct endpoint target = *owner;
 	if (!live_binding(&target, now))
 		return pass(); // the gateway's own port: delivered locally
 	__u32 why;
@@ -1433,10 +1452,8 @@ int natgw_private(struct __sk_buff *skb)
 	struct packet q = p;
 	q.src = ext.addr;
 	q.sport = ext.port;
-	owner = bpf_map_lookup_elem(&natgw_external, &target_ext);
-	if (!owner)
+	if (ext_owner(&target_ext, &target))
 		return drop(C_DROP_NO_MAPPING);
-	target = *owner;
 	struct binding *tb = live_binding(&target, now);
 	if (!tb)
 		return drop(C_DROP_NO_MAPPING);

@@ -6,8 +6,9 @@
 //! What the programs do, each checked against the model by the differential tests:
 //! UDP, TCP and ICMP echo with endpoint-independent mapping, the three filtering modes,
 //! paired pooling, port preservation then a bounded search of the whole range
-//! (`bpf_loop`), TCP states and all timers (lazily on lookup, and a `bpf_timer` per
-//! entry that frees idle state), per-CPU counters, ICMP error translation both ways
+//! (`bpf_loop`), TCP states and all timers (exactly, on every lookup; one sweeper
+//! `bpf_timer` frees expired state every second), per-CPU counters, ICMP error
+//! translation both ways
 //! (RFC 5508, the embedded packet rewritten), fragments (later ones take the first
 //! one's translation, kept in an LRU map), headers outside the linear buffer pulled in
 //! (`bpf_skb_pull_data`), hairpinning (RFC 4787 REQ-9) and ICMP 3/13 when no port is
@@ -29,6 +30,18 @@
 //!   destination unreachable, code 13 (from `icmp_source`, quoting the header and 8
 //!   bytes), and redirected to the sender the same way (counted in `drop_no_port`;
 //!   `drop_no_route` counts turned-around packets with no route back).
+//!
+//! What a new flow costs (program time, BPF_PROG_TEST_RUN; examples/cost.rs): the
+//! programs keep only the state that can change a verdict (sessions for TCP and
+//! port-dependent filtering, address entries for address-dependent filtering), so a new
+//! UDP binding with endpoint-independent filtering is one hash insert, one
+//! compare-and-swap and no timer. Public ports live in an array (`natgw_ports`, owners
+//! taken with compare-and-swap) rather than a hash map, and the port search skips a
+//! live port with one read; a range whose every port is live refuses at once
+//! (`natgw_ranges`) instead of walking it.
+//!
+//! [`Plane::state_sizes`] counts the entries of the translation maps ("maps filling"),
+//! [`Plane::set_sweep_interval`] changes the sweeper's period (tests).
 //!
 //! Known limit: the ICMP 3/13 is written over the offending packet. If that packet
 //! was CHECKSUM_PARTIAL (sent by a local stack over veth/virtio with checksum offload)

@@ -132,7 +132,7 @@ impl Plane {
         // declares room for the largest pool).
         let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
         let ebpf = EbpfLoader::new()
-            .map_max_entries("natgw_port_live", ports)
+            .map_max_entries("natgw_ports", ports)
             .load(OBJECT)
             .map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
@@ -185,9 +185,22 @@ impl Plane {
     pub fn state_sizes(&self) -> Result<StateSizes, PlaneError> {
         Ok(StateSizes {
             bindings: self.entries::<8, 16>("natgw_bindings")?,
-            public_endpoints: self.entries::<8, 8>("natgw_external")?,
+            public_endpoints: self.public_endpoints()?,
             sessions: self.entries::<16, 16>("natgw_sessions")?,
         })
+    }
+
+    /// The ports held, summed over addresses and protocols (natgw_ranges' `used`).
+    fn public_endpoints(&self) -> Result<usize, PlaneError> {
+        let name = "natgw_ranges";
+        let map = self.ebpf.map(name).ok_or(PlaneError::Missing(name))?;
+        let a: Array<_, [u64; 2]> =
+            Array::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        let mut used = 0;
+        for r in a.iter() {
+            used += r.map_err(|source| PlaneError::Map { name, source })?[0];
+        }
+        Ok(used as usize)
     }
 
     fn entries<const K: usize, const V: usize>(
