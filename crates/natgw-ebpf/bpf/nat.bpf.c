@@ -533,9 +533,12 @@ static __always_inline struct binding *create_binding(const struct config *c,
 		return NULL;
 	struct binding nb = {};
 	nb.external = s.external;
+	nb.expires = now;
 	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
 		ext_release(&s.external, internal);
-		return NULL;
+		// Another CPU made this endpoint's binding meanwhile: that one serves (a
+		// refusal here would send the host a false ICMP 3/13).
+		return bpf_map_lookup_elem(&natgw_bindings, internal);
 	}
 	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
 	if (!b)
@@ -1134,7 +1137,6 @@ static __always_inline struct binding *open_flow(const struct config *c, const s
 			*why = C_DROP_NO_PORT;
 			return NULL;
 		}
-		b->expires = now;
 		new_binding = 1;
 	}
 	struct session_key k = {.iaddr = p->src,
