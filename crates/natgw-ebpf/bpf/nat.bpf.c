@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
-// natgw's own translator on the public interface: `natgw_egress` translates what
-// private hosts send, `natgw_ingress` what comes back. It implements the subset of the
-// reference model (crates/natgw-nat) listed in crates/natgw-ebpf/src/lib.rs, with the
+// natgw's own translator: on the public interface `natgw_egress` translates what
+// private hosts send and `natgw_ingress` what comes back; on the private interfaces
+// `natgw_private` hairpins. It implements the reference model (crates/natgw-nat) as
+// listed in crates/natgw-ebpf/src/lib.rs, with the
 // same rules, the same order of checksum updates and the same port search, so the
 // differential tests can demand identical bytes.
 //
