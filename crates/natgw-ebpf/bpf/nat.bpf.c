@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
-// natgw's own translator on the public interface: `natgw_egress` translates what
-// private hosts send, `natgw_ingress` what comes back. It implements the subset of the
-// reference model (crates/natgw-nat) listed in crates/natgw-ebpf/src/lib.rs, with the
+// natgw's own translator: on the public interface `natgw_egress` translates what
+// private hosts send and `natgw_ingress` what comes back; on the private interfaces
+// `natgw_private` hairpins. It implements the reference model (crates/natgw-nat) as
+// listed in crates/natgw-ebpf/src/lib.rs, with the
 // same rules, the same order of checksum updates and the same port search, so the
 // differential tests can demand identical bytes.
 //
@@ -20,6 +21,7 @@
 #define MAX_PRIVATE 8
 #define MAX_ENTRIES 262144
 #define CLOCK_MONOTONIC 1
+#define AF_INET 2
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -39,7 +41,7 @@ enum tcp_state {
 	RESET,
 };
 
-// Indexes of the per-CPU counters (crates/natgw-ebpf/src/counters.rs names them).
+// Indexes of the per-CPU counters (COUNTERS in crates/natgw-ebpf/src/maps.rs names them).
 enum counter {
 	C_OUT_TRANSLATED = 0,
 	C_IN_TRANSLATED,
@@ -53,6 +55,8 @@ enum counter {
 	C_BINDINGS_EXPIRED,
 	C_SESSIONS_CREATED,
 	C_PULLED,
+	C_HAIRPINNED,
+	C_DROP_NO_ROUTE,
 	C_MAX,
 };
 
@@ -66,8 +70,9 @@ struct config {
 	__u16 port_lo; // host order
 	__u16 port_hi;
 	__u32 filtering;
-	__u32 mark;
-	__u32 _pad;
+	__u32 mark;      // the bits natgw's filter matches on admitted inbound packets
+	__u32 mark_mask; // which bits of skb->mark are natgw's (the others are kept)
+	__u32 icmp_source; // source of the ICMP errors sent to private hosts
 	__u64 udp_ns;
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
@@ -75,6 +80,8 @@ struct config {
 	__u64 fragment_ns;
 	// Nonzero: the clock, set by the differential tests; zero: bpf_ktime_get_ns().
 	__u64 now_ns;
+	// How often the sweeper frees idle state.
+	__u64 sweep_ns;
 };
 
 // A private or public endpoint.
@@ -88,7 +95,6 @@ struct endpoint {
 struct binding {
 	struct endpoint external;
 	__u64 expires;
-	struct bpf_timer timer;
 };
 
 // A private endpoint and one remote endpoint (port 0 for ICMP) or, for the
@@ -107,7 +113,6 @@ struct session {
 	__u64 expires;
 	__u32 state;
 	__u32 _pad;
-	struct bpf_timer timer;
 };
 
 struct {
@@ -125,14 +130,49 @@ struct {
 	__type(value, struct binding);
 } natgw_bindings SEC(".maps");
 
-// Public endpoint -> private endpoint: one entry per public endpoint, so a public
-// port is never given to two private endpoints (RFC 4787 REQ-3).
+// Per public address and protocol: how many of its ports natgw_ports holds, and,
+// after a search found every port taken by a live binding, the earliest expiry it saw.
+// While the range is still full and that moment has not come, a new binding is
+// refused at once instead of by a walk of the whole range (which would find nothing:
+// expiries only grow). Any insertion clears the hint.
+struct range {
+	__u64 used;
+	__u64 all_live_until;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_ENTRIES);
-	__type(key, struct endpoint);
-	__type(value, struct endpoint);
-} natgw_external SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_POOL * 3);
+	__type(key, __u32);
+	__type(value, struct range);
+} natgw_ranges SEC(".maps");
+
+// Public endpoint -> private endpoint, as an array indexed by public address (its
+// place in the pool), protocol and port (sized by the loader to the pool). One owner
+// per public port, taken and given back with compare-and-swap, so a public port is
+// never given to two private endpoints (RFC 4787 REQ-3). An array, not a hash map:
+// taking a port is one atomic instruction instead of a hash insertion, and the port
+// search reads consecutive entries.
+#define PORTS_PER_RANGE 65536
+
+struct port {
+	// The private endpoint (struct endpoint, 8 bytes) that holds the port; 0: free
+	// (private addresses are never 0).
+	__u64 owner;
+	// A lower bound of the owner's binding's expiry: the port search skips a port
+	// whose bound lies ahead without looking the binding up (two hash lookups with
+	// cache misses, about 1 us). Expiries only grow and a binding is deleted only once
+	// expired, so it stays a bound: set when a binding is made, raised when the
+	// search meets a live one.
+	__u64 live;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_POOL * 3 * PORTS_PER_RANGE);
+	__type(key, __u32);
+	__type(value, struct port);
+} natgw_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -211,6 +251,81 @@ static __always_inline int is_pool(const struct config *c, __u32 addr)
 	return 0;
 }
 
+// The index of a public address and protocol (natgw_ranges), or -1.
+static __always_inline int range_index(const struct endpoint *ext)
+{
+	struct config *c = config();
+	if (!c)
+		return -1;
+	int proto = ext->proto == IPPROTO_UDP ? 0 : ext->proto == IPPROTO_TCP ? 1 : 2;
+	for (int i = 0; i < MAX_POOL; i++) {
+		if (i >= c->pool_len)
+			break;
+		if (c->pool[i] == ext->addr)
+			return i * 3 + proto;
+	}
+	return -1;
+}
+
+static __always_inline struct range *range_of(const struct endpoint *ext)
+{
+	int k = range_index(ext);
+	return k < 0 ? NULL : bpf_map_lookup_elem(&natgw_ranges, &k);
+}
+
+// natgw_ports' entry of a public endpoint, or NULL (not a pool address).
+static __always_inline struct port *port_of(const struct endpoint *ext)
+{
+	int k = range_index(ext);
+	if (k < 0)
+		return NULL;
+	__u32 i = (__u32)k * PORTS_PER_RANGE + bpf_ntohs(ext->port);
+	return bpf_map_lookup_elem(&natgw_ports, &i);
+}
+
+static __always_inline __u64 pack(const struct endpoint *e)
+{
+	__u64 v;
+	__builtin_memcpy(&v, e, sizeof(v));
+	return v;
+}
+
+// The private endpoint that holds a public one: 0, or -1 if none does.
+static __always_inline int ext_owner(const struct endpoint *ext, struct endpoint *owner)
+{
+	struct port *p = port_of(ext);
+	__u64 o = p ? p->owner : 0;
+	if (!o)
+		return -1;
+	__builtin_memcpy(owner, &o, sizeof(o));
+	return 0;
+}
+
+// Every change of an owner goes through these two, which keep `used` exact.
+static __always_inline int ext_take(struct port *p, __u32 range, struct endpoint *internal)
+{
+	if (__sync_val_compare_and_swap(&p->owner, 0, pack(internal)) != 0)
+		return -1;
+	struct range *r = bpf_map_lookup_elem(&natgw_ranges, &range);
+	if (r) {
+		__sync_fetch_and_add(&r->used, 1);
+		r->all_live_until = 0;
+	}
+	return 0;
+}
+
+// Gives a public endpoint back, if `internal` still holds it.
+static __always_inline void ext_release(const struct endpoint *ext, const struct endpoint *internal)
+{
+	struct port *p = port_of(ext);
+	__u64 o = pack(internal);
+	if (!p || __sync_val_compare_and_swap(&p->owner, o, 0) != o)
+		return;
+	struct range *r = range_of(ext);
+	if (r)
+		__sync_fetch_and_add(&r->used, -1);
+}
+
 // Same function as Config::paired_address in the model.
 static __always_inline __u32 paired_address(const struct config *c, __u32 private)
 {
@@ -227,45 +342,75 @@ static __always_inline __u32 paired_address(const struct config *c, __u32 privat
 	return c->pool[i];
 }
 
-// --- expiry: lazily on every lookup, and by a bpf_timer per entry so that idle state
-// is freed without traffic.
+// --- expiry: exactly, on every lookup (an expired entry counts as absent and is
+// deleted), and by a sweeper, one bpf_timer that walks the maps every sweep_ns and
+// frees idle state. One timer instead of one per entry: arming a timer per new binding
+// (allocation, hrtimer insertion) cost about a third of a new flow's program time.
 
-static int binding_timer(void *map, struct endpoint *key, struct binding *b)
+struct sweeper {
+	struct bpf_timer timer;
+	__u32 started;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweeper);
+} natgw_sweeper SEC(".maps");
+
+struct sweep {
+	__u64 now;
+};
+
+static long sweep_binding(void *map, struct endpoint *key, struct binding *b, struct sweep *w)
 {
-	struct config *c = config();
-	if (!c)
+	if (b->expires > w->now)
 		return 0;
-	__u64 now = now_ns(c);
-	if (b->expires > now) {
-		bpf_timer_start(&b->timer, b->expires - now, 0);
-		return 0;
-	}
 	struct endpoint ext = b->external;
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &ext);
-	if (owner && owner->addr == key->addr && owner->port == key->port)
-		bpf_map_delete_elem(&natgw_external, &ext);
+	ext_release(&ext, key);
 	bpf_map_delete_elem(map, key);
 	count(C_BINDINGS_EXPIRED);
 	return 0;
 }
 
-static int session_timer(void *map, struct session_key *key, struct session *s)
+static long sweep_session(void *map, struct session_key *key, struct session *s, struct sweep *w)
+{
+	if (s->expires <= w->now)
+		bpf_map_delete_elem(map, key);
+	return 0;
+}
+
+static int sweep(void *map, __u32 *key, struct sweeper *t)
 {
 	struct config *c = config();
 	if (!c)
 		return 0;
-	__u64 now = now_ns(c);
-	if (s->expires > now)
-		bpf_timer_start(&s->timer, s->expires - now, 0);
-	else
-		bpf_map_delete_elem(map, key);
+	struct sweep w = {.now = now_ns(c)};
+	bpf_for_each_map_elem(&natgw_bindings, sweep_binding, &w, 0);
+	bpf_for_each_map_elem(&natgw_sessions, sweep_session, &w, 0);
+	bpf_timer_start(&t->timer, c->sweep_ns, 0);
 	return 0;
+}
+
+// Starts the sweeper once (programs cannot be asked to at load time): the first new
+// binding does.
+static __always_inline void start_sweeper(const struct config *c)
+{
+	__u32 zero = 0;
+	struct sweeper *t = bpf_map_lookup_elem(&natgw_sweeper, &zero);
+	if (!t || t->started || __sync_val_compare_and_swap(&t->started, 0, 1) != 0)
+		return;
+	bpf_timer_init(&t->timer, &natgw_sweeper, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(&t->timer, sweep);
+	bpf_timer_start(&t->timer, c->sweep_ns, 0);
 }
 
 static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
 {
 	struct endpoint ext = b->external;
-	bpf_map_delete_elem(&natgw_external, &ext);
+	ext_release(&ext, internal);
 	bpf_map_delete_elem(&natgw_bindings, internal);
 	count(C_BINDINGS_EXPIRED);
 }
@@ -290,13 +435,6 @@ static __always_inline struct session *live_session(struct session_key *k, __u64
 	return s;
 }
 
-static __always_inline void arm(struct bpf_timer *t, void *map, void *cb, __u64 after)
-{
-	bpf_timer_init(t, map, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(t, cb);
-	bpf_timer_start(t, after ? after : 1, 0);
-}
-
 // --- the port search (bpf_loop bounds it): one try per call.
 
 struct search {
@@ -306,7 +444,10 @@ struct search {
 	__u32 size;
 	__u32 first;
 	__u32 found;
+	__u32 range;     // index in natgw_ranges
+	__u32 base;      // this range's first entry in natgw_ports
 	__u64 now;
+	__u64 earliest; // the earliest expiry of the live bindings met
 };
 
 static long try_port(__u32 i, void *ctx)
@@ -316,24 +457,38 @@ static long try_port(__u32 i, void *ctx)
 		return 1;
 	__u32 port = s->lo + (s->first + i) % s->size;
 	s->external.port = bpf_htons((__u16)port);
-	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+	__u32 k = s->base + port;
+	struct port *p = bpf_map_lookup_elem(&natgw_ports, &k);
+	if (!p)
+		return 1;
+	if (ext_take(p, s->range, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
+	if (p->live > s->now) {
+		if (p->live < s->earliest)
+			s->earliest = p->live;
+		return 0;
+	}
 	// Taken: by a binding that expired but was not collected yet, it is free.
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &s->external);
+	struct endpoint o;
+	__u64 owner = p->owner;
+	__builtin_memcpy(&o, &owner, sizeof(o));
 	if (!owner)
-		return 0;
-	struct endpoint o = *owner;
+		return 0; // given back meanwhile (another CPU); the next port
 	struct binding *ob = bpf_map_lookup_elem(&natgw_bindings, &o);
-	if (ob && ob->expires > s->now)
+	if (ob && ob->expires > s->now) {
+		if (ob->expires < s->earliest)
+			s->earliest = ob->expires;
+		p->live = ob->expires;
 		return 0;
+	}
 	if (ob) {
 		bpf_map_delete_elem(&natgw_bindings, &o);
 		count(C_BINDINGS_EXPIRED);
 	}
-	bpf_map_delete_elem(&natgw_external, &s->external);
-	if (bpf_map_update_elem(&natgw_external, &s->external, &s->internal, BPF_NOEXIST) == 0) {
+	ext_release(&s->external, &o);
+	if (ext_take(p, s->range, &s->internal) == 0) {
 		s->found = 1;
 		return 1;
 	}
@@ -350,6 +505,16 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	s.lo = c->port_lo;
 	s.size = (__u32)c->port_hi - c->port_lo + 1;
 	s.now = now;
+	s.earliest = ~0ULL;
+	int ri = range_index(&s.external);
+	if (ri < 0)
+		return NULL;
+	s.range = ri;
+	s.base = (__u32)ri * PORTS_PER_RANGE;
+	// Every port taken by a live binding (the model's full search would fail too).
+	struct range *r = bpf_map_lookup_elem(&natgw_ranges, &ri);
+	if (r && r->used >= s.size && now < r->all_live_until)
+		return NULL;
 	// Port preservation first; then a walk through the whole range from a hash of
 	// the private endpoint (table::probe_start in the model).
 	__u32 wanted = bpf_ntohs(internal->port);
@@ -361,14 +526,20 @@ static __always_inline struct binding *create_binding(const struct config *c,
 		__u32 h = (bpf_ntohl(internal->addr) * 0x9e3779b1u ^ wanted) * 0x85ebca6bu;
 		s.first = h % s.size;
 		bpf_loop(s.size, try_port, &s, 0);
+		// The whole range walked, every port live: remember until when.
+		if (!s.found && r)
+			r->all_live_until = s.earliest;
 	}
 	if (!s.found)
 		return NULL;
 	struct binding nb = {};
 	nb.external = s.external;
+	nb.expires = now;
 	if (bpf_map_update_elem(&natgw_bindings, internal, &nb, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&natgw_external, &s.external);
-		return NULL;
+		ext_release(&s.external, internal);
+		// Another CPU made this endpoint's binding meanwhile: that one serves (a
+		// refusal here would send the host a false ICMP 3/13).
+		return bpf_map_lookup_elem(&natgw_bindings, internal);
 	}
 	struct binding *b = bpf_map_lookup_elem(&natgw_bindings, internal);
 	if (!b)
@@ -428,29 +599,57 @@ static __always_inline int bare_syn(__u8 flags)
 	return (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN;
 }
 
-// Extends the binding and the address filter to a session's expiry.
+// Which state a flow keeps besides its binding. The model keeps a session per remote
+// endpoint and a filter entry per remote address for every binding; the programs keep
+// only what can change a verdict: sessions for TCP (its states) and for port-dependent
+// filtering, address entries for address-dependent filtering. Without them a UDP or
+// ICMP binding's expiry is still the latest session expiry the model computes (every
+// outbound packet sets it to now + timeout), so the verdicts are the same, and a new
+// flow costs a third of the map operations and one timer instead of three.
+static __always_inline int keeps_sessions(const struct config *c, __u8 proto)
+{
+	return proto == IPPROTO_TCP || c->filtering == APDF;
+}
+
+// Extends the binding, and the address filter if there is one, to `until` (a
+// session's expiry).
 static __always_inline void cover(const struct config *c, struct binding *b,
-				  struct session_key *k, struct session *s, __u64 now)
+				  struct session_key *k, __u64 until, __u64 now)
 {
 	// No timer restart here (it costs more than the rest of the packet): the timer
 	// fires at the old expiry, sees the new one and waits for the rest.
-	if (s->expires > b->expires)
-		b->expires = s->expires;
+	if (until > b->expires)
+		b->expires = until;
+	if (c->filtering != ADF)
+		return;
 	// The address-dependent filter: the longest expiry of any session to this address.
 	struct session_key ak = *k;
 	ak.rport = 0;
 	ak.by_address = 1;
 	struct session *a = bpf_map_lookup_elem(&natgw_sessions, &ak);
-	if (a && a->expires < s->expires) {
-		a->expires = s->expires;
+	if (a && a->expires < until) {
+		a->expires = until;
 		return;
 	}
 	if (a)
 		return;
 	a = create_session(&ak, NONE, now);
-	if (a) {
-		a->expires = s->expires;
-		arm(&a->timer, &natgw_sessions, session_timer, s->expires - now);
+	if (a)
+		a->expires = until;
+}
+
+// A session's expiry after one more packet (and its TCP state).
+static __always_inline __u64 session_step(const struct config *c, __u8 proto, __u32 *state,
+					  int out, __u8 flags, __u64 now)
+{
+	switch (proto) {
+	case IPPROTO_UDP:
+		return now + c->udp_ns;
+	case IPPROTO_ICMP:
+		return now + c->icmp_ns;
+	default:
+		*state = tcp_next(*state, out, flags);
+		return now + tcp_timeout(c, *state);
 	}
 }
 
@@ -459,18 +658,8 @@ static __always_inline void touch(const struct config *c, struct binding *b,
 				  struct session_key *k, struct session *s, int out, __u8 flags,
 				  __u64 now)
 {
-	switch (k->proto) {
-	case IPPROTO_UDP:
-		s->expires = now + c->udp_ns;
-		break;
-	case IPPROTO_ICMP:
-		s->expires = now + c->icmp_ns;
-		break;
-	default:
-		s->state = tcp_next(s->state, out, flags);
-		s->expires = now + tcp_timeout(c, s->state);
-	}
-	cover(c, b, k, s, now);
+	s->expires = session_step(c, k->proto, &s->state, out, flags, now);
+	cover(c, b, k, s->expires, now);
 }
 
 // --- packets
@@ -606,6 +795,12 @@ static __always_inline int pass(void)
 {
 	count(C_PASSED);
 	return TC_ACT_OK;
+}
+
+// Sets natgw's bits of the mark and keeps the others (other software's marks).
+static __always_inline void set_mark(struct __sk_buff *skb, const struct config *c)
+{
+	skb->mark = (skb->mark & ~c->mark_mask) | (c->mark & c->mark_mask);
 }
 
 
@@ -809,10 +1004,9 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct con
 		return pass();
 	__u64 now = now_ns(c);
 	struct endpoint external = {.addr = q.src, .port = port, .proto = q.proto};
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
-	if (!owner)
+	struct endpoint internal;
+	if (ext_owner(&external, &internal))
 		return pass();
-	struct endpoint internal = *owner;
 	if (!live_binding(&internal, now))
 		return pass();
 	__u16 rport = 0;
@@ -837,7 +1031,7 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct con
 	    set_addr(skb, p->ip, 16, bpf_ntohl(internal.addr), 0, CSUM_PLAIN) ||
 	    fix_icmp(skb, p, &q))
 		return drop(C_DROP_MALFORMED);
-	skb->mark = c->mark;
+	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
 	return TC_ACT_OK;
 }
@@ -925,6 +1119,161 @@ static __always_inline int later_fragment(struct __sk_buff *skb, const struct co
 	return 1;
 }
 
+// Nat::open: the sender's binding and its session with the destination, made or
+// moved on by this outbound packet; NULL with *why set (a counter) when there is none.
+static __always_inline struct binding *open_flow(const struct config *c, const struct packet *p,
+						 __u64 now, __u32 *why)
+{
+	__u16 rport = p->proto == IPPROTO_ICMP ? 0 : p->dport;
+	struct endpoint internal = {.addr = p->src, .port = p->sport, .proto = p->proto};
+	int new_tcp = p->proto == IPPROTO_TCP && bare_syn(p->flags);
+	int new_binding = 0;
+	*why = C_DROP_NO_MAPPING;
+	struct binding *b = live_binding(&internal, now);
+	if (!b) {
+		if (p->proto == IPPROTO_TCP && !new_tcp)
+			return NULL;
+		b = create_binding(c, &internal, now);
+		if (!b) {
+			*why = C_DROP_NO_PORT;
+			return NULL;
+		}
+		new_binding = 1;
+	}
+	struct session_key k = {.iaddr = p->src,
+				.raddr = p->dst,
+				.iport = p->sport,
+				.rport = rport,
+				.proto = p->proto};
+	if (!keeps_sessions(c, p->proto)) {
+		__u32 none = NONE;
+		cover(c, b, &k, session_step(c, p->proto, &none, 1, p->flags, now), now);
+	} else {
+		struct session *s = live_session(&k, now);
+		if (!s) {
+			if (p->proto == IPPROTO_TCP && !new_tcp)
+				return NULL;
+			s = create_session(&k, p->proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
+			if (!s)
+				return NULL;
+			touch(c, b, &k, s, 1, p->flags, now);
+		} else {
+			touch(c, b, &k, s, 1, p->flags, now);
+		}
+	}
+	if (new_binding) {
+		struct port *pp = port_of(&b->external);
+		if (pp)
+			pp->live = b->expires;
+		start_sweeper(c);
+	}
+	return b;
+}
+
+// The inbound half of Nat::inbound_parsed once the binding is known: filtering, then
+// TCP state. 0, or the counter of why the packet is dropped.
+static __always_inline __u32 admit(const struct config *c, const struct packet *p,
+				   const struct endpoint *internal, struct binding *b, __u64 now)
+{
+	__u16 rport = p->proto == IPPROTO_ICMP ? 0 : p->sport;
+	struct session_key k = {.iaddr = internal->addr,
+				.raddr = p->src,
+				.iport = internal->port,
+				.rport = rport,
+				.proto = p->proto};
+	struct session *s = keeps_sessions(c, p->proto) ? live_session(&k, now) : NULL;
+	if (c->filtering == APDF && !s)
+		return C_DROP_FILTERED;
+	if (c->filtering == ADF && !s) {
+		struct session_key ak = k;
+		ak.rport = 0;
+		ak.by_address = 1;
+		if (!live_session(&ak, now))
+			return C_DROP_FILTERED;
+	}
+	if (p->proto == IPPROTO_TCP) {
+		if (s) {
+			touch(c, b, &k, s, 0, p->flags, now);
+		} else if (bare_syn(p->flags)) {
+			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
+			s = create_session(&k, SYN_IN, now);
+			if (s) {
+				s->expires = now + c->tcp_transitory_ns;
+				cover(c, b, &k, s->expires, now);
+			}
+		}
+	}
+	return 0;
+}
+
+// --- packets the programs turn around: hairpins and ICMP errors to private hosts.
+
+// Sends the packet to its (private) destination: the route and neighbour the kernel
+// knows (bpf_fib_lookup, as if the packet had arrived on this interface), out of the
+// interface they name. Redirected packets skip netfilter and routing, so a source
+// that is one of the gateway's own addresses is no martian here.
+static __always_inline int deliver(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup f = {};
+	__u16 total;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &f.ipv4_src, 4) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + 16, &f.ipv4_dst, 4) ||
+	    load16(skb, ETH_HLEN + 2, &total))
+		return drop(C_DROP_MALFORMED);
+	f.family = AF_INET;
+	f.tot_len = total;
+	f.ifindex = skb->ifindex;
+	long r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(f.ifindex, NULL, 0, 0);
+	if (r != BPF_FIB_LKUP_RET_SUCCESS)
+		return drop(C_DROP_NO_ROUTE);
+	if (bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0))
+		return drop(C_DROP_MALFORMED);
+	return bpf_redirect(f.ifindex, 0);
+}
+
+static __always_inline __u16 fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+#define QUOTE_MAX (60 + 8)
+
+// No public port left (the model's Reject): the packet becomes ICMP destination
+// unreachable, code 13, from icmp_source to its sender, quoting its IPv4 header and
+// first 8 bytes (admin_prohibited in the model), and goes back to the private side.
+static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
+				  const struct packet *p)
+{
+	count(C_DROP_NO_PORT);
+	// parse() made sure the transport header's first 8 bytes are there.
+	__u32 qlen = p->l4 - p->ip + 8;
+	__u8 buf[28 + QUOTE_MAX] = {};
+	if (qlen < 28 || qlen > QUOTE_MAX || (qlen & 3))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, p->ip, buf + 28, qlen))
+		return TC_ACT_SHOT;
+	__u16 total = 28 + qlen;
+	buf[0] = 0x45;
+	*(__u16 *)(buf + 2) = bpf_htons(total);
+	buf[8] = 64;
+	buf[9] = IPPROTO_ICMP;
+	*(__u32 *)(buf + 12) = c->icmp_source;
+	*(__u32 *)(buf + 16) = p->src;
+	buf[20] = 3;
+	buf[21] = 13;
+	*(__u16 *)(buf + 10) = fold(bpf_csum_diff(NULL, 0, (void *)buf, 20, 0));
+	*(__u16 *)(buf + 22) = fold(bpf_csum_diff(NULL, 0, (void *)(buf + 20), 8 + qlen, 0));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + total, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, buf, total, 0))
+		return TC_ACT_SHOT;
+	return deliver(skb);
+}
+
 SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
@@ -942,10 +1291,11 @@ int natgw_egress(struct __sk_buff *skb)
 	if (!is_private(c, p.src))
 		return pass();
 	if (p.later_fragment) {
-		// One before its first fragment: dropped (it would leak a private address).
+		// One before its first fragment: dropped (it would leak a private address),
+		// unless it is for the gateway itself.
 		int r = later_fragment(skb, c, &p, 1);
 		if (r == 0)
-			return drop(C_DROP_NO_MAPPING);
+			return is_pool(c, p.dst) ? pass() : drop(C_DROP_NO_MAPPING);
 		if (r < 0)
 			return drop(C_DROP_MALFORMED);
 		count(C_OUT_TRANSLATED);
@@ -956,45 +1306,15 @@ int natgw_egress(struct __sk_buff *skb)
 	if (is_icmp_error(&p))
 		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
 	if (is_pool(c, p.dst))
-		return pass(); // hairpins are routed locally, never reach the public side
+		return pass(); // hairpins are natgw_private's: they never reach this side
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
 	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
 		return drop(C_DROP_UNSUPPORTED);
 	__u64 now = now_ns(c);
-	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.dport;
-	struct endpoint internal = {.addr = p.src, .port = p.sport, .proto = p.proto};
-	int new_tcp = p.proto == IPPROTO_TCP && bare_syn(p.flags);
-	int new_binding = 0;
-	struct binding *b = live_binding(&internal, now);
-	if (!b) {
-		if (p.proto == IPPROTO_TCP && !new_tcp)
-			return drop(C_DROP_NO_MAPPING);
-		b = create_binding(c, &internal, now);
-		if (!b)
-			return drop(C_DROP_NO_PORT);
-		b->expires = now;
-		new_binding = 1;
-	}
-	struct session_key k = {.iaddr = p.src,
-				.raddr = p.dst,
-				.iport = p.sport,
-				.rport = rport,
-				.proto = p.proto};
-	struct session *s = live_session(&k, now);
-	if (!s) {
-		if (p.proto == IPPROTO_TCP && !new_tcp)
-			return drop(C_DROP_NO_MAPPING);
-		s = create_session(&k, p.proto == IPPROTO_TCP ? SYN_OUT : NONE, now);
-		if (!s)
-			return drop(C_DROP_NO_MAPPING);
-		touch(c, b, &k, s, 1, p.flags, now);
-		arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
-	} else {
-		touch(c, b, &k, s, 1, p.flags, now);
-	}
-	// Armed once its expiry is known, so the timer cannot find it already expired.
-	if (new_binding)
-		arm(&b->timer, &natgw_bindings, binding_timer, b->expires - now);
+	__u32 why;
+	struct binding *b = open_flow(c, &p, now, &why);
+	if (!b)
+		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
 	struct endpoint ext = b->external;
 	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
 		return drop(C_DROP_MALFORMED);
@@ -1025,7 +1345,7 @@ int natgw_ingress(struct __sk_buff *skb)
 			return pass();
 		if (r < 0)
 			return drop(C_DROP_MALFORMED);
-		skb->mark = c->mark;
+		set_mark(skb, c);
 		count(C_IN_TRANSLATED);
 		return TC_ACT_OK;
 	}
@@ -1038,50 +1358,118 @@ int natgw_ingress(struct __sk_buff *skb)
 		return pass(); // the host's own protocols and ICMP types: left alone
 	__u64 now = now_ns(c);
 	struct endpoint external = {.addr = p.dst, .port = p.dport, .proto = p.proto};
-	struct endpoint *owner = bpf_map_lookup_elem(&natgw_external, &external);
-	if (!owner)
+	struct endpoint internal;
+	if (ext_owner(&external, &internal))
 		return pass();
-	struct endpoint internal = *owner;
 	struct binding *b = live_binding(&internal, now);
 	if (!b)
 		return pass();
-	__u16 rport = p.proto == IPPROTO_ICMP ? 0 : p.sport;
-	struct session_key k = {.iaddr = internal.addr,
-				.raddr = p.src,
-				.iport = internal.port,
-				.rport = rport,
-				.proto = p.proto};
-	struct session *s = live_session(&k, now);
-	if (c->filtering == APDF && !s)
-		return drop(C_DROP_FILTERED);
-	if (c->filtering == ADF && !s) {
-		struct session_key ak = k;
-		ak.rport = 0;
-		ak.by_address = 1;
-		if (!live_session(&ak, now))
-			return drop(C_DROP_FILTERED);
-	}
-	if (p.proto == IPPROTO_TCP) {
-		if (s) {
-			touch(c, b, &k, s, 0, p.flags, now);
-		} else if (bare_syn(p.flags)) {
-			// RFC 6146 section 3.5.2.2: an admitted SYN opens a session.
-			s = create_session(&k, SYN_IN, now);
-			if (s) {
-				s->expires = now + c->tcp_transitory_ns;
-				cover(c, b, &k, s, now);
-				arm(&s->timer, &natgw_sessions, session_timer, s->expires - now);
-			}
-		}
-	}
+	__u32 why = admit(c, &p, &internal, b, now);
+	if (why)
+		return drop(why);
 	if (rewrite(skb, &p, 16, internal.addr, p.proto == IPPROTO_ICMP ? 4 : 2, internal.port))
 		return drop(C_DROP_MALFORMED);
 	if (p.more_fragments)
 		remember_fragment(skb, c, &p, 0, internal.addr, now);
 	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
-	skb->mark = c->mark;
+	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
 	return TC_ACT_OK;
+}
+
+// --- hairpinning (RFC 4787 REQ-9): a private host's packet for a public endpoint of
+// the gateway that has a binding. The kernel would deliver it locally, so it never
+// reaches the public interface: this program, at the ingress of the private
+// interfaces, translates it both ways (Nat::outbound, then Nat::hairpin) and sends it
+// to the bound private host with the sender's public endpoint as source.
+
+// A later fragment: both halves of its first fragment's translation.
+static __always_inline int hairpin_fragment(struct __sk_buff *skb, const struct config *c,
+					    struct packet *p, __u64 now)
+{
+	struct frag_key k = {};
+	frag_key_of(skb, p, 1, &k);
+	struct frag *f = bpf_map_lookup_elem(&natgw_fragments, &k);
+	if (f && f->expires <= now) {
+		bpf_map_delete_elem(&natgw_fragments, &k);
+		f = NULL;
+	}
+	if (!f)
+		return pass(); // no hairpin's: a datagram for the gateway itself
+	__u32 src = f->new_addr;
+	if (set_addr(skb, p->ip, 12, bpf_ntohl(src), 0, CSUM_PLAIN))
+		return drop(C_DROP_MALFORMED);
+	p->src = src;
+	int r = later_fragment(skb, c, p, 0);
+	if (r == 0)
+		return drop(C_DROP_NO_MAPPING);
+	if (r < 0)
+		return drop(C_DROP_MALFORMED);
+	set_mark(skb, c);
+	count(C_HAIRPINNED);
+	return deliver(skb);
+}
+
+SEC("classifier")
+int natgw_private(struct __sk_buff *skb)
+{
+	struct config *c = config();
+	if (!c)
+		return TC_ACT_OK;
+	struct packet p = {};
+	// Not IPv4, or malformed: the kernel's business (it drops what it cannot parse).
+	if (parse(skb, &p) <= 0)
+		return TC_ACT_OK;
+	// Everything but private hosts' packets for the gateway's public addresses is
+	// left alone, and not counted.
+	if (!is_pool(c, p.dst) || !is_private(c, p.src))
+		return TC_ACT_OK;
+	__u64 now = now_ns(c);
+	if (p.later_fragment)
+		return hairpin_fragment(skb, c, &p, now);
+	if (p.bad_l4)
+		return drop(C_DROP_MALFORMED);
+	if (is_icmp_error(&p)) // errors about hairpinned packets are not translated
+		return p.more_fragments ? pass() : drop(C_DROP_UNSUPPORTED);
+	// ICMP queries too: no binding has identifier 0, the remote side of one.
+	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP)
+		return pass();
+	struct endpoint target_ext = {.addr = p.dst, .port = p.dport, .proto = p.proto};
+	struct endpoint target;
+	if (ext_owner(&target_ext, &target))
+		return pass();
+	if (!live_binding(&target, now))
+		return pass(); // the gateway's own port: delivered locally
+	__u32 why;
+	struct binding *b = open_flow(c, &p, now, &why);
+	if (!b)
+		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
+	struct endpoint ext = b->external;
+	if (rewrite(skb, &p, 12, ext.addr, 0, ext.port))
+		return drop(C_DROP_MALFORMED);
+	if (p.more_fragments)
+		remember_fragment(skb, c, &p, 1, ext.addr, now);
+	// The second half: the packet, now from the sender's public endpoint, as if it had
+	// arrived on the public interface. The target is looked up again: making the
+	// sender's binding may have changed the maps.
+	struct packet q = p;
+	q.src = ext.addr;
+	q.sport = ext.port;
+	if (ext_owner(&target_ext, &target))
+		return drop(C_DROP_NO_MAPPING);
+	struct binding *tb = live_binding(&target, now);
+	if (!tb)
+		return drop(C_DROP_NO_MAPPING);
+	why = admit(c, &q, &target, tb, now);
+	if (why)
+		return drop(why);
+	if (rewrite(skb, &q, 16, target.addr, 2, target.port))
+		return drop(C_DROP_MALFORMED);
+	if (q.more_fragments)
+		remember_fragment(skb, c, &q, 0, target.addr, now);
+	set_mark(skb, c);
+	count(C_HAIRPINNED);
+	return deliver(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

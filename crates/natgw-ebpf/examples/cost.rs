@@ -1,6 +1,6 @@
 //! What one packet costs inside the programs, measured by the kernel
 //! (BPF_PROG_TEST_RUN's duration, program time only: no routing, no driver).
-//! `cargo run --release -p natgw-ebpf --example cost` as root.
+//! `cargo run --release -p natgw-ebpf --example cost [-- FILL...]` as root.
 
 use std::net::Ipv4Addr;
 
@@ -28,7 +28,17 @@ fn main() {
     // New bindings: every packet from another private endpoint, until the range is
     // `fill` full; the cost of the last 1,000 at each level.
     let mut made = 0u32;
-    for fill in [0.10, 0.50, 0.90, 0.95, 0.99] {
+    // Fill levels to measure at (fractions, ascending), e.g. `-- 0.05 0.1`.
+    let fills: Vec<f64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("a fill level such as 0.5"))
+        .collect();
+    let fills = if fills.is_empty() {
+        vec![0.10, 0.50, 0.90, 0.95, 0.99]
+    } else {
+        fills
+    };
+    for fill in fills {
         let target = (64512.0 * fill) as u32;
         let mut total = std::time::Duration::ZERO;
         let mut n = 0;

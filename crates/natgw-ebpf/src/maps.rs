@@ -17,8 +17,12 @@ pub struct BpfConfig {
     pub port_lo: u16,
     pub port_hi: u16,
     pub filtering: u32,
+    /// natgw's bits of `skb->mark` on admitted inbound packets (`mark & mark_mask`)...
     pub mark: u32,
-    pub _pad: u32,
+    /// ...and which bits are natgw's: the programs set only these and keep the others.
+    pub mark_mask: u32,
+    /// Source of the ICMP errors the programs send to private hosts (network order).
+    pub icmp_source: u32,
     pub udp_ns: u64,
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
@@ -26,9 +30,15 @@ pub struct BpfConfig {
     pub fragment_ns: u64,
     /// Nonzero: the programs' clock (tests); zero: the kernel's monotonic clock.
     pub now_ns: u64,
+    /// How often the sweeper frees expired state (it is expired at once anyway: every
+    /// lookup checks).
+    pub sweep_ns: u64,
 }
 
-// SAFETY: plain integers, `repr(C)`, no padding (the `_pad` field fills the only gap).
+/// The sweeper's default period.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 160).
 unsafe impl aya::Pod for BpfConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +54,8 @@ fn be(a: std::net::Ipv4Addr) -> u32 {
 }
 
 impl BpfConfig {
-    pub fn new(c: &Config, mark: u32) -> Result<Self, LayoutError> {
+    /// `mark` and `mark_mask`: see the fields.
+    pub fn new(c: &Config, mark: u32, mark_mask: u32) -> Result<Self, LayoutError> {
         if c.pool.len() > MAX_POOL {
             return Err(LayoutError::PoolTooLarge(c.pool.len()));
         }
@@ -75,19 +86,21 @@ impl BpfConfig {
                 Filtering::AddressAndPortDependent => 2,
             },
             mark,
-            _pad: 0,
+            mark_mask,
+            icmp_source: be(c.icmp_source),
             udp_ns: ns(c.timeouts.udp),
             tcp_established_ns: ns(c.timeouts.tcp_established),
             tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
             icmp_ns: ns(c.timeouts.icmp),
             fragment_ns: ns(c.timeouts.fragment),
             now_ns: 0,
+            sweep_ns: ns(SWEEP_INTERVAL),
         })
     }
 }
 
 /// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
-pub const COUNTERS: [&str; 12] = [
+pub const COUNTERS: [&str; 14] = [
     "out_translated",
     "in_translated",
     "passed",
@@ -100,6 +113,8 @@ pub const COUNTERS: [&str; 12] = [
     "bindings_expired",
     "sessions_created",
     "pulled",
+    "hairpinned",
+    "drop_no_route",
 ];
 
 #[cfg(test)]
@@ -108,7 +123,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 6*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 200);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 7*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 216);
     }
 }

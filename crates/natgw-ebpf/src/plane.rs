@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aya::maps::{Array, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
@@ -14,26 +14,34 @@ use crate::OBJECT;
 /// TC verdicts (linux/pkt_cls.h).
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+/// Sent elsewhere (hairpins, and ICMP errors back to private hosts).
+pub const TC_ACT_REDIRECT: u32 = 7;
 
-/// Which program: the public interface's way out or way in.
+/// Which program: the public interface's way out or way in, or the private
+/// interfaces' way in (hairpinning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Egress,
     Ingress,
+    /// `natgw_private`, at the ingress of a private interface.
+    Private,
 }
 
 impl Side {
+    pub const ALL: [Side; 3] = [Side::Egress, Side::Ingress, Side::Private];
+
     pub fn program(self) -> &'static str {
         match self {
             Self::Egress => "natgw_egress",
             Self::Ingress => "natgw_ingress",
+            Self::Private => "natgw_private",
         }
     }
 
     fn tc(self) -> TcAttachType {
         match self {
             Self::Egress => TcAttachType::Egress,
-            Self::Ingress => TcAttachType::Ingress,
+            Self::Ingress | Self::Private => TcAttachType::Ingress,
         }
     }
 }
@@ -85,6 +93,17 @@ pub struct RunResult {
     pub mark: u32,
 }
 
+/// Entries in the translation maps (see [`Plane::state_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    /// Private endpoint -> binding.
+    pub bindings: usize,
+    /// Public endpoint -> private endpoint (one per binding).
+    pub public_endpoints: usize,
+    /// TCP sessions, and filter entries of the dependent filtering modes.
+    pub sessions: usize,
+}
+
 /// The loaded (not necessarily attached) programs and their maps.
 pub struct Plane {
     ebpf: Ebpf,
@@ -99,13 +118,26 @@ const SK_BUFF_MARK: usize = 8;
 const CLOCK_BASE_NS: u64 = 1_000_000_000;
 
 impl Plane {
-    /// Loads both programs with `cfg` (`mark`: what admitted inbound packets carry).
+    /// Loads the programs with `cfg`; admitted inbound packets get `skb->mark = mark`
+    /// (the whole mark: [`Plane::load_masked`] sets only some bits).
     pub fn load(cfg: &natgw_nat::Config, mark: u32) -> Result<Self, PlaneError> {
-        let config = BpfConfig::new(cfg, mark)?;
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(PlaneError::Load)?;
+        Self::load_masked(cfg, mark, u32::MAX)
+    }
+
+    /// Loads the programs with `cfg`; admitted inbound packets get the bits `mask` of
+    /// their mark set to `mark`'s and keep the others (`meta mark & mask == mark`).
+    pub fn load_masked(cfg: &natgw_nat::Config, mark: u32, mask: u32) -> Result<Self, PlaneError> {
+        let config = BpfConfig::new(cfg, mark & mask, mask)?;
+        // One entry per public port of each pool address and protocol (the program
+        // declares room for the largest pool).
+        let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("natgw_ports", ports)
+            .load(OBJECT)
+            .map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
         plane.write_config()?;
-        for side in [Side::Egress, Side::Ingress] {
+        for side in Side::ALL {
             plane
                 .program(side)?
                 .load()
@@ -142,9 +174,58 @@ impl Plane {
         self.write_config()
     }
 
+    /// How often the sweeper walks the maps and frees expired state (default 1 s).
+    pub fn set_sweep_interval(&mut self, every: Duration) -> Result<(), PlaneError> {
+        self.config.sweep_ns = (every.as_nanos() as u64).max(1);
+        self.write_config()
+    }
+
+    /// How many entries the translation maps hold now (expired ones until the sweeper
+    /// or a lookup frees them): for `doctor` and `status` ("maps filling").
+    pub fn state_sizes(&self) -> Result<StateSizes, PlaneError> {
+        Ok(StateSizes {
+            bindings: self.entries::<8, 16>("natgw_bindings")?,
+            public_endpoints: self.public_endpoints()?,
+            sessions: self.entries::<16, 16>("natgw_sessions")?,
+        })
+    }
+
+    /// The ports held, summed over addresses and protocols (natgw_ranges' `used`).
+    fn public_endpoints(&self) -> Result<usize, PlaneError> {
+        let name = "natgw_ranges";
+        let map = self.ebpf.map(name).ok_or(PlaneError::Missing(name))?;
+        let a: Array<_, [u64; 2]> =
+            Array::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        let mut used = 0;
+        for r in a.iter() {
+            used += r.map_err(|source| PlaneError::Map { name, source })?[0];
+        }
+        Ok(used as usize)
+    }
+
+    fn entries<const K: usize, const V: usize>(
+        &self,
+        name: &'static str,
+    ) -> Result<usize, PlaneError> {
+        let map = self.ebpf.map(name).ok_or(PlaneError::Missing(name))?;
+        let m: HashMap<_, [u8; K], [u8; V]> =
+            HashMap::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        Ok(m.keys().filter(Result::is_ok).count())
+    }
+
     /// Runs one Ethernet frame through a program, as the kernel would on that side.
     pub fn run(&mut self, side: Side, frame: &[u8]) -> Result<RunResult, PlaneError> {
         self.run_timed(side, frame, 1).map(|(r, _)| r)
+    }
+
+    /// Runs a frame that arrives with `skb->mark = mark` (other software's bits).
+    pub fn run_with_mark(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        mark: u32,
+    ) -> Result<RunResult, PlaneError> {
+        self.test_run(side, frame, 1, mark).map(|(r, _)| r)
     }
 
     /// Runs a frame `repeat` times; also returns the kernel's average time per run.
@@ -154,8 +235,23 @@ impl Plane {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(RunResult, Duration), PlaneError> {
+        self.test_run(side, frame, repeat, 0)
+    }
+
+    /// BPF_PROG_TEST_RUN. Redirects (hairpins, ICMP errors to private hosts) are only
+    /// reported, never carried out; their route lookup happens in the calling thread's
+    /// network namespace, on its loopback device.
+    fn test_run(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        repeat: u32,
+        mark: u32,
+    ) -> Result<(RunResult, Duration), PlaneError> {
+        // Room for an ICMP error that quotes a short packet.
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx_in = [0u8; SK_BUFF_LEN];
+        let mut ctx_in = [0u8; SK_BUFF_LEN];
+        ctx_in[SK_BUFF_MARK..SK_BUFF_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
         let mut ctx_out = [0u8; SK_BUFF_LEN];
         let name = side.program();
         let r = self
@@ -187,15 +283,27 @@ impl Plane {
     /// have it, clsact otherwise): egress after routing, ingress before it. They stay
     /// attached as long as this `Plane` lives. Call it inside the interface's namespace.
     pub fn attach(&mut self, ifname: &str) -> Result<(), PlaneError> {
-        for side in [Side::Egress, Side::Ingress] {
-            self.program(side)?
-                .attach(ifname, side.tc())
-                .map_err(|source| PlaneError::Program {
-                    name: side.program(),
-                    source,
-                })?;
-        }
+        self.attach_side(ifname, Side::Egress)?;
+        self.attach_side(ifname, Side::Ingress)
+    }
+
+    fn attach_side(&mut self, ifname: &str, side: Side) -> Result<(), PlaneError> {
+        self.program(side)?
+            .attach(ifname, side.tc())
+            .map_err(|source| PlaneError::Program {
+                name: side.program(),
+                source,
+            })?;
         Ok(())
+    }
+
+    /// Attaches `natgw_private` (hairpinning, RFC 4787 REQ-9) at the ingress of the
+    /// private interface `ifname` (TCX, or clsact), once per private interface. It
+    /// stays attached as long as this `Plane` lives. Call it inside the interface's
+    /// namespace. The interfaces' packets that are not for a pool address pass
+    /// untouched.
+    pub fn attach_private(&mut self, ifname: &str) -> Result<(), PlaneError> {
+        self.attach_side(ifname, Side::Private)
     }
 
     /// The counters, summed over CPUs.

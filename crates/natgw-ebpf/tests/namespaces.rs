@@ -2,7 +2,9 @@
 //! traffic between namespaces (no nftables, no conntrack: the translation is theirs
 //! alone): endpoint-independent mapping with port preservation, endpoint-independent
 //! filtering, unsolicited inbound dropped under address-and-port-dependent filtering,
-//! TCP through the translator, and nothing left attached once the plane is dropped.
+//! TCP through the translator, hairpinning between two private hosts (natgw_private on
+//! the private interface), ICMP 3/13 to a host that gets no port, and nothing left
+//! attached once the plane is dropped.
 //!
 //! Root only; skips with a message otherwise, never under CI.
 
@@ -16,37 +18,49 @@ use std::time::Duration;
 
 use natgw_ebpf::plane::attached;
 use natgw_ebpf::{Plane, Side};
-use natgw_lab::{in_netns, Lab, Spec, HEAD_PUBLIC, SERVER, SERVER_ALT};
+use natgw_lab::{in_netns, Lab, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY, SERVER, SERVER_ALT};
 use natgw_nat::{Config, Filtering, Timeouts};
 
 const WAN: &str = "wan0";
+const LAN: &str = "lan0";
 
 fn lab() -> Lab {
+    lab_of(1)
+}
+
+fn lab_of(nodes: usize) -> Lab {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
         "ngwe{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let lab = Lab::build(&name, Spec::nodes(1)).expect("build lab");
+    let lab = Lab::build(&name, Spec::nodes(nodes)).expect("build lab");
     lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
     lab
 }
 
 /// The plane, loaded and attached inside the headnode.
 fn attach(lab: &Lab, filtering: Filtering) -> Plane {
+    // Below the headnode's own ephemeral ports.
+    attach_with(lab, filtering, 1024..=32767)
+}
+
+/// The plane with this port range, on the public interface and (hairpinning) on
+/// the private one.
+fn attach_with(lab: &Lab, filtering: Filtering, ports: std::ops::RangeInclusive<u16>) -> Plane {
     let cfg = Config {
         private: vec!["10.0.0.0/24".parse().unwrap()],
         pool: vec![HEAD_PUBLIC],
-        // Below the headnode's own ephemeral ports.
-        ports: 1024..=32767,
+        ports,
         filtering,
         timeouts: Timeouts::default(),
-        icmp_source: Ipv4Addr::new(10, 0, 0, 1),
+        icmp_source: PRIVATE_GATEWAY,
     };
     in_netns(&lab.ns("head"), move || {
         let mut p = Plane::load(&cfg, 0x4e47).unwrap();
         p.attach(WAN).unwrap();
+        p.attach_private(LAN).unwrap();
         p
     })
     .unwrap()
@@ -109,11 +123,13 @@ fn full_cone_udp_through_the_attached_programs() {
     in_netns(&lab.ns("head"), move || {
         assert_eq!(attached(WAN, Side::Egress).unwrap(), ["natgw_egress"]);
         assert_eq!(attached(WAN, Side::Ingress).unwrap(), ["natgw_ingress"]);
+        assert_eq!(attached(LAN, Side::Private).unwrap(), ["natgw_private"]);
         drop(plane);
         // Closing the last link descriptor detaches; the kernel may finish it a moment later.
         let detached = || {
             attached(WAN, Side::Egress).unwrap().is_empty()
                 && attached(WAN, Side::Ingress).unwrap().is_empty()
+                && attached(LAN, Side::Private).unwrap().is_empty()
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while !detached() && std::time::Instant::now() < deadline {
@@ -312,4 +328,90 @@ fn fragmented_datagrams_cross_both_ways() {
     assert_eq!((&buf[..n], from), (&big[..], (SERVER, 7000).into()));
     let c = plane.counters().unwrap();
     assert!(c["out_translated"] >= 3 && c["in_translated"] >= 3, "{c:?}");
+}
+
+/// Hairpinning (RFC 4787 REQ-9): n2 reaches n1 at n1's public endpoint, and n1 sees
+/// n2's public endpoint as the source, both ways; what is for the gateway's own
+/// address and no binding reaches the headnode untouched.
+#[test]
+fn a_private_host_reaches_another_at_its_public_endpoint() {
+    if !root_or_skip("a_private_host_reaches_another_at_its_public_endpoint") {
+        return;
+    }
+    let lab = lab_of(2);
+    let plane = attach(&lab, Filtering::EndpointIndependent);
+    let n1 = udp_in(&lab, "n1", SocketAddrV4::new(Lab::node_address(1), 4500));
+    let n2 = udp_in(&lab, "n2", SocketAddrV4::new(Lab::node_address(2), 4600));
+    let server = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, 7000));
+    // n1 learns its public endpoint (a STUN client would, from the server's answer).
+    let public1 = SocketAddr::from((HEAD_PUBLIC, 4500));
+    n1.send_to(b"who am I", (SERVER, 7000)).unwrap();
+    assert_eq!(recv(&server), Some((b"who am I".to_vec(), public1)));
+    // n2 sends to it: n1 gets the datagram from n2's public endpoint...
+    let public2 = SocketAddr::from((HEAD_PUBLIC, 4600));
+    n2.send_to(b"hi n1", public1).unwrap();
+    assert_eq!(recv(&n1), Some((b"hi n1".to_vec(), public2)));
+    // ...and its answer to that endpoint reaches n2 from n1's public endpoint.
+    n1.send_to(b"hi n2", public2).unwrap();
+    assert_eq!(recv(&n2), Some((b"hi n2".to_vec(), public1)));
+    assert_eq!(plane.counters().unwrap()["hairpinned"], 2);
+    // A port of the gateway's own, no binding: delivered to the headnode as sent.
+    let own = udp_in(&lab, "head", SocketAddrV4::new(HEAD_PUBLIC, 33999));
+    n2.send_to(b"to the gateway", (HEAD_PUBLIC, 33999)).unwrap();
+    assert_eq!(
+        recv(&own),
+        Some((
+            b"to the gateway".to_vec(),
+            (Lab::node_address(2), 4600).into()
+        ))
+    );
+    assert_eq!(plane.counters().unwrap()["hairpinned"], 2);
+}
+
+/// No public port left (RFC 4787 REQ-3 forbids sharing one): the sender is told with
+/// ICMP destination unreachable, code 13, from the gateway, instead of silence.
+#[test]
+fn a_host_that_gets_no_port_is_told_so() {
+    if !root_or_skip("a_host_that_gets_no_port_is_told_so") {
+        return;
+    }
+    let lab = lab_of(2);
+    // One public port, which n1 takes.
+    let plane = attach_with(&lab, Filtering::EndpointIndependent, 4500..=4500);
+    let n1 = udp_in(&lab, "n1", SocketAddrV4::new(Lab::node_address(1), 4500));
+    let server = udp_in(&lab, "pub", SocketAddrV4::new(SERVER, 7000));
+    n1.send_to(b"mine", (SERVER, 7000)).unwrap();
+    assert_eq!(
+        recv(&server),
+        Some((b"mine".to_vec(), (HEAD_PUBLIC, 4500).into()))
+    );
+    let (icmp, err) = in_netns(&lab.ns("n2"), || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let s = UdpSocket::bind(SocketAddrV4::new(Lab::node_address(2), 4600)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.connect((SERVER, 7000)).unwrap();
+        s.send(b"and me?").unwrap();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+        let n = raw.recv(&mut buf).unwrap();
+        // SAFETY: recv initialised the first n bytes.
+        let icmp: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let mut data = [0u8; 64];
+        (icmp, s.recv(&mut data).unwrap_err().raw_os_error())
+    })
+    .unwrap();
+    // From the gateway's private address, type 3 code 13, quoting n2's datagram.
+    assert_eq!(icmp[12..16], PRIVATE_GATEWAY.octets(), "{icmp:02x?}");
+    assert_eq!((icmp[20], icmp[21]), (3, 13), "{icmp:02x?}");
+    assert_eq!(icmp[28 + 12..28 + 16], Lab::node_address(2).octets());
+    assert_eq!(icmp[48..52], [0x11, 0xf8, 0x1b, 0x58], "ports 4600 -> 7000");
+    // Code 13 is EHOSTUNREACH on a connected socket (the kernel's icmp_err_convert).
+    assert_eq!(err, Some(113), "EHOSTUNREACH expected");
+    assert_eq!(recv(&server), None, "nothing of n2 got out");
+    let c = plane.counters().unwrap();
+    assert_eq!((c["drop_no_port"], c["drop_no_route"]), (1, 0), "{c:?}");
 }

@@ -182,6 +182,9 @@ impl Nat {
                 Verdict::Forward(buf)
             }
             Ok(Kind::IcmpError) => self.outbound_error(&h, buf),
+            // Other protocols to the gateway's own address are the host's (they are
+            // delivered locally, nothing to translate); elsewhere they are not carried.
+            Ok(Kind::Other) if self.cfg.is_pool(h.dst) => Verdict::Pass,
             Ok(Kind::Other) => Verdict::Drop(DropReason::Unsupported),
         }
     }
@@ -337,10 +340,11 @@ impl Nat {
 
     /// Later fragments take the first fragment's translation. One that comes before
     /// its first fragment finds nothing: dropped going out (it would leak a private
-    /// address), left to the host coming in. Nothing is buffered.
+    /// address), left to the host coming in or when it is for the gateway's own address
+    /// (a datagram for the host, not a hairpin). Nothing is buffered.
     fn later_fragment(&mut self, out: bool, h: &Ipv4, mut buf: Vec<u8>, now: Duration) -> Verdict {
         let Some(e) = self.frags.get(&frag_key(out, h)).copied() else {
-            return if out {
+            return if out && !self.cfg.is_pool(h.dst) {
                 Verdict::Drop(DropReason::FragmentWithoutFirst)
             } else {
                 Verdict::Pass

@@ -546,3 +546,32 @@ fn proto_views_report_bindings() {
     assert_eq!((b.proto, b.internal), (Proto::Udp, host(2, 1)));
     assert_eq!(n.external(Proto::Udp, host(2, 1)), Some(b.external));
 }
+
+/// What a private host sends to the gateway's own public address without a binding
+/// there is the host's (delivered locally), whatever its protocol or fragmentation.
+#[test]
+fn traffic_for_the_gateways_own_address_is_left_to_the_host() {
+    let mut n = nat(Filtering::EndpointIndependent);
+    let a = host(2, 40000);
+    let own = Endpoint::new(POOL[0], 22);
+    assert_eq!(n.outbound(&tcp(a, own, SYN, b""), secs(0)), Verdict::Pass);
+    assert_eq!(
+        n.outbound(&echo(a.addr, POOL[0], 8, 7, 1), secs(0)),
+        Verdict::Pass
+    );
+    let mut gre = udp(a, own, b"");
+    gre[9] = 47;
+    wire::fill_checksums(&mut gre).unwrap();
+    assert_eq!(n.outbound(&gre, secs(0)), Verdict::Pass);
+    let (first, second) = fragment(&udp(a, own, &[1u8; 64]), 32);
+    assert_eq!(n.outbound(&first, secs(0)), Verdict::Pass);
+    assert_eq!(n.outbound(&second, secs(0)), Verdict::Pass);
+    assert!(n.bindings().is_empty());
+    // The same to a remote address is not carried.
+    gre[16..20].copy_from_slice(&remote(1, 0).addr.octets());
+    wire::fill_checksums(&mut gre).unwrap();
+    assert_eq!(
+        n.outbound(&gre, secs(0)),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+}
