@@ -342,20 +342,12 @@ fn bench(
                                 break;
                             }
                         };
-                        let forwarded = || -> anyhow::Result<u64> {
-                            let r = rig(setup);
-                            Ok(r.forwarded.rx_packets()? + r.returned.rx_packets()?)
-                        };
-                        let before = forwarded()?;
                         match flood {
                             None => measure::new_flows(rig(setup), &cpus, &params)?,
                             Some(size) => measure::established(rig(setup), &cpus, &params, size)?,
                         };
-                        let packets = forwarded()?.saturating_sub(before);
                         match recording.finish() {
-                            Ok(profile) => {
-                                by_setup.insert(setup.name(), profile.with_packets(packets))
-                            }
+                            Ok(profile) => by_setup.insert(setup.name(), profile),
                             Err(e) => {
                                 notes.push(format!("--profile: {e:#}"));
                                 break;

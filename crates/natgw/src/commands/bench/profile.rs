@@ -89,17 +89,13 @@ const STAGES: [(&str, &[&str]); 6] = [
     ),
 ];
 
-/// One sample per this much CPU time (cpu-clock counts nanoseconds), so that samples
-/// convert to time exactly.
-pub const SAMPLE_PERIOD_NS: u64 = 250_000;
-
 /// A sample belongs to packet processing when its chain passes through one of these.
 const PACKET_PROCESSING: [&str; 3] = ["net_rx_action", "process_backlog", "__netif_receive_skb"];
 
 /// What one flood cost the gateway's CPU.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
-    /// Samples on the gateway's CPU during the flood (one per 250 µs of CPU time).
+    /// Samples on the gateway's CPU during the flood (perf samples 4,000 times a second).
     pub samples: u64,
     /// Of those, samples in packet processing (softirq receive path).
     pub packet_samples: u64,
@@ -110,21 +106,6 @@ pub struct Profile {
     /// Inside the rules: what `nft_do_chain` spent its samples on (the expression it
     /// called, or itself), in percent of packet-processing samples.
     pub rules_top: Vec<(String, f64)>,
-    /// Packets the gateway forwarded while it was recorded.
-    pub packets: u64,
-    /// Its packet-processing CPU time per forwarded packet, in nanoseconds: a cost that
-    /// does not depend on whether the generator saturated the gateway.
-    pub ns_per_packet: Option<f64>,
-}
-
-impl Profile {
-    /// Adds what the gateway forwarded during the recording.
-    pub fn with_packets(mut self, packets: u64) -> Self {
-        self.packets = packets;
-        self.ns_per_packet =
-            (packets > 0).then(|| (self.packet_samples * SAMPLE_PERIOD_NS) as f64 / packets as f64);
-        self
-    }
 }
 
 /// `perf record` running on one CPU until stopped.
@@ -136,9 +117,7 @@ pub struct Recording {
 impl Recording {
     pub fn start(cpu: usize, path: &Path) -> anyhow::Result<Recording> {
         let child = Command::new("perf")
-            .args(["record", "-q", "-e", "cpu-clock", "-c"])
-            .arg(SAMPLE_PERIOD_NS.to_string())
-            .args(["-g", "-C"])
+            .args(["record", "-q", "-e", "cpu-clock", "-g", "-C"])
             .arg(cpu.to_string())
             .arg("-o")
             .arg(path)
@@ -256,8 +235,6 @@ pub fn summarise(script: &str) -> Profile {
         stages: stages.into_iter().map(|(s, n)| (s, percent(n))).collect(),
         top: busiest(leaves),
         rules_top: busiest(in_rules),
-        packets: 0,
-        ns_per_packet: None,
     }
 }
 
@@ -293,7 +270,5 @@ mod tests {
         assert_eq!(p.stages["device, RPS and skb"], 33.3);
         assert_eq!(p.top.len(), 3);
         assert_eq!(p.rules_top, [("nft_meta_get_eval".to_string(), 33.3)]);
-        // 3 samples of 250 µs over 1,000 packets.
-        assert_eq!(p.with_packets(1_000).ns_per_packet, Some(750.0));
     }
 }

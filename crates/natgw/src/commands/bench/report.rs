@@ -236,14 +236,6 @@ pub fn profiles(
             out.push_str(&format!("{:>10}", by_setup[**setup].packet_samples));
         }
         out.push('\n');
-        out.push_str(&format!("{:<32}", "CPU per forwarded packet (ns)"));
-        for setup in &setups {
-            match by_setup[**setup].ns_per_packet {
-                Some(ns) => out.push_str(&format!("{:>10.0}", ns)),
-                None => out.push_str(&format!("{:>10}", "—")),
-            }
-        }
-        out.push('\n');
         for (setup, profile) in by_setup {
             let top: Vec<String> = profile
                 .top
