@@ -52,7 +52,7 @@ impl Setup {
                 "natgw up with snat_to = [\"{GATEWAY_PUBLIC}\", \"{GATEWAY_PUBLIC_2}\"], port_selection = \"random\""
             ),
             Setup::Ebpf => format!(
-                "ip_forward=1 and natgw's eBPF translator at TCX of {GATEWAY_PUBLIC_IF} (endpoint-independent, to {GATEWAY_PUBLIC}, ports 1024-65535); no rules, no conntrack"
+                "ip_forward=1 and natgw's eBPF translator at TCX of {GATEWAY_PUBLIC_IF} and {GATEWAY_PRIVATE_IF} (endpoint-independent, paired pooling over {EBPF_POOL_SIZE} addresses from {GATEWAY_PUBLIC}, ports 1024-65535); no rules, no conntrack"
             ),
         }
     }
@@ -150,7 +150,7 @@ fn ebpf_plane(net: &BenchNet) -> anyhow::Result<natgw_ebpf::Plane> {
             sources().parse().context("the sources prefix")?,
             "10.0.0.0/24".parse().context("the gateway's network")?,
         ],
-        pool: vec![GATEWAY_PUBLIC],
+        pool: ebpf_pool(),
         ports: 1024..=65535,
         filtering: natgw_nat::Filtering::EndpointIndependent,
         timeouts: natgw_nat::Timeouts::default(),
@@ -159,6 +159,7 @@ fn ebpf_plane(net: &BenchNet) -> anyhow::Result<natgw_ebpf::Plane> {
     natgw_lab::in_netns(&net.ns("gw"), move || {
         let mut plane = natgw_ebpf::Plane::load(&cfg, 1)?;
         plane.attach(GATEWAY_PUBLIC_IF)?;
+        plane.attach_private(GATEWAY_PRIVATE_IF)?;
         Ok::<_, natgw_ebpf::PlaneError>(plane)
     })?
     .map_err(anyhow::Error::from)
@@ -169,9 +170,15 @@ fn ebpf_plane(net: &BenchNet) -> anyhow::Result<natgw_ebpf::Plane> {
 fn wait_detached(net: &BenchNet) -> anyhow::Result<()> {
     let attached = || {
         natgw_lab::in_netns(&net.ns("gw"), || {
-            [natgw_ebpf::Side::Egress, natgw_ebpf::Side::Ingress]
+            natgw_ebpf::Side::ALL
                 .iter()
-                .map(|side| natgw_ebpf::plane::attached(GATEWAY_PUBLIC_IF, *side).map(|p| p.len()))
+                .map(|&side| {
+                    let ifname = match side {
+                        natgw_ebpf::Side::Private => GATEWAY_PRIVATE_IF,
+                        _ => GATEWAY_PUBLIC_IF,
+                    };
+                    natgw_ebpf::plane::attached(ifname, side).map(|p| p.len())
+                })
                 .sum::<Result<usize, _>>()
         })
     };
@@ -185,6 +192,20 @@ fn wait_detached(net: &BenchNet) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The eBPF translator's pool. Endpoint-independent mapping gives every private
+/// endpoint its own public port, and every packet of a new-flow window is a new
+/// endpoint: one address (64,512 ports) would run out within a window at the rates
+/// measured, and the figure would measure the port budget, not the programs. Hosts are
+/// spread over the pool by paired pooling.
+pub const EBPF_POOL_SIZE: u8 = 4;
+
+fn ebpf_pool() -> Vec<std::net::Ipv4Addr> {
+    let [a, b, c, d] = GATEWAY_PUBLIC.octets();
+    (0..EBPF_POOL_SIZE)
+        .map(|i| std::net::Ipv4Addr::new(a, b, c, d + i))
+        .collect()
 }
 
 fn sources() -> String {
@@ -204,6 +225,15 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
                 &["route", "add", &sources(), "via", &GENERATOR.to_string()],
             )?;
             net.sysctl("gw", "net.ipv4.ip_forward", "1")?;
+            if setup == Setup::Ebpf {
+                // The pool's other addresses, so that the gateway answers for them.
+                for addr in ebpf_pool().iter().skip(1) {
+                    net.ip(
+                        "gw",
+                        &["addr", "add", &format!("{addr}/24"), "dev", GATEWAY_PUBLIC_IF],
+                    )?;
+                }
+            }
             if setup == Setup::Recipe {
                 net.exec(
                     "gw",
