@@ -39,6 +39,9 @@ pub struct Desired {
     /// Outbound IPv6 for the private nodes; `None` leaves IPv6 alone (mode `off`).
     #[serde(default)]
     pub ipv6: Option<Ipv6Gateway>,
+    /// Which data plane translates IPv4 (IPv6 stays on nftables either way).
+    #[serde(default)]
+    pub dataplane: crate::dataplane::DataplaneSpec,
 }
 
 /// The IPv6 side of the gateway.

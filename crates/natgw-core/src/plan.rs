@@ -274,6 +274,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            dataplane: Default::default(),
             ipv6: None,
         }
     }
