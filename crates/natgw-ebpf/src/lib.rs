@@ -18,6 +18,7 @@
 //! counts `drop_no_port`).
 
 pub mod maps;
+pub mod pin;
 pub mod plane;
 
 pub use maps::{BpfConfig, LayoutError, COUNTERS};

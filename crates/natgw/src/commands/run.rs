@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use natgw_core::{Desired, Settings, SnatMode};
-use natgw_linux::dataplane::Nftables;
+use natgw_linux::dataplane::Dataplane;
 use natgw_linux::events::Events;
 use natgw_linux::netlink::Netlink;
 use natgw_linux::state_store::{self, StateError};
@@ -55,7 +55,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
     let mut tracker = start_observing(observe, settings.log_mappings, &figures)?;
     let mut daemon = Daemon {
         netlink: gateway::connect()?,
-        dataplane: natgw_linux::dataplane::current(),
+        dataplane: gateway::select(&settings, false, args),
         settings,
         forwarding: Vec::new(),
         last_problem: None,
@@ -160,7 +160,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
 
 struct Daemon {
     netlink: Netlink,
-    dataplane: Nftables,
+    dataplane: Box<dyn Dataplane>,
     settings: Settings,
     /// The forwarding sysctls of the last desired gateway, for the cheap poll.
     forwarding: Vec<(String, String)>,
@@ -213,7 +213,7 @@ impl Daemon {
     fn try_reconcile(&mut self) -> Result<Option<String>, String> {
         let text = |f: exit::Failure| format!("{:#}", f.error);
         let _lock = gateway::lock("run").map_err(text)?;
-        let observed = gateway::observe(&self.netlink, &self.dataplane).map_err(text)?;
+        let observed = gateway::observe(&self.netlink, self.dataplane.as_ref()).map_err(text)?;
         if let Some(problem) = &observed.state_problem {
             return Err(format!("{problem}; run `natgw down` to recover"));
         }
@@ -244,7 +244,7 @@ impl Daemon {
                 &settings,
                 &desired,
                 &self.netlink,
-                &self.dataplane,
+                self.dataplane.as_ref(),
                 false,
             )
             .map_err(|f| {
@@ -296,8 +296,8 @@ impl Daemon {
     fn down(&self) -> exit::Result<i32> {
         let _lock = gateway::lock("run --down-on-exit")?;
         let observed =
-            natgw_linux::observe(&self.netlink, &self.dataplane).map_err(exit::problem)?;
-        let report = natgw_linux::teardown(&observed, &self.netlink, &self.dataplane);
+            natgw_linux::observe(&self.netlink, self.dataplane.as_ref()).map_err(exit::problem)?;
+        let report = natgw_linux::teardown(&observed, &self.netlink, self.dataplane.as_ref());
         for line in &report.errors {
             error!(error = %line, "could not undo");
         }

@@ -62,7 +62,13 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     }
     if !dry_run && !plan.is_empty() {
         apply_and_verify(
-            &plan, &observed, &settings, &desired, &netlink, &dataplane, true,
+            &plan,
+            &observed,
+            &settings,
+            &desired,
+            &netlink,
+            dataplane.as_ref(),
+            true,
         )?;
     } else if !dry_run {
         // Nothing to change is a claim too: the gateway must still work.

@@ -384,3 +384,47 @@ pub fn foreign_snat(lab: &Lab, table: &str, l4proto: &str, translation: &str) {
     rule.extend(translation.split_whitespace());
     in_ns(lab, "head", &rule);
 }
+
+/// natgw's STUN server (RFC 5780: two addresses) on the lab's public server.
+pub fn natgw_stun_server(lab: &Lab) -> Background {
+    spawn_in(
+        lab,
+        "pub",
+        env!("CARGO_BIN_EXE_natgw"),
+        &[
+            "stun-server",
+            "--listen",
+            "198.51.100.10",
+            "--alt",
+            "198.51.100.11",
+        ],
+    )
+}
+
+/// The bpffs where natgw pins the eBPF data plane, mounted in this (the host's) mount
+/// namespace: each `ip netns exec` gets a mount namespace of its own, and a bpffs that
+/// natgw mounted in there would end with it, taking the pinned programs along.
+pub fn host_bpffs() {
+    let path = std::path::Path::new("/run/natgw/bpffs");
+    let is_bpffs = || {
+        Command::new("stat")
+            .args(["-f", "-c", "%T", "/run/natgw/bpffs"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+    };
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if is_bpffs() {
+        return;
+    }
+    std::fs::create_dir_all(path).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "-o", "mode=0700", "bpf", "/run/natgw/bpffs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || is_bpffs(),
+        "mount bpffs: {}",
+        text(&out)
+    );
+}

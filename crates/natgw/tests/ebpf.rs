@@ -1,0 +1,284 @@
+//! End-to-end tests of `dataplane = "ebpf"`: natgw's own translator attached by
+//! `natgw up` to the lab headnode's public interface, driven through the binary.
+//! Root only; skipped with a message without it, except under CI=true.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod common;
+
+use common::*;
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
+
+/// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
+/// mounted where natgw pins.
+fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
+    let lab = lab_or_skip(test, spec)?;
+    host_bpffs();
+    let config = scratch(&lab, "ebpf").join("natgw.toml");
+    std::fs::write(
+        &config,
+        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n{extra}"),
+    )
+    .unwrap();
+    Some((lab, config))
+}
+
+fn up(lab: &Lab, config: &std::path::Path) -> std::process::Output {
+    natgw(lab, &["up", "--config", config.to_str().unwrap()])
+}
+
+/// The natgw programs attached (TCX) to the headnode's wan0, by `bpftool`-free means:
+/// natgw's own status.
+fn ebpf_status(lab: &Lab) -> serde_json::Value {
+    let out = natgw(lab, &["status", "--json"]);
+    json(&out)
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["ebpf"]["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no eBPF counter {name}: {status}"))
+}
+
+/// Objects pinned for the headnode's namespace (seen from the host's mount
+/// namespace): its directory on the bpffs is named like its state directory.
+fn pinned(lab: &Lab) -> Vec<String> {
+    let state = state_path(lab);
+    let name = state.parent().unwrap().file_name().unwrap();
+    let dir = std::path::Path::new("/run/natgw/bpffs").join(name);
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing",
+        Spec::default(),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let before = headnode_snapshot(&lab);
+    let out = up(&lab, &config);
+    assert_exit(&out, 0);
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("dataplane:  ebpf (filtering endpoint-independent, ports 61000-65535"),
+        "{printed}"
+    );
+    // The table has no IPv4 NAT: the programs translate.
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(!table.contains("snat ip to"), "{table}");
+    assert!(
+        table.contains("meta mark & 0x0f000000 == 0x0a000000"),
+        "{table}"
+    );
+
+    for node in ["n1", "n2"] {
+        assert_translated(&lab, node, IpAddr::V4(HEAD_PUBLIC));
+    }
+    // The headnode's public address answers ping from a node only if translated.
+    in_ns(&lab, "n1", &["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
+
+    // `up` has exited; the programs stay attached and status reopens them.
+    let status = ebpf_status(&lab);
+    assert_eq!(status["dataplane"], "ebpf", "{status}");
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_eq!(
+        status["ebpf"]["attached"],
+        serde_json::json!(["natgw_egress", "natgw_ingress"]),
+        "{status}"
+    );
+    // Two nodes, TCP and UDP each, plus one ping: at least 5 bindings made.
+    assert!(counter(&status, "bindings_created") >= 5, "{status}");
+    let mut objects = pinned(&lab);
+    objects.sort();
+    assert_eq!(
+        objects,
+        [
+            "link_egress",
+            "link_ingress",
+            "natgw_bindings",
+            "natgw_config",
+            "natgw_counters",
+            "natgw_external",
+            "natgw_fragments",
+            "natgw_sessions"
+        ]
+    );
+    assert!(counter(&status, "in_translated") >= 5, "{status}");
+    assert!(
+        status["ebpf"]["bindings"]["udp"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert_eq!(status["ebpf"]["bindings_capacity"], 4536, "{status}");
+
+    // A second `up` changes nothing and keeps the bindings (no reload).
+    let created = counter(&status, "bindings_created");
+    let again = up(&lab, &config);
+    assert_exit(&again, 0);
+    assert!(
+        stdout(&again).contains("no changes: the gateway is already in place"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+
+    let down = natgw(&lab, &["down"]);
+    assert_exit(&down, 0);
+    assert!(
+        stdout(&down).contains("detach the eBPF programs"),
+        "{}",
+        text(&down)
+    );
+    // Nothing attached, nothing pinned, no table, the namespace as it was.
+    let attached = in_ns(
+        &lab,
+        "head",
+        &["tc", "filter", "show", "dev", "wan0", "ingress"],
+    );
+    assert!(attached.trim().is_empty(), "{attached}");
+    let links = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("head"),
+            "ip",
+            "link",
+            "show",
+            "wan0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("prog/"),
+        "{}",
+        text(&links)
+    );
+    assert_eq!(
+        pinned(&lab),
+        Vec::<String>::new(),
+        "every pinned object removed"
+    );
+    let dir = status["ebpf"]["pin_dir"].as_str().unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} removed");
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn ebpf_bad_config_is_exit_2_with_nothing_changed() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_bad_config_is_exit_2_with_nothing_changed",
+        Spec::nodes(1),
+        "masquerade = true\n",
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(":3: dataplane = \"ebpf\" does not support masquerade yet"),
+        "{}",
+        text(&out)
+    );
+    // A range over the headnode's own ephemeral ports, its address being the pool.
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
+    std::fs::write(&config, format!("{base}port_range = \"40000-50000\"\n")).unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("overlaps this host's own ephemeral ports 32768-60999"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&config, format!("{base}filtering = \"cone\"\n")).unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(":4:"), "{}", text(&out));
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+}
+
+/// `natgw up` with the eBPF plane and `extra` config, then natgw's RFC 5780 probe
+/// from n1 against natgw's STUN server; the lab stays up for more checks.
+fn probed(test: &str, extra: &str) -> Option<(Lab, serde_json::Value)> {
+    let (lab, config) = ebpf_lab(test, Spec::nodes(1), extra)?;
+    assert_exit(&up(&lab, &config), 0);
+    let report = {
+        let _server = natgw_stun_server(&lab);
+        let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10:3478"]);
+        assert_exit(&out, 0);
+        report
+    };
+    Some((lab, report))
+}
+
+#[test]
+fn ebpf_probe_classifies_endpoint_independent_mapping_and_filtering() {
+    let Some((lab, report)) = probed(
+        "ebpf_probe_classifies_endpoint_independent_mapping_and_filtering",
+        "",
+    ) else {
+        return;
+    };
+    let b = &report["stun"]["behaviour"];
+    let mapped: SocketAddr = b["mapped"].as_str().unwrap().parse().unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC), "{report}");
+    assert_eq!(b["mapping"], "endpoint-independent", "{report}");
+    assert_eq!(b["filtering"], "endpoint-independent", "{report}");
+    assert!(
+        (61000..=65535).contains(&mapped.port()),
+        "a port of the eBPF range: {mapped}"
+    );
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_port_dependent_filtering_drops_unsolicited_inbound() {
+    let Some((lab, report)) = probed(
+        "ebpf_port_dependent_filtering_drops_unsolicited_inbound",
+        "filtering = \"address-and-port-dependent\"\nport_range = \"61000-65535\"\n",
+    ) else {
+        return;
+    };
+    assert_eq!(
+        report["stun"]["behaviour"]["filtering"], "address-and-port-dependent",
+        "{report}"
+    );
+    let status = ebpf_status(&lab);
+    // The probe's change requests come from another address and port: filtered.
+    assert!(counter(&status, "drop_filtered") >= 1, "{status}");
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_tcp_from_a_node_is_not_reachable_unsolicited() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_tcp_from_a_node_is_not_reachable_unsolicited",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    // A listener on the node, no binding for it: nothing from outside reaches it, even
+    // with the upstream routing the private network to the headnode.
+    let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
+    let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
+    lab.route_private_from_upstream().unwrap();
+    assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(800)).is_err());
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
