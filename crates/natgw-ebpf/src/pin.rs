@@ -23,6 +23,15 @@ const LINKS: [(Side, &str); 2] = [
 const CONFIG: &str = "natgw_config";
 const COUNTERS_MAP: &str = "natgw_counters";
 const EXTERNAL: &str = "natgw_external";
+/// What must be pinned for natgw to reopen the programs: both links and the maps it
+/// reads.
+pub const REQUIRED: [&str; 5] = [
+    "link_egress",
+    "link_ingress",
+    CONFIG,
+    COUNTERS_MAP,
+    EXTERNAL,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {

@@ -136,6 +136,35 @@ pub fn status(public: Option<&str>) -> Result<Option<PlaneStatus>, EbpfError> {
     }))
 }
 
+/// What doctor weighs about the eBPF plane of this namespace.
+pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::EbpfObserved {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default();
+    let status = status(Some(public)).ok().flatten();
+    let busiest = status
+        .as_ref()
+        .and_then(|s| s.bindings.values().copied().max())
+        .unwrap_or(0);
+    natgw_core::doctor::ebpf::EbpfObserved {
+        version: natgw_core::doctor::ebpf::kernel_version(&kernel),
+        kernel,
+        btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        bpffs: state_store::is_bpffs(std::path::Path::new(state_store::BPFFS)),
+        bpffs_path: state_store::BPFFS.into(),
+        public: public.into(),
+        attached: attached(public),
+        up,
+        pinned: status
+            .as_ref()
+            .map(|s| s.pinned.clone())
+            .unwrap_or_default(),
+        expected: pin::REQUIRED.iter().map(|s| s.to_string()).collect(),
+        busiest,
+        capacity: status.as_ref().map_or(0, |s| s.bindings_capacity),
+    }
+}
+
 /// Names of natgw's programs attached to `ifname` (TCX), egress then ingress.
 fn attached(ifname: &str) -> Vec<String> {
     [natgw_ebpf::Side::Egress, natgw_ebpf::Side::Ingress]

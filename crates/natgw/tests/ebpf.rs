@@ -282,3 +282,50 @@ fn ebpf_tcp_from_a_node_is_not_reachable_unsolicited() {
     assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(800)).is_err());
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
+
+#[test]
+fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_doctor_finds_detached_programs_and_up_reattaches_them",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let (out, report) = doctor(&lab, &[]);
+    for id in [
+        "ebpf_kernel",
+        "ebpf_attached",
+        "ebpf_pinned",
+        "ebpf_bindings",
+    ] {
+        assert_eq!(check(&report, id)["status"], "pass", "{id}: {report}");
+    }
+    assert!(fails(&report).is_empty(), "{}", text(&out));
+
+    // Someone removes the pinned links (seen from the host): the kernel detaches them.
+    let state = state_path(&lab);
+    let dir =
+        std::path::Path::new("/run/natgw/bpffs").join(state.parent().unwrap().file_name().unwrap());
+    for link in ["link_egress", "link_ingress"] {
+        std::fs::remove_file(dir.join(link)).unwrap();
+    }
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let attached = check(&report, "ebpf_attached");
+    assert_eq!(attached["status"], "fail", "{report}");
+    assert_eq!(attached["fix"], "natgw up", "{report}");
+    assert_eq!(check(&report, "ebpf_pinned")["status"], "fail", "{report}");
+    let status = ebpf_status(&lab);
+    assert_eq!(status["in_sync"], false, "drift: {status}");
+
+    // The fix as printed brings them back.
+    let again = up(&lab, &config);
+    assert_exit(&again, 0);
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}

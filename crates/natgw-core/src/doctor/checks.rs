@@ -513,6 +513,9 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
             }
         }
     }
+    if inputs.settings.dataplane == crate::dataplane::DataplaneKind::Ebpf {
+        return ebpf_snat(&rules, public);
+    }
     if let Some(rule) = rules
         .iter()
         .find(|r| r.to.is_some_and(|a| !current.contains(&a)))
@@ -539,6 +542,31 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
         ID,
         format!("translated out of {public} by {}", how.join(", ")),
     )
+}
+
+/// With the eBPF plane no netfilter rule should translate natgw's flows: the
+/// programs translate after netfilter, and a packet some rule already translated is
+/// no longer from a private source, so it bypasses them (its mapping is conntrack's,
+/// with conntrack's filtering and timeouts).
+fn ebpf_snat(rules: &[firewall::SnatRule], public: &str) -> Finding {
+    const ID: &str = "snat";
+    match rules.first() {
+        None => Finding::pass(
+            ID,
+            format!("translated by natgw's eBPF programs on {public} (see ebpf_attached); no netfilter rule translates first"),
+        ),
+        Some(rule) => Finding::warn(
+            ID,
+            format!(
+                "{} ({}) source-translates the private prefixes out of {public} before natgw's eBPF programs, which then leave those packets alone",
+                rule.chain, rule.rule
+            ),
+            Fix::say(format!(
+                "remove that rule of {} from its owner's configuration (natgw does not touch foreign rules)",
+                rule.chain
+            )),
+        ),
+    }
 }
 
 fn stale_snat(

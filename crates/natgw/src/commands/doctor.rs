@@ -126,6 +126,19 @@ fn diagnose(
     if let Some(ha) = &settings.ha {
         findings.extend(super::ha::findings(ha, &observed));
     }
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
+        let public = observed
+            .state
+            .as_ref()
+            .and_then(|s| s.gateway.as_ref())
+            .map(|g| g.public.name.as_str().to_string())
+            .or_else(|| settings.public.clone())
+            .unwrap_or_default();
+        let up = observed.table.is_some();
+        findings.extend(doctor::ebpf::findings(&natgw_linux::ebpf::doctor_observed(
+            &public, up,
+        )));
+    }
     Ok(findings)
 }
 
