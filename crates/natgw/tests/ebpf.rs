@@ -329,3 +329,120 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     assert_eq!(ebpf_status(&lab)["in_sync"], true);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
+
+/// The internet checksum of `bytes`.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// ICMP fragmentation-needed (MTU `mtu`) about a UDP datagram `from` → `to` of
+/// `len` bytes, as a router on the public side would send it (the quoted header is
+/// the translated one).
+fn frag_needed(from: SocketAddr, to: SocketAddr, len: u16, mtu: u16) -> Vec<u8> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
+        panic!("IPv4 only")
+    };
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&len.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&(len - 20).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&ip);
+    icmp.extend_from_slice(&udp);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+#[test]
+fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
+    use std::os::fd::AsRawFd;
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_fragmentation_needed_from_the_public_side_reaches_the_node",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    // The node's connected socket, path MTU discovery on; its mapping from the echo.
+    let (socket, mapped) = natgw_lab::in_netns(&lab.ns("n1"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt on our own socket with a valid c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.connect(server()).unwrap();
+        s.send(b"who am i").unwrap();
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mapped: SocketAddr = line.trim().strip_prefix("peer=").unwrap().parse().unwrap();
+        (s, mapped)
+    })
+    .unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
+    let mtu_of = |s: &std::net::UdpSocket| {
+        let mut mtu: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        mtu
+    };
+    assert_eq!(mtu_of(&socket), 1500, "control: no PMTU learnt yet");
+
+    // A router on the public side (the upstream) says the translated datagram is too big.
+    let error = frag_needed(mapped, server(), 1400, 1200);
+    natgw_lab::in_netns(&lab.ns("pub"), move || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        let to: SocketAddr = (HEAD_PUBLIC, 0).into();
+        raw.send_to(&error, &to.into()).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
+    assert_eq!(mtu_of(&socket), 1200);
+    let status = ebpf_status(&lab);
+    assert!(counter(&status, "in_translated") >= 2, "{status}");
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
