@@ -446,3 +446,128 @@ fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
+
+/// A UDP socket on n1 bound to `port`; returns what the public server saw.
+fn mapped_from(lab: &Lab, port: u16) -> Option<SocketAddr> {
+    natgw_lab::in_netns(&lab.ns("n1"), move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(b"who am i", server()).ok()?;
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).ok()?;
+        String::from_utf8_lossy(&buf[..n])
+            .trim()
+            .strip_prefix("peer=")?
+            .parse()
+            .ok()
+    })
+    .ok()
+    .flatten()
+}
+
+fn ready(lab: &Lab, service: &mut Service) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if service.log().contains("natgw: ready") && mapped_from(lab, 5001).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("natgw run did not bring the gateway up:\n{}", service.log());
+}
+
+#[test]
+fn ebpf_natgw_run_restart_keeps_the_bindings() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_natgw_run_restart_keeps_the_bindings",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut service = Service::start(&lab, &args);
+    ready(&lab, &mut service);
+    let first = mapped_from(&lab, 5000).expect("a binding for n1:5000");
+    assert_eq!(first.ip(), IpAddr::V4(HEAD_PUBLIC));
+    let log = service.log();
+    assert!(log.contains("eBPF programs attached and pinned"), "{log}");
+    assert_eq!(service.stop(), Some(0));
+
+    // Between two runs the programs keep translating with the same binding.
+    let status = ebpf_status(&lab);
+    assert_eq!(status["in_sync"], true, "{status}");
+    let created = counter(&status, "bindings_created");
+    assert_eq!(mapped_from(&lab, 5000), Some(first));
+
+    let mut service = Service::start(&lab, &args);
+    ready(&lab, &mut service);
+    assert_eq!(
+        mapped_from(&lab, 5000),
+        Some(first),
+        "binding kept across restart"
+    );
+    let status = ebpf_status(&lab);
+    assert!(
+        counter(&status, "bindings_created") >= created,
+        "maps reused, not reloaded: {status}"
+    );
+    assert!(
+        !service.log().contains("eBPF programs attached and pinned"),
+        "the restarted daemon did not reload the programs:\n{}",
+        service.log()
+    );
+    assert_eq!(service.stop(), Some(0));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    // Verification fails after the programs were attached: everything goes back.
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_TEST_FAIL_AT", "verify")],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("every earlier change was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+
+    // A crash after the programs were pinned, before the record said so: the journal
+    // holds the original sysctls and "apply in progress", no gateway, no table.
+    // `down` finds the programs by their pins.
+    assert_exit(&up(&lab, &config), 0);
+    let path = state_path(&lab);
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["gateway"] = serde_json::Value::Null;
+    record["settings"] = serde_json::Value::Null;
+    record["table"] = serde_json::Value::Null;
+    record["applying"] = serde_json::json!({ "pid": 1, "started": 0 });
+    std::fs::write(&path, record.to_string()).unwrap();
+    assert!(!pinned(&lab).is_empty());
+    let down = natgw(&lab, &["down"]);
+    assert_exit(&down, 0);
+    assert!(
+        stdout(&down).contains("detach the eBPF programs"),
+        "{}",
+        text(&down)
+    );
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    assert_eq!(headnode_snapshot(&lab), before);
+}
