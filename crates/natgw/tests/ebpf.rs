@@ -486,11 +486,41 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    let args = ["--config", config.to_str().unwrap()];
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        METRICS,
+    ];
     let mut service = Service::start(&lab, &args);
     ready(&lab, &mut service);
     let first = mapped_from(&lab, 5000).expect("a binding for n1:5000");
     assert_eq!(first.ip(), IpAddr::V4(HEAD_PUBLIC));
+    // The metrics show the plane and its figures, read from the pinned maps.
+    let (body, series) = scrape(&lab);
+    assert!(body.contains("dataplane=\"ebpf\""), "{body}");
+    assert_eq!(
+        series.get("natgw_ebpf_programs_attached"),
+        Some(&2.0),
+        "{body}"
+    );
+    assert_eq!(
+        series.get("natgw_ebpf_bindings_capacity"),
+        Some(&4536.0),
+        "{body}"
+    );
+    assert!(
+        series
+            .get("natgw_ebpf_events_total{event=\"bindings_created\"}")
+            .is_some_and(|v| *v >= 2.0),
+        "{body}"
+    );
+    assert!(
+        series
+            .get("natgw_ebpf_bindings{protocol=\"udp\"}")
+            .is_some_and(|v| *v >= 2.0),
+        "{body}"
+    );
     let log = service.log();
     assert!(log.contains("eBPF programs attached and pinned"), "{log}");
     assert_eq!(service.stop(), Some(0));

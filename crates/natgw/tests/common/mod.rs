@@ -428,3 +428,36 @@ pub fn host_bpffs() {
         text(&out)
     );
 }
+
+/// Where the tests' `natgw run --metrics-listen` listens (inside the headnode namespace).
+pub const METRICS: &str = "127.0.0.1:9469";
+
+/// One HTTP GET inside the headnode namespace: (status line, body).
+pub fn http_get(lab: &Lab, path: &str) -> Option<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: natgw\r\n\r\n");
+    natgw_lab::in_netns(&lab.ns("head"), move || {
+        let mut s = std::net::TcpStream::connect(METRICS).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
+    .unwrap()
+}
+
+/// The scrape as `series → value` (`name{labels}` exactly as served).
+pub fn scrape(lab: &Lab) -> (String, std::collections::BTreeMap<String, f64>) {
+    let (status, body) = http_get(lab, "/metrics").expect("scrape /metrics");
+    assert!(status.contains("200"), "{status}\n{body}");
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect();
+    (body, series)
+}
