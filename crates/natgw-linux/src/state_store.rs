@@ -118,6 +118,9 @@ pub fn bpf_dir_created() -> Result<PathBuf, StateError> {
                 std::io::Error::last_os_error(),
             ));
         }
+        tracing::warn!(
+            "mounted a bpffs at {BPFFS} in natgw's mount namespace; under `ip netns exec` that namespace ends with this command, and with it the pinned eBPF programs: mount it in the host's namespace first (mkdir -p {BPFFS} && mount -t bpf -o mode=0700 bpf {BPFFS})"
+        );
     }
     let dir = bpf_dir()?;
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
