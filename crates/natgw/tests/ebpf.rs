@@ -382,8 +382,7 @@ fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&up(&lab, &config), 0);
     // The node's connected socket, path MTU discovery on; its mapping from the echo.
-    let (socket, mapped) = natgw_lab::in_netns(&lab.ns("n1"), || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let (socket, mapped) = node_socket(&lab, 0, |s| {
         let on: libc::c_int = libc::IP_PMTUDISC_DO;
         // SAFETY: setsockopt on our own socket with a valid c_int.
         let rc = unsafe {
@@ -396,16 +395,9 @@ fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
             )
         };
         assert_eq!(rc, 0);
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.connect(server()).unwrap();
-        s.send(b"who am i").unwrap();
-        let mut buf = [0u8; 128];
-        let n = s.recv(&mut buf).unwrap();
-        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let mapped: SocketAddr = line.trim().strip_prefix("peer=").unwrap().parse().unwrap();
-        (s, mapped)
     })
-    .unwrap();
+    .expect("the node's datagram answered");
     assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
     let mtu_of = |s: &std::net::UdpSocket| {
         let mut mtu: libc::c_int = 0;
@@ -447,22 +439,35 @@ fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
-/// A UDP socket on n1 bound to `port`; returns what the public server saw.
-fn mapped_from(lab: &Lab, port: u16) -> Option<SocketAddr> {
+/// A UDP socket on n1 bound to `port` (0: any) that asked the public server what it
+/// sees (`None` without an answer), set up by `prepare` first (socket options; it may
+/// `connect`).
+fn node_socket(
+    lab: &Lab,
+    port: u16,
+    prepare: impl FnOnce(&std::net::UdpSocket) + Send + 'static,
+) -> Option<(std::net::UdpSocket, SocketAddr)> {
     natgw_lab::in_netns(&lab.ns("n1"), move || {
         let s = std::net::UdpSocket::bind(("0.0.0.0", port)).ok()?;
+        prepare(&s);
         s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         s.send_to(b"who am i", server()).ok()?;
         let mut buf = [0u8; 128];
         let n = s.recv(&mut buf).ok()?;
-        String::from_utf8_lossy(&buf[..n])
+        let mapped = String::from_utf8_lossy(&buf[..n])
             .trim()
             .strip_prefix("peer=")?
             .parse()
-            .ok()
+            .ok()?;
+        Some((s, mapped))
     })
     .ok()
     .flatten()
+}
+
+/// What the public server sees from n1's UDP port `port`.
+fn mapped_from(lab: &Lab, port: u16) -> Option<SocketAddr> {
+    node_socket(lab, port, |_| {}).map(|(_, mapped)| mapped)
 }
 
 fn ready(lab: &Lab, service: &mut Service) {
@@ -617,17 +622,10 @@ fn ebpf_udp_binding_is_alive_after_130_s_idle() {
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&up(&lab, &config), 0);
-    let (socket, mapped) = natgw_lab::in_netns(&lab.ns("n1"), || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:5300").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.send_to(b"who am i", server()).unwrap();
-        let mut buf = [0u8; 128];
-        let n = s.recv(&mut buf).unwrap();
-        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let mapped: SocketAddr = line.trim().strip_prefix("peer=").unwrap().parse().unwrap();
-        (s, mapped)
-    })
-    .unwrap();
+    let (socket, mapped) = node_socket(&lab, 5300, |_| {}).expect("a binding for n1:5300");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     std::thread::sleep(Duration::from_secs(130));
     // Nothing was sent since: a datagram from a host the node never contacted
     // (endpoint-independent filtering) reaches it through the same binding.
