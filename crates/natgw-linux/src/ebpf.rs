@@ -138,9 +138,7 @@ pub fn status(public: Option<&str>) -> Result<Option<PlaneStatus>, EbpfError> {
 
 /// What doctor weighs about the eBPF plane of this namespace.
 pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::EbpfObserved {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_string())
-        .unwrap_or_default();
+    let kernel = kernel_release();
     let status = status(Some(public)).ok().flatten();
     let busiest = status
         .as_ref()
@@ -163,6 +161,19 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
         busiest,
         capacity: status.as_ref().map_or(0, |s| s.bindings_capacity),
     }
+}
+
+/// Test hook: `NATGW_TEST_OSRELEASE=5.10.0` makes natgw believe it runs on that kernel,
+/// to prove that a kernel without what the programs need is refused before anything
+/// changes.
+const OSRELEASE_ENV: &str = "NATGW_TEST_OSRELEASE";
+
+fn kernel_release() -> String {
+    std::env::var(OSRELEASE_ENV)
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Names of natgw's programs attached to `ifname` (TCX), egress then ingress.
@@ -266,7 +277,10 @@ impl Dataplane for Ebpf {
 
     fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
         if let Some(plane) = desired.dataplane.ebpf() {
-            nat_config(desired, plane).map_err(ebpf_error)?;
+            // The kernel's verifier judges the programs before anything changes (they
+            // are loaded, not attached, and dropped again).
+            let config = nat_config(desired, plane).map_err(ebpf_error)?;
+            natgw_ebpf::Plane::load(&config, MARK).map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
         }
         Ok(nft::check(&render(desired).text)?)
     }

@@ -207,6 +207,25 @@ fn ebpf_bad_config_is_exit_2_with_nothing_changed() {
     let out = up(&lab, &config);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains(":4:"), "{}", text(&out));
+    // A kernel without TCX (before 6.6) cannot carry the programs.
+    std::fs::write(&config, base).unwrap();
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_TEST_OSRELEASE", "6.1.0-18-amd64")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("kernel 6.1.0-18-amd64 is older than 6.6: no TCX"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("dataplane = \"nftables\""),
+        "{}",
+        text(&out)
+    );
     assert_eq!(headnode_snapshot(&lab), before);
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
