@@ -418,11 +418,16 @@ pub fn remove_named(name: &str) -> Result<(), StateError> {
 /// Removes every natgw record of the current network namespace: for whoever deletes
 /// the namespace (the lab), since records of a dead namespace mean nothing.
 pub fn remove_namespace_records() -> Result<(), StateError> {
-    let dir = namespace_dir()?;
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir, e)),
-        _ => Ok(()),
+    // The pinned eBPF objects too: unlinking the pins releases programs and maps.
+    for dir in [namespace_dir()?, bpf_dir()?] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove", &dir, e))
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> StateError {

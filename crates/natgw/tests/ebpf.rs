@@ -659,3 +659,20 @@ fn ebpf_udp_binding_is_alive_after_130_s_idle() {
     assert_eq!(from, "198.51.100.10:7777".parse().unwrap());
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
+
+#[test]
+fn ebpf_pins_go_with_the_namespace() {
+    let Some((lab, config)) = ebpf_lab("ebpf_pins_go_with_the_namespace", Spec::nodes(1), "")
+    else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let dir = ebpf_status(&lab)["ebpf"]["pin_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::path::Path::new(&dir).exists());
+    // No `down`: the lab deletes the namespace and natgw's records of it.
+    drop(lab);
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+}
