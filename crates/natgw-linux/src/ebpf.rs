@@ -185,6 +185,12 @@ fn attached(ifname: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether both programs are pinned and attached to `public`.
+pub fn running(public: &str) -> bool {
+    state_store::bpf_dir().is_ok_and(|dir| pin::links_pinned(&dir))
+        && attached(public) == ["natgw_egress", "natgw_ingress"]
+}
+
 /// Whether anything of the eBPF plane is pinned in this namespace.
 pub fn has_pins() -> bool {
     state_store::bpf_dir().is_ok_and(|dir| !pin::pinned(&dir).is_empty())
@@ -233,9 +239,7 @@ impl Ebpf {
             natgw_ebpf::BpfConfig::new(&config, MARK).map_err(natgw_ebpf::PlaneError::from)?;
         let public = desired.public.name.as_str();
         let dir: PathBuf = state_store::bpf_dir_created()?;
-        let current = pin::links_pinned(&dir)
-            && attached(public) == ["natgw_egress", "natgw_ingress"]
-            && pin::config(&dir).is_ok_and(|c| c == wanted);
+        let current = running(public) && pin::config(&dir).is_ok_and(|c| c == wanted);
         if current {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
