@@ -346,6 +346,18 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    // And `doctor --fix` repairs it by itself.
+    for link in ["link_egress", "link_ingress"] {
+        std::fs::remove_file(dir.join(link)).unwrap();
+    }
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "ebpf_attached")["status"],
+        "pass",
+        "{report}"
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
@@ -703,4 +715,65 @@ fn ebpf_pins_go_with_the_namespace() {
     // No `down`: the lab deletes the namespace and natgw's records of it.
     drop(lab);
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+}
+
+#[test]
+fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_config_changes_reload_the_programs_and_switch_planes",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    assert!(mapped_from(&lab, 5400).is_some());
+    assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
+
+    // Another filtering mode: the table and the programs are replaced.
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\n";
+    std::fs::write(
+        &config,
+        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("update (rules changed) nftables table inet natgw"),
+        "{}",
+        text(&out)
+    );
+    let status = ebpf_status(&lab);
+    assert_eq!(
+        status["desired"]["dataplane"]["filtering"], "address-dependent",
+        "{status}"
+    );
+    assert_eq!(
+        counter(&status, "bindings_created"),
+        0,
+        "reloaded: {status}"
+    );
+
+    // Back to the kernel's NAT: no program, no pin, conntrack translates.
+    std::fs::write(&config, base).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    let status = json(&natgw(&lab, &["status", "--json"]));
+    assert_eq!(status["dataplane"], "nftables", "{status}");
+    assert!(status.get("ebpf").is_none(), "{status}");
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(table.contains("snat ip to 203.0.113.1"), "{table}");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+
+    // And to the eBPF plane again.
+    std::fs::write(&config, format!("{base}dataplane = \"ebpf\"\n")).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(!table.contains("snat ip to"), "{table}");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
 }
