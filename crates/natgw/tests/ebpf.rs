@@ -25,6 +25,15 @@ fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
     Some((lab, config))
 }
 
+/// `ebpf_lab` with one private node, the public "who am I" server started and the
+/// gateway brought up with the eBPF plane.
+fn up_with_server(test: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
+    let (lab, config) = ebpf_lab(test, Spec::nodes(1), extra)?;
+    let listener = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    Some((lab, config, listener))
+}
+
 fn up(lab: &Lab, config: &std::path::Path) -> std::process::Output {
     natgw(lab, &["up", "--config", config.to_str().unwrap()])
 }
@@ -403,15 +412,12 @@ fn frag_needed(from: SocketAddr, to: SocketAddr, len: u16, mtu: u16) -> Vec<u8> 
 #[test]
 fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
     use std::os::fd::AsRawFd;
-    let Some((lab, config)) = ebpf_lab(
+    let Some((lab, _, _server)) = up_with_server(
         "ebpf_fragmentation_needed_from_the_public_side_reaches_the_node",
-        Spec::nodes(1),
         "",
     ) else {
         return;
     };
-    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&up(&lab, &config), 0);
     // The node's connected socket, path MTU discovery on; its mapping from the echo.
     let (socket, mapped) = node_socket(&lab, 0, |s| {
         let on: libc::c_int = libc::IP_PMTUDISC_DO;
@@ -672,15 +678,10 @@ fn ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash() {
 #[test]
 #[ignore = "130 s idle: scripts/test.sh runs it in the background of the suite"]
 fn ebpf_udp_binding_is_alive_after_130_s_idle() {
-    let Some((lab, config)) = ebpf_lab(
-        "ebpf_udp_binding_is_alive_after_130_s_idle",
-        Spec::nodes(1),
-        "",
-    ) else {
+    let Some((lab, _, _server)) = up_with_server("ebpf_udp_binding_is_alive_after_130_s_idle", "")
+    else {
         return;
     };
-    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&up(&lab, &config), 0);
     let (socket, mapped) = node_socket(&lab, 5300, |_| {}).expect("a binding for n1:5300");
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -719,15 +720,12 @@ fn ebpf_pins_go_with_the_namespace() {
 
 #[test]
 fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
-    let Some((lab, config)) = ebpf_lab(
+    let Some((lab, config, _server)) = up_with_server(
         "ebpf_config_changes_reload_the_programs_and_switch_planes",
-        Spec::nodes(1),
         "",
     ) else {
         return;
     };
-    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&up(&lab, &config), 0);
     assert!(mapped_from(&lab, 5400).is_some());
     assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
 
