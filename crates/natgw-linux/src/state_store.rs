@@ -535,10 +535,17 @@ fn live_namespaces() -> std::collections::HashSet<u64> {
         let Ok(mnt) = std::fs::read_link(pid_dir.join("ns/mnt")) else {
             continue;
         };
-        if !mount_namespaces.insert(mnt) {
+        if mount_namespaces.contains(&mnt) {
             continue;
         }
+        // A process that exits meanwhile reads as nothing: its mount namespace is only
+        // counted as seen once a process in it was read, or every namespace bind-mounted
+        // there would look dead (and lose its records and pinned programs).
         let mountinfo = std::fs::read_to_string(pid_dir.join("mountinfo")).unwrap_or_default();
+        if mountinfo.is_empty() {
+            continue;
+        }
+        mount_namespaces.insert(mnt);
         for line in mountinfo.lines() {
             // Field 4 is the mount's root: `net:[INODE]` for a bind-mounted namespace.
             let root = line.split_whitespace().nth(3).unwrap_or("");

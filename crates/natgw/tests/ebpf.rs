@@ -695,7 +695,12 @@ fn ebpf_udp_binding_is_alive_after_130_s_idle() {
     })
     .unwrap();
     let mut buf = [0u8; 64];
-    let (n, from) = socket.recv_from(&mut buf).expect("the binding expired");
+    let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "nothing arrived ({e}): the binding expired? status: {}",
+            ebpf_status(&lab)
+        )
+    });
     assert_eq!(&buf[..n], b"still there?");
     assert_eq!(from, "198.51.100.10:7777".parse().unwrap());
     assert_exit(&natgw(&lab, &["down"]), 0);
