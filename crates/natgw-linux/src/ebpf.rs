@@ -209,11 +209,10 @@ impl Ebpf {
         let Ok(dir) = state_store::bpf_dir() else {
             return "unknown".into();
         };
-        let (Some(public), true) = (self.public.as_deref(), pin::links_pinned(&dir)) else {
+        let Some(public) = self.public.as_deref() else {
             return "absent".into();
         };
-        let on = attached(public);
-        if on != ["natgw_egress", "natgw_ingress"] {
+        if !running(public) {
             return format!("not attached to {public}");
         }
         match pin::config(&dir) {
