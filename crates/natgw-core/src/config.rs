@@ -8,6 +8,7 @@ use std::path::Path;
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::{DataplaneKind, Filtering, PortRange};
 use crate::ha::HaConfig;
 use crate::pool::{PortBlocksConfig, PortSelection, Timeouts};
 
@@ -60,6 +61,13 @@ pub struct Config {
     /// Outbound IPv6 for the private nodes (`[ipv6]`); autodetected when absent.
     #[serde(default)]
     pub ipv6: Ipv6Config,
+    /// Which data plane translates IPv4 (`nftables`, the default, or `ebpf`).
+    pub dataplane: Option<toml::Spanned<DataplaneKind>>,
+    /// eBPF data plane: who may send to a binding (default endpoint-independent).
+    pub filtering: Option<toml::Spanned<Filtering>>,
+    /// eBPF data plane: the public ports handed out (default: outside the host's own
+    /// ephemeral ports when a pool address is the host's).
+    pub port_range: Option<toml::Spanned<PortRange>>,
 }
 
 /// How private nodes reach the IPv6 internet.
@@ -155,6 +163,12 @@ pub struct Settings {
     pub ha: Option<HaConfig>,
     #[serde(default)]
     pub ipv6: Ipv6Config,
+    #[serde(default)]
+    pub dataplane: DataplaneKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtering: Option<Filtering>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_range: Option<PortRange>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -249,6 +263,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.check_dataplane(masquerade, text, file)?;
         let public = flags.public.clone().or(self.public);
         let private = if flags.private.is_empty() {
             self.private
@@ -314,7 +329,70 @@ impl Config {
             log_mappings: self.log_mappings,
             ha: self.ha,
             ipv6,
+            dataplane: self
+                .dataplane
+                .as_ref()
+                .map_or_else(Default::default, |d| *d.get_ref()),
+            filtering: self.filtering.as_ref().map(|f| *f.get_ref()),
+            port_range: self.port_range.as_ref().map(|r| *r.get_ref()),
         })
+    }
+
+    /// The eBPF plane's own keys need it, and it refuses what it cannot do yet.
+    fn check_dataplane(
+        &self,
+        masquerade: bool,
+        text: &str,
+        file: &Path,
+    ) -> Result<(), ConfigError> {
+        let at = |span: std::ops::Range<usize>| origin(text, file, span.start);
+        let Some(dataplane) = self
+            .dataplane
+            .as_ref()
+            .filter(|d| *d.get_ref() == DataplaneKind::Ebpf)
+        else {
+            let own = [
+                self.filtering.as_ref().map(|f| ("filtering", f.span())),
+                self.port_range.as_ref().map(|r| ("port_range", r.span())),
+            ];
+            if let Some((key, span)) = own.into_iter().flatten().next() {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: {key} applies only to dataplane = \"ebpf\"; add that line or remove {key}",
+                    at(span)
+                )));
+            }
+            return Ok(());
+        };
+        let unsupported = [
+            (
+                masquerade,
+                "masquerade",
+                "give snat_to, or leave it out to use the public interface's address",
+            ),
+            (
+                self.port_blocks.is_some(),
+                "[port_blocks]",
+                "remove the section",
+            ),
+            (
+                self.port_selection == PortSelection::Random,
+                "port_selection = \"random\"",
+                "remove it (the eBPF plane preserves ports, then searches the range)",
+            ),
+            (self.ha.is_some(), "[ha]", "remove the section"),
+            (
+                self.log_mappings,
+                "log_mappings",
+                "remove it (the mapping log reads conntrack, which does not see eBPF bindings)",
+            ),
+        ];
+        if let Some((_, what, fix)) = unsupported.into_iter().find(|(set, ..)| *set) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: dataplane = \"ebpf\" does not support {what} yet; {fix}, or use dataplane = \"nftables\"",
+                at(dataplane.span())
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -467,6 +545,62 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
         );
         let err = parse("[ipv6]\nadress = \"2001:db8::1\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `adress`"), "{err}");
+    }
+
+    #[test]
+    fn dataplane_keys_parse_and_default_to_nftables() {
+        let s = merge_text("public = \"wan0\"\n").unwrap();
+        assert_eq!(s.dataplane, DataplaneKind::Nftables);
+        let text = "dataplane = \"ebpf\"\nfiltering = \"address-and-port-dependent\"\nport_range = \"20000-29999\"\n";
+        let s = merge_text(text).unwrap();
+        assert_eq!(s.dataplane, DataplaneKind::Ebpf);
+        assert_eq!(s.filtering, Some(Filtering::AddressAndPortDependent));
+        assert_eq!(s.port_range.unwrap().to_string(), "20000-29999");
+        assert_eq!(
+            merge_text("dataplane = \"ebpf\"\n").unwrap().filtering,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_dataplane_values_name_the_line_and_the_fix() {
+        let err = parse("\ndataplane = \"xdp\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("natgw.toml:2:"), "{err}");
+        assert!(err.to_string().contains("unknown variant `xdp`"), "{err}");
+        let err = parse("dataplane = \"ebpf\"\nfiltering = \"full-cone\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("natgw.toml:2:"), "{err}");
+        let err = parse("dataplane = \"ebpf\"\nport_range = \"70-20\"\n").unwrap_err();
+        assert!(err.to_string().contains("is not FIRST-LAST"), "{err}");
+        // The eBPF plane's own keys need it.
+        let err = merge_text("\nfiltering = \"address-dependent\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:2: filtering applies only to dataplane = \"ebpf\"; add that line or remove filtering"
+        );
+        // What the eBPF plane cannot do yet is refused at its line, naming the option.
+        for (extra, what) in [
+            ("masquerade = true\n", "masquerade"),
+            (
+                "port_selection = \"random\"\n",
+                "port_selection = \"random\"",
+            ),
+            ("log_mappings = true\n", "log_mappings"),
+            ("[port_blocks]\nsize = 512\n", "[port_blocks]"),
+        ] {
+            let err = merge_text(&format!("public = \"wan0\"\ndataplane = \"ebpf\"\n{extra}"))
+                .unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "natgw.toml:2: dataplane = \"ebpf\" does not support {what} yet;"
+                )),
+                "{err}"
+            );
+        }
+        let err = merge_text(&format!("dataplane = \"ebpf\"\n{HA}")).unwrap_err();
+        assert!(
+            err.to_string().contains("does not support [ha] yet"),
+            "{err}"
+        );
     }
 
     #[test]

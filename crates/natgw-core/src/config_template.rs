@@ -31,6 +31,10 @@ struct Values {
     routes: Shown,
     mss_clamp: Shown,
     port_selection: Shown,
+    dataplane: Shown,
+    /// The eBPF plane's keys, shown with it only.
+    filtering: Option<Shown>,
+    port_range: Option<Shown>,
     timeouts: Shown,
     /// Shown only when set (the kernel's default otherwise).
     max_flows: Option<Shown>,
@@ -92,6 +96,18 @@ pub fn from_desired(desired: &Desired, settings: &Settings) -> String {
             value: string(settings.port_selection),
             set: settings.port_selection != Default::default(),
         },
+        dataplane: Shown {
+            value: string(settings.dataplane),
+            set: settings.dataplane != Default::default(),
+        },
+        filtering: desired.dataplane.ebpf().map(|e| Shown {
+            value: string(e.filtering),
+            set: settings.filtering.is_some(),
+        }),
+        port_range: desired.dataplane.ebpf().map(|e| Shown {
+            value: string(e.ports),
+            set: settings.port_range.is_some(),
+        }),
         timeouts: Shown {
             value: timeouts(&settings.timeouts),
             set: settings.timeouts != Default::default(),
@@ -155,6 +171,9 @@ pub fn example(problem: Option<&str>) -> String {
         routes: shown(Value::Array(Vec::new())),
         mss_clamp: shown(Value::Boolean(false)),
         port_selection: shown(string(crate::pool::PortSelection::default())),
+        dataplane: shown(string(crate::dataplane::DataplaneKind::default())),
+        filtering: None,
+        port_range: None,
         timeouts: shown(timeouts(&crate::pool::Timeouts::default())),
         max_flows: None,
         ipv6_mode: shown(string(Ipv6Mode::Nat66)),
@@ -248,6 +267,28 @@ fn render(text: &mut String, v: &Values) {
         ],
         ("port_selection", &v.port_selection),
     );
+    setting(
+        text,
+        &[
+            "Data plane: \"nftables\" (the kernel's conntrack NAT) or \"ebpf\" (natgw's own",
+            "translator: endpoint-independent mapping and selectable filtering; see natgw(8)).",
+        ],
+        ("dataplane", &v.dataplane),
+    );
+    if let Some(filtering) = &v.filtering {
+        setting(
+            text,
+            &["eBPF plane: \"endpoint-independent\", \"address-dependent\" or \"address-and-port-dependent\"."],
+            ("filtering", filtering),
+        );
+    }
+    if let Some(range) = &v.port_range {
+        setting(
+            text,
+            &["eBPF plane: the public ports handed out (outside the host's own ephemeral ports)."],
+            ("port_range", range),
+        );
+    }
     setting(
         text,
         &[
@@ -388,7 +429,8 @@ mod tests {
     /// Every key of `Config` the template writes as a setting, sorted (`max_flows` when
     /// set; `port_blocks` is explained only: uncommented blindly it would need a pool;
     /// `ipv6` is a table, always there).
-    const ALL_KEYS: [&str; 10] = [
+    const ALL_KEYS: [&str; 11] = [
+        "dataplane",
         "ipv6",
         "masquerade",
         "mss_clamp",
@@ -501,6 +543,26 @@ mod tests {
             crate::desired(&pinned, &observed).unwrap().snat,
             SnatMode::Masquerade
         );
+    }
+
+    #[test]
+    fn the_ebpf_plane_and_its_keys_stay_set() {
+        let given = settings("dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n");
+        let detected = crate::desired(&given, &headnode()).unwrap();
+        let written = from_desired(&detected, &given);
+        assert!(written.contains("\ndataplane = \"ebpf\"\n"), "{written}");
+        assert!(
+            written.contains("\nfiltering = \"address-dependent\"\n"),
+            "{written}"
+        );
+        // The resolved range is shown, not pinned.
+        assert!(
+            written.contains("\n#port_range = \"61000-65535\"\n"),
+            "{written}"
+        );
+        assert_eq!(essence(&settings(&written)), essence(&given));
+        let pinned = settings(&uncomment(&written));
+        assert_eq!(pinned.port_range.unwrap().to_string(), "61000-65535");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Desired {
     /// older kernels delete the chain with the device.
     #[serde(default)]
     pub public_ingress_hook: bool,
+    /// Which data plane translates IPv4 (IPv6 stays on nftables either way).
+    #[serde(default)]
+    pub dataplane: crate::dataplane::DataplaneSpec,
 }
 
 /// The IPv6 side of the gateway.

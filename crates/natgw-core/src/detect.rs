@@ -9,6 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::Settings;
+use crate::dataplane::{
+    DataplaneKind, DataplaneSpec, EbpfPlane, PortRange, DEFAULT_LOCAL_PORTS, LOCAL_PORT_RANGE,
+};
 use crate::desired::{Desired, Interface, SnatMode, UplinkDefault};
 use crate::ifname::{IfName, IfNameError};
 use crate::observed::{Link, Observed};
@@ -79,6 +82,8 @@ pub enum DetectError {
     },
     #[error("{0}")]
     BadPortBlocks(String),
+    #[error("dataplane = \"ebpf\": {0}")]
+    Ebpf(String),
     #[error("{origin}: route to {to} via {via} {reason}; remove it from `routes` or give a network behind a private router")]
     BadRoute {
         origin: String,
@@ -259,6 +264,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         sysctls.insert(TCP_LOOSE.to_string(), "1".to_string());
         sysctls.insert(TCP_BE_LIBERAL.to_string(), "1".to_string());
     }
+    let dataplane = dataplane(settings, observed, &snat, &private_prefixes)?;
     let uplink_default = uplink_default(observed, public);
     if uplink_default.is_none() {
         warnings.push(format!(
@@ -284,7 +290,59 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         ha_public_vip: settings.ha.as_ref().map(|ha| ha.public_vip.addr()),
         ipv6,
         public_ingress_hook: observed.kernel_at_least(6, 16),
+        dataplane,
     })
+}
+
+/// The eBPF plane's parameters, and the limits of its programs (at most 16 pool
+/// addresses and 8 private prefixes, a fixed address), checked before anything changes.
+fn dataplane(
+    settings: &Settings,
+    observed: &Observed,
+    snat: &SnatMode,
+    private_prefixes: &[IpNet],
+) -> Result<DataplaneSpec, DetectError> {
+    if settings.dataplane == DataplaneKind::Nftables {
+        return Ok(DataplaneSpec::Nftables);
+    }
+    let err = |m: String| Err(DetectError::Ebpf(m));
+    let pool = match snat {
+        SnatMode::To(_) | SnatMode::Pool(_) => crate::dataplane::v4_pool(&snat.addresses()),
+        SnatMode::Masquerade => {
+            return err("the public interface's address is dynamic (DHCP) and the eBPF programs translate to fixed addresses; give the address with snat_to (or --snat-to), or use dataplane = \"nftables\"".into())
+        }
+        SnatMode::Blocks(_) => return err("port blocks are not supported; remove [port_blocks]".into()),
+    };
+    if pool.len() > 16 {
+        return err(format!(
+            "{} pool addresses; the eBPF programs take at most 16: shorten snat_to",
+            pool.len()
+        ));
+    }
+    let v4 = private_prefixes
+        .iter()
+        .filter(|p| p.addr().is_ipv4())
+        .count();
+    if v4 > 8 {
+        return err(format!("{v4} private IPv4 prefixes; the eBPF programs take at most 8: aggregate private_prefixes/routes into fewer, larger prefixes"));
+    }
+    let local_ports = observed
+        .sysctls
+        .get(LOCAL_PORT_RANGE)
+        .and_then(|v| PortRange::from_sysctl(v))
+        .unwrap_or(DEFAULT_LOCAL_PORTS);
+    let pool_is_local = pool.iter().any(|a| {
+        observed
+            .addresses
+            .iter()
+            .any(|o| o.address == IpAddr::V4(*a))
+    });
+    let ports = crate::dataplane::port_range(settings.port_range, local_ports, pool_is_local)
+        .map_err(DetectError::Ebpf)?;
+    Ok(DataplaneSpec::Ebpf(EbpfPlane {
+        filtering: settings.filtering.unwrap_or_default(),
+        ports,
+    }))
 }
 
 /// The preferred IPv4 default route through the public interface, as the admin's
@@ -576,6 +634,49 @@ mod tests {
         assert_eq!(
             detect(Flags::default(), &o).unwrap().snat,
             SnatMode::Masquerade
+        );
+    }
+
+    #[test]
+    fn ebpf_plane_takes_ports_outside_the_hosts_ephemeral_range() {
+        use crate::dataplane::{DataplaneSpec, Filtering};
+        let mut o = headnode();
+        let settings = Settings {
+            dataplane: DataplaneKind::Ebpf,
+            ..Settings::default()
+        };
+        let d = desired(&settings, &o).unwrap();
+        let DataplaneSpec::Ebpf(e) = d.dataplane else {
+            panic!("{:?}", d.dataplane)
+        };
+        assert_eq!(
+            (e.ports.to_string(), e.filtering),
+            ("61000-65535".into(), Filtering::EndpointIndependent)
+        );
+        o.sysctls
+            .insert(LOCAL_PORT_RANGE.into(), "1024\t50000".into());
+        let d = desired(&settings, &o).unwrap();
+        assert_eq!(d.dataplane.ebpf().unwrap().ports.to_string(), "50001-65535");
+        // A configured range over the host's own ports is refused (the pool is local).
+        let overlapping = Settings {
+            port_range: Some("40000-50000".to_string().try_into().unwrap()),
+            ..settings.clone()
+        };
+        let e = desired(&overlapping, &o).unwrap_err();
+        assert!(
+            e.is_usage()
+                && e.to_string()
+                    .contains("overlaps this host's own ephemeral ports 1024-50000"),
+            "{e}"
+        );
+        // A dynamic public address cannot be translated to by fixed programs.
+        o.addresses[1].dynamic = true;
+        let e = desired(&settings, &o).unwrap_err();
+        assert!(e.to_string().contains("is dynamic (DHCP)"), "{e}");
+        // The nftables plane is untouched.
+        assert_eq!(
+            desired(&Settings::default(), &o).unwrap().dataplane,
+            DataplaneSpec::Nftables
         );
     }
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod config_template;
+pub mod dataplane;
 pub mod desired;
 pub mod detect;
 pub mod doctor;

@@ -32,6 +32,10 @@ pub enum Change {
         reason: TableReason,
         from: Option<String>,
         digest: String,
+        /// With the eBPF data plane: the public interface its programs are attached to
+        /// (the change installs them too, or re-attaches them when they went missing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ebpf: Option<String>,
     },
     /// An earlier apply stopped half-way (killed, crashed): finish it and record the
     /// gateway, even when the system already matches.
@@ -126,6 +130,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
                 .and(installed)
                 .map(|t| t.digest.clone()),
             digest,
+            ebpf: desired
+                .dataplane
+                .ebpf()
+                .map(|_| desired.public.name.as_str().to_string()),
         });
     }
     if let Some(applying) = observed.state.as_ref().and_then(|s| s.applying) {
@@ -209,10 +217,14 @@ impl fmt::Display for Change {
                 reason,
                 from,
                 digest,
+                ebpf,
             } => {
                 let what = match reason {
                     TableReason::Create => "create",
                     TableReason::Update => "update (rules changed)",
+                    TableReason::Drift if ebpf.is_some() => {
+                        "restore (the live table or the eBPF programs changed outside natgw)"
+                    }
                     TableReason::Drift => "restore (the live table was modified outside natgw)",
                 };
                 let from = from
@@ -221,7 +233,14 @@ impl fmt::Display for Change {
                 write!(
                     f,
                     "{what} nftables table {TABLE_FAMILY} {TABLE_NAME}: {from} -> digest {digest}"
-                )
+                )?;
+                match ebpf {
+                    Some(public) => write!(
+                        f,
+                        ", with natgw's eBPF programs attached to {public} (kept when they already run this configuration)"
+                    ),
+                    None => Ok(()),
+                }
             }
             Change::FinishApply { pid } => write!(
                 f,
@@ -274,6 +293,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            dataplane: Default::default(),
             ipv6: None,
             public_ingress_hook: false,
         }

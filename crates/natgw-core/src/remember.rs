@@ -131,6 +131,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            dataplane: Default::default(),
             ipv6: None,
             public_ingress_hook: false,
         }

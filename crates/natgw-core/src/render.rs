@@ -6,6 +6,7 @@ use std::fmt::Write;
 use ipnet::{IpNet, Ipv4Net};
 use sha2::{Digest, Sha256};
 
+use crate::dataplane::{MARK, MARK_MASK};
 use crate::desired::{Desired, Ipv6Gateway, Ipv6Translation, SnatMode};
 use crate::ifname::IfName;
 use crate::pool::{PortSelection, Timeouts};
@@ -40,6 +41,11 @@ pub const COUNTERS: [(&str, &str); 7] = [
         "new connections from the public side to the private side",
     ),
 ];
+
+/// The eBPF data plane's extra counter: inbound packets its programs admitted for a
+/// binding (endpoint-independent or address-dependent filtering) that conntrack did
+/// not know.
+const ADMITTED: &str = "packets the eBPF data plane admitted from the public side for a binding";
 
 /// The rendered table and the digest that identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +192,26 @@ fn render_body(d: &Desired) -> String {
             )
         }
     };
+    // eBPF data plane: its programs translate IPv4 on the public interface, outside
+    // netfilter, so the table has no IPv4 NAT rule; the filter sees private addresses
+    // both ways and accepts, from the public side, what the programs admitted for a
+    // binding (their mark) besides conntrack's replies. IPv6 stays here.
+    let (maps, translate, admitted, plane) = match d.dataplane.ebpf() {
+        None => (maps, translate, String::new(), String::new()),
+        Some(e) => (
+            String::new(),
+            String::new(),
+            format!(
+                "\t\toifname {private} meta mark & {MARK_MASK:#010x} == {MARK:#010x} counter name \"inbound_admitted\" accept\n"
+            ),
+            format!(
+                "\t# data plane ebpf: IPv4 translated to {} by natgw's eBPF programs on {public}, ports {}, filtering {}\n\tcounter inbound_admitted {{\n\t\tcomment \"{ADMITTED}\"\n\t}}\n",
+                crate::join(&d.snat.addresses()),
+                e.ports,
+                e.filtering,
+            ),
+        ),
+    };
     let t = d.timeouts;
     // Before the accept rules: an accepted SYN leaves the chain unclamped.
     let clamp = if d.mss_clamp {
@@ -204,6 +230,7 @@ fn render_body(d: &Desired) -> String {
     for (name, what) in COUNTERS {
         writeln!(out, "\tcounter {name} {{\n\t\tcomment \"{what}\"\n\t}}").unwrap();
     }
+    out.push_str(&plane);
     // Timeouts for natgw's flows only (RFC 4787 REQ-5, RFC 5382 REQ-5), never the
     // global sysctls. `ct timeout set` acts on the new, not yet confirmed conntrack
     // entry: it is set in the NAT chain, which sees exactly natgw's flows, once, on
@@ -261,7 +288,7 @@ fn render_body(d: &Desired) -> String {
 {forward6_spoof}\t}}
 \tchain from_public {{
 \t\toifname {private} ct state established,related counter name \"inbound_replies\" accept
-\t\toifname {private} counter name \"dropped_unsolicited\" drop
+{admitted}\t\toifname {private} counter name \"dropped_unsolicited\" drop
 \t\tct state established,related accept
 \t\tcounter name \"dropped_unsolicited\" drop
 \t}}
@@ -479,6 +506,7 @@ mod tests {
             timeouts: Default::default(),
             warnings: vec![],
             ha_public_vip: None,
+            dataplane: Default::default(),
             ipv6: None,
             public_ingress_hook: true,
         }
@@ -489,6 +517,43 @@ mod tests {
         let r = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
         insta::assert_snapshot!(r.text);
         assert_eq!(listed_digest(&r.text), Some(r.digest.as_str()));
+    }
+
+    #[test]
+    fn ebpf_ruleset_has_no_ipv4_nat_and_accepts_the_mark() {
+        use crate::dataplane::{DataplaneSpec, EbpfPlane, Filtering, PortRange};
+        let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
+        d.dataplane = DataplaneSpec::Ebpf(EbpfPlane {
+            filtering: Filtering::EndpointIndependent,
+            ports: PortRange {
+                first: 61000,
+                last: 65535,
+            },
+        });
+        let r = render(&d);
+        insta::assert_snapshot!("ebpf_ruleset", r.text);
+        assert!(!r.text.contains("snat ip to"), "{}", r.text);
+        let at = |needle: &str| r.text.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        // Admitted inbound is accepted before the unsolicited drop, after anti-spoofing.
+        assert!(
+            at("meta mark & 0x0f000000 == 0x0a000000")
+                < at("counter name \"dropped_unsolicited\" drop")
+        );
+        assert!(at("ip saddr != @private4") < at("meta mark & 0x0f000000"));
+        // Another filtering mode is another table (up reloads the programs).
+        let mut other = d.clone();
+        other.dataplane = DataplaneSpec::Ebpf(EbpfPlane {
+            filtering: Filtering::AddressAndPortDependent,
+            ports: PortRange {
+                first: 61000,
+                last: 65535,
+            },
+        });
+        assert_ne!(render(&other).digest, r.digest);
+        assert_ne!(
+            render(&desired(SnatMode::To("203.0.113.1".parse().unwrap()))).digest,
+            r.digest
+        );
     }
 
     #[test]

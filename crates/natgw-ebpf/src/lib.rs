@@ -49,6 +49,7 @@
 //! complete a checksum at the old transport offset; veth and virtio deliver it as is.
 
 pub mod maps;
+pub mod pin;
 pub mod plane;
 
 pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};

@@ -319,9 +319,12 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
             format!("delete the {} rules", dataplane.name()),
             Err(crate::nft::NftError::Missing.to_string()),
         )
-    } else if observed.table.is_some() {
+    } else if observed.table.is_some() || dataplane.has_leftovers() {
         report.record(
-            "delete nftables table inet natgw".into(),
+            match dataplane.name() {
+                "ebpf" => "detach the eBPF programs, remove their pinned links and maps, delete nftables table inet natgw".into(),
+                _ => "delete nftables table inet natgw".into(),
+            },
             dataplane.remove().map_err(|e| error_chain(&e)),
         )
     } else {

@@ -2,6 +2,7 @@
 //! and counting the rules that forward and translate. Commands and `apply` talk to a
 //! `Dataplane`, never to nft directly, so another data plane (eBPF) plugs in here.
 
+use natgw_core::dataplane::DataplaneKind;
 use natgw_core::observed::LiveTable;
 use natgw_core::render::render;
 use natgw_core::Desired;
@@ -14,11 +15,13 @@ pub enum DataplaneError {
     Nft(#[from] NftError),
     #[error("the {what} was installed, but it cannot be read back")]
     Vanished { what: &'static str },
+    #[error("eBPF data plane: {0}")]
+    Ebpf(String),
 }
 
 /// What was installed before a change, so that a failed apply can put it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot(Option<String>);
+pub struct Snapshot(pub(crate) Option<String>);
 
 pub trait Dataplane {
     /// Short name for messages and `--json` (`nftables`).
@@ -39,6 +42,11 @@ pub trait Dataplane {
     fn remove(&self) -> Result<(), DataplaneError>;
     /// natgw's counters.
     fn counters(&self) -> Result<Vec<Counter>, DataplaneError>;
+    /// Whether something of it is left that `remove` must take away even when no
+    /// table is installed (pinned programs after a crash).
+    fn has_leftovers(&self) -> bool {
+        false
+    }
 }
 
 /// The kernel's netfilter, through natgw's table `inet natgw`.
@@ -67,6 +75,11 @@ impl Dataplane for Nftables {
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
         nft::replace(&render(desired).text)?;
+        // Switching from the eBPF plane: its programs would translate a second time.
+        if crate::ebpf::has_pins() {
+            crate::ebpf::remove_programs()
+                .map_err(|e| DataplaneError::Ebpf(crate::apply::error_chain(&e)))?;
+        }
         nft::live_table()?.ok_or(DataplaneError::Vanished {
             what: "table inet natgw",
         })
@@ -85,7 +98,29 @@ impl Dataplane for Nftables {
     }
 }
 
-/// The data plane this host uses (one today; selected by config once there are two).
-pub fn current() -> Nftables {
-    Nftables
+/// The data plane of `kind`; `public` is the gateway's public interface, where the
+/// eBPF programs are attached.
+pub fn select(kind: DataplaneKind, public: Option<&str>) -> Box<dyn Dataplane> {
+    match kind {
+        DataplaneKind::Nftables => Box::new(Nftables),
+        DataplaneKind::Ebpf => Box::new(crate::ebpf::Ebpf {
+            public: public.map(str::to_string),
+        }),
+    }
+}
+
+/// The data plane the last `up` of this namespace installed (from its record; the
+/// eBPF plane also when only its pinned programs are left), else nftables.
+pub fn recorded() -> Box<dyn Dataplane> {
+    let gateway = crate::state_store::load()
+        .ok()
+        .flatten()
+        .and_then(|s| s.gateway);
+    let public = gateway.as_ref().map(|g| g.public.name.as_str().to_string());
+    let kind = match &gateway {
+        Some(g) => g.dataplane.kind(),
+        None if crate::ebpf::has_pins() => DataplaneKind::Ebpf,
+        None => DataplaneKind::Nftables,
+    };
+    select(kind, public.as_deref())
 }

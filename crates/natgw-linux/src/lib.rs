@@ -7,6 +7,7 @@ pub mod arp;
 pub mod conntrack;
 pub mod ctnetlink;
 pub mod dataplane;
+pub mod ebpf;
 pub mod events;
 pub mod firewall;
 pub mod ha;

@@ -50,7 +50,12 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         .map(|l| l.name.as_str())
         .chain(["all", "default"]);
     // IPv6 ones are absent when the kernel runs without IPv6 (ipv6.disable=1).
-    let optional = std::iter::once(IPV6_FORWARD.to_string()).chain(per_link.flat_map(|iface| {
+    let optional = [
+        IPV6_FORWARD.to_string(),
+        natgw_core::dataplane::LOCAL_PORT_RANGE.to_string(),
+    ]
+    .into_iter()
+    .chain(per_link.flat_map(|iface| {
         [
             format!("net.ipv4.conf.{iface}.forwarding"),
             format!("net.ipv4.conf.{iface}.rp_filter"),

@@ -62,6 +62,73 @@ fn namespace_dir() -> Result<PathBuf, StateError> {
     Ok(PathBuf::from(BASE).join(format!("netns-{cookie}")))
 }
 
+/// The bpffs where natgw pins the eBPF data plane's links and maps, one directory per
+/// network namespace (named like the state directory). One bpffs for all: each mount
+/// of bpffs is its own instance, and a mount made inside `ip netns exec` (a private
+/// mount namespace) ends with that process, taking the pins with it. So it is mounted
+/// once in the host's mount namespace (natgw does when it runs there), and every
+/// `ip netns exec` started after that sees the same instance.
+pub const BPFFS: &str = "/run/natgw/bpffs";
+
+/// The eBPF data plane's pin directory of the current network namespace (not created).
+pub fn bpf_dir() -> Result<PathBuf, StateError> {
+    let cookie = netns_cookie().map_err(StateError::Namespace)?;
+    Ok(PathBuf::from(BPFFS).join(format!("netns-{cookie}")))
+}
+
+/// Whether `path` is a mounted bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as libc::c_long == BPF_FS_MAGIC
+}
+
+/// The pin directory, created (0700) on a bpffs at `BPFFS`, mounting one there first
+/// when there is none.
+pub fn bpf_dir_created() -> Result<PathBuf, StateError> {
+    secure_dir(Path::new(BASE))?;
+    let base = Path::new(BPFFS);
+    if !is_bpffs(base) {
+        match std::fs::DirBuilder::new().mode(0o700).create(base) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io("create", base, e))
+            }
+            _ => {}
+        }
+        let (src, fstype, data) = (c"bpf", c"bpf", c"mode=0700");
+        let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+        // SAFETY: valid C strings; mounting is what this function is for.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(io(
+                "mount a bpffs at",
+                base,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        tracing::warn!(
+            "mounted a bpffs at {BPFFS} in natgw's mount namespace; under `ip netns exec` that namespace ends with this command, and with it the pinned eBPF programs: mount it in the host's namespace first (mkdir -p {BPFFS} && mount -t bpf -o mode=0700 bpf {BPFFS})"
+        );
+    }
+    let dir = bpf_dir()?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io("create", &dir, e)),
+        _ => Ok(dir),
+    }
+}
+
 /// The current network namespace's cookie, read from a throwaway socket.
 fn netns_cookie() -> std::io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -351,11 +418,16 @@ pub fn remove_named(name: &str) -> Result<(), StateError> {
 /// Removes every natgw record of the current network namespace: for whoever deletes
 /// the namespace (the lab), since records of a dead namespace mean nothing.
 pub fn remove_namespace_records() -> Result<(), StateError> {
-    let dir = namespace_dir()?;
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir, e)),
-        _ => Ok(()),
+    // The pinned eBPF objects too: unlinking the pins releases programs and maps.
+    for dir in [namespace_dir()?, bpf_dir()?] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("remove", &dir, e))
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> StateError {
@@ -409,6 +481,8 @@ pub fn prune_dead_namespaces() -> Vec<PathBuf> {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok());
         if inode.is_some_and(|i| !live.contains(&i)) && std::fs::remove_dir_all(&dir).is_ok() {
+            // Its pinned eBPF objects too: unlinking them releases programs and maps.
+            let _ = std::fs::remove_dir_all(Path::new(BPFFS).join(&name));
             removed.push(dir);
         }
     }
@@ -461,10 +535,17 @@ fn live_namespaces() -> std::collections::HashSet<u64> {
         let Ok(mnt) = std::fs::read_link(pid_dir.join("ns/mnt")) else {
             continue;
         };
-        if !mount_namespaces.insert(mnt) {
+        if mount_namespaces.contains(&mnt) {
             continue;
         }
+        // A process that exits meanwhile reads as nothing: its mount namespace is only
+        // counted as seen once a process in it was read, or every namespace bind-mounted
+        // there would look dead (and lose its records and pinned programs).
         let mountinfo = std::fs::read_to_string(pid_dir.join("mountinfo")).unwrap_or_default();
+        if mountinfo.is_empty() {
+            continue;
+        }
+        mount_namespaces.insert(mnt);
         for line in mountinfo.lines() {
             // Field 4 is the mount's root: `net:[INODE]` for a bind-mounted namespace.
             let root = line.split_whitespace().nth(3).unwrap_or("");

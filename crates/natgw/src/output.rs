@@ -42,6 +42,7 @@ pub fn describe(desired: &Desired) -> String {
         )),
         None => text.push_str("ipv6:       off\n"),
     }
+    text.push_str(&format!("dataplane:  {}\n", desired.dataplane));
     for route in &desired.routes {
         text.push_str(&format!("route:      {} via {}\n", route.to, route.via));
     }

@@ -858,21 +858,6 @@ fn missing_nft_tool_is_named_with_its_package() {
     assert_eq!(headnode_snapshot(&lab), before);
 }
 
-fn natgw_stun_server(lab: &Lab) -> Background {
-    spawn_in(
-        lab,
-        "pub",
-        env!("CARGO_BIN_EXE_natgw"),
-        &[
-            "stun-server",
-            "--listen",
-            "198.51.100.10",
-            "--alt",
-            "198.51.100.11",
-        ],
-    )
-}
-
 #[test]
 fn probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour() {
     let Some(lab) = lab_or_skip(

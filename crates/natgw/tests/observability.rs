@@ -10,46 +10,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
-
-const METRICS: &str = "127.0.0.1:9469";
-
-/// One HTTP GET inside the headnode namespace: (status line, body).
-pub fn http_get(lab: &Lab, path: &str) -> Option<(String, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: natgw\r\n\r\n");
-    natgw_lab::in_netns(&lab.ns("head"), move || {
-        let mut s = TcpStream::connect(METRICS).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        Some((head.lines().next()?.to_string(), body.to_string()))
-    })
-    .unwrap()
-}
-
-/// The scrape as `series → value` (`name{labels}` exactly as served).
-pub fn scrape(lab: &Lab) -> (String, BTreeMap<String, f64>) {
-    let (status, body) = http_get(lab, "/metrics").expect("scrape /metrics");
-    assert!(status.contains("200"), "{status}\n{body}");
-    let series = body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.rsplit_once(' ').unwrap();
-            (name.to_string(), value.parse().unwrap())
-        })
-        .collect();
-    (body, series)
-}
 
 fn value(series: &BTreeMap<String, f64>, name: &str) -> f64 {
     *series

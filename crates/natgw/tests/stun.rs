@@ -175,22 +175,6 @@ fn a_flood_from_one_source_leaves_others_answered_and_every_drop_is_counted() {
     assert!(stats["answered"] <= bound + 100, "{stats:?}");
 }
 
-/// The classic client's verdict line ("Primary: ...") against the lab's server.
-fn classic_client(lab: &Lab, role: &str) -> String {
-    // `stun` exits with a bit mask of its findings, not 0: only its output matters.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ns(role)])
-        .args(["timeout", "20", "stun", "198.51.100.10"])
-        .output()
-        .expect("run the classic client (Debian package stun-client)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find(|l| l.starts_with("Primary:"))
-        .unwrap_or_else(|| panic!("no verdict from stun: {}", common::text(&out)))
-        .trim()
-        .to_string()
-}
-
 /// `natgw probe --classic` from n1: (mapping, filtering, RFC 3489 type).
 fn classic_probe(lab: &Lab) -> (String, String, String) {
     // The filtering and hairpinning tests wait out a timeout each: keep it short.

@@ -513,6 +513,22 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
             }
         }
     }
+    if inputs.settings.dataplane == crate::dataplane::DataplaneKind::Ebpf {
+        // IPv4 only (IPv6 stays with natgw's table), and natgw's own rules are its
+        // IPv6 translation.
+        let mut v4 = Vec::new();
+        for (prefix, iif) in private_sources(inputs.observed, roles) {
+            if !prefix.addr().is_ipv4() {
+                continue;
+            }
+            v4.extend(
+                snat_rules(chains, &outbound(prefix, iif, public, "new"))
+                    .into_iter()
+                    .filter(|r| !r.natgw),
+            );
+        }
+        return ebpf_snat(&v4, public);
+    }
     if let Some(rule) = rules
         .iter()
         .find(|r| r.to.is_some_and(|a| !current.contains(&a)))
@@ -539,6 +555,31 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
         ID,
         format!("translated out of {public} by {}", how.join(", ")),
     )
+}
+
+/// With the eBPF plane no netfilter rule should translate natgw's flows: the
+/// programs translate after netfilter, and a packet some rule already translated is
+/// no longer from a private source, so it bypasses them (its mapping is conntrack's,
+/// with conntrack's filtering and timeouts).
+fn ebpf_snat(rules: &[firewall::SnatRule], public: &str) -> Finding {
+    const ID: &str = "snat";
+    match rules.first() {
+        None => Finding::pass(
+            ID,
+            format!("translated by natgw's eBPF programs on {public} (see ebpf_attached); no netfilter rule translates first"),
+        ),
+        Some(rule) => Finding::warn(
+            ID,
+            format!(
+                "{} ({}) source-translates the private prefixes out of {public} before natgw's eBPF programs, which then leave those packets alone",
+                rule.chain, rule.rule
+            ),
+            Fix::say(format!(
+                "remove that rule of {} from its owner's configuration (natgw does not touch foreign rules)",
+                rule.chain
+            )),
+        ),
+    }
 }
 
 fn stale_snat(
@@ -1196,6 +1237,37 @@ mod tests {
         let f = find(&findings, "snat");
         assert_eq!(f.status, Status::Fail, "{f:?}");
         assert!(f.detail.starts_with("no rule source-translates"), "{f:?}");
+    }
+
+    #[test]
+    fn with_the_ebpf_plane_a_netfilter_snat_is_the_problem_not_its_absence() {
+        let settings = Settings {
+            dataplane: crate::dataplane::DataplaneKind::Ebpf,
+            ..settings()
+        };
+        let o = healthy();
+        let check = |chains| {
+            snat(
+                &inputs(&settings, &o, chains),
+                &roles(&settings, &o).unwrap(),
+            )
+        };
+        let none = check(Vec::new());
+        assert_eq!(none.status, Status::Pass, "{none:?}");
+        assert!(
+            none.detail
+                .starts_with("translated by natgw's eBPF programs"),
+            "{none:?}"
+        );
+        // MIXED has iptables-nft's SNAT for 10.0.0.0/24 out of wan0 (see below).
+        let mut chains = chains(&[MIXED]);
+        chains.retain(|c| !c.is_natgw());
+        let foreign = check(chains);
+        assert_eq!(foreign.status, Status::Warn, "{foreign:?}");
+        assert!(
+            foreign.detail.contains("before natgw's eBPF programs"),
+            "{foreign:?}"
+        );
     }
 
     #[test]

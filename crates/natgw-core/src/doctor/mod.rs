@@ -3,6 +3,7 @@
 //! Each check has a stable id, a status, what it found and the fix.
 
 pub mod checks;
+pub mod ebpf;
 pub mod firewall;
 pub mod fix;
 pub mod from_nft;

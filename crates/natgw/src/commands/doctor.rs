@@ -93,8 +93,8 @@ fn diagnose(
     netlink: &Netlink,
     last_run: Option<CounterRecord>,
 ) -> exit::Result<Vec<Finding>> {
-    let observed =
-        natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
+    let observed = natgw_linux::observe(netlink, gateway::select(settings, true, args).as_ref())
+        .map_err(problem)?;
     // The gateway `up` made, unless the admin names another on the command line.
     let settings = &remembered(args, settings, &observed);
     let (firewall, nat_check) = if observed.nft_present {
@@ -126,6 +126,19 @@ fn diagnose(
     if let Some(ha) = &settings.ha {
         findings.extend(super::ha::findings(ha, &observed));
     }
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
+        let public = observed
+            .state
+            .as_ref()
+            .and_then(|s| s.gateway.as_ref())
+            .map(|g| g.public.name.as_str().to_string())
+            .or_else(|| settings.public.clone())
+            .unwrap_or_default();
+        let up = observed.table.is_some();
+        findings.extend(doctor::ebpf::findings(&natgw_linux::ebpf::doctor_observed(
+            &public, up,
+        )));
+    }
     Ok(findings)
 }
 
@@ -138,8 +151,8 @@ fn repair(
     let mut done = Vec::new();
     // --fix repairs the gateway `up` made; it never creates one on a host where natgw
     // was never brought up (what would it be? `plan` shows, `up` decides).
-    let observed =
-        natgw_linux::observe(netlink, &natgw_linux::dataplane::current()).map_err(problem)?;
+    let observed = natgw_linux::observe(netlink, gateway::select(settings, true, args).as_ref())
+        .map_err(problem)?;
     if observed.state.is_none() && observed.state_problem.is_none() {
         done.push(
             "nothing: natgw was never brought up here (run `natgw plan`, then `natgw up`)".into(),
@@ -170,12 +183,12 @@ fn repair(
         }
     }
     if repairs.contains(&&Repair::ApplyGateway) || !done.is_empty() {
-        let dataplane = natgw_linux::dataplane::current();
+        let dataplane = gateway::select(settings, true, args);
         if !done.is_empty() {
-            let observed = gateway::observe(netlink, &dataplane)?;
+            let observed = gateway::observe(netlink, dataplane.as_ref())?;
             done.extend(restore_uplink_default(netlink, &observed)?);
         }
-        let observed = gateway::observe(netlink, &dataplane)?;
+        let observed = gateway::observe(netlink, dataplane.as_ref())?;
         if observed.state_problem.is_some() {
             // Applying now would write a fresh record over the one that holds the
             // original values: `down` must recover first.
@@ -189,7 +202,13 @@ fn repair(
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
             up::apply_and_verify(
-                &plan, &observed, &settings, &desired, netlink, &dataplane, true,
+                &plan,
+                &observed,
+                &settings,
+                &desired,
+                netlink,
+                dataplane.as_ref(),
+                true,
             )?;
             done.extend(plan.changes.iter().map(|c| c.to_string()));
         }

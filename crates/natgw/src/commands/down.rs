@@ -8,9 +8,9 @@ pub fn run(json: bool) -> exit::Result<i32> {
     gateway::require_privilege()?;
     let _lock = gateway::lock("down")?;
     let netlink = gateway::connect()?;
-    let dataplane = natgw_linux::dataplane::current();
-    let observed = natgw_linux::observe(&netlink, &dataplane).map_err(exit::problem)?;
-    let report = natgw_linux::teardown(&observed, &netlink, &dataplane);
+    let dataplane = natgw_linux::dataplane::recorded();
+    let observed = natgw_linux::observe(&netlink, dataplane.as_ref()).map_err(exit::problem)?;
+    let report = natgw_linux::teardown(&observed, &netlink, dataplane.as_ref());
     if json {
         output::json(&report);
     } else if report.done.is_empty() && report.errors.is_empty() && report.unknown.is_empty() {

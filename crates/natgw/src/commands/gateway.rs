@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use natgw_core::config::Flags;
 use natgw_core::{remember, Config, Desired, Observed, Settings};
-use natgw_linux::dataplane::{Dataplane, Nftables};
+use natgw_linux::dataplane::Dataplane;
 use natgw_linux::netlink::Netlink;
 use natgw_linux::state_store::{self, Lock};
 
@@ -103,7 +103,7 @@ pub fn desired(settings: &Settings, observed: &Observed) -> exit::Result<Desired
 /// the gateway it should be.
 pub struct Prepared {
     pub netlink: Netlink,
-    pub dataplane: Nftables,
+    pub dataplane: Box<dyn Dataplane>,
     pub observed: Observed,
     pub desired: Desired,
     /// How fresh detection disagrees with the recorded gateway (shown, not adopted).
@@ -122,8 +122,8 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     require_privilege()?;
     let lock = lock(command)?;
     let netlink = connect()?;
-    let dataplane = natgw_linux::dataplane::current();
-    let observed = observe(&netlink, &dataplane)?;
+    let dataplane = select(&settings, read_only, args);
+    let observed = observe(&netlink, dataplane.as_ref())?;
     let settings = if read_only {
         recorded_settings(args, settings, &observed)
     } else {
@@ -162,6 +162,25 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
         lock,
         settings: effective,
     })
+}
+
+/// The data plane: the one `up` is asked for, or for read commands given no flags the
+/// one the last `up` installed.
+pub fn select(settings: &Settings, read_only: bool, args: &GatewayArgs) -> Box<dyn Dataplane> {
+    let recorded = natgw_linux::state_store::load()
+        .ok()
+        .flatten()
+        .and_then(|s| s.gateway);
+    let public = settings.public.clone().or_else(|| {
+        recorded
+            .as_ref()
+            .map(|g| g.public.name.as_str().to_string())
+    });
+    let kind = match &recorded {
+        Some(g) if read_only && args.is_empty() => g.dataplane.kind(),
+        _ => settings.dataplane,
+    };
+    natgw_linux::dataplane::select(kind, public.as_deref())
 }
 
 /// For read commands given no flags: what the last `up` was asked for, so that they

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use natgw_core::{Desired, Settings, SnatMode};
-use natgw_linux::dataplane::Nftables;
+use natgw_linux::dataplane::Dataplane;
 use natgw_linux::events::Events;
 use natgw_linux::netlink::Netlink;
 use natgw_linux::state_store::{self, StateError};
@@ -55,9 +55,10 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
     let mut tracker = start_observing(observe, settings.log_mappings, &figures)?;
     let mut daemon = Daemon {
         netlink: gateway::connect()?,
-        dataplane: natgw_linux::dataplane::current(),
+        dataplane: gateway::select(&settings, false, args),
         settings,
         forwarding: Vec::new(),
+        ebpf_public: None,
         last_problem: None,
         ready: false,
         repairs: 0,
@@ -119,7 +120,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
         let now = Instant::now();
         if now >= next_poll {
             next_poll = now + SYSCTL_POLL;
-            if daemon.forwarding_drifted() {
+            if daemon.forwarding_drifted() || daemon.programs_missing() {
                 due = Some(now);
             }
             if daemon.ha.poll(daemon.settings.ha.as_ref(), &daemon.netlink) {
@@ -160,10 +161,13 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
 
 struct Daemon {
     netlink: Netlink,
-    dataplane: Nftables,
+    dataplane: Box<dyn Dataplane>,
     settings: Settings,
     /// The forwarding sysctls of the last desired gateway, for the cheap poll.
     forwarding: Vec<(String, String)>,
+    /// With the eBPF plane, the public interface its programs must be attached to (the
+    /// cheap poll checks them: detaching raises no notification).
+    ebpf_public: Option<String>,
     /// Logged once until it changes, so a down interface does not flood the log.
     last_problem: Option<String>,
     ready: bool,
@@ -213,7 +217,7 @@ impl Daemon {
     fn try_reconcile(&mut self) -> Result<Option<String>, String> {
         let text = |f: exit::Failure| format!("{:#}", f.error);
         let _lock = gateway::lock("run").map_err(text)?;
-        let observed = gateway::observe(&self.netlink, &self.dataplane).map_err(text)?;
+        let observed = gateway::observe(&self.netlink, self.dataplane.as_ref()).map_err(text)?;
         if let Some(problem) = &observed.state_problem {
             return Err(format!("{problem}; run `natgw down` to recover"));
         }
@@ -232,6 +236,10 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        self.ebpf_public = desired
+            .dataplane
+            .ebpf()
+            .map(|_| desired.public.name.as_str().to_string());
         self.figures.set_gateway(&desired);
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
@@ -244,7 +252,7 @@ impl Daemon {
                 &settings,
                 &desired,
                 &self.netlink,
-                &self.dataplane,
+                self.dataplane.as_ref(),
                 false,
             )
             .map_err(|f| {
@@ -275,6 +283,13 @@ impl Daemon {
             .any(|(name, want)| natgw_linux::sysctl::read(name).ok().as_ref() != Some(want))
     }
 
+    /// Whether the eBPF programs are no longer attached and pinned.
+    fn programs_missing(&self) -> bool {
+        self.ebpf_public
+            .as_deref()
+            .is_some_and(|public| !natgw_linux::ebpf::running(public))
+    }
+
     /// SIGHUP: a valid configuration replaces the running one; an invalid one is
     /// logged and changes nothing.
     fn reload(&mut self, args: &GatewayArgs) -> bool {
@@ -282,6 +297,8 @@ impl Daemon {
             Ok(settings) => {
                 info!("configuration reloaded");
                 let _ = sd_notify::notify(false, &[NotifyState::Reloading]);
+                // The config may name the other data plane.
+                self.dataplane = gateway::select(&settings, false, args);
                 self.settings = settings;
                 true
             }
@@ -296,8 +313,8 @@ impl Daemon {
     fn down(&self) -> exit::Result<i32> {
         let _lock = gateway::lock("run --down-on-exit")?;
         let observed =
-            natgw_linux::observe(&self.netlink, &self.dataplane).map_err(exit::problem)?;
-        let report = natgw_linux::teardown(&observed, &self.netlink, &self.dataplane);
+            natgw_linux::observe(&self.netlink, self.dataplane.as_ref()).map_err(exit::problem)?;
+        let report = natgw_linux::teardown(&observed, &self.netlink, self.dataplane.as_ref());
         for line in &report.errors {
             error!(error = %line, "could not undo");
         }

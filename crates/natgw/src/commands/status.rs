@@ -4,7 +4,6 @@
 use natgw_core::observed::Conntrack;
 use natgw_core::{Desired, Plan};
 use natgw_linux::nft::Counter;
-use natgw_linux::Dataplane;
 use serde::Serialize;
 
 use super::gateway;
@@ -28,6 +27,12 @@ struct Status {
     conntrack: Option<Conntrack>,
     /// natgw's live translations, from one ctnetlink dump.
     translations: Option<natgw_core::mapping::Summary>,
+    /// The data plane that translates (`nftables` or `ebpf`).
+    dataplane: &'static str,
+    /// The eBPF plane's programs: where pinned, whether attached, their counters and
+    /// bindings (only with `dataplane = "ebpf"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ebpf: Option<natgw_linux::ebpf::PlaneStatus>,
     /// The HA pair, with `[ha]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     ha: Option<super::ha::HaStatus>,
@@ -53,8 +58,19 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
     } else {
         Vec::new()
     };
-    let translations = installed.then(|| translations(&desired)).flatten();
+    let ebpf = match desired.dataplane.ebpf() {
+        Some(_) => {
+            natgw_linux::ebpf::status(Some(desired.public.name.as_str())).map_err(exit::problem)?
+        }
+        None => None,
+    };
+    // Conntrack's entries are not the eBPF plane's translations.
+    let translations = (installed && ebpf.is_none() && desired.dataplane.ebpf().is_none())
+        .then(|| translations(&desired))
+        .flatten();
     let status = Status {
+        dataplane: dataplane.name(),
+        ebpf,
         translations,
         state: if installed { "up" } else { "down" },
         in_sync: drift.is_empty() && observed.state_problem.is_none(),
@@ -150,6 +166,30 @@ fn print_translations(t: &natgw_core::mapping::Summary) {
     }
 }
 
+fn print_ebpf(e: &natgw_linux::ebpf::PlaneStatus) {
+    let attached = if e.attached.is_empty() {
+        "NOT ATTACHED".to_string()
+    } else {
+        e.attached.join(", ")
+    };
+    println!("ebpf:       programs {attached}; pinned in {}", e.pin_dir);
+    let per: Vec<String> = e.bindings.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    let busiest = e.bindings.values().copied().max().unwrap_or(0);
+    println!(
+        "  bindings: {} (of {} per protocol, busiest {:.1} % full)",
+        if per.is_empty() {
+            "none".to_string()
+        } else {
+            per.join(", ")
+        },
+        e.bindings_capacity,
+        busiest as f64 * 100.0 / e.bindings_capacity.max(1) as f64
+    );
+    for (name, value) in &e.counters {
+        println!("  {name:<24} {value:>12}");
+    }
+}
+
 fn print_human(status: &Status) {
     print!("{}", output::describe(&status.desired));
     if let Some(ha) = &status.ha {
@@ -183,6 +223,9 @@ fn print_human(status: &Status) {
     }
     if let Some(t) = &status.translations {
         print_translations(t);
+    }
+    if let Some(e) = &status.ebpf {
+        print_ebpf(e);
     }
     if let Some(ct) = status.conntrack {
         let percent = ct.count as f64 * 100.0 / ct.max.max(1) as f64;

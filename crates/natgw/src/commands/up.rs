@@ -37,6 +37,9 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
             "{why}\nnatgw cannot know what it changed before; run `natgw down` first: it removes natgw's table and routes, names the sysctls to check, and sets the record aside"
         )));
     }
+    if !dry_run {
+        ebpf_kernel(&desired)?;
+    }
     let plan = natgw_core::plan(&desired, &observed);
     for change in &plan.changes {
         tracing::debug!(change = %change, "planned");
@@ -62,7 +65,13 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     }
     if !dry_run && !plan.is_empty() {
         apply_and_verify(
-            &plan, &observed, &settings, &desired, &netlink, &dataplane, true,
+            &plan,
+            &observed,
+            &settings,
+            &desired,
+            &netlink,
+            dataplane.as_ref(),
+            true,
         )?;
     } else if !dry_run {
         // Nothing to change is a claim too: the gateway must still work.
@@ -86,6 +95,26 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+/// The eBPF data plane on a kernel without what its programs need (TCX, BTF): a
+/// configuration this host cannot carry, refused before anything changes.
+fn ebpf_kernel(desired: &Desired) -> exit::Result<()> {
+    if desired.dataplane.ebpf().is_none() {
+        return Ok(());
+    }
+    let observed = natgw_linux::ebpf::doctor_observed(desired.public.name.as_str(), false);
+    match natgw_core::doctor::ebpf::findings(&observed)
+        .into_iter()
+        .find(|f| f.status == natgw_core::doctor::Status::Fail)
+    {
+        None => Ok(()),
+        Some(f) => Err(crate::exit::usage(anyhow!(
+            "dataplane = \"ebpf\": {}; nothing was changed\nfix:\n{}",
+            f.detail,
+            indent(f.fix.as_deref().unwrap_or(""))
+        ))),
+    }
 }
 
 /// natgw's part is in place; another firewall must not stop the traffic all the same

@@ -63,6 +63,7 @@ struct GatewayInfo {
     private: String,
     snat: String,
     ports_allowed: u32,
+    dataplane: String,
 }
 
 impl DaemonFigures {
@@ -77,6 +78,7 @@ impl DaemonFigures {
                 .join(","),
             snat: desired.snat.to_string(),
             ports_allowed: mapping::ports_allowed(desired),
+            dataplane: desired.dataplane.kind().to_string(),
         };
         *self.gateway.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
     }
@@ -141,6 +143,47 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// The eBPF plane's figures, read from its pinned maps: its per-CPU counters summed,
+/// the public endpoints in use by protocol, the capacity per protocol, and how many of
+/// its two programs are attached.
+fn ebpf(encoder: &mut DescriptorEncoder, public: &str) -> Result<(), std::fmt::Error> {
+    let Ok(Some(status)) = natgw_linux::ebpf::status(Some(public)) else {
+        return Ok(());
+    };
+    family(
+        encoder,
+        "ebpf_programs_attached",
+        "natgw's eBPF programs attached to the public interface (2 when healthy)",
+        one(ConstGauge::new(status.attached.len() as i64)),
+    )?;
+    family(
+        encoder,
+        "ebpf_events",
+        "what the eBPF data plane did, by event (its counters, summed over CPUs)",
+        status
+            .counters
+            .iter()
+            .map(|(name, v)| (vec![("event", name.to_string())], ConstCounter::new(*v)))
+            .collect(),
+    )?;
+    family(
+        encoder,
+        "ebpf_bindings",
+        "public endpoints the eBPF data plane has handed out, by protocol",
+        status
+            .bindings
+            .iter()
+            .map(|(p, n)| (vec![("protocol", p.clone())], ConstGauge::new(*n as i64)))
+            .collect(),
+    )?;
+    family(
+        encoder,
+        "ebpf_bindings_capacity",
+        "public endpoints available per protocol (ports of the range times pool addresses)",
+        one(ConstGauge::new(status.bindings_capacity as i64)),
+    )
+}
+
 fn one<M>(value: M) -> Vec<(Labels<'static>, M)> {
     vec![(Vec::new(), value)]
 }
@@ -155,6 +198,7 @@ impl Collector for Scrape {
                 ("public", g.public.clone()),
                 ("private", g.private.clone()),
                 ("snat", g.snat.clone()),
+                ("dataplane", g.dataplane.clone()),
             ]);
         }
         family(
@@ -237,6 +281,10 @@ impl Collector for Scrape {
                 "bytes natgw forwarded, by direction",
                 bytes,
             )?;
+        }
+
+        if let Some(g) = gateway.as_ref().filter(|g| g.dataplane == "ebpf") {
+            ebpf(&mut encoder, &g.public)?;
         }
 
         let mut ct = natgw_linux::ctnetlink::Ctnetlink::open().ok();

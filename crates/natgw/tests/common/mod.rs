@@ -398,3 +398,97 @@ pub fn foreign_snat(lab: &Lab, table: &str, l4proto: &str, translation: &str) {
     rule.extend(translation.split_whitespace());
     in_ns(lab, "head", &rule);
 }
+
+/// natgw's STUN server (RFC 5780: two addresses) on the lab's public server.
+/// The classic RFC 3489 client's verdict line ("Primary: ...") from `role` against the
+/// lab's STUN server at 198.51.100.10.
+pub fn classic_client(lab: &Lab, role: &str) -> String {
+    // `stun` exits with a bit mask of its findings, not 0: only its output matters.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(role)])
+        .args(["timeout", "20", "stun", "198.51.100.10"])
+        .output()
+        .expect("run the classic client (Debian package stun-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("Primary:"))
+        .unwrap_or_else(|| panic!("no verdict from stun: {}", self::text(&out)))
+        .trim()
+        .to_string()
+}
+
+pub fn natgw_stun_server(lab: &Lab) -> Background {
+    spawn_in(
+        lab,
+        "pub",
+        env!("CARGO_BIN_EXE_natgw"),
+        &[
+            "stun-server",
+            "--listen",
+            "198.51.100.10",
+            "--alt",
+            "198.51.100.11",
+        ],
+    )
+}
+
+/// The bpffs where natgw pins the eBPF data plane, mounted in this (the host's) mount
+/// namespace: each `ip netns exec` gets a mount namespace of its own, and a bpffs that
+/// natgw mounted in there would end with it, taking the pinned programs along.
+pub fn host_bpffs() {
+    let path = std::path::Path::new("/run/natgw/bpffs");
+    let is_bpffs = || {
+        Command::new("stat")
+            .args(["-f", "-c", "%T", "/run/natgw/bpffs"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+    };
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if is_bpffs() {
+        return;
+    }
+    std::fs::create_dir_all(path).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "-o", "mode=0700", "bpf", "/run/natgw/bpffs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || is_bpffs(),
+        "mount bpffs: {}",
+        text(&out)
+    );
+}
+
+/// Where the tests' `natgw run --metrics-listen` listens (inside the headnode namespace).
+pub const METRICS: &str = "127.0.0.1:9469";
+
+/// One HTTP GET inside the headnode namespace: (status line, body).
+pub fn http_get(lab: &Lab, path: &str) -> Option<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: natgw\r\n\r\n");
+    natgw_lab::in_netns(&lab.ns("head"), move || {
+        let mut s = std::net::TcpStream::connect(METRICS).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
+    .unwrap()
+}
+
+/// The scrape as `series → value` (`name{labels}` exactly as served).
+pub fn scrape(lab: &Lab) -> (String, std::collections::BTreeMap<String, f64>) {
+    let (status, body) = http_get(lab, "/metrics").expect("scrape /metrics");
+    assert!(status.contains("200"), "{status}\n{body}");
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect();
+    (body, series)
+}

@@ -230,7 +230,13 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
                 for addr in ebpf_pool().iter().skip(1) {
                     net.ip(
                         "gw",
-                        &["addr", "add", &format!("{addr}/24"), "dev", GATEWAY_PUBLIC_IF],
+                        &[
+                            "addr",
+                            "add",
+                            &format!("{addr}/24"),
+                            "dev",
+                            GATEWAY_PUBLIC_IF,
+                        ],
                     )?;
                 }
             }

@@ -1,0 +1,309 @@
+//! Programs that outlive the process that loaded them: every link (the public
+//! interface's two, and one per private interface for hairpinning) and every natgw map
+//! pinned in one directory of a bpffs, so a later command (status, down, a restarted
+//! `natgw run`) reopens them and translations survive. The directory is the caller's
+//! (natgw keeps one per network namespace).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use aya::pin::PinError;
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::{ProgramError, TcAttachType};
+
+use crate::maps::{BpfConfig, COUNTERS};
+use crate::plane::{Plane, PlaneError, Side};
+
+/// Pinned names of the public interface's two links.
+const LINKS: [(Side, &str); 2] = [
+    (Side::Egress, "link_egress"),
+    (Side::Ingress, "link_ingress"),
+];
+/// Pinned name prefix of the private interfaces' links (`link_private_lan0`).
+pub const PRIVATE_LINK: &str = "link_private_";
+
+/// The pinned name of a private interface's hairpin link.
+pub fn private_link(ifname: &str) -> String {
+    format!("{PRIVATE_LINK}{ifname}")
+}
+/// Pinned maps (names as the kernel knows them).
+const CONFIG: &str = "natgw_config";
+const COUNTERS_MAP: &str = "natgw_counters";
+const RANGES: &str = "natgw_ranges";
+/// What must be pinned for natgw to reopen the programs: the public links and the
+/// maps it reads.
+pub const REQUIRED: [&str; 5] = ["link_egress", "link_ingress", CONFIG, COUNTERS_MAP, RANGES];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error(transparent)]
+    Plane(#[from] PlaneError),
+    #[error("attaching {name} to {ifname}")]
+    Attach {
+        name: &'static str,
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "link of {0} is not a TCX link (this kernel has no TCX; natgw needs Linux 6.6 or later)"
+    )]
+    NotTcx(&'static str),
+    #[error("pinning {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: PinError,
+    },
+    #[error("pinned link {path}")]
+    Link {
+        path: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinned map {path}")]
+    Map {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("removing {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tc(side: Side) -> TcAttachType {
+    match side {
+        Side::Egress => TcAttachType::Egress,
+        Side::Ingress | Side::Private => TcAttachType::Ingress,
+    }
+}
+
+/// Attaches the public programs of `plane` to `public` and the hairpin program to
+/// each of `private` (TCX), and pins the links and the maps under `dir` (an existing
+/// directory on a bpffs). Call it inside the interfaces' namespace. Nothing stays
+/// attached when this fails half-way: links not pinned yet close with the process.
+pub fn attach_pinned(
+    plane: &mut Plane,
+    public: &str,
+    private: &[&str],
+    dir: &Path,
+) -> Result<(), PinnedError> {
+    let mut links = Vec::new();
+    let targets = LINKS
+        .iter()
+        .map(|&(side, name)| (side, public, name.to_string()))
+        .chain(
+            private
+                .iter()
+                .map(|&ifname| (Side::Private, ifname, private_link(ifname))),
+        );
+    for (side, ifname, name) in targets {
+        let program = plane.program(side)?;
+        let id = program
+            .attach(ifname, tc(side))
+            .map_err(|source| PinnedError::Attach {
+                name: side.program(),
+                ifname: ifname.to_string(),
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| PinnedError::Attach {
+                name: side.program(),
+                ifname: ifname.to_string(),
+                source,
+            })?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|_| PinnedError::NotTcx(side.program()))?;
+        links.push((fd, name));
+    }
+    // Maps first: a pinned link without its maps could not be read back.
+    let info = plane
+        .program(Side::Egress)?
+        .info()
+        .map_err(|source| PinnedError::Attach {
+            name: Side::Egress.program(),
+            ifname: public.to_string(),
+            source,
+        })?;
+    let ids = info
+        .map_ids()
+        .map_err(|source| PinnedError::Attach {
+            name: Side::Egress.program(),
+            ifname: public.to_string(),
+            source,
+        })?
+        .unwrap_or_default();
+    for id in ids {
+        let map = MapData::from_id(id).map_err(|source| PinnedError::Map {
+            path: format!("id {id}"),
+            source,
+        })?;
+        let name = map
+            .info()
+            .ok()
+            .and_then(|i| i.name_as_str().map(str::to_string))
+            .unwrap_or_default();
+        // Only natgw's own maps (not the object's .rodata/.bss).
+        if !name.starts_with("natgw_") {
+            continue;
+        }
+        let path = dir.join(&name);
+        map.pin(&path).map_err(|source| PinnedError::Pin {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    for (fd, name) in links {
+        let path = dir.join(name);
+        fd.pin(&path).map_err(|source| PinnedError::Pin {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether the public interface's two links are pinned under `dir`.
+pub fn links_pinned(dir: &Path) -> bool {
+    LINKS
+        .iter()
+        .all(|(_, name)| PinnedLink::from_pin(dir.join(name)).is_ok())
+}
+
+/// The names of the objects pinned under `dir` (empty when it does not exist).
+pub fn pinned(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Detaches the pinned programs and removes every pinned object and `dir` itself.
+/// Nothing pinned is success. Keeps going after an error and reports the first.
+pub fn remove(dir: &Path) -> Result<(), PinnedError> {
+    let mut first: Option<PinnedError> = None;
+    for name in pinned(dir).iter().filter(|n| n.starts_with("link_")) {
+        let path = dir.join(name);
+        match PinnedLink::from_pin(&path) {
+            // Unpinned and closed: the kernel releases the link, which detaches it.
+            Ok(link) => match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(source) => {
+                    first.get_or_insert(PinnedError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            },
+            Err(_) if !path.exists() => {}
+            Err(source) => {
+                first.get_or_insert(PinnedError::Link {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    for name in pinned(dir) {
+        let path = dir.join(&name);
+        if let Err(source) = std::fs::remove_file(&path) {
+            first.get_or_insert(PinnedError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            first.get_or_insert(PinnedError::Io {
+                path: dir.display().to_string(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn open(dir: &Path, name: &str) -> Result<MapData, PinnedError> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).map_err(|source| PinnedError::Map {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn map_err(dir: &Path, name: &str) -> impl Fn(MapError) -> PinnedError {
+    let path = dir.join(name).display().to_string();
+    move |source| PinnedError::Map {
+        path: path.clone(),
+        source,
+    }
+}
+
+/// The configuration the pinned programs run with.
+pub fn config(dir: &Path) -> Result<BpfConfig, PinnedError> {
+    let array: Array<MapData, BpfConfig> =
+        Array::try_from(Map::Array(open(dir, CONFIG)?)).map_err(map_err(dir, CONFIG))?;
+    array.get(&0, 0).map_err(map_err(dir, CONFIG))
+}
+
+/// The pinned programs' counters, summed over CPUs.
+pub fn counters(dir: &Path) -> Result<BTreeMap<&'static str, u64>, PinnedError> {
+    let array: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(dir, COUNTERS_MAP)?))
+            .map_err(map_err(dir, COUNTERS_MAP))?;
+    COUNTERS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let values = array
+                .get(&(i as u32), 0)
+                .map_err(map_err(dir, COUNTERS_MAP))?;
+            Ok((*name, values.iter().sum()))
+        })
+        .collect()
+}
+
+/// `struct range` in nat.bpf.c: per public address and protocol, the ports held and
+/// a hint for a full range.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    used: u64,
+    all_live_until: u64,
+}
+
+// SAFETY: plain integers, `repr(C)`, no padding.
+unsafe impl aya::Pod for Range {}
+
+/// Public endpoints held, by protocol number, summed over the pool's addresses
+/// (natgw_ranges holds, per address, UDP, TCP and ICMP in that order).
+pub fn bindings(dir: &Path) -> Result<BTreeMap<u8, u64>, PinnedError> {
+    let array: Array<MapData, Range> =
+        Array::try_from(Map::Array(open(dir, RANGES)?)).map_err(map_err(dir, RANGES))?;
+    let pool = config(dir)?.pool_len;
+    let mut by_proto = BTreeMap::new();
+    for address in 0..pool {
+        for (i, proto) in [17u8, 6, 1].into_iter().enumerate() {
+            let range = array
+                .get(&(address * 3 + i as u32), 0)
+                .map_err(map_err(dir, RANGES))?;
+            *by_proto.entry(proto).or_insert(0) += range.used;
+        }
+    }
+    Ok(by_proto)
+}

@@ -1,0 +1,353 @@
+//! The eBPF data plane: natgw's table without IPv4 NAT (the filter, IPv6) plus the
+//! translator's programs attached to the public interface, their links and maps
+//! pinned per network namespace (`state_store::bpf_dir`) so that they outlive the
+//! command that loaded them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use natgw_core::dataplane::{EbpfPlane, Filtering, MARK, MARK_MASK};
+use natgw_core::observed::LiveTable;
+use natgw_core::render::render;
+use natgw_core::Desired;
+use natgw_ebpf::pin;
+use serde::Serialize;
+
+use crate::dataplane::{Dataplane, DataplaneError, Snapshot};
+use crate::nft::{self, Counter};
+use crate::state_store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("the gateway's eBPF configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    State(#[from] state_store::StateError),
+    #[error(transparent)]
+    Plane(#[from] natgw_ebpf::PlaneError),
+    #[error(transparent)]
+    Pinned(#[from] pin::PinnedError),
+}
+
+/// The eBPF data plane of the gateway whose public interface is `public` (`None`
+/// when unknown, e.g. `down` without a record: it then only removes).
+pub struct Ebpf {
+    pub public: Option<String>,
+}
+
+/// The translator's configuration for `desired`.
+pub fn nat_config(desired: &Desired, plane: &EbpfPlane) -> Result<natgw_nat::Config, EbpfError> {
+    let private = desired
+        .private_prefixes
+        .iter()
+        .filter_map(|p| match p {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let icmp_source = desired
+        .private
+        .iter()
+        .flat_map(|i| &i.addresses)
+        .find_map(|a| match a.addr() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let config = natgw_nat::Config {
+        private,
+        pool: natgw_core::dataplane::v4_pool(&desired.snat.addresses()),
+        ports: plane.ports.first..=plane.ports.last,
+        filtering: match plane.filtering {
+            Filtering::EndpointIndependent => natgw_nat::Filtering::EndpointIndependent,
+            Filtering::AddressDependent => natgw_nat::Filtering::AddressDependent,
+            Filtering::AddressAndPortDependent => natgw_nat::Filtering::AddressAndPortDependent,
+        },
+        timeouts: natgw_nat::Timeouts {
+            udp: secs(desired.timeouts.udp),
+            tcp_established: secs(desired.timeouts.tcp_established),
+            tcp_transitory: secs(desired.timeouts.tcp_transitory),
+            ..natgw_nat::Timeouts::default()
+        },
+        icmp_source,
+    };
+    config
+        .validate()
+        .map_err(|e| EbpfError::Config(e.to_string()))?;
+    Ok(config)
+}
+
+/// What the pinned programs are doing, for status, metrics and doctor.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlaneStatus {
+    /// Where the links and maps are pinned.
+    pub pin_dir: String,
+    /// The objects pinned there.
+    pub pinned: Vec<String>,
+    /// Both links pinned.
+    pub links_pinned: bool,
+    /// Program names attached (TCX) to the public interface, egress then ingress.
+    pub attached: Vec<String>,
+    /// The programs' counters, summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Public endpoints in use by protocol name, and how many the range and pool allow
+    /// per protocol.
+    pub bindings: BTreeMap<String, u64>,
+    pub bindings_capacity: u64,
+}
+
+/// Reads the pinned programs' state; `None` when nothing is pinned.
+pub fn status(public: Option<&str>) -> Result<Option<PlaneStatus>, EbpfError> {
+    let dir = state_store::bpf_dir()?;
+    let pinned = pin::pinned(&dir);
+    if pinned.is_empty() {
+        return Ok(None);
+    }
+    let attached = public.map(attached).unwrap_or_default();
+    let counters = pin::counters(&dir).unwrap_or_default();
+    let bindings = pin::bindings(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(proto, n)| {
+            let name = match proto {
+                1 => "icmp".to_string(),
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                p => format!("proto {p}"),
+            };
+            (name, n)
+        })
+        .collect();
+    let capacity = pin::config(&dir)
+        .map(|c| u64::from(c.pool_len) * (u64::from(c.port_hi) - u64::from(c.port_lo) + 1))
+        .unwrap_or(0);
+    Ok(Some(PlaneStatus {
+        pin_dir: dir.display().to_string(),
+        links_pinned: pin::links_pinned(&dir),
+        pinned,
+        attached,
+        counters,
+        bindings,
+        bindings_capacity: capacity,
+    }))
+}
+
+/// What doctor weighs about the eBPF plane of this namespace.
+pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::EbpfObserved {
+    let kernel = kernel_release();
+    let status = status(Some(public)).ok().flatten();
+    let busiest = status
+        .as_ref()
+        .and_then(|s| s.bindings.values().copied().max())
+        .unwrap_or(0);
+    natgw_core::doctor::ebpf::EbpfObserved {
+        version: natgw_core::doctor::ebpf::kernel_version(&kernel),
+        kernel,
+        btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        bpffs: state_store::is_bpffs(std::path::Path::new(state_store::BPFFS)),
+        bpffs_path: state_store::BPFFS.into(),
+        public: public.into(),
+        attached: attached(public),
+        up,
+        pinned: status
+            .as_ref()
+            .map(|s| s.pinned.clone())
+            .unwrap_or_default(),
+        expected: pin::REQUIRED.iter().map(|s| s.to_string()).collect(),
+        busiest,
+        capacity: status.as_ref().map_or(0, |s| s.bindings_capacity),
+    }
+}
+
+/// Test hook: `NATGW_TEST_OSRELEASE=5.10.0` makes natgw believe it runs on that kernel,
+/// to prove that a kernel without what the programs need is refused before anything
+/// changes.
+const OSRELEASE_ENV: &str = "NATGW_TEST_OSRELEASE";
+
+fn kernel_release() -> String {
+    std::env::var(OSRELEASE_ENV)
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/osrelease").ok())
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Names of natgw's programs attached to `ifname` (TCX), egress then ingress.
+fn attached(ifname: &str) -> Vec<String> {
+    [natgw_ebpf::Side::Egress, natgw_ebpf::Side::Ingress]
+        .into_iter()
+        .flat_map(|side| natgw_ebpf::plane::attached(ifname, side).unwrap_or_default())
+        .filter(|name| name.starts_with("natgw_"))
+        .collect()
+}
+
+/// Whether both programs are pinned and attached to `public`.
+pub fn running(public: &str) -> bool {
+    state_store::bpf_dir().is_ok_and(|dir| pin::links_pinned(&dir))
+        && attached(public) == ["natgw_egress", "natgw_ingress"]
+}
+
+/// Whether anything of the eBPF plane is pinned in this namespace.
+pub fn has_pins() -> bool {
+    state_store::bpf_dir().is_ok_and(|dir| !pin::pinned(&dir).is_empty())
+}
+
+/// Detaches and removes everything pinned in this namespace.
+pub fn remove_programs() -> Result<(), EbpfError> {
+    let dir = state_store::bpf_dir()?;
+    Ok(pin::remove(&dir)?)
+}
+
+impl Ebpf {
+    /// What identifies the running programs: attached to the public interface with
+    /// the pinned configuration (a digest of it), or absent.
+    fn programs_fingerprint(&self) -> String {
+        let Ok(dir) = state_store::bpf_dir() else {
+            return "unknown".into();
+        };
+        let Some(public) = self.public.as_deref() else {
+            return "absent".into();
+        };
+        if !running(public) {
+            return format!("not attached to {public}");
+        }
+        match pin::config(&dir) {
+            Ok(c) => {
+                use sha2::{Digest, Sha256};
+                let digest = Sha256::digest(format!("{c:?}").as_bytes());
+                let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!("attached to {public}, config {hex}")
+            }
+            Err(_) => "maps missing".into(),
+        }
+    }
+
+    /// Loads, attaches and pins the programs for `desired` unless the pinned ones
+    /// already run exactly that configuration on the right interface (then their
+    /// bindings are kept).
+    fn ensure_programs(&self, desired: &Desired) -> Result<(), EbpfError> {
+        let plane = desired.dataplane.ebpf().ok_or_else(|| {
+            EbpfError::Config("the desired gateway has no eBPF data plane".into())
+        })?;
+        let config = nat_config(desired, plane)?;
+        let wanted = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
+            .map_err(natgw_ebpf::PlaneError::from)?;
+        let public = desired.public.name.as_str();
+        let dir: PathBuf = state_store::bpf_dir_created()?;
+        // The hairpin program must sit on exactly the private interfaces of `desired`.
+        let private_links: Vec<String> = desired
+            .private
+            .iter()
+            .map(|i| pin::private_link(i.name.as_str()))
+            .collect();
+        let pinned_private: Vec<String> = pin::pinned(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with(pin::PRIVATE_LINK))
+            .collect();
+        let same_private = {
+            let mut want = private_links.clone();
+            want.sort();
+            want == pinned_private
+        };
+        let current =
+            running(public) && same_private && pin::config(&dir).is_ok_and(|c| c == wanted);
+        if current {
+            tracing::info!("eBPF programs already attached with this configuration; kept");
+            return Ok(());
+        }
+        pin::remove(&dir)?;
+        let dir = state_store::bpf_dir_created()?;
+        let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
+        let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
+        if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
+            let _ = pin::remove(&dir);
+            return Err(e.into());
+        }
+        tracing::info!(interface = public, "eBPF programs attached and pinned");
+        Ok(())
+    }
+
+    fn observe_with(&self, table: Option<LiveTable>) -> Option<LiveTable> {
+        table.map(|t| LiveTable {
+            fingerprint: format!("{}; ebpf {}", t.fingerprint, self.programs_fingerprint()),
+        })
+    }
+}
+
+fn ebpf_error(e: EbpfError) -> DataplaneError {
+    DataplaneError::Ebpf(crate::apply::error_chain(&e))
+}
+
+impl Dataplane for Ebpf {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn available(&self) -> bool {
+        nft::binary().is_some()
+    }
+
+    fn observe(&self) -> Result<Option<LiveTable>, DataplaneError> {
+        Ok(self.observe_with(nft::live_table()?))
+    }
+
+    fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
+        if let Some(plane) = desired.dataplane.ebpf() {
+            // The kernel's verifier judges the programs before anything changes (they
+            // are loaded, not attached, and dropped again).
+            let config = nat_config(desired, plane).map_err(ebpf_error)?;
+            natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)
+                .map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
+        }
+        Ok(nft::check(&render(desired).text)?)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        Ok(Snapshot(nft::list_table()?))
+    }
+
+    fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
+        // The filter that accepts the programs' mark goes in first, so admitted
+        // packets are never dropped by an older table.
+        nft::replace(&render(desired).text)?;
+        self.ensure_programs(desired).map_err(ebpf_error)?;
+        let public = Ebpf {
+            public: Some(desired.public.name.as_str().to_string()),
+        };
+        public
+            .observe_with(nft::live_table()?)
+            .ok_or(DataplaneError::Vanished {
+                what: "table inet natgw",
+            })
+    }
+
+    fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError> {
+        // Programs must not run under an nftables plane's table (they would translate
+        // a second time), nor without any table.
+        let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
+        if snapshot.0.as_deref().is_none_or(nat_table) {
+            remove_programs().map_err(ebpf_error)?;
+        }
+        Ok(nft::restore(snapshot.0.as_deref())?)
+    }
+
+    fn remove(&self) -> Result<(), DataplaneError> {
+        // Programs first: without the table's filter their admitted packets would
+        // meet no accept rule, but without the programs nothing is translated.
+        let programs = remove_programs().map_err(ebpf_error);
+        let table = nft::delete_table().map_err(DataplaneError::from);
+        programs.and(table)
+    }
+
+    fn has_leftovers(&self) -> bool {
+        has_pins()
+    }
+
+    fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {
+        Ok(nft::counters()?)
+    }
+}

@@ -1,0 +1,809 @@
+//! End-to-end tests of `dataplane = "ebpf"`: natgw's own translator attached by
+//! `natgw up` to the lab headnode's public interface, driven through the binary.
+//! Root only; skipped with a message without it, except under CI=true.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod common;
+
+use common::*;
+use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
+
+/// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
+/// mounted where natgw pins.
+fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
+    let lab = lab_or_skip(test, spec)?;
+    host_bpffs();
+    let config = scratch(&lab, "ebpf").join("natgw.toml");
+    std::fs::write(
+        &config,
+        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n{extra}"),
+    )
+    .unwrap();
+    Some((lab, config))
+}
+
+/// `ebpf_lab` with one private node, the public "who am I" server started and the
+/// gateway brought up with the eBPF plane.
+fn up_with_server(test: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
+    let (lab, config) = ebpf_lab(test, Spec::nodes(1), extra)?;
+    let listener = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    Some((lab, config, listener))
+}
+
+fn up(lab: &Lab, config: &std::path::Path) -> std::process::Output {
+    natgw(lab, &["up", "--config", config.to_str().unwrap()])
+}
+
+/// The natgw programs attached (TCX) to the headnode's wan0, by `bpftool`-free means:
+/// natgw's own status.
+fn ebpf_status(lab: &Lab) -> serde_json::Value {
+    let out = natgw(lab, &["status", "--json"]);
+    json(&out)
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["ebpf"]["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no eBPF counter {name}: {status}"))
+}
+
+/// Objects pinned for the headnode's namespace (seen from the host's mount
+/// namespace): its directory on the bpffs is named like its state directory.
+fn pinned(lab: &Lab) -> Vec<String> {
+    let state = state_path(lab);
+    let name = state.parent().unwrap().file_name().unwrap();
+    let dir = std::path::Path::new("/run/natgw/bpffs").join(name);
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing",
+        Spec::default(),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let before = headnode_snapshot(&lab);
+    let out = up(&lab, &config);
+    assert_exit(&out, 0);
+    let printed = stdout(&out);
+    assert!(
+        printed.contains("dataplane:  ebpf (filtering endpoint-independent, ports 61000-65535"),
+        "{printed}"
+    );
+    // The table has no IPv4 NAT: the programs translate.
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(!table.contains("snat ip to"), "{table}");
+    assert!(
+        table.contains("meta mark & 0x0f000000 == 0x0a000000"),
+        "{table}"
+    );
+
+    for node in ["n1", "n2"] {
+        assert_translated(&lab, node, IpAddr::V4(HEAD_PUBLIC));
+    }
+    // The headnode's public address answers ping from a node only if translated.
+    in_ns(&lab, "n1", &["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
+
+    // `up` has exited; the programs stay attached and status reopens them.
+    let status = ebpf_status(&lab);
+    assert_eq!(status["dataplane"], "ebpf", "{status}");
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_eq!(
+        status["ebpf"]["attached"],
+        serde_json::json!(["natgw_egress", "natgw_ingress"]),
+        "{status}"
+    );
+    // Two nodes, TCP and UDP each, plus one ping: at least 5 bindings made.
+    assert!(counter(&status, "bindings_created") >= 5, "{status}");
+    let mut objects = pinned(&lab);
+    objects.sort();
+    assert_eq!(
+        objects,
+        [
+            "link_egress",
+            "link_ingress",
+            "link_private_lan0",
+            "natgw_bindings",
+            "natgw_config",
+            "natgw_counters",
+            "natgw_fragments",
+            "natgw_ports",
+            "natgw_ranges",
+            "natgw_sessions",
+            "natgw_sweeper"
+        ]
+    );
+    assert!(counter(&status, "in_translated") >= 5, "{status}");
+    assert!(
+        status["ebpf"]["bindings"]["udp"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert_eq!(status["ebpf"]["bindings_capacity"], 4536, "{status}");
+
+    // A second `up` changes nothing and keeps the bindings (no reload).
+    let created = counter(&status, "bindings_created");
+    let again = up(&lab, &config);
+    assert_exit(&again, 0);
+    assert!(
+        stdout(&again).contains("no changes: the gateway is already in place"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+
+    let down = natgw(&lab, &["down"]);
+    assert_exit(&down, 0);
+    assert!(
+        stdout(&down).contains("detach the eBPF programs"),
+        "{}",
+        text(&down)
+    );
+    // Nothing attached, nothing pinned, no table, the namespace as it was.
+    let attached = in_ns(
+        &lab,
+        "head",
+        &["tc", "filter", "show", "dev", "wan0", "ingress"],
+    );
+    assert!(attached.trim().is_empty(), "{attached}");
+    let links = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("head"),
+            "ip",
+            "link",
+            "show",
+            "wan0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("prog/"),
+        "{}",
+        text(&links)
+    );
+    assert_eq!(
+        pinned(&lab),
+        Vec::<String>::new(),
+        "every pinned object removed"
+    );
+    let dir = status["ebpf"]["pin_dir"].as_str().unwrap();
+    assert!(!std::path::Path::new(dir).exists(), "{dir} removed");
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn ebpf_bad_config_is_exit_2_with_nothing_changed() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_bad_config_is_exit_2_with_nothing_changed",
+        Spec::nodes(1),
+        "masquerade = true\n",
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(":3: dataplane = \"ebpf\" does not support masquerade yet"),
+        "{}",
+        text(&out)
+    );
+    // A range over the headnode's own ephemeral ports, its address being the pool.
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
+    std::fs::write(&config, format!("{base}port_range = \"40000-50000\"\n")).unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("overlaps this host's own ephemeral ports 32768-60999"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&config, format!("{base}filtering = \"cone\"\n")).unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(":4:"), "{}", text(&out));
+    // A kernel without TCX (before 6.6) cannot carry the programs.
+    std::fs::write(&config, base).unwrap();
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_TEST_OSRELEASE", "6.1.0-18-amd64")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("kernel 6.1.0-18-amd64 is older than 6.6: no TCX"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("dataplane = \"nftables\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+}
+
+/// `natgw up` with the eBPF plane and `extra` config, then natgw's RFC 5780 probe
+/// from n1 against natgw's STUN server; the lab stays up for more checks.
+fn probed(test: &str, extra: &str) -> Option<(Lab, serde_json::Value)> {
+    let (lab, config) = ebpf_lab(test, Spec::nodes(1), extra)?;
+    assert_exit(&up(&lab, &config), 0);
+    let report = {
+        let _server = natgw_stun_server(&lab);
+        let (out, report) = probe_json(&lab, "n1", &["--stun", "198.51.100.10:3478"]);
+        assert_exit(&out, 0);
+        report
+    };
+    Some((lab, report))
+}
+
+#[test]
+fn ebpf_probe_classifies_endpoint_independent_mapping_and_filtering() {
+    let Some((lab, report)) = probed(
+        "ebpf_probe_classifies_endpoint_independent_mapping_and_filtering",
+        "",
+    ) else {
+        return;
+    };
+    let b = &report["stun"]["behaviour"];
+    let mapped: SocketAddr = b["mapped"].as_str().unwrap().parse().unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC), "{report}");
+    assert_eq!(b["mapping"], "endpoint-independent", "{report}");
+    assert_eq!(b["filtering"], "endpoint-independent", "{report}");
+    assert!(
+        (61000..=65535).contains(&mapped.port()),
+        "a port of the eBPF range: {mapped}"
+    );
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// RFC 4787 REQ-9 through `natgw up`: the classic RFC 3489 client sends to its own
+/// mapped address and must get it back (hairpinning), next to a full cone.
+#[test]
+fn ebpf_classic_client_sees_a_full_cone_that_hairpins() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_classic_client_sees_a_full_cone_that_hairpins",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let _server = natgw_stun_server(&lab);
+    let verdict = classic_client(&lab, "n1");
+    assert!(
+        verdict.starts_with("Primary: Independent Mapping, Independent Filter")
+            && verdict.ends_with("will hairpin"),
+        "{verdict}"
+    );
+    let status = ebpf_status(&lab);
+    assert!(counter(&status, "hairpinned") >= 1, "{status}");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_port_dependent_filtering_drops_unsolicited_inbound() {
+    let Some((lab, report)) = probed(
+        "ebpf_port_dependent_filtering_drops_unsolicited_inbound",
+        "filtering = \"address-and-port-dependent\"\nport_range = \"61000-65535\"\n",
+    ) else {
+        return;
+    };
+    assert_eq!(
+        report["stun"]["behaviour"]["filtering"], "address-and-port-dependent",
+        "{report}"
+    );
+    let status = ebpf_status(&lab);
+    // The probe's change requests come from another address and port: filtered.
+    assert!(counter(&status, "drop_filtered") >= 1, "{status}");
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_tcp_from_a_node_is_not_reachable_unsolicited() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_tcp_from_a_node_is_not_reachable_unsolicited",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    // A listener on the node, no binding for it: nothing from outside reaches it, even
+    // with the upstream routing the private network to the headnode.
+    let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
+    let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
+    lab.route_private_from_upstream().unwrap();
+    assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(800)).is_err());
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_doctor_finds_detached_programs_and_up_reattaches_them",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let (out, report) = doctor(&lab, &[]);
+    for id in [
+        "ebpf_kernel",
+        "ebpf_attached",
+        "ebpf_pinned",
+        "ebpf_bindings",
+    ] {
+        assert_eq!(check(&report, id)["status"], "pass", "{id}: {report}");
+    }
+    assert!(fails(&report).is_empty(), "{}", text(&out));
+
+    // Someone removes the pinned links (seen from the host): the kernel detaches them.
+    let state = state_path(&lab);
+    let dir =
+        std::path::Path::new("/run/natgw/bpffs").join(state.parent().unwrap().file_name().unwrap());
+    for link in ["link_egress", "link_ingress"] {
+        std::fs::remove_file(dir.join(link)).unwrap();
+    }
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let attached = check(&report, "ebpf_attached");
+    assert_eq!(attached["status"], "fail", "{report}");
+    assert_eq!(attached["fix"], "natgw up", "{report}");
+    assert_eq!(check(&report, "ebpf_pinned")["status"], "fail", "{report}");
+    let status = ebpf_status(&lab);
+    assert_eq!(status["in_sync"], false, "drift: {status}");
+
+    // The fix as printed brings them back.
+    let again = up(&lab, &config);
+    assert_exit(&again, 0);
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    // And `doctor --fix` repairs it by itself.
+    for link in ["link_egress", "link_ingress"] {
+        std::fs::remove_file(dir.join(link)).unwrap();
+    }
+    let (out, report) = doctor(&lab, &["--fix"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "ebpf_attached")["status"],
+        "pass",
+        "{report}"
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// The internet checksum of `bytes`.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// ICMP fragmentation-needed (MTU `mtu`) about a UDP datagram `from` → `to` of
+/// `len` bytes, as a router on the public side would send it (the quoted header is
+/// the translated one).
+fn frag_needed(from: SocketAddr, to: SocketAddr, len: u16, mtu: u16) -> Vec<u8> {
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
+        panic!("IPv4 only")
+    };
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&len.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&(len - 20).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&ip);
+    icmp.extend_from_slice(&udp);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+#[test]
+fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
+    use std::os::fd::AsRawFd;
+    let Some((lab, _, _server)) = up_with_server(
+        "ebpf_fragmentation_needed_from_the_public_side_reaches_the_node",
+        "",
+    ) else {
+        return;
+    };
+    // The node's connected socket, path MTU discovery on; its mapping from the echo.
+    let (socket, mapped) = node_socket(&lab, 0, |s| {
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt on our own socket with a valid c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.connect(server()).unwrap();
+    })
+    .expect("the node's datagram answered");
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
+    let mtu_of = |s: &std::net::UdpSocket| {
+        let mut mtu: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        mtu
+    };
+    assert_eq!(mtu_of(&socket), 1500, "control: no PMTU learnt yet");
+
+    // A router on the public side (the upstream) says the translated datagram is too big.
+    let error = frag_needed(mapped, server(), 1400, 1200);
+    natgw_lab::in_netns(&lab.ns("pub"), move || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        let to: SocketAddr = (HEAD_PUBLIC, 0).into();
+        raw.send_to(&error, &to.into()).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
+    assert_eq!(mtu_of(&socket), 1200);
+    let status = ebpf_status(&lab);
+    assert!(counter(&status, "in_translated") >= 2, "{status}");
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// A UDP socket on n1 bound to `port` (0: any) that asked the public server what it
+/// sees (`None` without an answer), set up by `prepare` first (socket options; it may
+/// `connect`).
+fn node_socket(
+    lab: &Lab,
+    port: u16,
+    prepare: impl FnOnce(&std::net::UdpSocket) + Send + 'static,
+) -> Option<(std::net::UdpSocket, SocketAddr)> {
+    natgw_lab::in_netns(&lab.ns("n1"), move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", port)).ok()?;
+        prepare(&s);
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(b"who am i", server()).ok()?;
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).ok()?;
+        let mapped = String::from_utf8_lossy(&buf[..n])
+            .trim()
+            .strip_prefix("peer=")?
+            .parse()
+            .ok()?;
+        Some((s, mapped))
+    })
+    .ok()
+    .flatten()
+}
+
+/// What the public server sees from n1's UDP port `port` (three tries: a datagram
+/// can be lost on a loaded machine; a changed binding still shows as another port).
+fn mapped_from(lab: &Lab, port: u16) -> Option<SocketAddr> {
+    (0..3).find_map(|_| node_socket(lab, port, |_| {}).map(|(_, mapped)| mapped))
+}
+
+fn ready(lab: &Lab, service: &mut Service) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if service.log().contains("natgw: ready") && mapped_from(lab, 5001).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("natgw run did not bring the gateway up:\n{}", service.log());
+}
+
+#[test]
+fn ebpf_natgw_run_restart_keeps_the_bindings() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_natgw_run_restart_keeps_the_bindings",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        METRICS,
+    ];
+    let mut service = Service::start(&lab, &args);
+    ready(&lab, &mut service);
+    let first = mapped_from(&lab, 5000).expect("a binding for n1:5000");
+    assert_eq!(first.ip(), IpAddr::V4(HEAD_PUBLIC));
+    // The metrics show the plane and its figures, read from the pinned maps.
+    let (body, series) = scrape(&lab);
+    assert!(body.contains("dataplane=\"ebpf\""), "{body}");
+    assert_eq!(
+        series.get("natgw_ebpf_programs_attached"),
+        Some(&2.0),
+        "{body}"
+    );
+    assert_eq!(
+        series.get("natgw_ebpf_bindings_capacity"),
+        Some(&4536.0),
+        "{body}"
+    );
+    assert!(
+        series
+            .get("natgw_ebpf_events_total{event=\"bindings_created\"}")
+            .is_some_and(|v| *v >= 2.0),
+        "{body}"
+    );
+    assert!(
+        series
+            .get("natgw_ebpf_bindings{protocol=\"udp\"}")
+            .is_some_and(|v| *v >= 2.0),
+        "{body}"
+    );
+    let log = service.log();
+    assert_eq!(
+        log.matches("eBPF programs attached and pinned").count(),
+        1,
+        "loaded once: {log}"
+    );
+    assert_eq!(service.stop(), Some(0));
+
+    // Between two runs the programs keep translating with the same binding.
+    let status = ebpf_status(&lab);
+    assert_eq!(status["in_sync"], true, "{status}");
+    let created = counter(&status, "bindings_created");
+    assert_eq!(mapped_from(&lab, 5000), Some(first));
+
+    let mut service = Service::start(&lab, &args);
+    ready(&lab, &mut service);
+    assert_eq!(
+        mapped_from(&lab, 5000),
+        Some(first),
+        "binding kept across restart"
+    );
+    let status = ebpf_status(&lab);
+    assert!(
+        counter(&status, "bindings_created") >= created,
+        "maps reused, not reloaded: {status}"
+    );
+    assert!(
+        !service.log().contains("eBPF programs attached and pinned"),
+        "the restarted daemon did not reload the programs:\n{}",
+        service.log()
+    );
+    // Detaching raises no kernel notification; the daemon's poll notices and repairs.
+    let dir = std::path::Path::new(status["ebpf"]["pin_dir"].as_str().unwrap()).to_path_buf();
+    for link in ["link_egress", "link_ingress"] {
+        std::fs::remove_file(dir.join(link)).unwrap();
+    }
+    let detached = std::time::Instant::now();
+    while ebpf_status(&lab)["ebpf"]["attached"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 2
+    {
+        assert!(
+            detached.elapsed() < Duration::from_secs(5),
+            "not re-attached:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "programs re-attached by natgw run {:?} after being detached",
+        detached.elapsed()
+    );
+    assert!(mapped_from(&lab, 5002).is_some());
+    assert_eq!(service.stop(), Some(0));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    // Verification fails after the programs were attached: everything goes back.
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_TEST_FAIL_AT", "verify")],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("every earlier change was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+
+    // A crash after the programs were pinned, before the record said so: the journal
+    // holds the original sysctls and "apply in progress", no gateway, no table.
+    // `down` finds the programs by their pins.
+    assert_exit(&up(&lab, &config), 0);
+    let path = state_path(&lab);
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["gateway"] = serde_json::Value::Null;
+    record["settings"] = serde_json::Value::Null;
+    record["table"] = serde_json::Value::Null;
+    record["applying"] = serde_json::json!({ "pid": 1, "started": 0 });
+    std::fs::write(&path, record.to_string()).unwrap();
+    assert!(!pinned(&lab).is_empty());
+    let down = natgw(&lab, &["down"]);
+    assert_exit(&down, 0);
+    assert!(
+        stdout(&down).contains("detach the eBPF programs"),
+        "{}",
+        text(&down)
+    );
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    assert_eq!(headnode_snapshot(&lab), before);
+}
+
+/// RFC 4787 REQ-5: a UDP binding lives at least 2 minutes without traffic. 130 s of
+/// waiting, so it is ignored by default and scripts/test.sh runs it in the background
+/// of the rest of the suite (`--ignored --exact`).
+#[test]
+#[ignore = "130 s idle: scripts/test.sh runs it in the background of the suite"]
+fn ebpf_udp_binding_is_alive_after_130_s_idle() {
+    let Some((lab, _, _server)) = up_with_server("ebpf_udp_binding_is_alive_after_130_s_idle", "")
+    else {
+        return;
+    };
+    let (socket, mapped) = node_socket(&lab, 5300, |_| {}).expect("a binding for n1:5300");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(130));
+    // Nothing was sent since: a datagram from a host the node never contacted
+    // (endpoint-independent filtering) reaches it through the same binding.
+    natgw_lab::in_netns(&lab.ns("pub"), move || {
+        let s = std::net::UdpSocket::bind("198.51.100.10:7777").unwrap();
+        s.send_to(b"still there?", mapped).unwrap();
+    })
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "nothing arrived ({e}): the binding expired? status: {}",
+            ebpf_status(&lab)
+        )
+    });
+    assert_eq!(&buf[..n], b"still there?");
+    assert_eq!(from, "198.51.100.10:7777".parse().unwrap());
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_pins_go_with_the_namespace() {
+    let Some((lab, config)) = ebpf_lab("ebpf_pins_go_with_the_namespace", Spec::nodes(1), "")
+    else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let dir = ebpf_status(&lab)["ebpf"]["pin_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::path::Path::new(&dir).exists());
+    // No `down`: the lab deletes the namespace and natgw's records of it.
+    drop(lab);
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+}
+
+#[test]
+fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
+    let Some((lab, config, _server)) = up_with_server(
+        "ebpf_config_changes_reload_the_programs_and_switch_planes",
+        "",
+    ) else {
+        return;
+    };
+    assert!(mapped_from(&lab, 5400).is_some());
+    assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
+
+    // Another filtering mode: the table and the programs are replaced.
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\n";
+    std::fs::write(
+        &config,
+        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("update (rules changed) nftables table inet natgw"),
+        "{}",
+        text(&out)
+    );
+    let status = ebpf_status(&lab);
+    assert_eq!(
+        status["desired"]["dataplane"]["filtering"], "address-dependent",
+        "{status}"
+    );
+    assert_eq!(
+        counter(&status, "bindings_created"),
+        0,
+        "reloaded: {status}"
+    );
+
+    // Back to the kernel's NAT: no program, no pin, conntrack translates.
+    std::fs::write(&config, base).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    let status = json(&natgw(&lab, &["status", "--json"]));
+    assert_eq!(status["dataplane"], "nftables", "{status}");
+    assert!(status.get("ebpf").is_none(), "{status}");
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(table.contains("snat ip to 203.0.113.1"), "{table}");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+
+    // And to the eBPF plane again.
+    std::fs::write(&config, format!("{base}dataplane = \"ebpf\"\n")).unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert!(!table.contains("snat ip to"), "{table}");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+}
