@@ -14,12 +14,19 @@ use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
 /// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
 /// mounted where natgw pins.
 fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
+    plane_lab(test, spec, "ebpf", extra)
+}
+
+/// A lab and a config for `dataplane` (the same tests run on both planes).
+fn plane_lab(test: &str, spec: Spec, dataplane: &str, extra: &str) -> Option<(Lab, PathBuf)> {
     let lab = lab_or_skip(test, spec)?;
-    host_bpffs();
+    if dataplane == "ebpf" {
+        host_bpffs();
+    }
     let config = scratch(&lab, "ebpf").join("natgw.toml");
     std::fs::write(
         &config,
-        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n{extra}"),
+        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"{dataplane}\"\n{extra}"),
     )
     .unwrap();
     Some((lab, config))
@@ -28,7 +35,11 @@ fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
 /// `ebpf_lab` with one private node, the public "who am I" server started and the
 /// gateway brought up with the eBPF plane.
 fn up_with_server(test: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
-    let (lab, config) = ebpf_lab(test, Spec::nodes(1), extra)?;
+    up_with_server_on(test, "ebpf", extra)
+}
+
+fn up_with_server_on(test: &str, dataplane: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
+    let (lab, config) = plane_lab(test, Spec::nodes(1), dataplane, extra)?;
     let listener = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_exit(&up(&lab, &config), 0);
     Some((lab, config, listener))
@@ -438,11 +449,24 @@ fn frag_needed(from: SocketAddr, to: SocketAddr, len: u16, mtu: u16) -> Vec<u8> 
 
 #[test]
 fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
-    use std::os::fd::AsRawFd;
-    let Some((lab, _, _server)) = up_with_server(
+    fragmentation_needed_reaches_the_node(
         "ebpf_fragmentation_needed_from_the_public_side_reaches_the_node",
-        "",
-    ) else {
+        "ebpf",
+    );
+}
+
+/// The same on the nftables plane (conntrack relates the error to the flow).
+#[test]
+fn nftables_fragmentation_needed_from_the_public_side_reaches_the_node() {
+    fragmentation_needed_reaches_the_node(
+        "nftables_fragmentation_needed_from_the_public_side_reaches_the_node",
+        "nftables",
+    );
+}
+
+fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
+    use std::os::fd::AsRawFd;
+    let Some((lab, _, _server)) = up_with_server_on(test, dataplane, "") else {
         return;
     };
     // The node's connected socket, path MTU discovery on; its mapping from the echo.
@@ -497,8 +521,10 @@ fn ebpf_fragmentation_needed_from_the_public_side_reaches_the_node() {
     std::thread::sleep(Duration::from_millis(300));
     // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
     assert_eq!(mtu_of(&socket), 1200);
-    let status = ebpf_status(&lab);
-    assert!(counter(&status, "in_translated") >= 2, "{status}");
+    if dataplane == "ebpf" {
+        let status = ebpf_status(&lab);
+        assert!(counter(&status, "in_translated") >= 2, "{status}");
+    }
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
