@@ -363,7 +363,8 @@ fn bench(
     let refused: u64 = rigs.iter().map(Rig::ebpf_refused).sum();
     if refused > 0 {
         notes.push(format!(
-            "ebpf: {refused} new flows refused for want of a public port over the run (endpoint-independent mapping: one public address carries at most 64,512 bindings per protocol, and every packet of the new-flow window is a new private endpoint)"
+            "ebpf: {refused} new flows refused for want of a public port over the run (endpoint-independent mapping: each of the {} pool addresses carries at most 64,512 bindings per protocol, and every packet of the new-flow window is a new private endpoint)",
+            setups::EBPF_POOL_SIZE
         ));
     }
     let namespaces: usize = rigs.iter().map(|r| r.net.namespaces().len()).sum();
