@@ -95,16 +95,10 @@ pub struct Conntrack {
 impl Observed {
     /// Whether the running kernel is at least `major.minor` (false when unknown).
     pub fn kernel_at_least(&self, major: u32, minor: u32) -> bool {
-        let Some(release) = &self.kernel_release else {
-            return false;
-        };
-        let mut parts = release
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|p| p.parse::<u32>().ok());
-        match (parts.next().flatten(), parts.next().flatten()) {
-            (Some(ma), Some(mi)) => (ma, mi) >= (major, minor),
-            _ => false,
-        }
+        self.kernel_release
+            .as_deref()
+            .and_then(crate::doctor::ebpf::kernel_version)
+            .is_some_and(|version| version >= (major, minor))
     }
 
     pub fn link(&self, name: &str) -> Option<&Link> {
