@@ -196,8 +196,8 @@ fn render_body(d: &Desired) -> String {
     // netfilter, so the table has no IPv4 NAT rule; the filter sees private addresses
     // both ways and accepts, from the public side, what the programs admitted for a
     // binding (their mark) besides conntrack's replies. IPv6 stays here.
-    let (maps, translate, admitted, plane) = match d.dataplane.ebpf() {
-        None => (maps, translate, String::new(), String::new()),
+    let (maps, translate, admitted, plane, untrack) = match d.dataplane.ebpf() {
+        None => (maps, translate, String::new(), String::new(), String::new()),
         Some(e) => (
             String::new(),
             String::new(),
@@ -209,6 +209,16 @@ fn render_body(d: &Desired) -> String {
                 crate::join(&d.snat.addresses()),
                 e.ports,
                 e.filtering,
+            ),
+            // The programs keep the state (bindings, filtering, TCP), so the IPv4 flows
+            // they translate skip conntrack, which would cost a second table entry per
+            // flow: a private host's packet routed out of the public interface, and a
+            // packet the ingress program admitted. The forward chain's stateless rules
+            // still check both: source prefix and interfaces outbound, the mark inbound.
+            // Everything else (the host's own traffic, hairpin misses, other interfaces)
+            // stays tracked.
+            format!(
+                "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname {private} ip saddr @private4 fib daddr oifname {public} notrack\n\t\tiifname {public} meta mark & {MARK_MASK:#010x} == {MARK:#010x} notrack\n\t}}\n"
             ),
         ),
     };
@@ -275,7 +285,7 @@ fn render_body(d: &Desired) -> String {
 \t\t{spoof_hook}
 \t\t{spoof_match}ip saddr @public_spoofs4 counter name \"dropped_spoofed_public\" drop
 {prerouting6}\t}}
-\tchain forward {{
+{untrack}\tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
 {clamp}\t\tct state established counter name iif . oif map {{ {directions} }} accept
 {forward6_first}\t\tct state invalid counter name \"dropped_invalid\" drop
@@ -539,7 +549,23 @@ mod tests {
             at("meta mark & 0x0f000000 == 0x0a000000")
                 < at("counter name \"dropped_unsolicited\" drop")
         );
-        assert!(at("ip saddr != @private4") < at("meta mark & 0x0f000000"));
+        assert!(at("ip saddr != @private4") < at("counter name \"inbound_admitted\""));
+        // Only what the programs translate skips conntrack: private sources routed out
+        // of the public interface, and what the ingress program admitted.
+        let notrack: Vec<&str> = r.text.lines().filter(|l| l.contains("notrack")).collect();
+        assert_eq!(
+            notrack,
+            [
+                "\t\tiifname { \"lan0\", \"lan1\" } ip saddr @private4 fib daddr oifname \"wan0\" notrack",
+                "\t\tiifname \"wan0\" meta mark & 0x0f000000 == 0x0a000000 notrack",
+            ]
+        );
+        assert!(r.text.contains("type filter hook prerouting priority raw;"));
+        assert!(
+            !render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())))
+                .text
+                .contains("notrack")
+        );
         // Another filtering mode is another table (up reloads the programs).
         let mut other = d.clone();
         other.dataplane = DataplaneSpec::Ebpf(EbpfPlane {

@@ -9,7 +9,9 @@ use std::time::Duration;
 mod common;
 
 use common::*;
-use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
+use natgw_lab::{
+    tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY, SERVER,
+};
 
 /// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
 /// mounted where natgw pins.
@@ -108,6 +110,19 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     }
     // The headnode's public address answers ping from a node only if translated.
     in_ns(&lab, "n1", &["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
+    // The programs keep the translated flows' state, so conntrack holds none of them;
+    // it still tracks what they do not translate, like a node's ping to the headnode.
+    in_ns(
+        &lab,
+        "n1",
+        &["ping", "-c", "1", "-W", "2", &PRIVATE_GATEWAY.to_string()],
+    );
+    let tracked = in_ns(&lab, "head", &["conntrack", "-L", "-f", "ipv4"]);
+    assert!(
+        tracked.contains(&format!("dst={PRIVATE_GATEWAY}")),
+        "{tracked}"
+    );
+    assert!(!tracked.contains(&format!("dst={SERVER}")), "{tracked}");
 
     // `up` has exited; the programs stay attached and status reopens them.
     let status = ebpf_status(&lab);
