@@ -128,6 +128,10 @@ const MIN_DEFAULT_PORTS: u32 = 1024;
 /// only the bits of the mask are natgw's.
 pub const MARK_MASK: u32 = 0x0f00_0000;
 pub const MARK: u32 = 0x0a00_0000;
+/// What natgw's raw chain sets, under the same mask, on a private host's packet that
+/// it checked (private interface, private source, routed out of the public interface)
+/// and took out of conntrack: the forward chain accepts it on this mark alone.
+pub const OUTBOUND_MARK: u32 = 0x0b00_0000;
 
 /// The eBPF data plane as resolved by `up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use ipnet::{IpNet, Ipv4Net};
 use sha2::{Digest, Sha256};
 
-use crate::dataplane::{MARK, MARK_MASK};
+use crate::dataplane::{MARK, MARK_MASK, OUTBOUND_MARK};
 use crate::desired::{Desired, Ipv6Gateway, Ipv6Translation, SnatMode};
 use crate::ifname::IfName;
 use crate::pool::{PortSelection, Timeouts};
@@ -196,31 +196,47 @@ fn render_body(d: &Desired) -> String {
     // netfilter, so the table has no IPv4 NAT rule; the filter sees private addresses
     // both ways and accepts, from the public side, what the programs admitted for a
     // binding (their mark) besides conntrack's replies. IPv6 stays here.
-    let (maps, translate, admitted, plane, untrack) = match d.dataplane.ebpf() {
-        None => (maps, translate, String::new(), String::new(), String::new()),
-        Some(e) => (
+    let (maps, translate, admitted, plane, untrack, untracked) = match d.dataplane.ebpf() {
+        None => (
+            maps,
+            translate,
             String::new(),
             String::new(),
-            format!(
-                "\t\toifname {private} meta mark & {MARK_MASK:#010x} == {MARK:#010x} counter name \"inbound_admitted\" accept\n"
-            ),
-            format!(
-                "\t# data plane ebpf: IPv4 translated to {} by natgw's eBPF programs on {public}, ports {}, filtering {}\n\tcounter inbound_admitted {{\n\t\tcomment \"{ADMITTED}\"\n\t}}\n",
-                crate::join(&d.snat.addresses()),
-                e.ports,
-                e.filtering,
-            ),
-            // The programs keep the state (bindings, filtering, TCP), so the IPv4 flows
-            // they translate skip conntrack, which would cost a second table entry per
-            // flow: a private host's packet routed out of the public interface, and a
-            // packet the ingress program admitted. The forward chain's stateless rules
-            // still check both: source prefix and interfaces outbound, the mark inbound.
-            // Everything else (the host's own traffic, hairpin misses, other interfaces)
-            // stays tracked.
-            format!(
-                "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname {private} ip saddr @private4 fib daddr oifname {public} notrack\n\t\tiifname {public} meta mark & {MARK_MASK:#010x} == {MARK:#010x} notrack\n\t}}\n"
-            ),
+            String::new(),
+            String::new(),
         ),
+        Some(e) => {
+            let admitted = format!("meta mark & {MARK_MASK:#010x} == {MARK:#010x}");
+            let outbound = format!("meta mark & {MARK_MASK:#010x} == {OUTBOUND_MARK:#010x}");
+            let keep = !MARK_MASK;
+            (
+                String::new(),
+                String::new(),
+                format!(
+                    "\t\toifname {private} {admitted} counter name \"inbound_admitted\" accept\n"
+                ),
+                format!(
+                    "\t# data plane ebpf: IPv4 translated to {} by natgw's eBPF programs on {public}, ports {}, filtering {}\n\tcounter inbound_admitted {{\n\t\tcomment \"{ADMITTED}\"\n\t}}\n",
+                    crate::join(&d.snat.addresses()),
+                    e.ports,
+                    e.filtering,
+                ),
+                // The programs keep the state (bindings, filtering, TCP), so the IPv4
+                // flows they translate skip conntrack, which would cost a second table
+                // entry per flow: what the ingress program admitted, and a private
+                // host's packet from a private interface routed out of the public one,
+                // which gets natgw's outbound mark for the forward chain. Everything
+                // else (the host's own traffic, other interfaces) stays tracked.
+                format!(
+                    "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\t{admitted} iifname {public} notrack\n\t\tiifname {private} ip saddr @private4 fib daddr oifname {public} meta mark set meta mark & {keep:#010x} | {OUTBOUND_MARK:#010x} notrack\n\t}}\n"
+                ),
+                // Those packets pass the forward chain after one rule each: the raw
+                // chain checked the outbound ones, the programs admitted the inbound.
+                format!(
+                    "\t\tct state untracked {outbound} counter name \"outbound\" accept\n\t\tct state untracked {admitted} oifname {private} counter name \"inbound_admitted\" accept\n"
+                ),
+            )
+        }
     };
     let t = d.timeouts;
     // Before the accept rules: an accepted SYN leaves the chain unclamped.
@@ -287,7 +303,7 @@ fn render_body(d: &Desired) -> String {
 {prerouting6}\t}}
 {untrack}\tchain forward {{
 \t\ttype filter hook forward priority filter; policy accept;
-{clamp}\t\tct state established counter name iif . oif map {{ {directions} }} accept
+{clamp}{untracked}\t\tct state established counter name iif . oif map {{ {directions} }} accept
 {forward6_first}\t\tct state invalid counter name \"dropped_invalid\" drop
 \t\tiifname vmap {{ {sides} }}
 \t\toifname {public} ip saddr {{ 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16 }} counter name \"dropped_spoofed\" drop
@@ -544,28 +560,38 @@ mod tests {
         insta::assert_snapshot!("ebpf_ruleset", r.text);
         assert!(!r.text.contains("snat ip to"), "{}", r.text);
         let at = |needle: &str| r.text.find(needle).unwrap_or_else(|| panic!("{needle}"));
-        // Admitted inbound is accepted before the unsolicited drop, after anti-spoofing.
+        // Admitted inbound is accepted before the unsolicited drop.
         assert!(
             at("meta mark & 0x0f000000 == 0x0a000000")
                 < at("counter name \"dropped_unsolicited\" drop")
         );
-        assert!(at("ip saddr != @private4") < at("counter name \"inbound_admitted\""));
-        // Only what the programs translate skips conntrack: private sources routed out
-        // of the public interface, and what the ingress program admitted.
+        // Only what the programs translate skips conntrack: what the ingress program
+        // admitted, and private sources from private interfaces routed out of the
+        // public one, which get the outbound mark (natgw's bits only).
         let notrack: Vec<&str> = r.text.lines().filter(|l| l.contains("notrack")).collect();
         assert_eq!(
             notrack,
             [
-                "\t\tiifname { \"lan0\", \"lan1\" } ip saddr @private4 fib daddr oifname \"wan0\" notrack",
-                "\t\tiifname \"wan0\" meta mark & 0x0f000000 == 0x0a000000 notrack",
+                "\t\tmeta mark & 0x0f000000 == 0x0a000000 iifname \"wan0\" notrack",
+                "\t\tiifname { \"lan0\", \"lan1\" } ip saddr @private4 fib daddr oifname \"wan0\" meta mark set meta mark & 0xf0ffffff | 0x0b000000 notrack",
             ]
         );
         assert!(r.text.contains("type filter hook prerouting priority raw;"));
-        assert!(
-            !render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())))
-                .text
-                .contains("notrack")
+        // The forward chain accepts untracked packets on those marks alone, before
+        // anything else, and only those: an untracked packet without them goes on to
+        // the stateless checks and the unsolicited drop.
+        let forward = &r.text[at("chain forward {")..at("chain from_private {")];
+        let first: Vec<&str> = forward.lines().skip(2).take(2).collect();
+        assert_eq!(
+            first,
+            [
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 counter name \"outbound\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 oifname { \"lan0\", \"lan1\" } counter name \"inbound_admitted\" accept",
+            ]
         );
+        let nftables = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
+        assert!(!nftables.text.contains("notrack"));
+        assert!(!nftables.text.contains("untracked"));
         // Another filtering mode is another table (up reloads the programs).
         let mut other = d.clone();
         other.dataplane = DataplaneSpec::Ebpf(EbpfPlane {

@@ -848,3 +848,39 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
+
+/// With the interfaces left to detection, `up` attaches the programs to the public
+/// interface it found, verifies them there, and a second `up` and `natgw run` find
+/// them in place (they looked for them on no interface before).
+#[test]
+fn ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync() {
+    let test = "ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync";
+    let Some(lab) = lab_or_skip(test, Spec::nodes(1)) else {
+        return;
+    };
+    host_bpffs();
+    let config = scratch(&lab, "ebpf").join("natgw.toml");
+    std::fs::write(&config, "dataplane = \"ebpf\"\n").unwrap();
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let out = up(&lab, &config);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("verified"), "{}", text(&out));
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let status = ebpf_status(&lab);
+    assert_eq!(status["in_sync"], true, "{status}");
+    let again = up(&lab, &config);
+    assert_exit(&again, 0);
+    assert!(
+        stdout(&again).contains("no changes: the gateway is already in place"),
+        "{}",
+        text(&again)
+    );
+    // The service keeps it without repairing anything.
+    let created = counter(&ebpf_status(&lab), "bindings_created");
+    let service = Service::start(&lab, &["run", "--config", config.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = service.log();
+    assert!(!log.contains("drift found"), "{log}");
+    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}

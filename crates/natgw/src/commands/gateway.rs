@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use natgw_core::config::Flags;
+use natgw_core::dataplane::DataplaneKind;
 use natgw_core::{remember, Config, Desired, Observed, Settings};
 use natgw_linux::dataplane::Dataplane;
 use natgw_linux::netlink::Netlink;
@@ -122,8 +123,8 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     require_privilege()?;
     let lock = lock(command)?;
     let netlink = connect()?;
-    let dataplane = select(&settings, read_only, args);
-    let observed = observe(&netlink, dataplane.as_ref())?;
+    let mut dataplane = select(&settings, read_only, args);
+    let mut observed = observe(&netlink, dataplane.as_ref())?;
     let settings = if read_only {
         recorded_settings(args, settings, &observed)
     } else {
@@ -139,6 +140,7 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     }
     let effective = recalled.settings;
     let desired = desired(&effective, &observed)?;
+    plane_for(&desired, &mut dataplane, &mut observed)?;
     let mut gone: Vec<String> = recalled
         .gone
         .iter()
@@ -171,16 +173,42 @@ pub fn select(settings: &Settings, read_only: bool, args: &GatewayArgs) -> Box<d
         .ok()
         .flatten()
         .and_then(|s| s.gateway);
-    let public = settings.public.clone().or_else(|| {
-        recorded
-            .as_ref()
-            .map(|g| g.public.name.as_str().to_string())
-    });
+    let public = known_public(settings);
     let kind = match &recorded {
         Some(g) if read_only && args.is_empty() => g.dataplane.kind(),
         _ => settings.dataplane,
     };
     natgw_linux::dataplane::select(kind, public.as_deref())
+}
+
+/// The eBPF plane watches its programs on the public interface, which detection may
+/// only have found in `desired`: the plane for that interface, and the table observed
+/// through it.
+pub fn plane_for(
+    desired: &Desired,
+    dataplane: &mut Box<dyn Dataplane>,
+    observed: &mut Observed,
+) -> exit::Result<()> {
+    let kind = desired.dataplane.kind();
+    if kind != DataplaneKind::Ebpf || dataplane.name() != "ebpf" {
+        return Ok(());
+    }
+    *dataplane = natgw_linux::dataplane::select(kind, Some(desired.public.name.as_str()));
+    if observed.table.is_some() {
+        observed.table = dataplane.observe().map_err(problem)?;
+    }
+    Ok(())
+}
+
+/// The public interface named in the settings, else the recorded gateway's.
+fn known_public(settings: &Settings) -> Option<String> {
+    settings.public.clone().or_else(|| {
+        natgw_linux::state_store::load()
+            .ok()
+            .flatten()
+            .and_then(|s| s.gateway)
+            .map(|g| g.public.name.as_str().to_string())
+    })
 }
 
 /// For read commands given no flags: what the last `up` was asked for, so that they

@@ -1,21 +1,18 @@
 //! The gateways compared, each in its own network: plain routing (the limit), the
 //! classic recipe exactly as written, natgw as `up` installs it (plus natgw with a
-//! pool of two addresses, for the one-destination figure), and natgw's own eBPF
-//! translator (natgw-ebpf) attached by the benchmark itself: it is not selectable in
-//! `natgw up` yet.
+//! pool of two addresses, for the one-destination figure), and natgw as `up` installs
+//! it with `dataplane = "ebpf"` (its own translator plus natgw's table).
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use natgw_lab::bench::counter::IfaceCounter;
 use natgw_lab::bench::flows::{SOURCES, SOURCES_PREFIX_LEN};
 use natgw_lab::bench::topology::{
-    BenchNet, GATEWAY_PRIVATE, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC, GATEWAY_PUBLIC_2,
-    GATEWAY_PUBLIC_IF, GENERATOR, GENERATOR_IF, SERVER_IF,
+    BenchNet, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC, GATEWAY_PUBLIC_2, GATEWAY_PUBLIC_IF, GENERATOR,
+    GENERATOR_IF, SERVER_IF,
 };
 
 use super::host::Cpus;
@@ -52,7 +49,7 @@ impl Setup {
                 "natgw up with snat_to = [\"{GATEWAY_PUBLIC}\", \"{GATEWAY_PUBLIC_2}\"], port_selection = \"random\""
             ),
             Setup::Ebpf => format!(
-                "ip_forward=1 and natgw's eBPF translator at TCX of {GATEWAY_PUBLIC_IF} and {GATEWAY_PRIVATE_IF} (endpoint-independent, paired pooling over {EBPF_POOL_SIZE} addresses from {GATEWAY_PUBLIC}, ports 1024-65535); no rules, no conntrack"
+                "natgw up with dataplane = \"ebpf\" (endpoint-independent, paired pooling over {EBPF_POOL_SIZE} addresses from {GATEWAY_PUBLIC}, port_range = \"{EBPF_PORTS}\")"
             ),
         }
     }
@@ -73,9 +70,9 @@ pub struct Rig {
     pub forwarded: IfaceCounter,
     /// Packets arriving back at the generator (replies the gateway forwarded in).
     pub returned: IfaceCounter,
-    /// The eBPF setup's translator (replaced by a fresh one to flush it).
-    ebpf: Mutex<Option<natgw_ebpf::Plane>>,
-    /// New flows earlier eBPF translators (before a flush) refused for want of a port.
+    /// Where the setup's natgw config lies (`up` again after a flush).
+    scratch: std::path::PathBuf,
+    /// New flows the eBPF plane refused for want of a port before earlier flushes.
     ebpf_refused: AtomicU64,
 }
 
@@ -97,12 +94,8 @@ impl Rig {
         }
         configure(setup, &net, scratch)
             .with_context(|| format!("cannot configure the {} gateway", setup.name()))?;
-        let ebpf = match setup {
-            Setup::Ebpf => Some(ebpf_plane(&net).context("cannot attach the eBPF translator")?),
-            _ => None,
-        };
         Ok(Rig {
-            ebpf: Mutex::new(ebpf),
+            scratch: scratch.to_path_buf(),
             ebpf_refused: AtomicU64::new(0),
             setup,
             generator_mac: net.mac("gen", GENERATOR_IF)?,
@@ -113,26 +106,26 @@ impl Rig {
         })
     }
 
-    /// New flows the eBPF translator refused for want of a public port, over the run.
+    /// New flows the eBPF plane refused for want of a public port, over the run.
     pub fn ebpf_refused(&self) -> u64 {
-        let ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        let now = ebpf
-            .as_ref()
-            .and_then(|p| p.counters().ok())
-            .map_or(0, |c| c["drop_no_port"]);
-        now + self.ebpf_refused.load(Ordering::Relaxed)
+        if self.setup != Setup::Ebpf {
+            return 0;
+        }
+        ebpf_counter(&self.net, "drop_no_port").unwrap_or(0)
+            + self.ebpf_refused.load(Ordering::Relaxed)
     }
 
-    /// Empties the gateway's connection table between tests (the eBPF translator:
-    /// replaces it with a fresh one).
+    /// Empties the gateway's connection table between tests (the eBPF plane: `down`
+    /// and `up` again, which starts with no binding).
     pub fn flush(&self) -> anyhow::Result<()> {
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = ebpf.take() {
-            let refused = old.counters().map(|c| c["drop_no_port"]).unwrap_or(0);
+        if self.setup == Setup::Ebpf {
+            let refused = ebpf_counter(&self.net, "drop_no_port")?;
             self.ebpf_refused.fetch_add(refused, Ordering::Relaxed);
-            drop(old);
-            wait_detached(&self.net)?;
-            *ebpf = Some(ebpf_plane(&self.net).context("cannot re-attach the eBPF translator")?);
+            run_natgw(&self.net, &["down"])?;
+            run_natgw(
+                &self.net,
+                &["up", "--config", &ebpf_config_path(&self.scratch)],
+            )?;
         }
         if self.setup.tracks() {
             self.net.exec("gw", "conntrack", &["-F"]).context(
@@ -143,56 +136,24 @@ impl Rig {
     }
 }
 
-/// natgw's eBPF translator, loaded and attached inside the gateway namespace.
-fn ebpf_plane(net: &BenchNet) -> anyhow::Result<natgw_ebpf::Plane> {
-    let cfg = natgw_nat::Config {
-        private: vec![
-            sources().parse().context("the sources prefix")?,
-            "10.0.0.0/24".parse().context("the gateway's network")?,
-        ],
-        pool: ebpf_pool(),
-        ports: 1024..=65535,
-        filtering: natgw_nat::Filtering::EndpointIndependent,
-        timeouts: natgw_nat::Timeouts::default(),
-        icmp_source: GATEWAY_PRIVATE,
-    };
-    natgw_lab::in_netns(&net.ns("gw"), move || {
-        let mut plane = natgw_ebpf::Plane::load(&cfg, 1)?;
-        plane.attach(GATEWAY_PUBLIC_IF)?;
-        plane.attach_private(GATEWAY_PRIVATE_IF)?;
-        Ok::<_, natgw_ebpf::PlaneError>(plane)
-    })?
-    .map_err(anyhow::Error::from)
+/// One of the eBPF plane's counters, from `natgw status --json`.
+fn ebpf_counter(net: &BenchNet, name: &str) -> anyhow::Result<u64> {
+    let out = run_natgw(net, &["status", "--json"])?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&out).context("natgw status printed no JSON")?;
+    status["ebpf"]["counters"][name]
+        .as_u64()
+        .ok_or_else(|| anyhow!("natgw status shows no eBPF counter {name}"))
 }
 
-/// Waits until a dropped translator's programs are gone (the kernel detaches a closed
-/// link a moment later).
-fn wait_detached(net: &BenchNet) -> anyhow::Result<()> {
-    let attached = || {
-        natgw_lab::in_netns(&net.ns("gw"), || {
-            natgw_ebpf::Side::ALL
-                .iter()
-                .map(|&side| {
-                    let ifname = match side {
-                        natgw_ebpf::Side::Private => GATEWAY_PRIVATE_IF,
-                        _ => GATEWAY_PUBLIC_IF,
-                    };
-                    natgw_ebpf::plane::attached(ifname, side).map(|p| p.len())
-                })
-                .sum::<Result<usize, _>>()
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if attached()?? == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow!("the old eBPF translator is still attached"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn ebpf_config_path(scratch: &Path) -> String {
+    scratch.join("natgw-ebpf.toml").display().to_string()
 }
+
+/// The eBPF plane's ports. The pool addresses are the gateway's own, so natgw refuses
+/// a range that overlaps the namespace's ephemeral ports: those are moved above it.
+const EBPF_PORTS: &str = "1024-59999";
+const EBPF_LOCAL_PORTS: &str = "60000 60999";
 
 /// The eBPF translator's pool. Endpoint-independent mapping gives every private
 /// endpoint its own public port, and every packet of a new-flow window is a new
@@ -218,28 +179,13 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
         sources()
     );
     match setup {
-        Setup::Plain | Setup::Recipe | Setup::Ebpf => {
+        Setup::Plain | Setup::Recipe => {
             // The recipe's section 2.4: the static route to the network behind a router.
             net.ip(
                 "gw",
                 &["route", "add", &sources(), "via", &GENERATOR.to_string()],
             )?;
             net.sysctl("gw", "net.ipv4.ip_forward", "1")?;
-            if setup == Setup::Ebpf {
-                // The pool's other addresses, so that the gateway answers for them.
-                for addr in ebpf_pool().iter().skip(1) {
-                    net.ip(
-                        "gw",
-                        &[
-                            "addr",
-                            "add",
-                            &format!("{addr}/24"),
-                            "dev",
-                            GATEWAY_PUBLIC_IF,
-                        ],
-                    )?;
-                }
-            }
             if setup == Setup::Recipe {
                 net.exec(
                     "gw",
@@ -262,6 +208,28 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
             Ok(())
         }
         Setup::Natgw => natgw_up(net, &scratch.join("natgw.toml"), &route),
+        Setup::Ebpf => {
+            // The pool's other addresses, so that the gateway answers for them.
+            for addr in ebpf_pool().iter().skip(1) {
+                net.ip(
+                    "gw",
+                    &[
+                        "addr",
+                        "add",
+                        &format!("{addr}/24"),
+                        "dev",
+                        GATEWAY_PUBLIC_IF,
+                    ],
+                )?;
+            }
+            net.sysctl("gw", "net.ipv4.ip_local_port_range", EBPF_LOCAL_PORTS)?;
+            let pool: Vec<String> = ebpf_pool().iter().map(|a| format!("\"{a}\"")).collect();
+            let config = format!(
+                "dataplane = \"ebpf\"\nsnat_to = [{}]\nport_range = \"{EBPF_PORTS}\"\n{route}",
+                pool.join(", ")
+            );
+            natgw_up(net, Path::new(&ebpf_config_path(scratch)), &config)
+        }
         Setup::NatgwPool2 => {
             net.ip(
                 "gw",
@@ -285,22 +253,26 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
 fn natgw_up(net: &BenchNet, config_path: &Path, config: &str) -> anyhow::Result<()> {
     std::fs::write(config_path, config)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
+    run_natgw(net, &["up", "--config", &config_path.display().to_string()]).map(drop)
+}
+
+/// Runs this very binary in the gateway namespace; its standard output.
+fn run_natgw(net: &BenchNet, args: &[&str]) -> anyhow::Result<Vec<u8>> {
     let exe = std::env::current_exe().context("cannot find the natgw binary")?;
     let out = Command::new("ip")
         .args(["netns", "exec", &net.ns("gw")])
         .arg(exe)
-        .arg("up")
-        .arg("--config")
-        .arg(config_path)
+        .args(args)
         .output()
-        .context("cannot run natgw up in the gateway namespace")?;
+        .with_context(|| format!("cannot run natgw {} in the gateway namespace", args[0]))?;
     if !out.status.success() {
         return Err(anyhow!(
-            "natgw up exited with {}: {}{}",
+            "natgw {} exited with {}: {}{}",
+            args[0],
             out.status,
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(())
+    Ok(out.stdout)
 }
