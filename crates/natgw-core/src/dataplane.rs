@@ -128,10 +128,13 @@ const MIN_DEFAULT_PORTS: u32 = 1024;
 /// only the bits of the mask are natgw's.
 pub const MARK_MASK: u32 = 0x0f00_0000;
 pub const MARK: u32 = 0x0a00_0000;
-/// What natgw's raw chain sets, under the same mask, on a private host's packet that
-/// it checked (private interface, private source, routed out of the public interface)
-/// and took out of conntrack: the forward chain accepts it on this mark alone.
+/// What the programs set, under the same mask, on a private host's packet (a private
+/// source, on a private interface) that the kernel routes out of the public
+/// interface: natgw's raw chain takes it out of conntrack and the forward chain
+/// accepts it on this mark alone.
 pub const OUTBOUND_MARK: u32 = 0x0b00_0000;
+// The raw chain matches both marks as one range.
+const _: () = assert!(OUTBOUND_MARK == MARK + 0x0100_0000 && OUTBOUND_MARK & !MARK_MASK == 0);
 
 /// The eBPF data plane as resolved by `up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

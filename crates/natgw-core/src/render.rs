@@ -208,7 +208,6 @@ fn render_body(d: &Desired) -> String {
         Some(e) => {
             let admitted = format!("meta mark & {MARK_MASK:#010x} == {MARK:#010x}");
             let outbound = format!("meta mark & {MARK_MASK:#010x} == {OUTBOUND_MARK:#010x}");
-            let keep = !MARK_MASK;
             (
                 String::new(),
                 String::new(),
@@ -223,17 +222,17 @@ fn render_body(d: &Desired) -> String {
                 ),
                 // The programs keep the state (bindings, filtering, TCP), so the IPv4
                 // flows they translate skip conntrack, which would cost a second table
-                // entry per flow: what the ingress program admitted, and a private
-                // host's packet from a private interface routed out of the public one,
-                // which gets natgw's outbound mark for the forward chain. Everything
-                // else (the host's own traffic, other interfaces) stays tracked.
+                // entry per flow: what the ingress program admitted, and what the
+                // hairpin program on the private interfaces marked as a private host's
+                // packet (a private source, on a private interface) that the kernel
+                // routes out of the public one. Everything else (the host's own
+                // traffic, other interfaces) stays tracked.
                 format!(
-                    "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\t{admitted} iifname {public} notrack\n\t\tiifname {private} ip saddr @private4 fib daddr oifname {public} meta mark set meta mark & {keep:#010x} | {OUTBOUND_MARK:#010x} notrack\n\t}}\n"
+                    "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta mark & {MARK_MASK:#010x} {MARK:#010x}-{OUTBOUND_MARK:#010x} notrack\n\t}}\n"
                 ),
-                // Those packets pass the forward chain after one rule each: the raw
-                // chain checked the outbound ones, the programs admitted the inbound.
+                // Those packets pass the forward chain after one rule each.
                 format!(
-                    "\t\tct state untracked {outbound} counter name \"outbound\" accept\n\t\tct state untracked {admitted} oifname {private} counter name \"inbound_admitted\" accept\n"
+                    "\t\tct state untracked {outbound} oifname {public} counter name \"outbound\" accept\n\t\tct state untracked {admitted} oifname {private} counter name \"inbound_admitted\" accept\n"
                 ),
             )
         }
@@ -565,27 +564,24 @@ mod tests {
             at("meta mark & 0x0f000000 == 0x0a000000")
                 < at("counter name \"dropped_unsolicited\" drop")
         );
-        // Only what the programs translate skips conntrack: what the ingress program
-        // admitted, and private sources from private interfaces routed out of the
-        // public one, which get the outbound mark (natgw's bits only).
+        // Only what the programs translate skips conntrack: what they marked, the
+        // ingress program as admitted and the hairpin program as a private host's
+        // packet routed out of the public interface.
         let notrack: Vec<&str> = r.text.lines().filter(|l| l.contains("notrack")).collect();
         assert_eq!(
             notrack,
-            [
-                "\t\tmeta mark & 0x0f000000 == 0x0a000000 iifname \"wan0\" notrack",
-                "\t\tiifname { \"lan0\", \"lan1\" } ip saddr @private4 fib daddr oifname \"wan0\" meta mark set meta mark & 0xf0ffffff | 0x0b000000 notrack",
-            ]
+            ["\t\tmeta mark & 0x0f000000 0x0a000000-0x0b000000 notrack"]
         );
         assert!(r.text.contains("type filter hook prerouting priority raw;"));
         // The forward chain accepts untracked packets on those marks alone, before
-        // anything else, and only those: an untracked packet without them goes on to
-        // the stateless checks and the unsolicited drop.
+        // anything else, each only towards its side; an untracked packet without them
+        // goes on to the stateless checks and the unsolicited drop.
         let forward = &r.text[at("chain forward {")..at("chain from_private {")];
         let first: Vec<&str> = forward.lines().skip(2).take(2).collect();
         assert_eq!(
             first,
             [
-                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 counter name \"outbound\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 oifname \"wan0\" counter name \"outbound\" accept",
                 "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 oifname { \"lan0\", \"lan1\" } counter name \"inbound_admitted\" accept",
             ]
         );

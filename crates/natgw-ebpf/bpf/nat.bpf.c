@@ -73,6 +73,10 @@ struct config {
 	__u32 mark;      // the bits natgw's filter matches on admitted inbound packets
 	__u32 mark_mask; // which bits of skb->mark are natgw's (the others are kept)
 	__u32 icmp_source; // source of the ICMP errors sent to private hosts
+	// natgw_private marks a private host's packet that the kernel will route out of
+	// interface public_ifindex with outbound_mark (natgw's bits; 0: never).
+	__u32 outbound_mark;
+	__u32 public_ifindex;
 	__u64 udp_ns;
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
@@ -1410,6 +1414,31 @@ static __always_inline int hairpin_fragment(struct __sk_buff *skb, const struct 
 	return deliver(skb);
 }
 
+// A private host's packet the kernel routes out of the public interface (the same
+// lookup, as if routed now, without a neighbour) gets natgw's outbound mark: natgw's
+// raw chain takes it out of conntrack, and its forward chain accepts it on the mark.
+// Everything else keeps its mark, and so its way through natgw's rules.
+static __always_inline void mark_outbound(struct __sk_buff *skb, const struct config *c,
+					  const struct packet *p)
+{
+	if (!c->outbound_mark || !c->public_ifindex)
+		return;
+	struct bpf_fib_lookup f = {};
+	f.family = AF_INET;
+	f.l4_protocol = p->proto;
+	f.sport = p->sport;
+	f.dport = p->dport;
+	f.ipv4_src = p->src;
+	f.ipv4_dst = p->dst;
+	f.ifindex = skb->ingress_ifindex;
+	long r = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	// Too big for the public link is still routed there (and fragmented, or
+	// answered with fragmentation-needed, by the kernel).
+	if ((r == BPF_FIB_LKUP_RET_SUCCESS || r == BPF_FIB_LKUP_RET_FRAG_NEEDED) &&
+	    f.ifindex == c->public_ifindex)
+		skb->mark = (skb->mark & ~c->mark_mask) | (c->outbound_mark & c->mark_mask);
+}
+
 SEC("classifier")
 int natgw_private(struct __sk_buff *skb)
 {
@@ -1420,10 +1449,14 @@ int natgw_private(struct __sk_buff *skb)
 	// Not IPv4, or malformed: the kernel's business (it drops what it cannot parse).
 	if (parse(skb, &p) <= 0)
 		return TC_ACT_OK;
-	// Everything but private hosts' packets for the gateway's public addresses is
-	// left alone, and not counted.
-	if (!is_pool(c, p.dst) || !is_private(c, p.src))
+	if (!is_private(c, p.src))
 		return TC_ACT_OK;
+	// Everything but private hosts' packets for the gateway's public addresses is
+	// left alone (marked when it leaves through the public interface), and not counted.
+	if (!is_pool(c, p.dst)) {
+		mark_outbound(skb, c, &p);
+		return TC_ACT_OK;
+	}
 	__u64 now = now_ns(c);
 	if (p.later_fragment)
 		return hairpin_fragment(skb, c, &p, now);

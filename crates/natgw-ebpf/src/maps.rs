@@ -23,6 +23,10 @@ pub struct BpfConfig {
     pub mark_mask: u32,
     /// Source of the ICMP errors the programs send to private hosts (network order).
     pub icmp_source: u32,
+    /// What `natgw_private` sets (under `mark_mask`) on a private host's packet the
+    /// kernel routes out of interface `public_ifindex` (0: nothing).
+    pub outbound_mark: u32,
+    pub public_ifindex: u32,
     pub udp_ns: u64,
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
@@ -38,7 +42,7 @@ pub struct BpfConfig {
 /// The sweeper's default period.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 160).
+// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 168).
 unsafe impl aya::Pod for BpfConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +58,16 @@ fn be(a: std::net::Ipv4Addr) -> u32 {
 }
 
 impl BpfConfig {
+    /// With `natgw_private` marking a private host's packets routed out of interface
+    /// `public_ifindex` with `mark` (under `mark_mask`).
+    pub fn with_outbound(self, public_ifindex: u32, mark: u32) -> Self {
+        Self {
+            outbound_mark: mark & self.mark_mask,
+            public_ifindex,
+            ..self
+        }
+    }
+
     /// `mark` and `mark_mask`: see the fields.
     pub fn new(c: &Config, mark: u32, mark_mask: u32) -> Result<Self, LayoutError> {
         if c.pool.len() > MAX_POOL {
@@ -88,6 +102,8 @@ impl BpfConfig {
             mark,
             mark_mask,
             icmp_source: be(c.icmp_source),
+            outbound_mark: 0,
+            public_ifindex: 0,
             udp_ns: ns(c.timeouts.udp),
             tcp_established_ns: ns(c.timeouts.tcp_established),
             tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
@@ -123,7 +139,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 7*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 216);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4 + 7*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 224);
     }
 }

@@ -168,6 +168,14 @@ impl Plane {
             .map_err(|source| PlaneError::Program { name, source })
     }
 
+    /// Makes `natgw_private` mark a private host's packets that the kernel routes out
+    /// of interface `public_ifindex` with `mark` (the bits of the mask given to
+    /// [`Plane::load_masked`]); see [`BpfConfig::with_outbound`].
+    pub fn set_outbound(&mut self, public_ifindex: u32, mark: u32) -> Result<(), PlaneError> {
+        self.config = self.config.with_outbound(public_ifindex, mark);
+        self.write_config()
+    }
+
     /// Makes the programs' clock read `now` (model time) instead of the kernel's.
     pub fn set_clock(&mut self, now: Duration) -> Result<(), PlaneError> {
         self.config.now_ns = CLOCK_BASE_NS + now.as_nanos() as u64;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use natgw_core::dataplane::{EbpfPlane, Filtering, MARK, MARK_MASK};
+use natgw_core::dataplane::{EbpfPlane, Filtering, MARK, MARK_MASK, OUTBOUND_MARK};
 use natgw_core::observed::LiveTable;
 use natgw_core::render::render;
 use natgw_core::Desired;
@@ -176,6 +176,18 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// The index of interface `ifname` in this namespace.
+fn ifindex(ifname: &str) -> Result<u32, EbpfError> {
+    let missing =
+        |e: std::io::Error| EbpfError::Config(format!("the public interface {ifname}: {e}"));
+    let c = std::ffi::CString::new(ifname).map_err(|e| missing(std::io::Error::other(e)))?;
+    // SAFETY: `c` is a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(missing(std::io::Error::last_os_error())),
+        index => Ok(index),
+    }
+}
+
 /// Names of natgw's programs attached to `ifname` (TCX), egress then ingress.
 fn attached(ifname: &str) -> Vec<String> {
     [natgw_ebpf::Side::Egress, natgw_ebpf::Side::Ingress]
@@ -234,9 +246,13 @@ impl Ebpf {
             EbpfError::Config("the desired gateway has no eBPF data plane".into())
         })?;
         let config = nat_config(desired, plane)?;
-        let wanted = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
-            .map_err(natgw_ebpf::PlaneError::from)?;
         let public = desired.public.name.as_str();
+        // The index of the interface as it is now: recreated, it is another one, and
+        // the programs are loaded again.
+        let ifindex = ifindex(public)?;
+        let wanted = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
+            .map_err(natgw_ebpf::PlaneError::from)?
+            .with_outbound(ifindex, OUTBOUND_MARK);
         let dir: PathBuf = state_store::bpf_dir_created()?;
         // The hairpin program must sit on exactly the private interfaces of `desired`.
         let private_links: Vec<String> = desired
@@ -262,6 +278,7 @@ impl Ebpf {
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
+        loaded.set_outbound(ifindex, OUTBOUND_MARK)?;
         let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);

@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use natgw_lab::{
-    tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY, SERVER,
+    in_netns, tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY, SERVER,
 };
 
 /// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
@@ -883,4 +883,46 @@ fn ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync() {
     assert!(!log.contains("drift found"), "{log}");
     assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
     assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// A node that sends from an address outside the private prefixes is dropped by the
+/// forward chain and counted, never translated: on the eBPF plane too, where the
+/// translated flows skip conntrack and pass the forward chain on a mark.
+fn private_spoofs_are_dropped(test: &str, dataplane: &str) {
+    let Some((lab, _config, _server)) = up_with_server_on(test, dataplane, "") else {
+        return;
+    };
+    let spoofed: std::net::Ipv4Addr = "192.0.2.50".parse().unwrap();
+    lab.ip(
+        "n1",
+        &["addr", "add", &format!("{spoofed}/32"), "dev", "lo"],
+    )
+    .unwrap();
+    let before = nft_counter(&lab, "dropped_spoofed");
+    let outbound = nft_counter(&lab, "outbound");
+    in_netns(&lab.ns("n1"), move || {
+        let socket = std::net::UdpSocket::bind((spoofed, 0)).unwrap();
+        for _ in 0..3 {
+            socket.send_to(b"spoofed", server()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = nft_counter(&lab, "dropped_spoofed");
+    assert!(after >= before + 3, "dropped_spoofed: {before} -> {after}");
+    assert_eq!(nft_counter(&lab, "outbound"), outbound, "a spoof went out");
+    // The node's own address still goes out, translated.
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert!(nft_counter(&lab, "outbound") > outbound);
+}
+
+#[test]
+fn ebpf_private_spoofs_are_dropped() {
+    private_spoofs_are_dropped("ebpf_private_spoofs_are_dropped", "ebpf");
+}
+
+#[test]
+fn nftables_private_spoofs_are_dropped() {
+    private_spoofs_are_dropped("nftables_private_spoofs_are_dropped", "nftables");
 }

@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 
 /// Stages by function-name prefix, matched from the leaf up the call chain.
-const STAGES: [(&str, &[&str]); 6] = [
+const STAGES: [(&str, &[&str]); 7] = [
     (
         "nftables rules",
         &["nft_", "__nft_", "nf_tables_", "nft_do_chain"],
@@ -41,6 +41,21 @@ const STAGES: [(&str, &[&str]); 6] = [
         ],
     ),
     ("netfilter hooks", &["nf_hook_slow", "nf_hook"]),
+    // The eBPF plane's programs and the map and helper code they call (a route lookup
+    // they ask for is routing's).
+    (
+        "eBPF programs",
+        &[
+            "bpf_prog_",
+            "bpf_",
+            "__bpf_",
+            "htab_",
+            "__htab_",
+            "lookup_nulls_elem",
+            "array_map_",
+            "tcx_",
+        ],
+    ),
     (
         "routing and forwarding",
         &[
@@ -270,5 +285,27 @@ mod tests {
         assert_eq!(p.stages["device, RPS and skb"], 33.3);
         assert_eq!(p.top.len(), 3);
         assert_eq!(p.rules_top, [("nft_meta_get_eval".to_string(), 33.3)]);
+    }
+
+    #[test]
+    fn the_ebpf_programs_own_their_map_work_but_not_the_routes_they_look_up() {
+        let script = "\
+\tffffffff8226e639 lookup_nulls_elem_raw
+\tffffffff815a30df htab_map_update_elem
+\tffffffff815a30df bpf_prog_2aaab4681393259e_try_port
+\tffffffff815a30df bpf_prog_601bc37ee26fc989_natgw_egress
+\tffffffff815a30df tcx_egress
+\tffffffff815a30df __dev_queue_xmit
+\tffffffff815a30df process_backlog
+
+\tffffffff8226e639 fib_table_lookup
+\tffffffff815a30df bpf_ipv4_fib_lookup
+\tffffffff815a30df bpf_prog_601bc37ee26fc989_natgw_private
+\tffffffff815a30df __netif_receive_skb_core
+\tffffffff815a30df process_backlog
+";
+        let p = summarise(script);
+        assert_eq!(p.stages["eBPF programs"], 50.0);
+        assert_eq!(p.stages["routing and forwarding"], 50.0);
     }
 }
