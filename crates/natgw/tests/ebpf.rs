@@ -926,3 +926,45 @@ fn ebpf_private_spoofs_are_dropped() {
 fn nftables_private_spoofs_are_dropped() {
     private_spoofs_are_dropped("nftables_private_spoofs_are_dropped", "nftables");
 }
+
+/// A foreign forward chain with policy drop that accepts established replies and the
+/// private prefix lets the nftables plane through, but not the eBPF plane's replies:
+/// they are untracked. doctor says so, and its fix (natgw's mark) restores them.
+#[test]
+fn ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies() {
+    let Some((lab, _config, _server)) = up_with_server_on(
+        "ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies",
+        "ebpf",
+        "",
+    ) else {
+        return;
+    };
+    let guard = scratch(&lab, "guard").join("guard.nft");
+    std::fs::write(
+        &guard,
+        "table ip guard {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tct state established,related accept\n\t\tip saddr 10.0.0.0/24 accept\n\t}\n}\n",
+    )
+    .unwrap();
+    in_ns(&lab, "head", &["nft", "-f", guard.to_str().unwrap()]);
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 1);
+    let finding = check(&report, "forward-policy");
+    assert_eq!(finding["status"], "fail", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("untracked on the eBPF plane"),
+        "{finding}"
+    );
+    paste_fix(&lab, finding["fix"].as_str().unwrap());
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (out, report) = doctor(&lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        check(&report, "forward-policy")["status"],
+        "pass",
+        "{report}"
+    );
+}

@@ -209,17 +209,19 @@ fn outbound<'a>(prefix: IpNet, iif: &'a str, public: &'a str, state: &'a str) ->
         saddr: Endpoint::Net(prefix),
         daddr: Endpoint::Internet,
         state,
+        mark: None,
     }
 }
 
 /// Replies from the internet to a private source.
-fn replies<'a>(prefix: IpNet, oif: &'a str, public: &'a str) -> Flow<'a> {
+fn replies<'a>(prefix: IpNet, oif: &'a str, public: &'a str, state: &'a str) -> Flow<'a> {
     Flow {
         iif: public,
         oif,
         saddr: Endpoint::Internet,
         daddr: Endpoint::Net(prefix),
-        state: "established",
+        state,
+        mark: None,
     }
 }
 
@@ -634,6 +636,10 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
     };
     let public = roles.public.name.as_str();
     let sources = private_sources(inputs.observed, roles);
+    // The eBPF plane takes the IPv4 flows it translates out of conntrack: a foreign
+    // chain sees them untracked, both ways, and its `ct state established` rules do
+    // not let them through.
+    let ebpf = inputs.settings.dataplane == crate::dataplane::DataplaneKind::Ebpf;
     let foreign = chains
         .iter()
         .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward));
@@ -643,20 +649,34 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
         let mut first_drop: Option<String> = None;
         let mut cut_off: Vec<&str> = Vec::new();
         for &(prefix, iif) in &sources {
-            let flows = [
-                (
-                    outbound(prefix, iif, public, "new"),
-                    format!("new connections from {prefix} ({iif}) to {public}"),
-                ),
-                (
-                    outbound(prefix, iif, public, "established"),
-                    format!("established traffic from {prefix} ({iif}) to {public}"),
-                ),
-                (
-                    replies(prefix, iif, public),
-                    format!("replies from {public} to {prefix} ({iif})"),
-                ),
-            ];
+            let flows = if ebpf {
+                vec![
+                    (
+                        outbound(prefix, iif, public, "untracked")
+                            .marked(crate::dataplane::OUTBOUND_MARK),
+                        format!("traffic from {prefix} ({iif}) to {public}, untracked on the eBPF plane"),
+                    ),
+                    (
+                        replies(prefix, iif, public, "untracked").marked(crate::dataplane::MARK),
+                        format!("replies from {public} to {prefix} ({iif}), untracked on the eBPF plane"),
+                    ),
+                ]
+            } else {
+                vec![
+                    (
+                        outbound(prefix, iif, public, "new"),
+                        format!("new connections from {prefix} ({iif}) to {public}"),
+                    ),
+                    (
+                        outbound(prefix, iif, public, "established"),
+                        format!("established traffic from {prefix} ({iif}) to {public}"),
+                    ),
+                    (
+                        replies(prefix, iif, public, "established"),
+                        format!("replies from {public} to {prefix} ({iif})"),
+                    ),
+                ]
+            };
             for (flow, what) in &flows {
                 let (fate, some_dropped) = fate(chains, chain, flow);
                 let why = match fate {
@@ -681,7 +701,7 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
             return Finding::fail(
                 ID,
                 format!("forward chain {} {} {why}", chain.table, chain.name),
-                forward_fix(chain, chains, &cut_off, public),
+                forward_fix(chain, chains, &cut_off, public, ebpf),
             );
         }
     }
@@ -690,7 +710,13 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
         return Finding::warn(
             ID,
             format!("forward chain {} {} {why}", chain.table, chain.name),
-            Fix::say("if that is not intended:").then(forward_fix(chain, chains, &[first], public)),
+            Fix::say("if that is not intended:").then(forward_fix(
+                chain,
+                chains,
+                &[first],
+                public,
+                ebpf,
+            )),
         );
     }
     Finding::pass(
@@ -702,7 +728,35 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
 /// Accept rules for both directions and every private interface given, where the
 /// chain's owner expects them: Docker's DOCKER-USER (Docker rewrites its other
 /// chains), else the chain itself.
-fn forward_fix(chain: &Chain, chains: &[Chain], privates: &[&str], public: &str) -> Fix {
+/// On the eBPF plane, replies are what the programs admitted: natgw's mark, not a
+/// conntrack state, identifies them.
+fn forward_fix(
+    chain: &Chain,
+    chains: &[Chain],
+    privates: &[&str],
+    public: &str,
+    ebpf: bool,
+) -> Fix {
+    use crate::dataplane::{MARK, MARK_MASK};
+    let iptables_replies: Vec<String> = if ebpf {
+        [
+            "-m",
+            "mark",
+            "--mark",
+            &format!("{MARK:#010x}/{MARK_MASK:#010x}"),
+        ]
+        .map(String::from)
+        .into()
+    } else {
+        ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+            .map(String::from)
+            .into()
+    };
+    let nft_replies = if ebpf {
+        format!("meta mark & {MARK_MASK:#010x} == {MARK:#010x}")
+    } else {
+        "ct state established,related".to_string()
+    };
     let docker = chain.is_docker(chains);
     let tool = if chain.legacy {
         "iptables-legacy"
@@ -720,21 +774,13 @@ fn forward_fix(chain: &Chain, chains: &[Chain], privates: &[&str], public: &str)
             fix.then_run(&[
                 tool, "-I", target, "-i", private, "-o", public, "-j", "ACCEPT",
             ])
-            .then_run(&[
-                tool,
-                "-I",
-                target,
-                "-i",
-                public,
-                "-o",
-                private,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ])
+            .then_run(
+                &[tool, "-I", target, "-i", public, "-o", private]
+                    .into_iter()
+                    .chain(iptables_replies.iter().map(String::as_str))
+                    .chain(["-j", "ACCEPT"])
+                    .collect::<Vec<_>>(),
+            )
         } else {
             let (t, c) = (&chain.table, &chain.name);
             fix.then_run(&[
@@ -748,7 +794,7 @@ fn forward_fix(chain: &Chain, chains: &[Chain], privates: &[&str], public: &str)
             .then_run(&[
                 "nft",
                 &format!(
-                    "insert rule {t} {c} iifname {} oifname {} ct state established,related accept",
+                    "insert rule {t} {c} iifname {} oifname {} {nft_replies} accept",
                     nft_string(public),
                     nft_string(private)
                 ),
@@ -1295,6 +1341,35 @@ mod tests {
         let findings = run(&healthy(), &[NATGW, GUARDED], "");
         let f = find(&findings, "forward-policy");
         assert_eq!(f.status, Status::Pass, "{f:?}");
+    }
+
+    /// The same chain cuts off the eBPF plane's replies: they are untracked, and
+    /// its `ct state established,related` does not take them; the fix matches the
+    /// programs' mark instead.
+    #[test]
+    fn on_the_ebpf_plane_a_chain_that_only_accepts_established_replies_fails() {
+        let settings = Settings {
+            dataplane: crate::dataplane::DataplaneKind::Ebpf,
+            ..settings()
+        };
+        let o = healthy();
+        let findings = all(&inputs(&settings, &o, chains(&[NATGW, GUARDED])));
+        findings.iter().for_each(assert_pasteable);
+        let f = find(&findings, "forward-policy");
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(
+            f.detail.contains(
+                "has policy drop and no rule accepts all replies from wan0 to 10.0.0.0/24 (lan0), untracked on the eBPF plane"
+            ),
+            "{f:?}"
+        );
+        let fix = f.fix.clone().unwrap();
+        assert!(
+            fix.contains(
+                "iifname \"wan0\" oifname \"lan0\" meta mark & 0x0f000000 == 0x0a000000 accept"
+            ),
+            "{fix}"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::dataplane::MARK_MASK;
+
 /// One base or regular chain of some firewall.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
@@ -69,6 +71,8 @@ pub enum Condition {
     CtState(Op, Vec<String>),
     /// `meta nfproto` (`ipv4`, `ipv6`), also implied by an `ip` or `ip6` header match.
     Family(Op, Vec<String>),
+    /// `meta mark & MASK == VALUE` (`meta mark == VALUE`: the whole mask).
+    Mark(Op, u32, u32),
     /// Anything else (ports, protocols, marks, unresolved sets): true for some
     /// packets only, as far as the doctor can tell.
     Other,
@@ -123,11 +127,22 @@ pub struct Flow<'a> {
     pub oif: &'a str,
     pub saddr: Endpoint,
     pub daddr: Endpoint,
-    /// Conntrack state of the packets: `new` or `established`.
+    /// Conntrack state of the packets: `new`, `established` or `untracked`.
     pub state: &'a str,
+    /// natgw's bits of the packets' mark (`MARK_MASK`), when natgw sets them (the
+    /// eBPF plane); the other bits are never known.
+    pub mark: Option<u32>,
 }
 
 impl Flow<'_> {
+    /// The same packets, carrying natgw's `mark`.
+    pub fn marked(self, mark: u32) -> Self {
+        Flow {
+            mark: Some(mark & MARK_MASK),
+            ..self
+        }
+    }
+
     /// `ipv6` when either end is an IPv6 network, `ipv4` otherwise (the internet
     /// endpoint stands for either).
     pub fn family(&self) -> &'static str {
@@ -245,6 +260,13 @@ impl Condition {
                 *op,
                 Level::from_bool(families.iter().any(|f| f == flow.family())),
             ),
+            // Only natgw's bits are known, and only when natgw sets them.
+            Condition::Mark(op, mask, value) => match flow.mark {
+                Some(mark) if mask & !MARK_MASK == 0 => {
+                    apply_op(*op, Level::from_bool(mark & mask == *value))
+                }
+                _ => Level::Maybe,
+            },
             Condition::Other => Level::Maybe,
         }
     }
@@ -466,7 +488,21 @@ mod tests {
         ))),
         daddr: Endpoint::Internet,
         state: "new",
+        mark: None,
     };
+
+    #[test]
+    fn only_natgws_own_mark_bits_are_known() {
+        let marked = OUT.marked(0x0b00_0000);
+        let mark = |mask, value| Condition::Mark(Op::Is, mask, value);
+        assert_eq!(mark(0x0f00_0000, 0x0b00_0000).level(&marked), Level::Yes);
+        assert_eq!(mark(0x0f00_0000, 0x0a00_0000).level(&marked), Level::No);
+        // Bits outside natgw's, or a flow natgw does not mark: unknown.
+        assert_eq!(mark(u32::MAX, 0x0b00_0000).level(&marked), Level::Maybe);
+        assert_eq!(mark(0x0f00_0000, 0x0b00_0000).level(&OUT), Level::Maybe);
+        let not = Condition::Mark(Op::IsNot, 0x0f00_0000, 0x0b00_0000);
+        assert_eq!(not.level(&marked), Level::No);
+    }
 
     #[test]
     fn address_matches_are_all_some_or_none() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use nftables::expr::{Expression, MetaKey, NamedExpression, Payload, SetItem};
+use nftables::expr::{BinaryOperation, Expression, MetaKey, NamedExpression, Payload, SetItem};
 use nftables::schema::{self, NfListObject, NfObject, Nftables};
 use nftables::stmt::{Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfFamily, NfHook};
@@ -218,6 +218,7 @@ fn condition(m: &Match, table: &str, sets: &Sets) -> Condition {
             MetaKey::Iifname | MetaKey::Iif => strings(right).map(|n| Condition::Iif(op, n)),
             MetaKey::Oifname | MetaKey::Oif => strings(right).map(|n| Condition::Oif(op, n)),
             MetaKey::Nfproto => strings(right).map(|f| Condition::Family(op, f)),
+            MetaKey::Mark => number(right).map(|value| Condition::Mark(op, u32::MAX, value)),
             _ => None,
         },
         Expression::Named(NamedExpression::Payload(Payload::PayloadField(f)))
@@ -233,9 +234,25 @@ fn condition(m: &Match, table: &str, sets: &Sets) -> Condition {
         Expression::Named(NamedExpression::CT(ct)) if ct.key == "state" && ct.dir.is_none() => {
             strings(right).map(|s| Condition::CtState(op, s))
         }
+        Expression::BinaryOperation(b) => match &**b {
+            BinaryOperation::AND(
+                Expression::Named(NamedExpression::Meta(meta)),
+                Expression::Number(mask),
+            ) if meta.key == MetaKey::Mark => {
+                number(right).map(|value| Condition::Mark(op, *mask, value))
+            }
+            _ => None,
+        },
         _ => None,
     };
     known.unwrap_or(Condition::Other)
+}
+
+fn number(e: &Expression) -> Option<u32> {
+    match e {
+        Expression::Number(n) => Some(*n),
+        _ => None,
+    }
 }
 
 /// A string, a list of strings (`ct state` flags) or an anonymous set of strings.
@@ -443,6 +460,22 @@ pub(crate) mod tests {
                 Op::Is,
                 vec!["established".into(), "related".into()]
             )]
+        );
+    }
+
+    #[test]
+    fn marks_are_read_with_their_mask() {
+        // `meta mark & 0x0f000000 == 0x0a000000 accept` and `meta mark != 7 drop`, as
+        // nft 1.0.6 lists them.
+        let json = r#"{"nftables": [{"table": {"family": "ip", "name": "t", "handle": 1}}, {"chain": {"family": "ip", "table": "t", "name": "f", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}, {"rule": {"family": "ip", "table": "t", "chain": "f", "handle": 2, "expr": [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 251658240]}, "right": 167772160}}, {"accept": null}]}}, {"rule": {"family": "ip", "table": "t", "chain": "f", "handle": 3, "expr": [{"match": {"op": "!=", "left": {"meta": {"key": "mark"}}, "right": 7}}, {"drop": null}]}}]}"#;
+        let chains = parse(json);
+        assert_eq!(
+            chains[0].rules[0].conditions,
+            vec![Condition::Mark(Op::Is, 0x0f00_0000, 0x0a00_0000)]
+        );
+        assert_eq!(
+            chains[0].rules[1].conditions,
+            vec![Condition::Mark(Op::IsNot, u32::MAX, 7)]
         );
     }
 
