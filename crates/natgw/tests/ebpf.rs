@@ -295,6 +295,8 @@ fn ebpf_probe_classifies_endpoint_independent_mapping_and_filtering() {
     assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC), "{report}");
     assert_eq!(b["mapping"], "endpoint-independent", "{report}");
     assert_eq!(b["filtering"], "endpoint-independent", "{report}");
+    // RFC 4787 REQ-9: the probe's packet to its own mapped address comes back.
+    assert_eq!(b["hairpinning"], true, "{report}");
     assert!(
         (61000..=65535).contains(&mapped.port()),
         "a port of the eBPF range: {mapped}"
@@ -966,5 +968,44 @@ fn ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies() {
         check(&report, "forward-policy")["status"],
         "pass",
         "{report}"
+    );
+}
+
+/// coturn's RFC 5780 client (turnutils_natdiscovery) behind the eBPF plane: endpoint-
+/// independent mapping and filtering, and hairpinning (on the nftables plane the same
+/// client reports address-and-port-dependent filtering: `stun_interoperates_with_coturn_both_ways`).
+#[test]
+fn ebpf_coturn_natdiscovery_sees_eim_eif_and_hairpinning() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_coturn_natdiscovery_sees_eim_eif_and_hairpinning",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    assert_exit(&up(&lab, &config), 0);
+    let _server = natgw_stun_server(&lab);
+    let discovery = in_ns(
+        &lab,
+        "n1",
+        &[
+            "timeout",
+            "20",
+            "turnutils_natdiscovery",
+            "-m",
+            "-f",
+            "-H",
+            "198.51.100.10",
+        ],
+    );
+    for verdict in [
+        "NAT with Endpoint Independent Mapping!",
+        "NAT with Endpoint Independent Filtering!",
+    ] {
+        assert!(discovery.contains(verdict), "{verdict}: {discovery}");
+    }
+    assert!(
+        discovery.contains("Received a request (maybe a successful hairpinning)"),
+        "{discovery}"
     );
 }
