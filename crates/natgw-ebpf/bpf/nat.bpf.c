@@ -57,6 +57,7 @@ enum counter {
 	C_PULLED,
 	C_HAIRPINNED,
 	C_DROP_NO_ROUTE,
+	C_EVENTS_LOST,
 	C_MAX,
 };
 
@@ -218,6 +219,65 @@ static __always_inline void count(__u32 which)
 		*c += 1;
 }
 
+// --- binding events, for the mapping log (`natgw run --log-mappings`): one record
+// when a binding is made and one when it ends, read by natgw from the pinned ring
+// buffer. Never the destination (RFC 6888 REQ-12). A full ring never holds up or
+// changes a packet's translation: the record is dropped and counted (events_lost).
+
+enum event_kind { EV_CREATED = 1, EV_ENDED = 2 };
+
+// Mirrors `BindingEvent` in crates/natgw-ebpf/src/events.rs.
+struct binding_event {
+	// Created: when it was made; ended: its expiry, the moment it stopped translating
+	// (it is freed up to a sweep later). The programs' clock (kernel monotonic).
+	__u64 time_ns;
+	__u32 private_addr; // network order
+	__u32 public_addr;
+	__u16 private_port; // network order; ICMP: the identifier
+	__u16 public_port;
+	__u8 proto;
+	__u8 kind;
+	__u16 _pad;
+};
+
+// 4 MiB: 131,072 records (32 bytes with the ring's header), a few seconds of new flows
+// at full speed while the reader is busy.
+#define EVENTS_BYTES (1 << 22)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+} natgw_events SEC(".maps");
+
+// Nonzero while a reader follows natgw_events (natgw run --log-mappings sets it):
+// without one, records would only fill the ring and count as lost.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} natgw_logging SEC(".maps");
+
+static __always_inline void report_binding(__u8 kind, const struct endpoint *internal,
+					  const struct endpoint *external, __u64 time)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&natgw_logging, &zero);
+	if (!on || !*on)
+		return;
+	struct binding_event e = {
+		.time_ns = time,
+		.private_addr = internal->addr,
+		.public_addr = external->addr,
+		.private_port = internal->port,
+		.public_port = external->port,
+		.proto = internal->proto,
+		.kind = kind,
+	};
+	if (bpf_ringbuf_output(&natgw_events, &e, sizeof(e), 0))
+		count(C_EVENTS_LOST);
+}
+
 static __always_inline struct config *config(void)
 {
 	__u32 zero = 0;
@@ -369,8 +429,11 @@ static long sweep_binding(void *map, struct endpoint *key, struct binding *b, st
 	if (b->expires > w->now)
 		return 0;
 	struct endpoint ext = b->external;
+	__u64 expired = b->expires;
 	ext_release(&ext, key);
-	bpf_map_delete_elem(map, key);
+	// Only the one that deletes it reports the end (a packet may race the sweeper).
+	if (bpf_map_delete_elem(map, key) == 0)
+		report_binding(EV_ENDED, key, &ext, expired);
 	count(C_BINDINGS_EXPIRED);
 	return 0;
 }
@@ -410,8 +473,10 @@ static __always_inline void start_sweeper(const struct config *c)
 static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
 {
 	struct endpoint ext = b->external;
+	__u64 expired = b->expires;
 	ext_release(&ext, internal);
-	bpf_map_delete_elem(&natgw_bindings, internal);
+	if (bpf_map_delete_elem(&natgw_bindings, internal) == 0)
+		report_binding(EV_ENDED, internal, &ext, expired);
 	count(C_BINDINGS_EXPIRED);
 }
 
@@ -484,7 +549,10 @@ static long try_port(__u32 i, void *ctx)
 		return 0;
 	}
 	if (ob) {
-		bpf_map_delete_elem(&natgw_bindings, &o);
+		struct endpoint oext = ob->external;
+		__u64 expired = ob->expires;
+		if (bpf_map_delete_elem(&natgw_bindings, &o) == 0)
+			report_binding(EV_ENDED, &o, &oext, expired);
 		count(C_BINDINGS_EXPIRED);
 	}
 	ext_release(&s->external, &o);
@@ -545,6 +613,7 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	if (!b)
 		return NULL;
 	count(C_BINDINGS_CREATED);
+	report_binding(EV_CREATED, internal, &s.external, now);
 	return b;
 }
 

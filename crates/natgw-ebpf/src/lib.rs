@@ -40,6 +40,11 @@
 //! live port with one read; a range whose every port is live refuses at once
 //! (`natgw_ranges`) instead of walking it.
 //!
+//! Binding events ([`events`]): one record per binding made and ended, in a ring
+//! buffer pinned with the maps, for the mapping log (`natgw run --log-mappings`);
+//! only while a reader has turned them on, and a full ring loses the record (counted
+//! in `events_lost`), never the packet.
+//!
 //! [`Plane::state_sizes`] counts the entries of the translation maps ("maps filling"),
 //! [`Plane::set_sweep_interval`] changes the sweeper's period (tests).
 //!
@@ -48,10 +53,12 @@
 //! and leaves through a private device WITHOUT checksum offload, the kernel would
 //! complete a checksum at the old transport offset; veth and virtio deliver it as is.
 
+pub mod events;
 pub mod maps;
 pub mod pin;
 pub mod plane;
 
+pub use events::{BindingEvent, EventKind};
 pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
 pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
 

@@ -100,7 +100,7 @@ impl BpfConfig {
 }
 
 /// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
-pub const COUNTERS: [&str; 14] = [
+pub const COUNTERS: [&str; 15] = [
     "out_translated",
     "in_translated",
     "passed",
@@ -115,6 +115,7 @@ pub const COUNTERS: [&str; 14] = [
     "pulled",
     "hairpinned",
     "drop_no_route",
+    "events_lost",
 ];
 
 #[cfg(test)]

@@ -32,8 +32,23 @@ const CONFIG: &str = "natgw_config";
 const COUNTERS_MAP: &str = "natgw_counters";
 const RANGES: &str = "natgw_ranges";
 /// What must be pinned for natgw to reopen the programs: the public links and the
-/// maps it reads.
-pub const REQUIRED: [&str; 5] = ["link_egress", "link_ingress", CONFIG, COUNTERS_MAP, RANGES];
+/// maps it reads (programs pinned by an older natgw without the binding events lack
+/// the last two, and are loaded again).
+pub const REQUIRED: [&str; 7] = [
+    "link_egress",
+    "link_ingress",
+    CONFIG,
+    COUNTERS_MAP,
+    RANGES,
+    crate::events::EVENTS_MAP,
+    crate::events::LOGGING_MAP,
+];
+
+/// Whether everything in [`REQUIRED`] is pinned under `dir`.
+pub fn complete(dir: &Path) -> bool {
+    let have = pinned(dir);
+    REQUIRED.iter().all(|r| have.iter().any(|h| h == r))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
+use crate::events::{BindingEvent, EVENTS_BYTES, EVENTS_MAP, LOGGING_MAP};
 use crate::maps::{BpfConfig, LayoutError, COUNTERS};
 use crate::OBJECT;
 
@@ -127,12 +128,24 @@ impl Plane {
     /// Loads the programs with `cfg`; admitted inbound packets get the bits `mask` of
     /// their mark set to `mark`'s and keep the others (`meta mark & mask == mark`).
     pub fn load_masked(cfg: &natgw_nat::Config, mark: u32, mask: u32) -> Result<Self, PlaneError> {
+        Self::load_sized(cfg, mark, mask, EVENTS_BYTES)
+    }
+
+    /// [`Plane::load_masked`] with a binding-event ring of `events_bytes` (a power of
+    /// two, at least a page; tests fill a small one).
+    pub fn load_sized(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        events_bytes: u32,
+    ) -> Result<Self, PlaneError> {
         let config = BpfConfig::new(cfg, mark & mask, mask)?;
         // One entry per public port of each pool address and protocol (the program
         // declares room for the largest pool).
         let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
         let ebpf = EbpfLoader::new()
             .map_max_entries("natgw_ports", ports)
+            .map_max_entries(EVENTS_MAP, events_bytes)
             .load(OBJECT)
             .map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
@@ -166,6 +179,28 @@ impl Plane {
             .ok_or(PlaneError::Missing(name))?;
         p.try_into()
             .map_err(|source| PlaneError::Program { name, source })
+    }
+
+    /// Turns the binding events on (a reader follows them) or off (the default).
+    pub fn set_logging(&mut self, on: bool) -> Result<(), PlaneError> {
+        let name = LOGGING_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(PlaneError::Missing(name))?;
+        let mut a: Array<_, u32> =
+            Array::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        a.set(0, u32::from(on), 0)
+            .map_err(|source| PlaneError::Map { name, source })
+    }
+
+    /// The binding events waiting in the ring, oldest first (taken out of it).
+    pub fn events(&mut self) -> Result<Vec<BindingEvent>, PlaneError> {
+        let name = EVENTS_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(PlaneError::Missing(name))?;
+        let mut ring = RingBuf::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.extend(BindingEvent::parse(&item));
+        }
+        Ok(out)
     }
 
     /// Makes the programs' clock read `now` (model time) instead of the kernel's.

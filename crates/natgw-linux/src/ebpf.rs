@@ -78,7 +78,26 @@ pub fn nat_config(desired: &Desired, plane: &EbpfPlane) -> Result<natgw_nat::Con
     config
         .validate()
         .map_err(|e| EbpfError::Config(e.to_string()))?;
-    Ok(config)
+    Ok(test_timeouts(config))
+}
+
+/// Test hook: `NATGW_TEST_EBPF_TIMEOUT_MS=2000` gives every binding and session of the
+/// programs that lifetime (far below the RFC minimums the config enforces), so that
+/// end-to-end tests see bindings end within seconds.
+const TIMEOUT_ENV: &str = "NATGW_TEST_EBPF_TIMEOUT_MS";
+
+fn test_timeouts(mut config: natgw_nat::Config) -> natgw_nat::Config {
+    if let Some(ms) = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let t = Duration::from_millis(ms);
+        config.timeouts.udp = t;
+        config.timeouts.tcp_established = t;
+        config.timeouts.tcp_transitory = t;
+        config.timeouts.icmp = t;
+    }
+    config
 }
 
 /// What the pinned programs are doing, for status, metrics and doctor.
@@ -253,8 +272,10 @@ impl Ebpf {
             want.sort();
             want == pinned_private
         };
-        let current =
-            running(public) && same_private && pin::config(&dir).is_ok_and(|c| c == wanted);
+        let current = running(public)
+            && same_private
+            && pin::complete(&dir)
+            && pin::config(&dir).is_ok_and(|c| c == wanted);
         if current {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
