@@ -3,6 +3,7 @@
 //! Root only; skipped with a message without it, except under CI=true.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -834,4 +835,152 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
     assert_eq!(ebpf_status(&lab)["in_sync"], true);
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(pinned(&lab), Vec::<String>::new());
+}
+
+/// The mapping log's lines, parsed.
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A TCP connection from n1 to the public server: (its private endpoint, what the
+/// server saw).
+fn node_tcp(lab: &Lab) -> (SocketAddr, SocketAddr) {
+    natgw_lab::in_netns(&lab.ns("n1"), || {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&server(), Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        let seen = line.trim().strip_prefix("peer=").unwrap().parse().unwrap();
+        (s.local_addr().unwrap(), seen)
+    })
+    .unwrap()
+}
+
+/// Waits up to `secs` for a line of `protocol`/`event` about `private`; returns it.
+fn wait_line(
+    log: &std::path::Path,
+    service: &Service,
+    event: &str,
+    protocol: &str,
+    private: SocketAddr,
+    secs: u64,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let found = log_lines(log).into_iter().find(|l| {
+            l["event"] == event && l["protocol"] == protocol && l["private"] == private.to_string()
+        });
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {event} line for {protocol} {private} in {}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ebpf_mapping_log_and_trace_name_the_node() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_mapping_log_and_trace_name_the_node",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let log = scratch(&lab, "maplog").join("mappings.jsonl");
+    let log_arg = log.to_str().unwrap().to_string();
+    // Bindings that end 3 s after their last outbound packet (a test hook: the config
+    // refuses less than the RFC minimums).
+    let mut service = Service::start_env(
+        &lab,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-mappings",
+            &log_arg,
+        ],
+        &[("NATGW_TEST_EBPF_TIMEOUT_MS", "3000")],
+    );
+    ready(&lab, &mut service);
+    let node = Lab::node_address(1);
+
+    let (udp_socket, udp_public) = node_socket(&lab, 40000, |_| {}).expect("UDP through");
+    let udp_private = SocketAddr::from((node, 40000));
+    let (tcp_private, tcp_public) = node_tcp(&lab);
+    drop(udp_socket);
+    let created = wait_line(&log, &service, "created", "udp", udp_private, 5);
+    assert_eq!(created["public"], udp_public.to_string(), "{created}");
+    let tcp_created = wait_line(&log, &service, "created", "tcp", tcp_private, 5);
+    assert_eq!(
+        tcp_created["public"],
+        tcp_public.to_string(),
+        "{tcp_created}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the mapping log is root-only");
+
+    // `natgw trace` names the node from the log while the binding lives.
+    let trace = |public: SocketAddr, extra: &[&str]| {
+        let public = public.to_string();
+        let mut args = vec!["trace", &public, "--log", &log_arg, "--json"];
+        args.extend_from_slice(extra);
+        natgw(&lab, &args)
+    };
+    let out = trace(udp_public, &["--proto", "udp"]);
+    assert_exit(&out, 0);
+    let holders = json(&out)["holders"].clone();
+    assert_eq!(holders.as_array().unwrap().len(), 1, "{}", text(&out));
+    assert_eq!(
+        holders[0]["private"],
+        udp_private.to_string(),
+        "{}",
+        text(&out)
+    );
+    let out = trace(tcp_public, &["--proto", "tcp"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["holders"][0]["private"], tcp_private.to_string());
+
+    // Idle, both bindings end (3 s, then the sweeper's second), each at its expiry.
+    let ended = wait_line(&log, &service, "ended", "udp", udp_private, 10);
+    assert_eq!(ended["public"], udp_public.to_string(), "{ended}");
+    let tcp_ended = wait_line(&log, &service, "ended", "tcp", tcp_private, 10);
+    assert_eq!(tcp_ended["public"], tcp_public.to_string(), "{tcp_ended}");
+    let (from, until) = (
+        created["time_ms"].as_u64().unwrap(),
+        ended["time_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        (2_900..6_000).contains(&(until - from)),
+        "ended {} ms after it was made",
+        until - from
+    );
+    let raw = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !raw.contains(&server().ip().to_string()),
+        "a destination in the log:\n{raw}"
+    );
+    // After the end, at a time inside the binding's life, the log still names it...
+    let during = format!("{:.3}", (from + until) as f64 / 2000.0);
+    let out = trace(udp_public, &["--at", &during]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["holders"][0]["private"], udp_private.to_string());
+    // ...and nobody after it.
+    let after = format!("{:.3}", (until + 1000) as f64 / 1000.0);
+    let out = trace(udp_public, &["--at", &after]);
+    assert_exit(&out, 1);
+    let status = ebpf_status(&lab);
+    assert_eq!(counter(&status, "events_lost"), 0, "{status}");
+    assert_eq!(service.stop(), Some(0));
+    assert_exit(&natgw(&lab, &["down"]), 0);
 }
