@@ -58,6 +58,7 @@ enum counter {
 	C_HAIRPINNED,
 	C_DROP_NO_ROUTE,
 	C_EVENTS_LOST,
+	C_ICMP_SUPPRESSED,
 	C_MAX,
 };
 
@@ -1312,6 +1313,46 @@ static __always_inline __u16 fold(__u32 s)
 
 #define QUOTE_MAX (60 + 8)
 
+// The ICMP 3/13 allowance of each private sender (IcmpLimit in the model): a token
+// bucket like the kernel's per-peer ICMP limit (net.ipv4.icmp_ratelimit = 1000 ms,
+// XRLIM_BURST_FACTOR = 6): one error per second, six saved up at most, a new sender
+// starts full. Beyond it the packet is dropped without an answer (icmp_suppressed), so
+// a host that floods a full range costs no route lookups and no rewrites.
+#define ICMP_INTERVAL_NS 1000000000ULL
+#define ICMP_BURST 6
+
+struct icmp_bucket {
+	__u64 saved; // time saved up; an error costs ICMP_INTERVAL_NS
+	__u64 last;
+};
+
+// LRU: a sender not heard from for long is forgotten (and starts full again).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct icmp_bucket);
+} natgw_icmp_rate SEC(".maps");
+
+// Whether `src` may get one more ICMP 3/13 at `now` (and takes the token).
+static __always_inline int may_reject(__u32 src, __u64 now)
+{
+	const __u64 full = ICMP_INTERVAL_NS * ICMP_BURST;
+	struct icmp_bucket *b = bpf_map_lookup_elem(&natgw_icmp_rate, &src);
+	if (!b) {
+		struct icmp_bucket nb = {.saved = full - ICMP_INTERVAL_NS, .last = now};
+		bpf_map_update_elem(&natgw_icmp_rate, &src, &nb, BPF_ANY);
+		return 1;
+	}
+	__u64 saved = b->saved + (now > b->last ? now - b->last : 0);
+	if (saved > full)
+		saved = full;
+	b->last = now;
+	int allowed = saved >= ICMP_INTERVAL_NS;
+	b->saved = allowed ? saved - ICMP_INTERVAL_NS : saved;
+	return allowed;
+}
+
 // No public port left (the model's Reject): the packet becomes ICMP destination
 // unreachable, code 13, from icmp_source to its sender, quoting its IPv4 header and
 // first 8 bytes (admin_prohibited in the model), and goes back to the private side.
@@ -1319,6 +1360,8 @@ static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
 				  const struct packet *p)
 {
 	count(C_DROP_NO_PORT);
+	if (!may_reject(p->src, now_ns(c)))
+		return drop(C_ICMP_SUPPRESSED);
 	// parse() made sure the transport header's first 8 bytes are there.
 	__u32 qlen = p->l4 - p->ip + 8;
 	__u8 buf[28 + QUOTE_MAX] = {};

@@ -29,7 +29,10 @@
 //! - No public port left for a new binding: the packet is turned into the model's ICMP
 //!   destination unreachable, code 13 (from `icmp_source`, quoting the header and 8
 //!   bytes), and redirected to the sender the same way (counted in `drop_no_port`;
-//!   `drop_no_route` counts turned-around packets with no route back).
+//!   `drop_no_route` counts turned-around packets with no route back). Each sender
+//!   gets at most the kernel's share of ICMP errors to one peer (a token bucket: six
+//!   at once, then one a second; `natgw_nat::IcmpLimit`); beyond it the packet is
+//!   dropped quietly and counted in `icmp_suppressed`.
 //!
 //! What a new flow costs (program time, BPF_PROG_TEST_RUN; examples/cost.rs): the
 //! programs keep only the state that can change a verdict (sessions for TCP and

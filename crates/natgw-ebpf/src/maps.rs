@@ -100,7 +100,7 @@ impl BpfConfig {
 }
 
 /// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
-pub const COUNTERS: [&str; 15] = [
+pub const COUNTERS: [&str; 16] = [
     "out_translated",
     "in_translated",
     "passed",
@@ -116,6 +116,7 @@ pub const COUNTERS: [&str; 15] = [
     "hairpinned",
     "drop_no_route",
     "events_lost",
+    "icmp_suppressed",
 ];
 
 #[cfg(test)]

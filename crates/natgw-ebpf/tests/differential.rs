@@ -28,7 +28,9 @@ use natgw_nat::packet::{
     echo, fragment, icmp_error, private_host as host, remote_host as remote, tcp, udp,
 };
 use natgw_nat::wire::{checksums_ok, tcp_flags::*};
-use natgw_nat::{Config, Endpoint, Filtering, Nat, Proto, Timeouts, Verdict};
+use natgw_nat::{
+    Config, DropReason, Endpoint, Filtering, IcmpLimit, Nat, Proto, Timeouts, Verdict,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, RngSeed};
 
@@ -193,9 +195,15 @@ impl Pair {
                 assert_eq!(got.mark, 0, "{}", ctx());
                 "pass"
             }
-            Verdict::Drop(_) => {
+            Verdict::Drop(reason) => {
                 assert_eq!(got.verdict, TC_ACT_SHOT, "{}", ctx());
-                "drop"
+                if *reason == DropReason::NoPortQuiet {
+                    let after = self.plane.counters().unwrap()["drop_no_port"];
+                    assert_eq!(after, before + 1, "{}", ctx());
+                    "no port, quiet"
+                } else {
+                    "drop"
+                }
             }
             Verdict::Reject(bytes) => {
                 // ICMP 3/13 to the sender, sent back to the private side (the route
@@ -776,7 +784,12 @@ fn the_corpus_is_not_vacuous() {
     assert_eq!(c["in_translated"], p.seen["Ingress forward"] as u64);
     assert_eq!(c["hairpinned"], p.seen["Private hairpin"] as u64);
     let no_port = p.seen["Egress no port"] + p.seen["Private no port"];
-    assert_eq!(c["drop_no_port"], no_port as u64);
+    let quiet = ["Egress no port, quiet", "Private no port, quiet"]
+        .iter()
+        .map(|k| p.seen.get(*k).copied().unwrap_or(0) as u64)
+        .sum::<u64>();
+    assert_eq!(c["drop_no_port"], no_port as u64 + quiet);
+    assert_eq!(c["icmp_suppressed"], quiet);
     assert_eq!(c["drop_no_route"], 0);
     assert_eq!(c["events_lost"], 0);
     assert_eq!(c["bindings_created"], p.seen["event created"] as u64);
@@ -872,6 +885,39 @@ fn the_sweeper_frees_expired_state_and_only_that() {
     assert_eq!(at(EventKind::Created, 0).len(), 6, "{events:?}");
     assert_eq!(at(EventKind::Ended, 240), [(6, 5000)], "{events:?}");
     assert_eq!(at(EventKind::Ended, 300), [(17, 1000); 5], "{events:?}");
+}
+
+/// A host that floods a full range gets the kernel's share of ICMP 3/13 errors (a
+/// burst of six, then one a second), exactly as the model says; the rest are dropped
+/// quietly and counted. Another host has its own allowance.
+#[test]
+fn a_flood_without_ports_gets_a_rate_limited_share_of_icmp_errors() {
+    if !root_or_skip("a_flood_without_ports_gets_a_rate_limited_share_of_icmp_errors") {
+        return;
+    }
+    let mut cfg = config(Filtering::EndpointIndependent, 1000..=1000);
+    cfg.pool = vec![POOL[0]];
+    TestNs::new().run(move || {
+        let mut p = Pair::new(cfg);
+        p.packet(Side::Egress, &udp(host(2, 1000), remote(1, 53), b"x"));
+        let flood = |p: &mut Pair, h: u8, count: u16, at: Duration| {
+            p.now = at;
+            let before = p.seen.get("Egress no port").copied().unwrap_or(0);
+            for i in 0..count {
+                p.packet(Side::Egress, &udp(host(h, 3000 + i), remote(1, 53), b"x"));
+            }
+            (p.seen.get("Egress no port").copied().unwrap_or(0) - before) as u32
+        };
+        let burst = IcmpLimit::BURST;
+        assert_eq!(flood(&mut p, 3, 1000, Duration::ZERO), burst);
+        assert_eq!(flood(&mut p, 4, 10, Duration::ZERO), burst);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_millis(1500)), 1);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_secs(2)), 1);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_secs(12)), burst);
+        let c = p.plane.counters().unwrap();
+        assert_eq!(c["icmp_suppressed"], 4010 - 3 * u64::from(burst) - 2);
+        assert_eq!(c["drop_no_port"], 4010);
+    });
 }
 
 /// A full ring loses binding events, never packets: with room for about 128 records

@@ -134,6 +134,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
             "natgw_counters",
             "natgw_events",
             "natgw_fragments",
+            "natgw_icmp_rate",
             "natgw_logging",
             "natgw_ports",
             "natgw_ranges",
