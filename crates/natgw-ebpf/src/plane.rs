@@ -61,6 +61,33 @@ pub fn attached(ifname: &str, side: Side) -> Result<Vec<String>, PlaneError> {
         .collect())
 }
 
+/// Every program attached (TCX) to `ifname` on one hook, natgw's or not, in the order
+/// the kernel runs them: (id, name). Call it inside the interface's namespace.
+pub fn tcx_programs(ifname: &str, ingress: bool) -> Result<Vec<(u32, String)>, PlaneError> {
+    let (side, tc) = if ingress {
+        (Side::Ingress, TcAttachType::Ingress)
+    } else {
+        (Side::Egress, TcAttachType::Egress)
+    };
+    let (_, progs) =
+        SchedClassifier::query_tcx(ifname, tc).map_err(|source| PlaneError::Program {
+            name: side.program(),
+            source,
+        })?;
+    Ok(progs
+        .iter()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect())
+}
+
+/// The kernel's name of program `id` (a tc filter's own name is its object file's).
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlaneError {
     #[error(transparent)]

@@ -182,6 +182,46 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
     }
 }
 
+/// Every eBPF program on the TC hooks (TCX and old-style clsact filters, ingress and
+/// egress) of `interfaces`, for doctor's `tc-programs` check. An interface that does
+/// not exist is left out.
+pub fn tc_hooks(
+    netlink: &crate::netlink::Netlink,
+    interfaces: &[String],
+) -> Vec<natgw_core::doctor::tc_programs::Hook> {
+    use natgw_core::doctor::tc_programs::{Direction, Hook, Program};
+    let links = netlink.links().unwrap_or_default();
+    let mut hooks = Vec::new();
+    for name in interfaces {
+        let Some(link) = links.iter().find(|l| &l.name == name) else {
+            continue;
+        };
+        for (direction, ingress) in [(Direction::Ingress, true), (Direction::Egress, false)] {
+            let tcx = natgw_ebpf::plane::tcx_programs(name, ingress)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, name)| Program { id, name })
+                .collect();
+            hooks.push(Hook {
+                interface: name.clone(),
+                direction,
+                tcx,
+                tc: netlink
+                    .bpf_filters(link.index, ingress)
+                    .into_iter()
+                    .map(|mut f| {
+                        if let Some(name) = natgw_ebpf::plane::program_name(f.program.id) {
+                            f.program.name = name;
+                        }
+                        f
+                    })
+                    .collect(),
+            });
+        }
+    }
+    hooks
+}
+
 /// Test hook: `NATGW_TEST_OSRELEASE=5.10.0` makes natgw believe it runs on that kernel,
 /// to prove that a kernel without what the programs need is refused before anything
 /// changes.

@@ -369,6 +369,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
         "ebpf_attached",
         "ebpf_pinned",
         "ebpf_bindings",
+        "tc-programs",
     ] {
         assert_eq!(check(&report, id)["status"], "pass", "{id}: {report}");
     }
@@ -983,5 +984,162 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     let status = ebpf_status(&lab);
     assert_eq!(counter(&status, "events_lost"), 0, "{status}");
     assert_eq!(service.stop(), Some(0));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// Another tool's program: drops everything it sees. Compiled with the clang that
+/// builds natgw's own programs.
+fn foreign_program(lab: &Lab) -> PathBuf {
+    let dir = scratch(lab, "foreign");
+    let src = dir.join("foreign.c");
+    std::fs::write(
+        &src,
+        "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
+         __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
+         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let obj = dir.join("foreign.o");
+    let arch = if cfg!(target_arch = "aarch64") {
+        "aarch64-linux-gnu"
+    } else {
+        "x86_64-linux-gnu"
+    };
+    let clang = std::env::var("NATGW_CLANG").unwrap_or_else(|_| "clang".into());
+    let out = std::process::Command::new(clang)
+        .args(["-O2", "-target", "bpf", "-c"])
+        .arg(format!("-I/usr/include/{arch}"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    obj
+}
+
+#[test]
+fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
+    let Some((lab, _config, _server)) = up_with_server(
+        "ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone",
+        "",
+    ) else {
+        return;
+    };
+    let (out, report) = doctor(&lab, &[]);
+    assert_eq!(
+        check(&report, "tc-programs")["status"],
+        "pass",
+        "{}",
+        text(&out)
+    );
+    let obj = foreign_program(&lab);
+
+    // An old-style tc filter on the public interface's ingress: the kernel runs it
+    // only when the TCX programs continue the chain, and natgw's end it, so the
+    // gateway still translates (and the other tool is bypassed).
+    in_ns(
+        &lab,
+        "head",
+        &["tc", "qdisc", "add", "dev", "wan0", "clsact"],
+    );
+    let obj_arg = obj.to_str().unwrap();
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "wan0",
+            "ingress",
+            "pref",
+            "7",
+            "bpf",
+            "da",
+            "obj",
+            obj_arg,
+            "sec",
+            "classifier",
+        ],
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (out, report) = doctor(&lab, &[]);
+    let found = check(&report, "tc-programs");
+    assert_eq!(found["status"], "warn", "{}", text(&out));
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("wan0 tc ingress filter (pref 7): program ")
+            && detail.contains("\"foreign_drop\" runs only after the TCX programs"),
+        "{detail}"
+    );
+    let fix = found["fix"].as_str().unwrap().to_string();
+    assert!(
+        fix.contains("# tc filter del dev wan0 ingress pref 7 handle 0x1 bpf"),
+        "{fix}"
+    );
+    assert!(
+        fix.lines().all(|l| l.starts_with('#')),
+        "only comments: {fix}"
+    );
+
+    // A TCX program put before natgw_private on the private interface: it drops the
+    // nodes' traffic before natgw sees it.
+    let foreign = natgw_lab::in_netns(&lab.ns("head"), move || {
+        use aya::programs::{links::LinkOrder, SchedClassifier, TcAttachType};
+        let mut ebpf = aya::Ebpf::load_file(&obj).unwrap();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut("foreign_drop")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        program.load().unwrap();
+        let id = program.info().unwrap().id();
+        program
+            .attach_with_options(
+                "lan0",
+                TcAttachType::Ingress,
+                aya::programs::tc::TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .unwrap();
+        (ebpf, id)
+    })
+    .unwrap();
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &["--fix"]);
+    let detail = check(&report, "tc-programs")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains(&format!(
+            "lan0 tcx ingress: program {} \"foreign_drop\" runs before natgw_private",
+            foreign.1
+        )),
+        "{}",
+        text(&out)
+    );
+    // Neither the fix (comments only) nor `doctor --fix` detached anything.
+    paste_fix(&lab, &fix);
+    let still = natgw_lab::in_netns(&lab.ns("head"), || {
+        natgw_ebpf::plane::tcx_programs("lan0", true).unwrap()
+    })
+    .unwrap();
+    assert_eq!(
+        still.first().map(|p| p.1.as_str()),
+        Some("foreign_drop"),
+        "{still:?}"
+    );
+    assert!(in_ns(
+        &lab,
+        "head",
+        &["tc", "filter", "show", "dev", "wan0", "ingress"]
+    )
+    .contains("foreign_drop"));
+
+    // Gone, the gateway works again.
+    drop(foreign);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
