@@ -80,6 +80,16 @@ pub fn tcx_programs(ifname: &str, ingress: bool) -> Result<Vec<(u32, String)>, P
         .collect())
 }
 
+/// The kernel's tag (a digest of its code) of the `natgw_egress` attached to
+/// `ifname`, if one is.
+pub fn running_tag(ifname: &str) -> Option<u64> {
+    let (_, progs) = SchedClassifier::query_tcx(ifname, TcAttachType::Egress).ok()?;
+    progs
+        .iter()
+        .find(|p| p.name_as_str() == Some(Side::Egress.program()))
+        .map(|p| p.tag())
+}
+
 /// The kernel's name of program `id` (a tc filter's own name is its object file's).
 pub fn program_name(id: u32) -> Option<String> {
     aya::programs::loaded_programs()
@@ -96,6 +106,8 @@ pub enum PlaneError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("the running programs are another build's: their maps cannot be taken over")]
+    OtherCode,
     #[error("the kernel refused program {name}")]
     Program {
         name: &'static str,
@@ -166,17 +178,56 @@ impl Plane {
         mask: u32,
         events_bytes: u32,
     ) -> Result<Self, PlaneError> {
+        Self::load_with(cfg, mark, mask, events_bytes, None)
+    }
+
+    /// [`Plane::load_masked`], with the maps named in `kept` taken over from `dir`
+    /// where running programs pinned them (their bindings, sessions, counters and
+    /// events stay; see [`BpfConfig::same_layout`] for when that is sound). Only when
+    /// these programs are the running ones' code (`running_tag`, the kernel's tag of
+    /// the running `natgw_egress`: another natgw version may lay its maps out
+    /// differently); else [`PlaneError::OtherCode`], nothing written. The
+    /// configuration is written into the kept `natgw_config` at once, so the old
+    /// programs run with it until the new ones replace them.
+    pub fn load_reusing(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        dir: &std::path::Path,
+        kept: &[&'static str],
+        running_tag: u64,
+    ) -> Result<Self, PlaneError> {
+        Self::load_with(
+            cfg,
+            mark,
+            mask,
+            EVENTS_BYTES,
+            Some((dir, kept, running_tag)),
+        )
+    }
+
+    fn load_with(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        events_bytes: u32,
+        reuse: Option<(&std::path::Path, &[&'static str], u64)>,
+    ) -> Result<Self, PlaneError> {
         let config = BpfConfig::new(cfg, mark & mask, mask)?;
         // One entry per public port of each pool address and protocol (the program
         // declares room for the largest pool).
         let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("natgw_ports", ports)
-            .map_max_entries(EVENTS_MAP, events_bytes)
-            .load(OBJECT)
-            .map_err(PlaneError::Load)?;
+            .map_max_entries(EVENTS_MAP, events_bytes);
+        if let Some((dir, kept, _)) = reuse {
+            for name in kept {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(OBJECT).map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
-        plane.write_config()?;
         for side in Side::ALL {
             plane
                 .program(side)?
@@ -186,6 +237,18 @@ impl Plane {
                     source,
                 })?;
         }
+        if let Some((_, _, running)) = reuse {
+            let name = Side::Egress.program();
+            let tag = plane
+                .program(Side::Egress)?
+                .info()
+                .map_err(|source| PlaneError::Program { name, source })?
+                .tag();
+            if tag != running {
+                return Err(PlaneError::OtherCode);
+            }
+        }
+        plane.write_config()?;
         Ok(plane)
     }
 

@@ -312,18 +312,41 @@ impl Ebpf {
             want.sort();
             want == pinned_private
         };
-        let current = running(public)
-            && same_private
-            && pin::complete(&dir)
-            && pin::config(&dir).is_ok_and(|c| c == wanted);
-        if current {
+        let pinned_config = pin::config(&dir).ok();
+        let intact = running(public) && same_private && pin::complete(&dir);
+        if intact && pinned_config == Some(wanted) {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
+        }
+        let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
+        // Timeouts, filtering or the mark changed, not what the state means: new
+        // programs take over the maps, and the bindings live on.
+        let running_tag = natgw_ebpf::plane::running_tag(public);
+        if let (true, Some(tag)) = (
+            intact && pinned_config.is_some_and(|c| c.same_layout(&wanted)),
+            running_tag,
+        ) {
+            match natgw_ebpf::Plane::load_reusing(&config, MARK, MARK_MASK, &dir, &pin::KEPT, tag)
+                .map_err(EbpfError::from)
+                .and_then(|mut loaded| {
+                    Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
+                }) {
+                Ok(()) => {
+                    tracing::info!(
+                        interface = public,
+                        "eBPF programs reloaded with the new configuration; bindings kept"
+                    );
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    error = %crate::apply::error_chain(&e),
+                    "cannot hand the bindings to the new programs; loading them afresh"
+                ),
+            }
         }
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
-        let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
             return Err(e.into());

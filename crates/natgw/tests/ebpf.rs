@@ -782,21 +782,23 @@ fn ebpf_pins_go_with_the_namespace() {
 }
 
 #[test]
-fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
+fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() {
     let Some((lab, config, _server)) = up_with_server(
-        "ebpf_config_changes_reload_the_programs_and_switch_planes",
+        "ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes",
         "",
     ) else {
         return;
     };
-    assert!(mapped_from(&lab, 5400).is_some());
-    assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
+    let first = mapped_from(&lab, 5400).expect("a binding for n1:5400");
+    let created = counter(&ebpf_status(&lab), "bindings_created");
+    assert!(created >= 1);
 
-    // Another filtering mode: the table and the programs are replaced.
+    // Another filtering mode and UDP timeout: the table and the programs are replaced,
+    // but the new programs take over the maps, so the bindings live on.
     let base = "public = \"wan0\"\nprivate = [\"lan0\"]\n";
     std::fs::write(
         &config,
-        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n"),
+        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n[timeouts]\nudp = 600\n"),
     )
     .unwrap();
     let out = up(&lab, &config);
@@ -806,16 +808,44 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
         "{}",
         text(&out)
     );
+    assert!(text(&out).contains("bindings kept"), "{}", text(&out));
     let status = ebpf_status(&lab);
     assert_eq!(
         status["desired"]["dataplane"]["filtering"], "address-dependent",
         "{status}"
     );
+    assert_eq!(status["in_sync"], true, "{status}");
     assert_eq!(
-        counter(&status, "bindings_created"),
-        0,
-        "reloaded: {status}"
+        status["ebpf"]["attached"].as_array().unwrap().len(),
+        2,
+        "{status}"
     );
+    assert_eq!(counter(&status, "bindings_created"), created, "{status}");
+    // The same binding serves n1:5400 both ways: found, not made again.
+    assert_eq!(mapped_from(&lab, 5400), Some(first));
+    assert_eq!(
+        counter(&ebpf_status(&lab), "bindings_created"),
+        created,
+        "binding kept"
+    );
+    // A second `up` with that config changes nothing.
+    let again = up(&lab, &config);
+    assert!(!text(&again).contains("bindings kept"), "{}", text(&again));
+
+    // Another port range changes what the maps mean: the programs start afresh.
+    std::fs::write(
+        &config,
+        format!("{base}dataplane = \"ebpf\"\nport_range = \"62000-62999\"\n"),
+    )
+    .unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    assert_eq!(
+        counter(&ebpf_status(&lab), "bindings_created"),
+        0,
+        "reloaded afresh"
+    );
+    let moved = mapped_from(&lab, 5400).expect("a binding in the new range");
+    assert!((62000..=62999).contains(&moved.port()), "{moved}");
 
     // Back to the kernel's NAT: no program, no pin, conntrack translates.
     std::fs::write(&config, base).unwrap();
@@ -1141,5 +1171,57 @@ fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
     // Gone, the gateway works again.
     drop(foreign);
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// After a reload that kept the bindings, idle ones are still freed without traffic:
+/// the sweeper's timer goes on (timeouts shortened to 6 s by the test hook).
+#[test]
+fn ebpf_a_reload_that_keeps_bindings_keeps_sweeping() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_a_reload_that_keeps_bindings_keeps_sweeping",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let env = [("NATGW_TEST_EBPF_TIMEOUT_MS", "6000")];
+    let up = || {
+        natgw_env(
+            &lab,
+            "head",
+            &["up", "--config", config.to_str().unwrap()],
+            &env,
+        )
+    };
+    assert_exit(&up(), 0);
+    assert!(mapped_from(&lab, 5600).is_some());
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text_config}filtering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    // Refreshed just before the reload: it lives 6 s more.
+    assert!(mapped_from(&lab, 5600).is_some());
+    let out = up();
+    assert_exit(&out, 0);
+    assert!(text(&out).contains("bindings kept"), "{}", text(&out));
+    let udp = |s: &serde_json::Value| s["ebpf"]["bindings"]["udp"].as_u64().unwrap();
+    assert!(udp(&ebpf_status(&lab)) >= 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = ebpf_status(&lab);
+        if udp(&status) == 0 {
+            assert!(counter(&status, "bindings_expired") >= 1, "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle bindings not swept after the reload: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
