@@ -124,6 +124,15 @@ pub fn pinned_id(dir: &Path) -> Option<u32> {
         .map(|i| i.id())
 }
 
+/// Whether the programs pinned under `dir` report events (false when none are).
+pub fn logging(dir: &Path) -> bool {
+    MapData::from_pin(dir.join(LOGGING_MAP))
+        .ok()
+        .and_then(|data| Array::<MapData, u32>::try_from(Map::Array(data)).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .is_some_and(|v| v != 0)
+}
+
 /// Turns the pinned programs' events on (a reader follows them) or off (nobody does:
 /// they would only fill the ring and count as lost).
 pub fn set_logging(dir: &Path, on: bool) -> Result<(), PinnedError> {

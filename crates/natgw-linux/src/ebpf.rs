@@ -344,9 +344,13 @@ impl Ebpf {
                 ),
             }
         }
+        // A reader of the old programs' binding events (natgw run --log-mappings)
+        // follows the new ones from their first binding.
+        let logging = natgw_ebpf::events::logging(&dir);
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
+        loaded.set_logging(logging)?;
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
             return Err(e.into());
