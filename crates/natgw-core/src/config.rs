@@ -380,11 +380,6 @@ impl Config {
                 "remove it (the eBPF plane preserves ports, then searches the range)",
             ),
             (self.ha.is_some(), "[ha]", "remove the section"),
-            (
-                self.log_mappings,
-                "log_mappings",
-                "remove it (the mapping log reads conntrack, which does not see eBPF bindings)",
-            ),
         ];
         if let Some((_, what, fix)) = unsupported.into_iter().find(|(set, ..)| *set) {
             return Err(ConfigError::Invalid(format!(
@@ -584,7 +579,6 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
                 "port_selection = \"random\"\n",
                 "port_selection = \"random\"",
             ),
-            ("log_mappings = true\n", "log_mappings"),
             ("[port_blocks]\nsize = 512\n", "[port_blocks]"),
         ] {
             let err = merge_text(&format!("public = \"wan0\"\ndataplane = \"ebpf\"\n{extra}"))
@@ -596,6 +590,10 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
                 "{err}"
             );
         }
+        // The mapping log works on both planes (the programs report their bindings).
+        let s =
+            merge_text("public = \"wan0\"\ndataplane = \"ebpf\"\nlog_mappings = true\n").unwrap();
+        assert!(s.log_mappings);
         let err = merge_text(&format!("dataplane = \"ebpf\"\n{HA}")).unwrap_err();
         assert!(
             err.to_string().contains("does not support [ha] yet"),

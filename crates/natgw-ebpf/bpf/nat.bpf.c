@@ -57,6 +57,8 @@ enum counter {
 	C_PULLED,
 	C_HAIRPINNED,
 	C_DROP_NO_ROUTE,
+	C_EVENTS_LOST,
+	C_ICMP_SUPPRESSED,
 	C_MAX,
 };
 
@@ -222,6 +224,65 @@ static __always_inline void count(__u32 which)
 		*c += 1;
 }
 
+// --- binding events, for the mapping log (`natgw run --log-mappings`): one record
+// when a binding is made and one when it ends, read by natgw from the pinned ring
+// buffer. Never the destination (RFC 6888 REQ-12). A full ring never holds up or
+// changes a packet's translation: the record is dropped and counted (events_lost).
+
+enum event_kind { EV_CREATED = 1, EV_ENDED = 2 };
+
+// Mirrors `BindingEvent` in crates/natgw-ebpf/src/events.rs.
+struct binding_event {
+	// Created: when it was made; ended: its expiry, the moment it stopped translating
+	// (it is freed up to a sweep later). The programs' clock (kernel monotonic).
+	__u64 time_ns;
+	__u32 private_addr; // network order
+	__u32 public_addr;
+	__u16 private_port; // network order; ICMP: the identifier
+	__u16 public_port;
+	__u8 proto;
+	__u8 kind;
+	__u16 _pad;
+};
+
+// 4 MiB: 131,072 records (32 bytes with the ring's header), a few seconds of new flows
+// at full speed while the reader is busy.
+#define EVENTS_BYTES (1 << 22)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+} natgw_events SEC(".maps");
+
+// Nonzero while a reader follows natgw_events (natgw run --log-mappings sets it):
+// without one, records would only fill the ring and count as lost.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} natgw_logging SEC(".maps");
+
+static __always_inline void report_binding(__u8 kind, const struct endpoint *internal,
+					  const struct endpoint *external, __u64 time)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&natgw_logging, &zero);
+	if (!on || !*on)
+		return;
+	struct binding_event e = {
+		.time_ns = time,
+		.private_addr = internal->addr,
+		.public_addr = external->addr,
+		.private_port = internal->port,
+		.public_port = external->port,
+		.proto = internal->proto,
+		.kind = kind,
+	};
+	if (bpf_ringbuf_output(&natgw_events, &e, sizeof(e), 0))
+		count(C_EVENTS_LOST);
+}
+
 static __always_inline struct config *config(void)
 {
 	__u32 zero = 0;
@@ -373,8 +434,11 @@ static long sweep_binding(void *map, struct endpoint *key, struct binding *b, st
 	if (b->expires > w->now)
 		return 0;
 	struct endpoint ext = b->external;
+	__u64 expired = b->expires;
 	ext_release(&ext, key);
-	bpf_map_delete_elem(map, key);
+	// Only the one that deletes it reports the end (a packet may race the sweeper).
+	if (bpf_map_delete_elem(map, key) == 0)
+		report_binding(EV_ENDED, key, &ext, expired);
 	count(C_BINDINGS_EXPIRED);
 	return 0;
 }
@@ -414,8 +478,10 @@ static __always_inline void start_sweeper(const struct config *c)
 static __always_inline void drop_binding(struct endpoint *internal, struct binding *b)
 {
 	struct endpoint ext = b->external;
+	__u64 expired = b->expires;
 	ext_release(&ext, internal);
-	bpf_map_delete_elem(&natgw_bindings, internal);
+	if (bpf_map_delete_elem(&natgw_bindings, internal) == 0)
+		report_binding(EV_ENDED, internal, &ext, expired);
 	count(C_BINDINGS_EXPIRED);
 }
 
@@ -488,7 +554,10 @@ static long try_port(__u32 i, void *ctx)
 		return 0;
 	}
 	if (ob) {
-		bpf_map_delete_elem(&natgw_bindings, &o);
+		struct endpoint oext = ob->external;
+		__u64 expired = ob->expires;
+		if (bpf_map_delete_elem(&natgw_bindings, &o) == 0)
+			report_binding(EV_ENDED, &o, &oext, expired);
 		count(C_BINDINGS_EXPIRED);
 	}
 	ext_release(&s->external, &o);
@@ -549,6 +618,7 @@ static __always_inline struct binding *create_binding(const struct config *c,
 	if (!b)
 		return NULL;
 	count(C_BINDINGS_CREATED);
+	report_binding(EV_CREATED, internal, &s.external, now);
 	return b;
 }
 
@@ -1247,6 +1317,46 @@ static __always_inline __u16 fold(__u32 s)
 
 #define QUOTE_MAX (60 + 8)
 
+// The ICMP 3/13 allowance of each private sender (IcmpLimit in the model): a token
+// bucket like the kernel's per-peer ICMP limit (net.ipv4.icmp_ratelimit = 1000 ms,
+// XRLIM_BURST_FACTOR = 6): one error per second, six saved up at most, a new sender
+// starts full. Beyond it the packet is dropped without an answer (icmp_suppressed), so
+// a host that floods a full range costs no route lookups and no rewrites.
+#define ICMP_INTERVAL_NS 1000000000ULL
+#define ICMP_BURST 6
+
+struct icmp_bucket {
+	__u64 saved; // time saved up; an error costs ICMP_INTERVAL_NS
+	__u64 last;
+};
+
+// LRU: a sender not heard from for long is forgotten (and starts full again).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct icmp_bucket);
+} natgw_icmp_rate SEC(".maps");
+
+// Whether `src` may get one more ICMP 3/13 at `now` (and takes the token).
+static __always_inline int may_reject(__u32 src, __u64 now)
+{
+	const __u64 full = ICMP_INTERVAL_NS * ICMP_BURST;
+	struct icmp_bucket *b = bpf_map_lookup_elem(&natgw_icmp_rate, &src);
+	if (!b) {
+		struct icmp_bucket nb = {.saved = full - ICMP_INTERVAL_NS, .last = now};
+		bpf_map_update_elem(&natgw_icmp_rate, &src, &nb, BPF_ANY);
+		return 1;
+	}
+	__u64 saved = b->saved + (now > b->last ? now - b->last : 0);
+	if (saved > full)
+		saved = full;
+	b->last = now;
+	int allowed = saved >= ICMP_INTERVAL_NS;
+	b->saved = allowed ? saved - ICMP_INTERVAL_NS : saved;
+	return allowed;
+}
+
 // No public port left (the model's Reject): the packet becomes ICMP destination
 // unreachable, code 13, from icmp_source to its sender, quoting its IPv4 header and
 // first 8 bytes (admin_prohibited in the model), and goes back to the private side.
@@ -1254,6 +1364,8 @@ static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
 				  const struct packet *p)
 {
 	count(C_DROP_NO_PORT);
+	if (!may_reject(p->src, now_ns(c)))
+		return drop(C_ICMP_SUPPRESSED);
 	// parse() made sure the transport header's first 8 bytes are there.
 	__u32 qlen = p->l4 - p->ip + 8;
 	__u8 buf[28 + QUOTE_MAX] = {};

@@ -1,6 +1,7 @@
 //! What one packet costs inside the programs, measured by the kernel
 //! (BPF_PROG_TEST_RUN's duration, program time only: no routing, no driver).
-//! `cargo run --release -p natgw-ebpf --example cost [-- FILL...]` as root.
+//! `cargo run --release -p natgw-ebpf --example cost [-- [--log] FILL...]` as root;
+//! `--log` turns the binding events on (as `natgw run --log-mappings` does).
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +25,9 @@ fn main() {
         icmp_source: Ipv4Addr::new(10, 0, 0, 1),
     };
     let mut plane = Plane::load(&cfg, 1).expect("load (root?)");
+    let log = std::env::args().any(|a| a == "--log");
+    plane.set_logging(log).unwrap();
+    println!("binding events: {}", if log { "on" } else { "off" });
     let server = remote_host(1, 53);
     // New bindings: every packet from another private endpoint, until the range is
     // `fill` full; the cost of the last 1,000 at each level.
@@ -31,6 +35,7 @@ fn main() {
     // Fill levels to measure at (fractions, ascending), e.g. `-- 0.05 0.1`.
     let fills: Vec<f64> = std::env::args()
         .skip(1)
+        .filter(|a| a != "--log")
         .map(|a| a.parse().expect("a fill level such as 0.5"))
         .collect();
     let fills = if fills.is_empty() {

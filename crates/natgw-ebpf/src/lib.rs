@@ -29,7 +29,10 @@
 //! - No public port left for a new binding: the packet is turned into the model's ICMP
 //!   destination unreachable, code 13 (from `icmp_source`, quoting the header and 8
 //!   bytes), and redirected to the sender the same way (counted in `drop_no_port`;
-//!   `drop_no_route` counts turned-around packets with no route back).
+//!   `drop_no_route` counts turned-around packets with no route back). Each sender
+//!   gets at most the kernel's share of ICMP errors to one peer (a token bucket: six
+//!   at once, then one a second; `natgw_nat::IcmpLimit`); beyond it the packet is
+//!   dropped quietly and counted in `icmp_suppressed`.
 //!
 //! What a new flow costs (program time, BPF_PROG_TEST_RUN; examples/cost.rs): the
 //! programs keep only the state that can change a verdict (sessions for TCP and
@@ -40,6 +43,11 @@
 //! live port with one read; a range whose every port is live refuses at once
 //! (`natgw_ranges`) instead of walking it.
 //!
+//! Binding events ([`events`]): one record per binding made and ended, in a ring
+//! buffer pinned with the maps, for the mapping log (`natgw run --log-mappings`);
+//! only while a reader has turned them on, and a full ring loses the record (counted
+//! in `events_lost`), never the packet.
+//!
 //! [`Plane::state_sizes`] counts the entries of the translation maps ("maps filling"),
 //! [`Plane::set_sweep_interval`] changes the sweeper's period (tests).
 //!
@@ -48,10 +56,12 @@
 //! and leaves through a private device WITHOUT checksum offload, the kernel would
 //! complete a checksum at the old transport offset; veth and virtio deliver it as is.
 
+pub mod events;
 pub mod maps;
 pub mod pin;
 pub mod plane;
 
+pub use events::{BindingEvent, EventKind};
 pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
 pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
 

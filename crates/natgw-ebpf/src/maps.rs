@@ -39,6 +39,19 @@ pub struct BpfConfig {
     pub sweep_ns: u64,
 }
 
+impl BpfConfig {
+    /// Whether the translation state of programs running `self` means the same under
+    /// `other`: the same pool (in order: ports are indexed by pool position), private
+    /// prefixes and port range. Timeouts, filtering, the mark and the ICMP source may
+    /// differ: new programs can take over the maps of old ones (bindings kept).
+    pub fn same_layout(&self, other: &BpfConfig) -> bool {
+        (self.pool, self.pool_len, self.port_lo, self.port_hi)
+            == (other.pool, other.pool_len, other.port_lo, other.port_hi)
+            && (self.private_addr, self.private_mask, self.private_len)
+                == (other.private_addr, other.private_mask, other.private_len)
+    }
+}
+
 /// The sweeper's default period.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -116,7 +129,7 @@ impl BpfConfig {
 }
 
 /// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
-pub const COUNTERS: [&str; 14] = [
+pub const COUNTERS: [&str; 16] = [
     "out_translated",
     "in_translated",
     "passed",
@@ -131,6 +144,8 @@ pub const COUNTERS: [&str; 14] = [
     "pulled",
     "hairpinned",
     "drop_no_route",
+    "events_lost",
+    "icmp_suppressed",
 ];
 
 #[cfg(test)]

@@ -32,8 +32,23 @@ const CONFIG: &str = "natgw_config";
 const COUNTERS_MAP: &str = "natgw_counters";
 const RANGES: &str = "natgw_ranges";
 /// What must be pinned for natgw to reopen the programs: the public links and the
-/// maps it reads.
-pub const REQUIRED: [&str; 5] = ["link_egress", "link_ingress", CONFIG, COUNTERS_MAP, RANGES];
+/// maps it reads (programs pinned by an older natgw without the binding events lack
+/// the last two, and are loaded again).
+pub const REQUIRED: [&str; 7] = [
+    "link_egress",
+    "link_ingress",
+    CONFIG,
+    COUNTERS_MAP,
+    RANGES,
+    crate::events::EVENTS_MAP,
+    crate::events::LOGGING_MAP,
+];
+
+/// Whether everything in [`REQUIRED`] is pinned under `dir`.
+pub fn complete(dir: &Path) -> bool {
+    let have = pinned(dir);
+    REQUIRED.iter().all(|r| have.iter().any(|h| h == r))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
@@ -83,6 +98,24 @@ fn tc(side: Side) -> TcAttachType {
     }
 }
 
+/// The maps new programs take over from running ones of the same code when the
+/// configuration changes but not the layout of the state (`Plane::load_reusing`):
+/// all of them. The sweeper's timer keeps running the first programs' sweep (the same
+/// code), and the new programs see it started.
+pub const KEPT: [&str; 11] = [
+    CONFIG,
+    COUNTERS_MAP,
+    RANGES,
+    "natgw_bindings",
+    "natgw_ports",
+    "natgw_sessions",
+    "natgw_fragments",
+    "natgw_icmp_rate",
+    "natgw_sweeper",
+    crate::events::EVENTS_MAP,
+    crate::events::LOGGING_MAP,
+];
+
 /// Attaches the public programs of `plane` to `public` and the hairpin program to
 /// each of `private` (TCX), and pins the links and the maps under `dir` (an existing
 /// directory on a bpffs). Call it inside the interfaces' namespace. Nothing stays
@@ -93,6 +126,42 @@ pub fn attach_pinned(
     private: &[&str],
     dir: &Path,
 ) -> Result<(), PinnedError> {
+    attach_and_pin(plane, public, private, dir, &[])
+}
+
+/// Puts `plane` (loaded with [`Plane::load_reusing`] and [`KEPT`] from `dir`) in the
+/// place of the programs pinned under `dir`, on the same interfaces: the new links are
+/// attached first (behind the old ones, which end the chain, so every packet meets
+/// exactly one translator), then each old link is unpinned (detached) and the new
+/// one pinned in its place. The bindings live on in the kept maps.
+pub fn replace_pinned(
+    plane: &mut Plane,
+    public: &str,
+    private: &[&str],
+    dir: &Path,
+) -> Result<(), PinnedError> {
+    attach_and_pin(plane, public, private, dir, &KEPT)
+}
+
+fn attach_and_pin(
+    plane: &mut Plane,
+    public: &str,
+    private: &[&str],
+    dir: &Path,
+    kept: &[&str],
+) -> Result<(), PinnedError> {
+    let links = attach_links(plane, public, private)?;
+    // Maps first: a pinned link without its maps could not be read back.
+    pin_maps(plane, public, dir, kept)?;
+    pin_links(links, dir)
+}
+
+/// Attaches the programs; the links are not pinned yet (they close with the process).
+fn attach_links(
+    plane: &mut Plane,
+    public: &str,
+    private: &[&str],
+) -> Result<Vec<(FdLink, String)>, PinnedError> {
     let mut links = Vec::new();
     let targets = LINKS
         .iter()
@@ -123,7 +192,12 @@ pub fn attach_pinned(
             .map_err(|_| PinnedError::NotTcx(side.program()))?;
         links.push((fd, name));
     }
-    // Maps first: a pinned link without its maps could not be read back.
+    Ok(links)
+}
+
+/// Pins natgw's maps of `plane` under `dir`, except `kept` (already pinned there); a
+/// pin of the same name is replaced.
+fn pin_maps(plane: &mut Plane, public: &str, dir: &Path, kept: &[&str]) -> Result<(), PinnedError> {
     let info = plane
         .program(Side::Egress)?
         .info()
@@ -151,23 +225,47 @@ pub fn attach_pinned(
             .and_then(|i| i.name_as_str().map(str::to_string))
             .unwrap_or_default();
         // Only natgw's own maps (not the object's .rodata/.bss).
-        if !name.starts_with("natgw_") {
+        if !name.starts_with("natgw_") || kept.contains(&name.as_str()) {
             continue;
         }
         let path = dir.join(&name);
+        remove_pin(&path)?;
         map.pin(&path).map_err(|source| PinnedError::Pin {
             path: path.display().to_string(),
             source,
         })?;
     }
+    Ok(())
+}
+
+/// Pins each link under its name; a link pinned there before is unpinned first, which
+/// detaches it (the new one is already attached).
+fn pin_links(links: Vec<(FdLink, String)>, dir: &Path) -> Result<(), PinnedError> {
     for (fd, name) in links {
         let path = dir.join(name);
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            drop(old.unpin().map_err(|source| PinnedError::Io {
+                path: path.display().to_string(),
+                source,
+            })?);
+        }
         fd.pin(&path).map_err(|source| PinnedError::Pin {
             path: path.display().to_string(),
             source,
         })?;
     }
     Ok(())
+}
+
+/// Removes a pinned object, if there is one.
+fn remove_pin(path: &Path) -> Result<(), PinnedError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PinnedError::Io {
+            path: path.display().to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the public interface's two links are pinned under `dir`.

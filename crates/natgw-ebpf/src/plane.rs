@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
+use crate::events::{BindingEvent, EVENTS_BYTES, EVENTS_MAP, LOGGING_MAP};
 use crate::maps::{BpfConfig, LayoutError, COUNTERS};
 use crate::OBJECT;
 
@@ -60,6 +61,43 @@ pub fn attached(ifname: &str, side: Side) -> Result<Vec<String>, PlaneError> {
         .collect())
 }
 
+/// Every program attached (TCX) to `ifname` on one hook, natgw's or not, in the order
+/// the kernel runs them: (id, name). Call it inside the interface's namespace.
+pub fn tcx_programs(ifname: &str, ingress: bool) -> Result<Vec<(u32, String)>, PlaneError> {
+    let (side, tc) = if ingress {
+        (Side::Ingress, TcAttachType::Ingress)
+    } else {
+        (Side::Egress, TcAttachType::Egress)
+    };
+    let (_, progs) =
+        SchedClassifier::query_tcx(ifname, tc).map_err(|source| PlaneError::Program {
+            name: side.program(),
+            source,
+        })?;
+    Ok(progs
+        .iter()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect())
+}
+
+/// The kernel's tag (a digest of its code) of the `natgw_egress` attached to
+/// `ifname`, if one is.
+pub fn running_tag(ifname: &str) -> Option<u64> {
+    let (_, progs) = SchedClassifier::query_tcx(ifname, TcAttachType::Egress).ok()?;
+    progs
+        .iter()
+        .find(|p| p.name_as_str() == Some(Side::Egress.program()))
+        .map(|p| p.tag())
+}
+
+/// The kernel's name of program `id` (a tc filter's own name is its object file's).
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlaneError {
     #[error(transparent)]
@@ -68,6 +106,8 @@ pub enum PlaneError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("the running programs are another build's: their maps cannot be taken over")]
+    OtherCode,
     #[error("the kernel refused program {name}")]
     Program {
         name: &'static str,
@@ -127,16 +167,67 @@ impl Plane {
     /// Loads the programs with `cfg`; admitted inbound packets get the bits `mask` of
     /// their mark set to `mark`'s and keep the others (`meta mark & mask == mark`).
     pub fn load_masked(cfg: &natgw_nat::Config, mark: u32, mask: u32) -> Result<Self, PlaneError> {
+        Self::load_sized(cfg, mark, mask, EVENTS_BYTES)
+    }
+
+    /// [`Plane::load_masked`] with a binding-event ring of `events_bytes` (a power of
+    /// two, at least a page; tests fill a small one).
+    pub fn load_sized(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        events_bytes: u32,
+    ) -> Result<Self, PlaneError> {
+        Self::load_with(cfg, mark, mask, events_bytes, None)
+    }
+
+    /// [`Plane::load_masked`], with the maps named in `kept` taken over from `dir`
+    /// where running programs pinned them (their bindings, sessions, counters and
+    /// events stay; see [`BpfConfig::same_layout`] for when that is sound). Only when
+    /// these programs are the running ones' code (`running_tag`, the kernel's tag of
+    /// the running `natgw_egress`: another natgw version may lay its maps out
+    /// differently); else [`PlaneError::OtherCode`], nothing written. The
+    /// configuration is written into the kept `natgw_config` at once, so the old
+    /// programs run with it until the new ones replace them.
+    pub fn load_reusing(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        dir: &std::path::Path,
+        kept: &[&'static str],
+        running_tag: u64,
+    ) -> Result<Self, PlaneError> {
+        Self::load_with(
+            cfg,
+            mark,
+            mask,
+            EVENTS_BYTES,
+            Some((dir, kept, running_tag)),
+        )
+    }
+
+    fn load_with(
+        cfg: &natgw_nat::Config,
+        mark: u32,
+        mask: u32,
+        events_bytes: u32,
+        reuse: Option<(&std::path::Path, &[&'static str], u64)>,
+    ) -> Result<Self, PlaneError> {
         let config = BpfConfig::new(cfg, mark & mask, mask)?;
         // One entry per public port of each pool address and protocol (the program
         // declares room for the largest pool).
         let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("natgw_ports", ports)
-            .load(OBJECT)
-            .map_err(PlaneError::Load)?;
+            .map_max_entries(EVENTS_MAP, events_bytes);
+        if let Some((dir, kept, _)) = reuse {
+            for name in kept {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(OBJECT).map_err(PlaneError::Load)?;
         let mut plane = Self { ebpf, config };
-        plane.write_config()?;
         for side in Side::ALL {
             plane
                 .program(side)?
@@ -146,6 +237,18 @@ impl Plane {
                     source,
                 })?;
         }
+        if let Some((_, _, running)) = reuse {
+            let name = Side::Egress.program();
+            let tag = plane
+                .program(Side::Egress)?
+                .info()
+                .map_err(|source| PlaneError::Program { name, source })?
+                .tag();
+            if tag != running {
+                return Err(PlaneError::OtherCode);
+            }
+        }
+        plane.write_config()?;
         Ok(plane)
     }
 
@@ -174,6 +277,28 @@ impl Plane {
     pub fn set_outbound(&mut self, public_ifindex: u32, mark: u32) -> Result<(), PlaneError> {
         self.config = self.config.with_outbound(public_ifindex, mark);
         self.write_config()
+    }
+
+    /// Turns the binding events on (a reader follows them) or off (the default).
+    pub fn set_logging(&mut self, on: bool) -> Result<(), PlaneError> {
+        let name = LOGGING_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(PlaneError::Missing(name))?;
+        let mut a: Array<_, u32> =
+            Array::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        a.set(0, u32::from(on), 0)
+            .map_err(|source| PlaneError::Map { name, source })
+    }
+
+    /// The binding events waiting in the ring, oldest first (taken out of it).
+    pub fn events(&mut self) -> Result<Vec<BindingEvent>, PlaneError> {
+        let name = EVENTS_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(PlaneError::Missing(name))?;
+        let mut ring = RingBuf::try_from(map).map_err(|source| PlaneError::Map { name, source })?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.extend(BindingEvent::parse(&item));
+        }
+        Ok(out)
     }
 
     /// Makes the programs' clock read `now` (model time) instead of the kernel's.

@@ -23,12 +23,14 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use natgw_ebpf::plane::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
-use natgw_ebpf::{Plane, Side};
+use natgw_ebpf::{EventKind, Plane, Side};
 use natgw_nat::packet::{
     echo, fragment, icmp_error, private_host as host, remote_host as remote, tcp, udp,
 };
 use natgw_nat::wire::{checksums_ok, tcp_flags::*};
-use natgw_nat::{Config, Endpoint, Filtering, Nat, Proto, Timeouts, Verdict};
+use natgw_nat::{
+    Config, DropReason, Endpoint, Filtering, IcmpLimit, Nat, Proto, Timeouts, Verdict,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, RngSeed};
 
@@ -55,6 +57,12 @@ fn frame(ip: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The programs' clock for model time 0 (plane.rs: their clock is never 0).
+const CLOCK_BASE: Duration = Duration::from_secs(1);
+
+/// A binding as the mapping log knows it: protocol number and private endpoint.
+type LogKey = (u8, Endpoint);
+
 /// The model and the programs, side by side.
 struct Pair {
     nat: Nat,
@@ -62,21 +70,100 @@ struct Pair {
     now: Duration,
     /// (direction, outcome) counts, to show the corpus is not vacuous.
     seen: std::collections::BTreeMap<String, usize>,
+    /// The bindings the programs' events say are open, with their public endpoint.
+    log: std::collections::BTreeMap<LogKey, Endpoint>,
+    /// The last expiry the model showed for each binding (and its public endpoint).
+    expiries: std::collections::BTreeMap<(LogKey, Endpoint), Duration>,
+    /// Whether each packet's binding events are checked against the model.
+    check_events: bool,
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Udp => 17,
+        Proto::Tcp => 6,
+        Proto::Icmp => 1,
+    }
+}
+
+fn endpoint(a: std::net::SocketAddrV4) -> Endpoint {
+    Endpoint::new(*a.ip(), a.port())
 }
 
 impl Pair {
+    /// With the binding events on: every packet's events are checked against the model.
     fn new(cfg: Config) -> Self {
-        let plane = Plane::load(&cfg, MARK).unwrap_or_else(|e| panic!("{}", chain(&e)));
+        let mut p = Self::with_plane(cfg.clone(), Plane::load(&cfg, MARK));
+        p.plane.set_logging(true).unwrap();
+        p.check_events = true;
+        p
+    }
+
+    fn with_plane(cfg: Config, plane: Result<Plane, natgw_ebpf::PlaneError>) -> Self {
+        let plane = plane.unwrap_or_else(|e| panic!("{}", chain(&e)));
         Self {
             nat: Nat::new(cfg).unwrap(),
             plane,
             now: Duration::ZERO,
             seen: Default::default(),
+            log: Default::default(),
+            expiries: Default::default(),
+            check_events: false,
+        }
+    }
+
+    /// The programs' binding events since the last packet, against the model: a
+    /// binding made now with the model's public endpoint, ended at exactly the expiry
+    /// the model gave it, and every binding the model holds open in the log.
+    fn check_events(&mut self) {
+        let now = CLOCK_BASE + self.now;
+        for e in self.plane.events().unwrap() {
+            let key = (e.protocol, endpoint(e.private));
+            let public = endpoint(e.public);
+            match e.kind {
+                EventKind::Created => {
+                    assert_eq!(e.time, now, "{e:?}");
+                    let model = self
+                        .nat
+                        .bindings()
+                        .into_iter()
+                        .find(|b| (proto_number(b.proto), b.internal) == key);
+                    assert_eq!(model.map(|b| b.external), Some(public), "{e:?}");
+                    assert_eq!(self.log.insert(key, public), None, "made twice: {e:?}");
+                    *self.seen.entry("event created".into()).or_default() += 1;
+                }
+                EventKind::Ended => {
+                    assert!(e.time <= now, "ended in the future: {e:?}");
+                    assert_eq!(self.log.remove(&key), Some(public), "{e:?}");
+                    let expired = self.expiries.get(&(key, public)).map(|d| CLOCK_BASE + *d);
+                    assert_eq!(Some(e.time), expired, "the model's expiry: {e:?}");
+                    *self.seen.entry("event ended".into()).or_default() += 1;
+                }
+            }
+        }
+        for b in self.nat.bindings() {
+            let key = (proto_number(b.proto), b.internal);
+            assert_eq!(
+                self.log.get(&key),
+                Some(&b.external),
+                "not in the log: {b:?}"
+            );
+        }
+    }
+
+    /// Remembers the model's expiries (before a packet: it may end them).
+    fn note_expiries(&mut self) {
+        for b in self.nat.bindings() {
+            let key = ((proto_number(b.proto), b.internal), b.external);
+            self.expiries.insert(key, b.expires);
         }
     }
 
     /// One packet through both; panics on any disagreement.
     fn packet(&mut self, side: Side, ip: &[u8]) {
+        if self.check_events {
+            self.note_expiries();
+        }
         self.plane.set_clock(self.now).unwrap();
         let before = self.plane.counters().unwrap()["drop_no_port"];
         let got = self.plane.run(side, &frame(ip)).unwrap();
@@ -108,9 +195,15 @@ impl Pair {
                 assert_eq!(got.mark, 0, "{}", ctx());
                 "pass"
             }
-            Verdict::Drop(_) => {
+            Verdict::Drop(reason) => {
                 assert_eq!(got.verdict, TC_ACT_SHOT, "{}", ctx());
-                "drop"
+                if *reason == DropReason::NoPortQuiet {
+                    let after = self.plane.counters().unwrap()["drop_no_port"];
+                    assert_eq!(after, before + 1, "{}", ctx());
+                    "no port, quiet"
+                } else {
+                    "drop"
+                }
             }
             Verdict::Reject(bytes) => {
                 // ICMP 3/13 to the sender, sent back to the private side (the route
@@ -134,6 +227,9 @@ impl Pair {
             }
         };
         *self.seen.entry(format!("{side:?} {outcome}")).or_default() += 1;
+        if self.check_events {
+            self.check_events();
+        }
         if natgw_nat::wire::Ipv4::parse(ip).is_ok_and(|h| h.is_later_fragment()) {
             *self
                 .seen
@@ -660,6 +756,8 @@ fn the_corpus_is_not_vacuous() {
         "Private drop",
         "Private drop (ICMP error)",
         "Private no port",
+        "event created",
+        "event ended",
     ] {
         assert!(
             p.seen.get(wanted).is_some_and(|n| *n > 0),
@@ -686,8 +784,15 @@ fn the_corpus_is_not_vacuous() {
     assert_eq!(c["in_translated"], p.seen["Ingress forward"] as u64);
     assert_eq!(c["hairpinned"], p.seen["Private hairpin"] as u64);
     let no_port = p.seen["Egress no port"] + p.seen["Private no port"];
-    assert_eq!(c["drop_no_port"], no_port as u64);
+    let quiet = ["Egress no port, quiet", "Private no port, quiet"]
+        .iter()
+        .map(|k| p.seen.get(*k).copied().unwrap_or(0) as u64)
+        .sum::<u64>();
+    assert_eq!(c["drop_no_port"], no_port as u64 + quiet);
+    assert_eq!(c["icmp_suppressed"], quiet);
     assert_eq!(c["drop_no_route"], 0);
+    assert_eq!(c["events_lost"], 0);
+    assert_eq!(c["bindings_created"], p.seen["event created"] as u64);
 }
 
 /// Admitted inbound packets get natgw's bits of the mark and keep the others.
@@ -727,6 +832,7 @@ fn the_sweeper_frees_expired_state_and_only_that() {
     }
     let cfg = config(Filtering::AddressAndPortDependent, 1000..=1010);
     let mut plane = Plane::load(&cfg, MARK).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    plane.set_logging(true).unwrap();
     plane.set_sweep_interval(Duration::from_millis(10)).unwrap();
     plane.set_clock(Duration::ZERO).unwrap();
     for h in 2..7 {
@@ -766,6 +872,86 @@ fn the_sweeper_frees_expired_state_and_only_that() {
     plane.set_clock(Duration::from_secs(301)).unwrap();
     assert_eq!(settle(&plane, (0, 0, 0)), (0, 0, 0));
     assert_eq!(plane.counters().unwrap()["bindings_expired"], 6);
+    // The sweeper reported each end, at the binding's expiry (not when it swept).
+    let events = plane.events().unwrap();
+    let at = |kind, secs| {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.time == CLOCK_BASE + Duration::from_secs(secs))
+            .map(|e| (e.protocol, e.private.port()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events.len(), 12, "{events:?}");
+    assert_eq!(at(EventKind::Created, 0).len(), 6, "{events:?}");
+    assert_eq!(at(EventKind::Ended, 240), [(6, 5000)], "{events:?}");
+    assert_eq!(at(EventKind::Ended, 300), [(17, 1000); 5], "{events:?}");
+}
+
+/// A host that floods a full range gets the kernel's share of ICMP 3/13 errors (a
+/// burst of six, then one a second), exactly as the model says; the rest are dropped
+/// quietly and counted. Another host has its own allowance.
+#[test]
+fn a_flood_without_ports_gets_a_rate_limited_share_of_icmp_errors() {
+    if !root_or_skip("a_flood_without_ports_gets_a_rate_limited_share_of_icmp_errors") {
+        return;
+    }
+    let mut cfg = config(Filtering::EndpointIndependent, 1000..=1000);
+    cfg.pool = vec![POOL[0]];
+    TestNs::new().run(move || {
+        let mut p = Pair::new(cfg);
+        p.packet(Side::Egress, &udp(host(2, 1000), remote(1, 53), b"x"));
+        let flood = |p: &mut Pair, h: u8, count: u16, at: Duration| {
+            p.now = at;
+            let before = p.seen.get("Egress no port").copied().unwrap_or(0);
+            for i in 0..count {
+                p.packet(Side::Egress, &udp(host(h, 3000 + i), remote(1, 53), b"x"));
+            }
+            (p.seen.get("Egress no port").copied().unwrap_or(0) - before) as u32
+        };
+        let burst = IcmpLimit::BURST;
+        assert_eq!(flood(&mut p, 3, 1000, Duration::ZERO), burst);
+        assert_eq!(flood(&mut p, 4, 10, Duration::ZERO), burst);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_millis(1500)), 1);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_secs(2)), 1);
+        assert_eq!(flood(&mut p, 3, 1000, Duration::from_secs(12)), burst);
+        let c = p.plane.counters().unwrap();
+        assert_eq!(c["icmp_suppressed"], 4010 - 3 * u64::from(burst) - 2);
+        assert_eq!(c["drop_no_port"], 4010);
+    });
+}
+
+/// A full ring loses binding events, never packets: with room for about 128 records
+/// and nobody reading, 300 new bindings are translated exactly as the model does; the
+/// ring keeps the first ones, in order, and the rest are counted as lost.
+#[test]
+fn a_full_event_ring_loses_events_not_packets() {
+    if !root_or_skip("a_full_event_ring_loses_events_not_packets") {
+        return;
+    }
+    let cfg = config(Filtering::EndpointIndependent, 1024..=65535);
+    TestNs::new().run(move || {
+        let plane = Plane::load_sized(&cfg, MARK, u32::MAX, 4096);
+        let mut p = Pair::with_plane(cfg, plane);
+        p.plane.set_logging(true).unwrap();
+        let source = |i: u16| host(2 + (i % 100) as u8, 2000 + i);
+        for i in 0..300 {
+            p.packet(Side::Egress, &udp(source(i), remote(1, 53), b"x"));
+        }
+        assert_eq!(p.seen["Egress forward"], 300);
+        let lost = p.plane.counters().unwrap()["events_lost"];
+        let kept = p.plane.events().unwrap();
+        assert!(kept.len() >= 100, "{} kept", kept.len());
+        assert_eq!(kept.len() as u64 + lost, 300);
+        for (i, e) in kept.iter().enumerate() {
+            assert_eq!(
+                (e.kind, endpoint(e.private)),
+                (EventKind::Created, source(i as u16))
+            );
+        }
+        // Read, the ring takes records again.
+        p.packet(Side::Egress, &udp(source(300), remote(1, 53), b"x"));
+        assert_eq!(p.plane.events().unwrap().len(), 1);
+    });
 }
 
 /// Zero allocation failures until the range is full (the issue asks for 95 %): 64,512

@@ -78,7 +78,26 @@ pub fn nat_config(desired: &Desired, plane: &EbpfPlane) -> Result<natgw_nat::Con
     config
         .validate()
         .map_err(|e| EbpfError::Config(e.to_string()))?;
-    Ok(config)
+    Ok(test_timeouts(config))
+}
+
+/// Test hook: `NATGW_TEST_EBPF_TIMEOUT_MS=2000` gives every binding and session of the
+/// programs that lifetime (far below the RFC minimums the config enforces), so that
+/// end-to-end tests see bindings end within seconds.
+const TIMEOUT_ENV: &str = "NATGW_TEST_EBPF_TIMEOUT_MS";
+
+fn test_timeouts(mut config: natgw_nat::Config) -> natgw_nat::Config {
+    if let Some(ms) = std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let t = Duration::from_millis(ms);
+        config.timeouts.udp = t;
+        config.timeouts.tcp_established = t;
+        config.timeouts.tcp_transitory = t;
+        config.timeouts.icmp = t;
+    }
+    config
 }
 
 /// What the pinned programs are doing, for status, metrics and doctor.
@@ -161,6 +180,46 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
         busiest,
         capacity: status.as_ref().map_or(0, |s| s.bindings_capacity),
     }
+}
+
+/// Every eBPF program on the TC hooks (TCX and old-style clsact filters, ingress and
+/// egress) of `interfaces`, for doctor's `tc-programs` check. An interface that does
+/// not exist is left out.
+pub fn tc_hooks(
+    netlink: &crate::netlink::Netlink,
+    interfaces: &[String],
+) -> Vec<natgw_core::doctor::tc_programs::Hook> {
+    use natgw_core::doctor::tc_programs::{Direction, Hook, Program};
+    let links = netlink.links().unwrap_or_default();
+    let mut hooks = Vec::new();
+    for name in interfaces {
+        let Some(link) = links.iter().find(|l| &l.name == name) else {
+            continue;
+        };
+        for (direction, ingress) in [(Direction::Ingress, true), (Direction::Egress, false)] {
+            let tcx = natgw_ebpf::plane::tcx_programs(name, ingress)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, name)| Program { id, name })
+                .collect();
+            hooks.push(Hook {
+                interface: name.clone(),
+                direction,
+                tcx,
+                tc: netlink
+                    .bpf_filters(link.index, ingress)
+                    .into_iter()
+                    .map(|mut f| {
+                        if let Some(name) = natgw_ebpf::plane::program_name(f.program.id) {
+                            f.program.name = name;
+                        }
+                        f
+                    })
+                    .collect(),
+            });
+        }
+    }
+    hooks
 }
 
 /// Test hook: `NATGW_TEST_OSRELEASE=5.10.0` makes natgw believe it runs on that kernel,
@@ -269,17 +328,49 @@ impl Ebpf {
             want.sort();
             want == pinned_private
         };
-        let current =
-            running(public) && same_private && pin::config(&dir).is_ok_and(|c| c == wanted);
-        if current {
+        let pinned_config = pin::config(&dir).ok();
+        let intact = running(public) && same_private && pin::complete(&dir);
+        if intact && pinned_config == Some(wanted) {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
         }
+        let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
+        // Timeouts, filtering or the mark changed, not what the state means: new
+        // programs take over the maps, and the bindings live on.
+        let running_tag = natgw_ebpf::plane::running_tag(public);
+        if let (true, Some(tag)) = (
+            intact && pinned_config.is_some_and(|c| c.same_layout(&wanted)),
+            running_tag,
+        ) {
+            match natgw_ebpf::Plane::load_reusing(&config, MARK, MARK_MASK, &dir, &pin::KEPT, tag)
+                .map_err(EbpfError::from)
+                .and_then(|mut loaded| {
+                    // The shared config map briefly lacks the outbound mark: those
+                    // packets are tracked, and translated all the same.
+                    loaded.set_outbound(ifindex, OUTBOUND_MARK)?;
+                    Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
+                }) {
+                Ok(()) => {
+                    tracing::info!(
+                        interface = public,
+                        "eBPF programs reloaded with the new configuration; bindings kept"
+                    );
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    error = %crate::apply::error_chain(&e),
+                    "cannot hand the bindings to the new programs; loading them afresh"
+                ),
+            }
+        }
+        // A reader of the old programs' binding events (natgw run --log-mappings)
+        // follows the new ones from their first binding.
+        let logging = natgw_ebpf::events::logging(&dir);
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
         loaded.set_outbound(ifindex, OUTBOUND_MARK)?;
-        let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
+        loaded.set_logging(logging)?;
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
             return Err(e.into());

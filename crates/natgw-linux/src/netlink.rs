@@ -58,6 +58,59 @@ impl Netlink {
             .map_err(|source| request(what, source))
     }
 
+    /// The old-style tc filters of kind bpf on the clsact qdisc of interface `index`
+    /// (`tc filter show dev IFACE ingress|egress`); none when it has no clsact qdisc.
+    pub fn bpf_filters(
+        &self,
+        index: u32,
+        ingress: bool,
+    ) -> Vec<natgw_core::doctor::tc_programs::TcFilter> {
+        use natgw_core::doctor::tc_programs::{Program, TcFilter};
+        use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+        let request = self.handle.traffic_filter(index as i32).get();
+        let request = if ingress {
+            request.ingress()
+        } else {
+            request.egress()
+        };
+        // No clsact qdisc: the kernel refuses the dump; there is nothing to list.
+        let messages = self
+            .dump("dump tc filters", request.execute())
+            .unwrap_or_default();
+        messages
+            .into_iter()
+            .filter_map(|m| {
+                let mut bpf = false;
+                let (mut id, mut name) = (None, String::new());
+                for attribute in &m.attributes {
+                    match attribute {
+                        TcAttribute::Kind(kind) => bpf = kind == "bpf",
+                        TcAttribute::Options(options) => {
+                            for option in options {
+                                match option {
+                                    TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
+                                        name = n.clone()
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // The dump lists each priority's chain head without options too.
+                let id = id.filter(|_| bpf)?;
+                Some(TcFilter {
+                    program: Program { id, name },
+                    pref: (m.header.info >> 16) as u16,
+                    handle: (u32::from(m.header.handle.major) << 16)
+                        | u32::from(m.header.handle.minor),
+                })
+            })
+            .collect()
+    }
+
     /// `ip link show`
     pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let messages: Vec<_> = self.dump("dump links", self.handle.link().get().execute())?;

@@ -22,5 +22,5 @@ pub mod table;
 pub mod wire;
 
 pub use config::{Config, ConfigError, Filtering, Timeouts};
-pub use nat::{BindingView, DropReason, Nat, Verdict};
+pub use nat::{BindingView, DropReason, IcmpLimit, Nat, Verdict};
 pub use table::{Direction, Endpoint, Proto, Session, TcpState};

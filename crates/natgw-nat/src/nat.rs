@@ -40,6 +40,28 @@ pub enum DropReason {
     Filtered,
     /// A later fragment whose first fragment was not seen (out of order or lost).
     FragmentWithoutFirst,
+    /// No public port left, and the sender already had its share of ICMP errors
+    /// ([`IcmpLimit`]).
+    NoPortQuiet,
+}
+
+/// How many ICMP 3/13 errors a private host gets when no port is left: a token bucket
+/// per sender, as the kernel limits the ICMP errors it sends to one peer
+/// (`net.ipv4.icmp_ratelimit` = 1000 ms, a burst of `XRLIM_BURST_FACTOR` = 6): one
+/// token per `INTERVAL`, at most `BURST` saved, a new sender starts full.
+pub struct IcmpLimit;
+
+impl IcmpLimit {
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+    pub const BURST: u32 = 6;
+}
+
+/// A sender's bucket: saved time (each error costs `IcmpLimit::INTERVAL`) and when it
+/// was last filled.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    saved: Duration,
+    last: Duration,
 }
 
 /// A binding as seen from outside the model.
@@ -88,6 +110,8 @@ pub struct Nat {
     cfg: Config,
     table: Table,
     frags: BTreeMap<FragKey, FragEntry>,
+    /// ICMP 3/13 allowance per private sender.
+    rejects: BTreeMap<Ipv4Addr, Bucket>,
 }
 
 impl Nat {
@@ -97,6 +121,7 @@ impl Nat {
             cfg,
             table: Table::default(),
             frags: BTreeMap::new(),
+            rejects: BTreeMap::new(),
         })
     }
 
@@ -160,6 +185,9 @@ impl Nat {
                     Err(Some(reason)) => return Verdict::Drop(reason),
                     // No public port left: tell the sender (ICMP 3/13) instead of
                     // letting it retry into silence.
+                    Err(None) if !self.may_reject(h.src, now) => {
+                        return Verdict::Drop(DropReason::NoPortQuiet)
+                    }
                     Err(None) => {
                         return Verdict::Reject(admin_prohibited(pkt, &h, self.cfg.icmp_source))
                     }
@@ -187,6 +215,24 @@ impl Nat {
             Ok(Kind::Other) if self.cfg.is_pool(h.dst) => Verdict::Pass,
             Ok(Kind::Other) => Verdict::Drop(DropReason::Unsupported),
         }
+    }
+
+    /// Whether `src` may get one more ICMP 3/13 now (and takes the token).
+    fn may_reject(&mut self, src: Ipv4Addr, now: Duration) -> bool {
+        let full = IcmpLimit::INTERVAL * IcmpLimit::BURST;
+        let b = self.rejects.entry(src).or_insert(Bucket {
+            saved: full,
+            last: now,
+        });
+        let saved = (b.saved + now.saturating_sub(b.last)).min(full);
+        b.last = now;
+        let allowed = saved >= IcmpLimit::INTERVAL;
+        b.saved = if allowed {
+            saved - IcmpLimit::INTERVAL
+        } else {
+            saved
+        };
+        allowed
     }
 
     /// A packet arriving on the public interface.

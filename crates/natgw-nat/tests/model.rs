@@ -7,7 +7,9 @@ use natgw_nat::packet::{
     echo, fragment, icmp_error, private_host as host, reassemble, remote_host as remote, tcp, udp,
 };
 use natgw_nat::wire::{self, checksums_ok, icmp_type, tcp_flags::*, Ipv4};
-use natgw_nat::{Config, DropReason, Endpoint, Filtering, Nat, Proto, TcpState, Timeouts, Verdict};
+use natgw_nat::{
+    Config, DropReason, Endpoint, Filtering, IcmpLimit, Nat, Proto, TcpState, Timeouts, Verdict,
+};
 
 const POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
 const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -430,10 +432,7 @@ fn a_private_hosts_own_icmp_error_leaves_with_the_public_endpoint() {
 
 #[test]
 fn no_port_left_means_admin_prohibited_back_to_the_sender() {
-    let mut c = config(Filtering::EndpointIndependent);
-    c.pool = vec![POOL[0]];
-    c.ports = 2000..=2001;
-    let mut n = Nat::new(c).unwrap();
+    let mut n = one_address(2000..=2001);
     forwarded(n.outbound(&udp(host(2, 2000), remote(1, 53), b""), secs(0)));
     forwarded(n.outbound(&udp(host(3, 2000), remote(1, 53), b""), secs(0)));
     let third = udp(host(4, 2000), remote(1, 53), b"x");
@@ -452,6 +451,40 @@ fn no_port_left_means_admin_prohibited_back_to_the_sender() {
     assert_eq!(n.bindings().len(), 2);
     // Once a binding expires its port serves the next host.
     forwarded(n.outbound(&third, secs(300)));
+}
+
+/// A translator with one pool address and `ports`.
+fn one_address(ports: std::ops::RangeInclusive<u16>) -> Nat {
+    let mut c = config(Filtering::EndpointIndependent);
+    c.pool = vec![POOL[0]];
+    c.ports = ports;
+    Nat::new(c).unwrap()
+}
+
+/// A flood from a host that gets no port is answered like the kernel answers one peer:
+/// a burst of six errors, then one a second (at most six saved up), the rest dropped.
+#[test]
+fn icmp_errors_for_no_port_are_rate_limited_per_sender() {
+    let mut n = one_address(2000..=2000);
+    forwarded(n.outbound(&udp(host(2, 2000), remote(1, 53), b""), secs(0)));
+    let flood = |n: &mut Nat, h: u8, count: u16, at: Duration| {
+        let mut errors = 0u32;
+        for i in 0..count {
+            match n.outbound(&udp(host(h, 3000 + i), remote(1, 53), b"x"), at) {
+                Verdict::Reject(_) => errors += 1,
+                Verdict::Drop(DropReason::NoPortQuiet) => {}
+                v => panic!("{v:?}"),
+            }
+        }
+        errors
+    };
+    assert_eq!(flood(&mut n, 4, 100, secs(0)), IcmpLimit::BURST);
+    // Another sender has its own bucket.
+    assert_eq!(flood(&mut n, 5, 10, secs(0)), IcmpLimit::BURST);
+    assert_eq!(flood(&mut n, 4, 100, Duration::from_millis(1500)), 1);
+    assert_eq!(flood(&mut n, 4, 100, secs(2)), 1);
+    // Ten quiet seconds save up no more than the burst.
+    assert_eq!(flood(&mut n, 4, 100, secs(12)), IcmpLimit::BURST);
 }
 
 #[test]

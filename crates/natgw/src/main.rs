@@ -1,6 +1,7 @@
 //! natgw: turn a Linux host into the outbound NAT gateway of its private network.
 
 mod address_flags;
+mod binding_log;
 mod cli;
 mod commands;
 mod config_file;

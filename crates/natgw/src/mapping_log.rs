@@ -43,12 +43,17 @@ impl MappingLog {
         })
     }
 
+    /// A conntrack event, at the time it is read.
     pub fn record(&mut self, event: &MappingEvent) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut line = serde_json::to_string(&MappingRecord::of(event, now))
-            .expect("a mapping record serialises");
+        self.write_record(&MappingRecord::of(event, now));
+    }
+
+    /// One line (the eBPF plane's events carry their own time).
+    pub fn write_record(&mut self, record: &MappingRecord) {
+        let mut line = serde_json::to_string(record).expect("a mapping record serialises");
         line.push('\n');
         match self.write(line.as_bytes()) {
             Ok(()) => self.failing = false,

@@ -43,6 +43,11 @@ impl Tracker {
         self.view.clone()
     }
 
+    /// The mapping log, when there is one (the eBPF plane's events go there too).
+    pub fn log_mut(&mut self) -> Option<&mut MappingLog> {
+        self.log.as_mut()
+    }
+
     pub fn fd(&self) -> RawFd {
         self.events.fd()
     }

@@ -463,7 +463,8 @@ fn doctor_passes_a_healthy_gateway() {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 16);
+    assert_eq!(report["checks"].as_array().unwrap().len(), 17);
+    assert_eq!(check(&report, "tc-programs")["status"], "pass", "{report}");
     assert_eq!(check(&report, "ipv6")["status"], "pass", "{report}");
     assert_eq!(
         check(&report, "natgw-table")["detail"],

@@ -3,6 +3,7 @@
 //! Root only; skipped with a message without it, except under CI=true.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -146,7 +147,10 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
             "natgw_bindings",
             "natgw_config",
             "natgw_counters",
+            "natgw_events",
             "natgw_fragments",
+            "natgw_icmp_rate",
+            "natgw_logging",
             "natgw_ports",
             "natgw_ranges",
             "natgw_sessions",
@@ -382,6 +386,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
         "ebpf_attached",
         "ebpf_pinned",
         "ebpf_bindings",
+        "tc-programs",
     ] {
         assert_eq!(check(&report, id)["status"], "pass", "{id}: {report}");
     }
@@ -794,21 +799,23 @@ fn ebpf_pins_go_with_the_namespace() {
 }
 
 #[test]
-fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
+fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() {
     let Some((lab, config, _server)) = up_with_server(
-        "ebpf_config_changes_reload_the_programs_and_switch_planes",
+        "ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes",
         "",
     ) else {
         return;
     };
-    assert!(mapped_from(&lab, 5400).is_some());
-    assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
+    let first = mapped_from(&lab, 5400).expect("a binding for n1:5400");
+    let created = counter(&ebpf_status(&lab), "bindings_created");
+    assert!(created >= 1);
 
-    // Another filtering mode: the table and the programs are replaced.
+    // Another filtering mode and UDP timeout: the table and the programs are replaced,
+    // but the new programs take over the maps, so the bindings live on.
     let base = "public = \"wan0\"\nprivate = [\"lan0\"]\n";
     std::fs::write(
         &config,
-        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n"),
+        format!("{base}dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n[timeouts]\nudp = 600\n"),
     )
     .unwrap();
     let out = up(&lab, &config);
@@ -818,16 +825,44 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
         "{}",
         text(&out)
     );
+    assert!(text(&out).contains("bindings kept"), "{}", text(&out));
     let status = ebpf_status(&lab);
     assert_eq!(
         status["desired"]["dataplane"]["filtering"], "address-dependent",
         "{status}"
     );
+    assert_eq!(status["in_sync"], true, "{status}");
     assert_eq!(
-        counter(&status, "bindings_created"),
-        0,
-        "reloaded: {status}"
+        status["ebpf"]["attached"].as_array().unwrap().len(),
+        2,
+        "{status}"
     );
+    assert_eq!(counter(&status, "bindings_created"), created, "{status}");
+    // The same binding serves n1:5400 both ways: found, not made again.
+    assert_eq!(mapped_from(&lab, 5400), Some(first));
+    assert_eq!(
+        counter(&ebpf_status(&lab), "bindings_created"),
+        created,
+        "binding kept"
+    );
+    // A second `up` with that config changes nothing.
+    let again = up(&lab, &config);
+    assert!(!text(&again).contains("bindings kept"), "{}", text(&again));
+
+    // Another port range changes what the maps mean: the programs start afresh.
+    std::fs::write(
+        &config,
+        format!("{base}dataplane = \"ebpf\"\nport_range = \"62000-62999\"\n"),
+    )
+    .unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    assert_eq!(
+        counter(&ebpf_status(&lab), "bindings_created"),
+        0,
+        "reloaded afresh"
+    );
+    let moved = mapped_from(&lab, 5400).expect("a binding in the new range");
+    assert!((62000..=62999).contains(&moved.port()), "{moved}");
 
     // Back to the kernel's NAT: no program, no pin, conntrack translates.
     std::fs::write(&config, base).unwrap();
@@ -1008,4 +1043,361 @@ fn ebpf_coturn_natdiscovery_sees_eim_eif_and_hairpinning() {
         discovery.contains("Received a request (maybe a successful hairpinning)"),
         "{discovery}"
     );
+}
+
+/// The mapping log's lines, parsed.
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A TCP connection from n1 to the public server: (its private endpoint, what the
+/// server saw).
+fn node_tcp(lab: &Lab) -> (SocketAddr, SocketAddr) {
+    natgw_lab::in_netns(&lab.ns("n1"), || {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&server(), Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        let seen = line.trim().strip_prefix("peer=").unwrap().parse().unwrap();
+        (s.local_addr().unwrap(), seen)
+    })
+    .unwrap()
+}
+
+/// Waits up to `secs` for a line of `protocol`/`event` about `private`; returns it.
+fn wait_line(
+    log: &std::path::Path,
+    service: &Service,
+    event: &str,
+    protocol: &str,
+    private: SocketAddr,
+    secs: u64,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let found = log_lines(log).into_iter().find(|l| {
+            l["event"] == event && l["protocol"] == protocol && l["private"] == private.to_string()
+        });
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {event} line for {protocol} {private} in {}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ebpf_mapping_log_and_trace_name_the_node() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_mapping_log_and_trace_name_the_node",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let log = scratch(&lab, "maplog").join("mappings.jsonl");
+    let log_arg = log.to_str().unwrap().to_string();
+    // Bindings that end 3 s after their last outbound packet (a test hook: the config
+    // refuses less than the RFC minimums).
+    let mut service = Service::start_env(
+        &lab,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-mappings",
+            &log_arg,
+        ],
+        &[("NATGW_TEST_EBPF_TIMEOUT_MS", "3000")],
+    );
+    ready(&lab, &mut service);
+    let node = Lab::node_address(1);
+
+    let (udp_socket, udp_public) = node_socket(&lab, 40000, |_| {}).expect("UDP through");
+    let udp_private = SocketAddr::from((node, 40000));
+    let (tcp_private, tcp_public) = node_tcp(&lab);
+    drop(udp_socket);
+    let created = wait_line(&log, &service, "created", "udp", udp_private, 5);
+    assert_eq!(created["public"], udp_public.to_string(), "{created}");
+    let tcp_created = wait_line(&log, &service, "created", "tcp", tcp_private, 5);
+    assert_eq!(
+        tcp_created["public"],
+        tcp_public.to_string(),
+        "{tcp_created}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the mapping log is root-only");
+
+    // `natgw trace` names the node from the log while the binding lives.
+    let trace = |public: SocketAddr, extra: &[&str]| {
+        let public = public.to_string();
+        let mut args = vec!["trace", &public, "--log", &log_arg, "--json"];
+        args.extend_from_slice(extra);
+        natgw(&lab, &args)
+    };
+    let out = trace(udp_public, &["--proto", "udp"]);
+    assert_exit(&out, 0);
+    let holders = json(&out)["holders"].clone();
+    assert_eq!(holders.as_array().unwrap().len(), 1, "{}", text(&out));
+    assert_eq!(
+        holders[0]["private"],
+        udp_private.to_string(),
+        "{}",
+        text(&out)
+    );
+    let out = trace(tcp_public, &["--proto", "tcp"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["holders"][0]["private"], tcp_private.to_string());
+
+    // Idle, both bindings end (3 s, then the sweeper's second), each at its expiry.
+    let ended = wait_line(&log, &service, "ended", "udp", udp_private, 10);
+    assert_eq!(ended["public"], udp_public.to_string(), "{ended}");
+    let tcp_ended = wait_line(&log, &service, "ended", "tcp", tcp_private, 10);
+    assert_eq!(tcp_ended["public"], tcp_public.to_string(), "{tcp_ended}");
+    let (from, until) = (
+        created["time_ms"].as_u64().unwrap(),
+        ended["time_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        (2_900..6_000).contains(&(until - from)),
+        "ended {} ms after it was made",
+        until - from
+    );
+    let raw = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !raw.contains(&server().ip().to_string()),
+        "a destination in the log:\n{raw}"
+    );
+    // After the end, at a time inside the binding's life, the log still names it...
+    let during = format!("{:.3}", (from + until) as f64 / 2000.0);
+    let out = trace(udp_public, &["--at", &during]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["holders"][0]["private"], udp_private.to_string());
+    // ...and nobody after it.
+    let after = format!("{:.3}", (until + 1000) as f64 / 1000.0);
+    let out = trace(udp_public, &["--at", &after]);
+    assert_exit(&out, 1);
+    let status = ebpf_status(&lab);
+    assert_eq!(counter(&status, "events_lost"), 0, "{status}");
+    assert_eq!(service.stop(), Some(0));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// Another tool's program: drops everything it sees. Compiled with the clang that
+/// builds natgw's own programs.
+fn foreign_program(lab: &Lab) -> PathBuf {
+    let dir = scratch(lab, "foreign");
+    let src = dir.join("foreign.c");
+    std::fs::write(
+        &src,
+        "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
+         __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
+         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let obj = dir.join("foreign.o");
+    let arch = if cfg!(target_arch = "aarch64") {
+        "aarch64-linux-gnu"
+    } else {
+        "x86_64-linux-gnu"
+    };
+    let clang = std::env::var("NATGW_CLANG").unwrap_or_else(|_| "clang".into());
+    let out = std::process::Command::new(clang)
+        .args(["-O2", "-target", "bpf", "-c"])
+        .arg(format!("-I/usr/include/{arch}"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    obj
+}
+
+#[test]
+fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
+    let Some((lab, _config, _server)) = up_with_server(
+        "ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone",
+        "",
+    ) else {
+        return;
+    };
+    let (out, report) = doctor(&lab, &[]);
+    assert_eq!(
+        check(&report, "tc-programs")["status"],
+        "pass",
+        "{}",
+        text(&out)
+    );
+    let obj = foreign_program(&lab);
+
+    // An old-style tc filter on the public interface's ingress: the kernel runs it
+    // only when the TCX programs continue the chain, and natgw's end it, so the
+    // gateway still translates (and the other tool is bypassed).
+    in_ns(
+        &lab,
+        "head",
+        &["tc", "qdisc", "add", "dev", "wan0", "clsact"],
+    );
+    let obj_arg = obj.to_str().unwrap();
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "wan0",
+            "ingress",
+            "pref",
+            "7",
+            "bpf",
+            "da",
+            "obj",
+            obj_arg,
+            "sec",
+            "classifier",
+        ],
+    );
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (out, report) = doctor(&lab, &[]);
+    let found = check(&report, "tc-programs");
+    assert_eq!(found["status"], "warn", "{}", text(&out));
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("wan0 tc ingress filter (pref 7): program ")
+            && detail.contains("\"foreign_drop\" runs only after the TCX programs"),
+        "{detail}"
+    );
+    let fix = found["fix"].as_str().unwrap().to_string();
+    assert!(
+        fix.contains("# tc filter del dev wan0 ingress pref 7 handle 0x1 bpf"),
+        "{fix}"
+    );
+    assert!(
+        fix.lines().all(|l| l.starts_with('#')),
+        "only comments: {fix}"
+    );
+
+    // A TCX program put before natgw_private on the private interface: it drops the
+    // nodes' traffic before natgw sees it.
+    let foreign = natgw_lab::in_netns(&lab.ns("head"), move || {
+        use aya::programs::{links::LinkOrder, SchedClassifier, TcAttachType};
+        let mut ebpf = aya::Ebpf::load_file(&obj).unwrap();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut("foreign_drop")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        program.load().unwrap();
+        let id = program.info().unwrap().id();
+        program
+            .attach_with_options(
+                "lan0",
+                TcAttachType::Ingress,
+                aya::programs::tc::TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .unwrap();
+        (ebpf, id)
+    })
+    .unwrap();
+    assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
+    let (out, report) = doctor(&lab, &["--fix"]);
+    let detail = check(&report, "tc-programs")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains(&format!(
+            "lan0 tcx ingress: program {} \"foreign_drop\" runs before natgw_private",
+            foreign.1
+        )),
+        "{}",
+        text(&out)
+    );
+    // Neither the fix (comments only) nor `doctor --fix` detached anything.
+    paste_fix(&lab, &fix);
+    let still = natgw_lab::in_netns(&lab.ns("head"), || {
+        natgw_ebpf::plane::tcx_programs("lan0", true).unwrap()
+    })
+    .unwrap();
+    assert_eq!(
+        still.first().map(|p| p.1.as_str()),
+        Some("foreign_drop"),
+        "{still:?}"
+    );
+    assert!(in_ns(
+        &lab,
+        "head",
+        &["tc", "filter", "show", "dev", "wan0", "ingress"]
+    )
+    .contains("foreign_drop"));
+
+    // Gone, the gateway works again.
+    drop(foreign);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// After a reload that kept the bindings, idle ones are still freed without traffic:
+/// the sweeper's timer goes on (timeouts shortened to 6 s by the test hook).
+#[test]
+fn ebpf_a_reload_that_keeps_bindings_keeps_sweeping() {
+    let Some((lab, config)) = ebpf_lab(
+        "ebpf_a_reload_that_keeps_bindings_keeps_sweeping",
+        Spec::nodes(1),
+        "",
+    ) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let env = [("NATGW_TEST_EBPF_TIMEOUT_MS", "6000")];
+    let up = || {
+        natgw_env(
+            &lab,
+            "head",
+            &["up", "--config", config.to_str().unwrap()],
+            &env,
+        )
+    };
+    assert_exit(&up(), 0);
+    assert!(mapped_from(&lab, 5600).is_some());
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text_config}filtering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    // Refreshed just before the reload: it lives 6 s more.
+    assert!(mapped_from(&lab, 5600).is_some());
+    let out = up();
+    assert_exit(&out, 0);
+    assert!(text(&out).contains("bindings kept"), "{}", text(&out));
+    let udp = |s: &serde_json::Value| s["ebpf"]["bindings"]["udp"].as_u64().unwrap();
+    assert!(udp(&ebpf_status(&lab)) >= 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = ebpf_status(&lab);
+        if udp(&status) == 0 {
+            assert!(counter(&status, "bindings_expired") >= 1, "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle bindings not swept after the reload: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_exit(&natgw(&lab, &["down"]), 0);
 }

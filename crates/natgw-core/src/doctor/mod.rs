@@ -10,6 +10,7 @@ pub mod from_nft;
 pub mod ha;
 pub mod iptables;
 pub mod ipv6;
+pub mod tc_programs;
 
 use std::net::IpAddr;
 

@@ -108,9 +108,8 @@ fn diagnose(
     let conntrack_stats = natgw_linux::firewall::conntrack_stats();
     let now = unix_now();
     // Port use needs the gateway's addresses: the desired gateway, when it resolves.
-    let translations = natgw_core::desired(settings, &observed)
-        .ok()
-        .and_then(|desired| super::status::translations(&desired));
+    let desired = natgw_core::desired(settings, &observed).ok();
+    let translations = desired.as_ref().and_then(super::status::translations);
     let mut findings = doctor::diagnose(&Inputs {
         settings,
         observed: &observed,
@@ -126,6 +125,15 @@ fn diagnose(
     if let Some(ha) = &settings.ha {
         findings.extend(super::ha::findings(ha, &observed));
     }
+    // Other tools' programs on the gateway interfaces' TC hooks (either data plane).
+    let hooks = desired.as_ref().map(|d| {
+        let interfaces: Vec<String> = std::iter::once(&d.public)
+            .chain(&d.private)
+            .map(|i| i.name.as_str().to_string())
+            .collect();
+        natgw_linux::ebpf::tc_hooks(netlink, &interfaces)
+    });
+    findings.push(doctor::tc_programs::finding(hooks.as_deref()));
     if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
         let public = observed
             .state

@@ -23,6 +23,7 @@ use sd_notify::NotifyState;
 use tracing::{error, info, warn};
 
 use super::{gateway, up};
+use crate::binding_log::BindingLog;
 use crate::cli::{GatewayArgs, ObserveArgs};
 use crate::exit::{self, problem};
 use crate::metrics::DaemonFigures;
@@ -53,6 +54,8 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
         .map_err(|e| problem(anyhow!("cannot subscribe to kernel notifications: {e}")))?;
     let figures = Arc::new(DaemonFigures::default());
     let mut tracker = start_observing(observe, settings.log_mappings, &figures)?;
+    // The eBPF plane's bindings, for the same mapping log.
+    let mut bindings = BindingLog::default();
     let mut daemon = Daemon {
         netlink: gateway::connect()?,
         dataplane: gateway::select(&settings, false, args),
@@ -87,9 +90,16 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
         fds.extend(tracker.as_ref().map(Tracker::fd));
         let ha_slot = fds.len();
         fds.extend(daemon.ha.fd());
+        let bindings_slot = fds.len();
+        fds.extend(bindings.fd());
         let ready = wait(&fds, wake.saturating_duration_since(now));
         if daemon.ha.fd().is_some() && ready.get(ha_slot).copied().unwrap_or(false) {
             daemon.ha.answer();
+        }
+        if ready.get(bindings_slot).copied().unwrap_or(false) {
+            if let Some(log) = tracker.as_mut().and_then(Tracker::log_mut) {
+                bindings.drain(log);
+            }
         }
         if ready.get(3).copied().unwrap_or(false) {
             if let Some(tracker) = tracker.as_mut() {
@@ -126,6 +136,8 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             if daemon.ha.poll(daemon.settings.ha.as_ref(), &daemon.netlink) {
                 due = Some(now);
             }
+            // The programs may have been loaded again (their ring is another map).
+            bindings.refresh(tracker.as_mut().and_then(Tracker::log_mut));
         }
         if now >= next_safety {
             next_safety = now + SAFETY;
@@ -139,6 +151,7 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
                 Ok(()) => None,
                 Err(()) => Some(Instant::now() + RETRY),
             };
+            bindings.refresh(tracker.as_mut().and_then(Tracker::log_mut));
         }
         if let (Some(ping), Some(interval)) = (next_ping, watchdog) {
             if now >= ping {
@@ -149,6 +162,9 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
     };
 
     info!(signal = %stop, "stopping");
+    if let Some(log) = tracker.as_mut().and_then(Tracker::log_mut) {
+        bindings.drain(log);
+    }
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // An HA member that stops hands the gateway addresses to its peer.
     daemon.ha.stop(daemon.settings.ha.as_ref(), &daemon.netlink);

@@ -248,17 +248,28 @@ pub struct Service {
 
 impl Service {
     pub fn start(lab: &Lab, args: &[&str]) -> Service {
+        Service::start_env(lab, args, &[])
+    }
+
+    /// `natgw run ARGS` with extra environment (test hooks).
+    pub fn start_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Service {
         let mut full = vec!["run"];
         full.extend_from_slice(args);
-        Service::spawn(lab, "head", &full, false)
+        Service::spawn(lab, "head", &full, false, env)
     }
 
     /// `natgw ARGS` in the namespace of `role`, with stdout and stderr in its log.
     pub fn natgw_in(lab: &Lab, role: &str, args: &[&str]) -> Service {
-        Service::spawn(lab, role, args, true)
+        Service::spawn(lab, role, args, true, &[])
     }
 
-    fn spawn(lab: &Lab, role: &str, args: &[&str], with_stdout: bool) -> Service {
+    fn spawn(
+        lab: &Lab,
+        role: &str,
+        args: &[&str],
+        with_stdout: bool,
+        env: &[(&str, &str)],
+    ) -> Service {
         let log = scratch(lab, "run").join(format!("{}-{}.log", args[0], rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let stdout = if with_stdout {
@@ -266,7 +277,7 @@ impl Service {
         } else {
             Stdio::null()
         };
-        let child = natgw_command(lab, role, args, &[])
+        let child = natgw_command(lab, role, args, env)
             .process_group(0)
             .stdout(stdout)
             .stderr(file)
