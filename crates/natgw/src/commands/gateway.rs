@@ -24,6 +24,7 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
         masquerade: args.masquerade,
         ipv6_mode: args.ipv6_mode,
         ipv6_public_prefix: args.ipv6_public_prefix,
+        dataplane: args.dataplane,
     };
     let path: Option<PathBuf> = match &args.config {
         Some(path) => Some(path.clone()),
