@@ -230,12 +230,7 @@ impl Ebpf {
     /// already run exactly that configuration on the right interface (then their
     /// bindings are kept).
     fn ensure_programs(&self, desired: &Desired) -> Result<(), EbpfError> {
-        let plane = desired.dataplane.ebpf().ok_or_else(|| {
-            EbpfError::Config("the desired gateway has no eBPF data plane".into())
-        })?;
-        let config = nat_config(desired, plane)?;
-        let wanted = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
-            .map_err(natgw_ebpf::PlaneError::from)?;
+        let (config, wanted) = programs_config(desired)?;
         let public = desired.public.name.as_str();
         let dir: PathBuf = state_store::bpf_dir_created()?;
         // The hairpin program must sit on exactly the private interfaces of `desired`.
@@ -253,9 +248,7 @@ impl Ebpf {
             want.sort();
             want == pinned_private
         };
-        let current =
-            running(public) && same_private && pin::config(&dir).is_ok_and(|c| c == wanted);
-        if current {
+        if same_private && runs(public, &dir, &wanted) {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
         }
@@ -276,6 +269,33 @@ impl Ebpf {
             fingerprint: format!("{}; ebpf {}", t.fingerprint, self.programs_fingerprint()),
         })
     }
+}
+
+/// The translator's configuration for `desired`, and as the pinned config map holds it.
+fn programs_config(
+    desired: &Desired,
+) -> Result<(natgw_nat::Config, natgw_ebpf::BpfConfig), EbpfError> {
+    let plane = desired
+        .dataplane
+        .ebpf()
+        .ok_or_else(|| EbpfError::Config("the desired gateway has no eBPF data plane".into()))?;
+    let config = nat_config(desired, plane)?;
+    let pinned = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
+        .map_err(natgw_ebpf::PlaneError::from)?;
+    Ok((config, pinned))
+}
+
+/// Whether the programs pinned in `dir` run on `public` with `wanted`.
+fn runs(public: &str, dir: &std::path::Path, wanted: &natgw_ebpf::BpfConfig) -> bool {
+    running(public) && pin::config(dir).is_ok_and(|c| c == *wanted)
+}
+
+/// The recorded gateway, when its programs are the ones running now.
+fn running_gateway() -> Option<Desired> {
+    let gateway = state_store::load().ok().flatten()?.gateway?;
+    let (_, wanted) = programs_config(&gateway).ok()?;
+    let dir = state_store::bpf_dir().ok()?;
+    runs(gateway.public.name.as_str(), &dir, &wanted).then_some(gateway)
 }
 
 fn ebpf_error(e: EbpfError) -> DataplaneError {
@@ -307,7 +327,12 @@ impl Dataplane for Ebpf {
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        Ok(Snapshot(nft::list_table()?))
+        // A change may replace the running programs (another config reloads them):
+        // a rollback loads them again, from the gateway recorded with them.
+        Ok(Snapshot {
+            table: nft::list_table()?,
+            programs: running_gateway().map(Box::new),
+        })
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
@@ -329,10 +354,15 @@ impl Dataplane for Ebpf {
         // Programs must not run under an nftables plane's table (they would translate
         // a second time), nor without any table.
         let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
-        if snapshot.0.as_deref().is_none_or(nat_table) {
+        if snapshot.table.as_deref().is_none_or(nat_table) {
             remove_programs().map_err(ebpf_error)?;
         }
-        Ok(nft::restore(snapshot.0.as_deref())?)
+        nft::restore(snapshot.table.as_deref())?;
+        // The programs that ran before (bindings made since are lost either way).
+        if let Some(previous) = &snapshot.programs {
+            self.ensure_programs(previous).map_err(ebpf_error)?;
+        }
+        Ok(())
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {
@@ -345,6 +375,10 @@ impl Dataplane for Ebpf {
 
     fn has_leftovers(&self) -> bool {
         has_pins()
+    }
+
+    fn public(&self) -> Option<&str> {
+        self.public.as_deref()
     }
 
     fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {

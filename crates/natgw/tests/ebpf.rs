@@ -17,21 +17,6 @@ fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
     plane_lab(test, spec, "ebpf", extra)
 }
 
-/// A lab and a config for `dataplane` (the same tests run on both planes).
-fn plane_lab(test: &str, spec: Spec, dataplane: &str, extra: &str) -> Option<(Lab, PathBuf)> {
-    let lab = lab_or_skip(test, spec)?;
-    if dataplane == "ebpf" {
-        host_bpffs();
-    }
-    let config = scratch(&lab, "ebpf").join("natgw.toml");
-    std::fs::write(
-        &config,
-        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"{dataplane}\"\n{extra}"),
-    )
-    .unwrap();
-    Some((lab, config))
-}
-
 /// `ebpf_lab` with one private node, the public "who am I" server started and the
 /// gateway brought up with the eBPF plane.
 fn up_with_server(test: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
@@ -47,34 +32,6 @@ fn up_with_server_on(test: &str, dataplane: &str, extra: &str) -> Option<(Lab, P
 
 fn up(lab: &Lab, config: &std::path::Path) -> std::process::Output {
     natgw(lab, &["up", "--config", config.to_str().unwrap()])
-}
-
-/// The natgw programs attached (TCX) to the headnode's wan0, by `bpftool`-free means:
-/// natgw's own status.
-fn ebpf_status(lab: &Lab) -> serde_json::Value {
-    let out = natgw(lab, &["status", "--json"]);
-    json(&out)
-}
-
-fn counter(status: &serde_json::Value, name: &str) -> u64 {
-    status["ebpf"]["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no eBPF counter {name}: {status}"))
-}
-
-/// Objects pinned for the headnode's namespace (seen from the host's mount
-/// namespace): its directory on the bpffs is named like its state directory.
-fn pinned(lab: &Lab) -> Vec<String> {
-    let state = state_path(lab);
-    let name = state.parent().unwrap().file_name().unwrap();
-    let dir = std::path::Path::new("/run/natgw/bpffs").join(name);
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -110,7 +67,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     in_ns(&lab, "n1", &["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
 
     // `up` has exited; the programs stay attached and status reopens them.
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["dataplane"], "ebpf", "{status}");
     assert_eq!(status["in_sync"], true, "{status}");
     assert_eq!(
@@ -119,9 +76,8 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
         "{status}"
     );
     // Two nodes, TCP and UDP each, plus one ping: at least 5 bindings made.
-    assert!(counter(&status, "bindings_created") >= 5, "{status}");
-    let mut objects = pinned(&lab);
-    objects.sort();
+    assert!(ebpf_counter(&status, "bindings_created") >= 5, "{status}");
+    let objects = pinned(&lab);
     assert_eq!(
         objects,
         [
@@ -138,7 +94,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
             "natgw_sweeper"
         ]
     );
-    assert!(counter(&status, "in_translated") >= 5, "{status}");
+    assert!(ebpf_counter(&status, "in_translated") >= 5, "{status}");
     assert!(
         status["ebpf"]["bindings"]["udp"].as_u64().unwrap() >= 2,
         "{status}"
@@ -146,7 +102,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     assert_eq!(status["ebpf"]["bindings_capacity"], 4536, "{status}");
 
     // A second `up` changes nothing and keeps the bindings (no reload).
-    let created = counter(&status, "bindings_created");
+    let created = ebpf_counter(&status, "bindings_created");
     let again = up(&lab, &config);
     assert_exit(&again, 0);
     assert!(
@@ -154,7 +110,10 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
         "{}",
         text(&again)
     );
-    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+    assert_eq!(
+        ebpf_counter(&status_json(&lab), "bindings_created"),
+        created
+    );
 
     let down = natgw(&lab, &["down"]);
     assert_exit(&down, 0);
@@ -306,8 +265,8 @@ fn ebpf_classic_client_sees_a_full_cone_that_hairpins() {
             && verdict.ends_with("will hairpin"),
         "{verdict}"
     );
-    let status = ebpf_status(&lab);
-    assert!(counter(&status, "hairpinned") >= 1, "{status}");
+    let status = status_json(&lab);
+    assert!(ebpf_counter(&status, "hairpinned") >= 1, "{status}");
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
@@ -323,9 +282,9 @@ fn ebpf_port_dependent_filtering_drops_unsolicited_inbound() {
         report["stun"]["behaviour"]["filtering"], "address-and-port-dependent",
         "{report}"
     );
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     // The probe's change requests come from another address and port: filtered.
-    assert!(counter(&status, "drop_filtered") >= 1, "{status}");
+    assert!(ebpf_counter(&status, "drop_filtered") >= 1, "{status}");
     assert_eq!(status["in_sync"], true, "{status}");
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
@@ -384,7 +343,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     assert_eq!(attached["status"], "fail", "{report}");
     assert_eq!(attached["fix"], "natgw up", "{report}");
     assert_eq!(check(&report, "ebpf_pinned")["status"], "fail", "{report}");
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["in_sync"], false, "drift: {status}");
 
     // The fix as printed brings them back.
@@ -392,7 +351,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     assert_exit(&again, 0);
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     // And `doctor --fix` repairs it by itself.
     for link in ["link_egress", "link_ingress"] {
         std::fs::remove_file(dir.join(link)).unwrap();
@@ -522,8 +481,8 @@ fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
     // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
     assert_eq!(mtu_of(&socket), 1200);
     if dataplane == "ebpf" {
-        let status = ebpf_status(&lab);
-        assert!(counter(&status, "in_translated") >= 2, "{status}");
+        let status = status_json(&lab);
+        assert!(ebpf_counter(&status, "in_translated") >= 2, "{status}");
     }
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
@@ -626,9 +585,9 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
     assert_eq!(service.stop(), Some(0));
 
     // Between two runs the programs keep translating with the same binding.
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["in_sync"], true, "{status}");
-    let created = counter(&status, "bindings_created");
+    let created = ebpf_counter(&status, "bindings_created");
     assert_eq!(mapped_from(&lab, 5000), Some(first));
 
     let mut service = Service::start(&lab, &args);
@@ -638,9 +597,9 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
         Some(first),
         "binding kept across restart"
     );
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert!(
-        counter(&status, "bindings_created") >= created,
+        ebpf_counter(&status, "bindings_created") >= created,
         "maps reused, not reloaded: {status}"
     );
     assert!(
@@ -654,7 +613,7 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
         std::fs::remove_file(dir.join(link)).unwrap();
     }
     let detached = std::time::Instant::now();
-    while ebpf_status(&lab)["ebpf"]["attached"]
+    while status_json(&lab)["ebpf"]["attached"]
         .as_array()
         .map_or(0, Vec::len)
         != 2
@@ -751,7 +710,7 @@ fn ebpf_udp_binding_is_alive_after_130_s_idle() {
     let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| {
         panic!(
             "nothing arrived ({e}): the binding expired? status: {}",
-            ebpf_status(&lab)
+            status_json(&lab)
         )
     });
     assert_eq!(&buf[..n], b"still there?");
@@ -766,7 +725,7 @@ fn ebpf_pins_go_with_the_namespace() {
         return;
     };
     assert_exit(&up(&lab, &config), 0);
-    let dir = ebpf_status(&lab)["ebpf"]["pin_dir"]
+    let dir = status_json(&lab)["ebpf"]["pin_dir"]
         .as_str()
         .unwrap()
         .to_string();
@@ -785,7 +744,7 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
         return;
     };
     assert!(mapped_from(&lab, 5400).is_some());
-    assert!(counter(&ebpf_status(&lab), "bindings_created") >= 1);
+    assert!(ebpf_counter(&status_json(&lab), "bindings_created") >= 1);
 
     // Another filtering mode: the table and the programs are replaced.
     let base = "public = \"wan0\"\nprivate = [\"lan0\"]\n";
@@ -801,13 +760,13 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
         "{}",
         text(&out)
     );
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(
         status["desired"]["dataplane"]["filtering"], "address-dependent",
         "{status}"
     );
     assert_eq!(
-        counter(&status, "bindings_created"),
+        ebpf_counter(&status, "bindings_created"),
         0,
         "reloaded: {status}"
     );
@@ -829,7 +788,7 @@ fn ebpf_config_changes_reload_the_programs_and_switch_planes() {
     let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
     assert!(!table.contains("snat ip to"), "{table}");
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }

@@ -123,8 +123,8 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     require_privilege()?;
     let lock = lock(command)?;
     let netlink = connect()?;
-    let dataplane = select(&settings, read_only, args);
-    let observed = observe(&netlink, dataplane.as_ref())?;
+    let mut dataplane = select(&settings, read_only, args);
+    let mut observed = observe(&netlink, dataplane.as_ref())?;
     let settings = if read_only {
         recorded_settings(args, settings, &observed)
     } else {
@@ -140,6 +140,7 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     }
     let effective = recalled.settings;
     let desired = desired(&effective, &observed)?;
+    on_public(&mut dataplane, &desired, &mut observed)?;
     let mut gone: Vec<String> = recalled
         .gone
         .iter()
@@ -182,6 +183,24 @@ pub fn select(settings: &Settings, read_only: bool, args: &GatewayArgs) -> Box<d
         _ => settings.dataplane,
     };
     natgw_linux::dataplane::select(kind, public.as_deref())
+}
+
+/// `dataplane` on the public interface `desired` resolved, with the live state it
+/// reads there (see `natgw_linux::dataplane::on_public`).
+pub fn on_public(
+    dataplane: &mut Box<dyn Dataplane>,
+    desired: &Desired,
+    observed: &mut Observed,
+) -> exit::Result<()> {
+    if let Some(known) =
+        natgw_linux::dataplane::on_public(dataplane.as_ref(), desired.public.name.as_str())
+    {
+        if observed.nft_present {
+            observed.table = known.observe().map_err(problem)?;
+        }
+        *dataplane = known;
+    }
+    Ok(())
 }
 
 /// For read commands given no flags: what the last `up` was asked for, so that they

@@ -217,7 +217,8 @@ impl Daemon {
     fn try_reconcile(&mut self) -> Result<Option<String>, String> {
         let text = |f: exit::Failure| format!("{:#}", f.error);
         let _lock = gateway::lock("run").map_err(text)?;
-        let observed = gateway::observe(&self.netlink, self.dataplane.as_ref()).map_err(text)?;
+        let mut observed =
+            gateway::observe(&self.netlink, self.dataplane.as_ref()).map_err(text)?;
         if let Some(problem) = &observed.state_problem {
             return Err(format!("{problem}; run `natgw down` to recover"));
         }
@@ -231,6 +232,7 @@ impl Daemon {
         }
         let settings = recalled.settings;
         let desired = natgw_core::desired(&settings, &observed).map_err(|e| e.to_string())?;
+        gateway::on_public(&mut self.dataplane, &desired, &mut observed).map_err(text)?;
         self.forwarding = desired
             .sysctls
             .iter()
