@@ -324,7 +324,8 @@ fn nft_calls_of_up(plane: Plane) -> usize {
     }
 }
 
-fn up_killed_at_any_step_is_undone_by_down(plane: Plane) {
+/// `up` killed during each of its nft calls in turn, each time in a fresh lab.
+fn kill_up_at_every_step(plane: Plane, finish: &str) {
     if !root_or_skip(plane.test) {
         return;
     }
@@ -332,21 +333,17 @@ fn up_killed_at_any_step_is_undone_by_down(plane: Plane) {
         host_bpffs();
     }
     for call in 1..=nft_calls_of_up(plane) {
-        kill_up_during_nft_call(plane, call, "down");
+        kill_up_during_nft_call(plane, call, finish);
     }
+}
+
+fn up_killed_at_any_step_is_undone_by_down(plane: Plane) {
+    kill_up_at_every_step(plane, "down");
 }
 both_planes!(up_killed_at_any_step_is_undone_by_down);
 
 fn up_killed_at_any_step_is_completed_by_up(plane: Plane) {
-    if !root_or_skip(plane.test) {
-        return;
-    }
-    if plane.is_ebpf() {
-        host_bpffs();
-    }
-    for call in 1..=nft_calls_of_up(plane) {
-        kill_up_during_nft_call(plane, call, "up");
-    }
+    kill_up_at_every_step(plane, "up");
 }
 both_planes!(up_killed_at_any_step_is_completed_by_up);
 
