@@ -122,9 +122,7 @@ impl Dataplane for Nftables {
 pub fn select(kind: DataplaneKind, public: Option<&str>) -> Box<dyn Dataplane> {
     match kind {
         DataplaneKind::Nftables => Box::new(Nftables),
-        DataplaneKind::Ebpf => Box::new(crate::ebpf::Ebpf {
-            public: public.map(str::to_string),
-        }),
+        DataplaneKind::Ebpf => Box::new(crate::ebpf::Ebpf::new(public.map(str::to_string))),
     }
 }
 

@@ -3,6 +3,7 @@
 //! pinned per network namespace (`state_store::bpf_dir`) so that they outlive the
 //! command that loaded them.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub enum EbpfError {
 /// when unknown, e.g. `down` without a record: it then only removes).
 pub struct Ebpf {
     pub public: Option<String>,
+    /// Programs `check` had the kernel's verifier accept, kept for an `install` of the
+    /// same configuration: each load costs a verification (about a second on a debug
+    /// build under load), which a reload would otherwise pay twice.
+    verified: RefCell<Option<(natgw_ebpf::BpfConfig, natgw_ebpf::Plane)>>,
 }
 
 /// The translator's configuration for `desired`.
@@ -203,6 +208,13 @@ pub fn remove_programs() -> Result<(), EbpfError> {
 }
 
 impl Ebpf {
+    pub fn new(public: Option<String>) -> Ebpf {
+        Ebpf {
+            public,
+            verified: RefCell::new(None),
+        }
+    }
+
     /// What identifies the running programs: attached to the public interface with
     /// the pinned configuration (a digest of it), or absent.
     fn programs_fingerprint(&self) -> String {
@@ -233,28 +245,17 @@ impl Ebpf {
         let (config, wanted) = programs_config(desired)?;
         let public = desired.public.name.as_str();
         let dir: PathBuf = state_store::bpf_dir_created()?;
-        // The hairpin program must sit on exactly the private interfaces of `desired`.
-        let private_links: Vec<String> = desired
-            .private
-            .iter()
-            .map(|i| pin::private_link(i.name.as_str()))
-            .collect();
-        let pinned_private: Vec<String> = pin::pinned(&dir)
-            .into_iter()
-            .filter(|n| n.starts_with(pin::PRIVATE_LINK))
-            .collect();
-        let same_private = {
-            let mut want = private_links.clone();
-            want.sort();
-            want == pinned_private
-        };
-        if same_private && runs(public, &dir, &wanted) {
+        if already_running(desired, &dir, &wanted) {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
         }
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
-        let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
+        let checked = self.verified.borrow_mut().take();
+        let mut loaded = match checked {
+            Some((verified, plane)) if verified == wanted => plane,
+            _ => natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?,
+        };
         let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
@@ -283,6 +284,27 @@ fn programs_config(
     let pinned = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
         .map_err(natgw_ebpf::PlaneError::from)?;
     Ok((config, pinned))
+}
+
+/// Whether the programs pinned in `dir` already run `desired` as `wanted`: attached
+/// to its public interface with that configuration, the hairpin program on exactly its
+/// private interfaces.
+fn already_running(
+    desired: &Desired,
+    dir: &std::path::Path,
+    wanted: &natgw_ebpf::BpfConfig,
+) -> bool {
+    let mut want: Vec<String> = desired
+        .private
+        .iter()
+        .map(|i| pin::private_link(i.name.as_str()))
+        .collect();
+    want.sort();
+    let pinned_private: Vec<String> = pin::pinned(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(pin::PRIVATE_LINK))
+        .collect();
+    want == pinned_private && runs(desired.public.name.as_str(), dir, wanted)
 }
 
 /// Whether the programs pinned in `dir` run on `public` with `wanted`.
@@ -316,12 +338,18 @@ impl Dataplane for Ebpf {
     }
 
     fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
-        if let Some(plane) = desired.dataplane.ebpf() {
+        if desired.dataplane.ebpf().is_some() {
             // The kernel's verifier judges the programs before anything changes (they
-            // are loaded, not attached, and dropped again).
-            let config = nat_config(desired, plane).map_err(ebpf_error)?;
-            natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)
-                .map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
+            // are loaded, not attached, and kept for `install`), unless they already run
+            // this very configuration (a repair of the table): it accepted them then.
+            let (config, wanted) = programs_config(desired).map_err(ebpf_error)?;
+            let running =
+                state_store::bpf_dir().is_ok_and(|dir| already_running(desired, &dir, &wanted));
+            if !running {
+                let loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)
+                    .map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
+                *self.verified.borrow_mut() = Some((wanted, loaded));
+            }
         }
         Ok(nft::check(&render(desired).text)?)
     }
@@ -340,9 +368,7 @@ impl Dataplane for Ebpf {
         // packets are never dropped by an older table.
         nft::replace(&render(desired).text)?;
         self.ensure_programs(desired).map_err(ebpf_error)?;
-        let public = Ebpf {
-            public: Some(desired.public.name.as_str().to_string()),
-        };
+        let public = Ebpf::new(Some(desired.public.name.as_str().to_string()));
         public
             .observe_with(nft::live_table()?)
             .ok_or(DataplaneError::Vanished {
@@ -354,12 +380,14 @@ impl Dataplane for Ebpf {
         // Programs must not run under an nftables plane's table (they would translate
         // a second time), nor without any table.
         let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
-        if snapshot.table.as_deref().is_none_or(nat_table) {
+        let ebpf_table = snapshot.table.as_deref().is_some_and(|t| !nat_table(t));
+        if !ebpf_table {
             remove_programs().map_err(ebpf_error)?;
         }
         nft::restore(snapshot.table.as_deref())?;
-        // The programs that ran before (bindings made since are lost either way).
-        if let Some(previous) = &snapshot.programs {
+        // Under the eBPF plane's table, the programs that ran before (bindings made
+        // since are lost either way).
+        if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
             self.ensure_programs(previous).map_err(ebpf_error)?;
         }
         Ok(())
