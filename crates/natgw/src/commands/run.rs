@@ -40,6 +40,15 @@ const SAFETY: Duration = Duration::from_secs(60);
 
 pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exit::Result<i32> {
     let settings = gateway::settings(args)?;
+    // The config key `log_mappings` is refused with the eBPF plane by the config's
+    // checks; the flag is the same request.
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf
+        && observe.log_mappings.is_some()
+    {
+        return Err(crate::exit::usage(anyhow!(
+            "--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet (it reads conntrack, which does not see eBPF bindings); remove --log-mappings, or use dataplane = \"nftables\""
+        )));
+    }
     gateway::require_privilege()?;
     // Before any thread exists, so that none of them takes these signals.
     let signals = signal_fd().map_err(problem)?;
