@@ -153,6 +153,10 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
         version: natgw_core::doctor::ebpf::kernel_version(&kernel),
         kernel,
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        missing_capabilities: crate::privilege::missing_for_ebpf()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         bpffs: state_store::is_bpffs(std::path::Path::new(state_store::BPFFS)),
         bpffs_path: state_store::BPFFS.into(),
         public: public.into(),

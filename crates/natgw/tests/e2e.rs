@@ -503,8 +503,9 @@ fn doctor_passes_a_healthy_gateway(plane: Plane) {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    // The eBPF plane adds ebpf_kernel, ebpf_attached, ebpf_pinned and ebpf_bindings.
-    let checks = if plane.is_ebpf() { 20 } else { 16 };
+    // The eBPF plane adds ebpf_kernel, ebpf_privileges, ebpf_attached, ebpf_pinned and
+    // ebpf_bindings.
+    let checks = if plane.is_ebpf() { 21 } else { 16 };
     assert_eq!(report["checks"].as_array().unwrap().len(), checks);
     assert_eq!(check(&report, "ipv6")["status"], "pass", "{report}");
     assert_eq!(
