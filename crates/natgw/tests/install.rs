@@ -307,6 +307,26 @@ fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
             "{}",
             text(&out)
         );
+        // The service itself (what the unit starts) refuses the same way at start;
+        // `timeout` bounds a daemon that would not.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("head"), "timeout", "30", "setpriv"])
+            .args([
+                "--no-new-privs",
+                "--bounding-set",
+                &format!("-all,{}", caps.join(",")),
+            ])
+            .args(["--inh-caps", "-all", "--"])
+            .arg(binary())
+            .args(plane.args(&["run"]))
+            .output()
+            .expect("run setpriv");
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("natgw runs without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN"),
+            "{}",
+            text(&out)
+        );
         assert_eq!(headnode_snapshot(&lab), before);
         return;
     }

@@ -49,6 +49,10 @@ pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exi
             "--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet (it reads conntrack, which does not see eBPF bindings); remove --log-mappings, or use dataplane = \"nftables\""
         )));
     }
+    // As `up`: refused at start rather than retried forever.
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
+        super::up::ebpf_carried(settings.public.as_deref().unwrap_or_default())?;
+    }
     gateway::require_privilege()?;
     // Before any thread exists, so that none of them takes these signals.
     let signals = signal_fd().map_err(problem)?;
