@@ -139,6 +139,8 @@ pub struct Flags {
     pub ipv6_mode: Option<Ipv6Mode>,
     /// `--ipv6-public-prefix`
     pub ipv6_public_prefix: Option<Ipv6Net>,
+    /// `--dataplane`
+    pub dataplane: Option<DataplaneKind>,
 }
 
 /// Config and flags merged: what natgw was asked for, before looking at the system.
@@ -263,7 +265,8 @@ impl Config {
                     .into(),
             ));
         }
-        self.check_dataplane(masquerade, text, file)?;
+        let dataplane = self.dataplane(flags, text, file);
+        self.check_dataplane(&dataplane, masquerade, text, file)?;
         let public = flags.public.clone().or(self.public);
         let private = if flags.private.is_empty() {
             self.private
@@ -329,40 +332,57 @@ impl Config {
             log_mappings: self.log_mappings,
             ha: self.ha,
             ipv6,
-            dataplane: self
-                .dataplane
-                .as_ref()
-                .map_or_else(Default::default, |d| *d.get_ref()),
+            dataplane: dataplane.kind,
             filtering: self.filtering.as_ref().map(|f| *f.get_ref()),
             port_range: self.port_range.as_ref().map(|r| *r.get_ref()),
         })
     }
 
-    /// The eBPF plane's own keys need it, and it refuses what it cannot do yet.
+    /// The data plane asked for: `--dataplane` over the config key over the default.
+    fn dataplane(&self, flags: &Flags, text: &str, file: &Path) -> Chosen {
+        match (flags.dataplane, &self.dataplane) {
+            (Some(kind), _) => Chosen {
+                kind,
+                by: ChosenBy::Flag,
+            },
+            (None, Some(key)) => Chosen {
+                kind: *key.get_ref(),
+                by: ChosenBy::Key(origin(text, file, key.span().start)),
+            },
+            (None, None) => Chosen {
+                kind: DataplaneKind::default(),
+                by: ChosenBy::Default,
+            },
+        }
+    }
+
+    /// The eBPF plane's own keys need it, and it refuses what it cannot do yet; the
+    /// error names where the plane was chosen (the config line or the flag).
     fn check_dataplane(
         &self,
+        dataplane: &Chosen,
         masquerade: bool,
         text: &str,
         file: &Path,
     ) -> Result<(), ConfigError> {
         let at = |span: std::ops::Range<usize>| origin(text, file, span.start);
-        let Some(dataplane) = self
-            .dataplane
-            .as_ref()
-            .filter(|d| *d.get_ref() == DataplaneKind::Ebpf)
-        else {
+        if dataplane.kind != DataplaneKind::Ebpf {
             let own = [
                 self.filtering.as_ref().map(|f| ("filtering", f.span())),
                 self.port_range.as_ref().map(|r| ("port_range", r.span())),
             ];
             if let Some((key, span)) = own.into_iter().flatten().next() {
+                let add = match dataplane.by {
+                    ChosenBy::Flag => "give --dataplane ebpf".to_string(),
+                    _ => "add that line".to_string(),
+                };
                 return Err(ConfigError::Invalid(format!(
-                    "{}: {key} applies only to dataplane = \"ebpf\"; add that line or remove {key}",
+                    "{}: {key} applies only to dataplane = \"ebpf\"; {add} or remove {key}",
                     at(span)
                 )));
             }
             return Ok(());
-        };
+        }
         let unsupported = [
             (
                 masquerade,
@@ -382,13 +402,33 @@ impl Config {
             (self.ha.is_some(), "[ha]", "remove the section"),
         ];
         if let Some((_, what, fix)) = unsupported.into_iter().find(|(set, ..)| *set) {
+            let (chosen, other) = match &dataplane.by {
+                ChosenBy::Key(origin) => (
+                    format!("{origin}: dataplane = \"ebpf\""),
+                    "dataplane = \"nftables\"",
+                ),
+                _ => ("--dataplane ebpf".to_string(), "--dataplane nftables"),
+            };
             return Err(ConfigError::Invalid(format!(
-                "{}: dataplane = \"ebpf\" does not support {what} yet; {fix}, or use dataplane = \"nftables\"",
-                at(dataplane.span())
+                "{chosen} does not support {what} yet; {fix}, or use {other}"
             )));
         }
         Ok(())
     }
+}
+
+/// The data plane asked for and where.
+struct Chosen {
+    kind: DataplaneKind,
+    by: ChosenBy,
+}
+
+enum ChosenBy {
+    /// `--dataplane`
+    Flag,
+    /// The config key, at `natgw.toml:LINE`.
+    Key(String),
+    Default,
 }
 
 impl Settings {
@@ -503,6 +543,7 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             masquerade: false,
             ipv6_mode: Some(Ipv6Mode::Off),
             ipv6_public_prefix: None,
+            dataplane: None,
         };
         let s = parse(text)
             .unwrap()
@@ -598,6 +639,48 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
         assert!(
             err.to_string().contains("does not support [ha] yet"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn dataplane_flag_overrides_the_key_and_is_checked_like_it() {
+        let flags = |dataplane| Flags {
+            dataplane: Some(dataplane),
+            ..Flags::default()
+        };
+        let merge = |text: &str, dataplane| {
+            parse(text)?.merge(&flags(dataplane), text, Path::new("natgw.toml"))
+        };
+        let s = Settings::from_flags(&flags(DataplaneKind::Ebpf)).unwrap();
+        assert_eq!(s.dataplane, DataplaneKind::Ebpf);
+        let s = merge("dataplane = \"ebpf\"\n", DataplaneKind::Nftables).unwrap();
+        assert_eq!(s.dataplane, DataplaneKind::Nftables);
+        let s = merge("filtering = \"address-dependent\"\n", DataplaneKind::Ebpf).unwrap();
+        assert_eq!(s.filtering, Some(Filtering::AddressDependent));
+        // The flag names itself in the error, the key its line.
+        let err = Settings::from_flags(&Flags {
+            masquerade: true,
+            ..flags(DataplaneKind::Ebpf)
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--dataplane ebpf does not support masquerade yet; give snat_to, or leave it out to use the public interface's address, or use --dataplane nftables"
+        );
+        let err = merge("\nport_selection = \"random\"\n", DataplaneKind::Ebpf).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--dataplane ebpf does not support port_selection = \"random\" yet;"),
+            "{err}"
+        );
+        let err = merge(
+            "dataplane = \"ebpf\"\nfiltering = \"address-dependent\"\n",
+            DataplaneKind::Nftables,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:2: filtering applies only to dataplane = \"ebpf\"; give --dataplane ebpf or remove filtering"
         );
     }
 

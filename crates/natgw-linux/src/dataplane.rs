@@ -20,8 +20,23 @@ pub enum DataplaneError {
 }
 
 /// What was installed before a change, so that a failed apply can put it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot(pub(crate) Option<String>);
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// natgw's table as listed (`None`: none installed).
+    pub(crate) table: Option<String>,
+    /// eBPF plane: the recorded gateway whose programs were running, to load them
+    /// again when the change replaced them.
+    pub(crate) programs: Option<Box<Desired>>,
+}
+
+impl Snapshot {
+    pub(crate) fn table(table: Option<String>) -> Snapshot {
+        Snapshot {
+            table,
+            programs: None,
+        }
+    }
+}
 
 pub trait Dataplane {
     /// Short name for messages and `--json` (`nftables`).
@@ -47,6 +62,10 @@ pub trait Dataplane {
     fn has_leftovers(&self) -> bool {
         false
     }
+    /// The public interface it reads its live state on, where that matters (eBPF).
+    fn public(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The kernel's netfilter, through natgw's table `inet natgw`.
@@ -70,7 +89,7 @@ impl Dataplane for Nftables {
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        Ok(Snapshot(nft::list_table()?))
+        Ok(Snapshot::table(nft::list_table()?))
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
@@ -86,7 +105,7 @@ impl Dataplane for Nftables {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError> {
-        Ok(nft::restore(snapshot.0.as_deref())?)
+        Ok(nft::restore(snapshot.table.as_deref())?)
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {
@@ -103,10 +122,18 @@ impl Dataplane for Nftables {
 pub fn select(kind: DataplaneKind, public: Option<&str>) -> Box<dyn Dataplane> {
     match kind {
         DataplaneKind::Nftables => Box::new(Nftables),
-        DataplaneKind::Ebpf => Box::new(crate::ebpf::Ebpf {
-            public: public.map(str::to_string),
-        }),
+        DataplaneKind::Ebpf => Box::new(crate::ebpf::Ebpf::new(public.map(str::to_string))),
     }
+}
+
+/// `dataplane` reading its live state on `public`, the public interface detection
+/// resolved, when it was chosen without it (`None` when nothing changes). A data plane
+/// is chosen before detection runs: with an autodetected public interface and no
+/// record yet, the eBPF plane would look for its programs nowhere, see them absent, and
+/// a verification after `up` would take its own programs for drift.
+pub fn on_public(dataplane: &dyn Dataplane, public: &str) -> Option<Box<dyn Dataplane>> {
+    (dataplane.name() == "ebpf" && dataplane.public() != Some(public))
+        .then(|| select(DataplaneKind::Ebpf, Some(public)))
 }
 
 /// The data plane the last `up` of this namespace installed (from its record; the
@@ -123,4 +150,24 @@ pub fn recorded() -> Box<dyn Dataplane> {
         None => DataplaneKind::Nftables,
     };
     select(kind, public.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ebpf_plane_learns_the_detected_public_interface() {
+        let unknown = select(DataplaneKind::Ebpf, None);
+        let known = on_public(unknown.as_ref(), "wan0").expect("re-selected");
+        assert_eq!(known.public(), Some("wan0"));
+        assert!(on_public(known.as_ref(), "wan0").is_none(), "already there");
+        let moved = on_public(known.as_ref(), "wan1").expect("another interface");
+        assert_eq!(moved.public(), Some("wan1"));
+        let nft = select(DataplaneKind::Nftables, None);
+        assert!(
+            on_public(nft.as_ref(), "wan0").is_none(),
+            "nftables has none"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! pinned per network namespace (`state_store::bpf_dir`) so that they outlive the
 //! command that loaded them.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub enum EbpfError {
 /// when unknown, e.g. `down` without a record: it then only removes).
 pub struct Ebpf {
     pub public: Option<String>,
+    /// Programs `check` had the kernel's verifier accept, kept for an `install` of the
+    /// same configuration: each load costs a verification (about a second on a debug
+    /// build under load), which a reload would otherwise pay twice.
+    verified: RefCell<Option<(natgw_ebpf::BpfConfig, natgw_ebpf::Plane)>>,
 }
 
 /// The translator's configuration for `desired`.
@@ -167,6 +172,10 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
         version: natgw_core::doctor::ebpf::kernel_version(&kernel),
         kernel,
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        missing_capabilities: crate::privilege::missing_for_ebpf()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         bpffs: state_store::is_bpffs(std::path::Path::new(state_store::BPFFS)),
         bpffs_path: state_store::BPFFS.into(),
         public: public.into(),
@@ -274,6 +283,13 @@ pub fn remove_programs() -> Result<(), EbpfError> {
 }
 
 impl Ebpf {
+    pub fn new(public: Option<String>) -> Ebpf {
+        Ebpf {
+            public,
+            verified: RefCell::new(None),
+        }
+    }
+
     /// What identifies the running programs: attached to the public interface with
     /// the pinned configuration (a digest of it), or absent.
     fn programs_fingerprint(&self) -> String {
@@ -301,53 +317,28 @@ impl Ebpf {
     /// already run exactly that configuration on the right interface (then their
     /// bindings are kept).
     fn ensure_programs(&self, desired: &Desired) -> Result<(), EbpfError> {
-        let plane = desired.dataplane.ebpf().ok_or_else(|| {
-            EbpfError::Config("the desired gateway has no eBPF data plane".into())
-        })?;
-        let config = nat_config(desired, plane)?;
+        let (config, wanted) = programs_config(desired)?;
         let public = desired.public.name.as_str();
-        // The index of the interface as it is now: recreated, it is another one, and
-        // the programs are loaded again.
-        let ifindex = ifindex(public)?;
-        let wanted = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
-            .map_err(natgw_ebpf::PlaneError::from)?
-            .with_outbound(ifindex, OUTBOUND_MARK);
         let dir: PathBuf = state_store::bpf_dir_created()?;
-        // The hairpin program must sit on exactly the private interfaces of `desired`.
-        let private_links: Vec<String> = desired
-            .private
-            .iter()
-            .map(|i| pin::private_link(i.name.as_str()))
-            .collect();
-        let pinned_private: Vec<String> = pin::pinned(&dir)
-            .into_iter()
-            .filter(|n| n.starts_with(pin::PRIVATE_LINK))
-            .collect();
-        let same_private = {
-            let mut want = private_links.clone();
-            want.sort();
-            want == pinned_private
-        };
-        let pinned_config = pin::config(&dir).ok();
-        let intact = running(public) && same_private && pin::complete(&dir);
-        if intact && pinned_config == Some(wanted) {
+        if already_running(desired, &dir, &wanted) {
             tracing::info!("eBPF programs already attached with this configuration; kept");
             return Ok(());
         }
         let private: Vec<&str> = desired.private.iter().map(|i| i.name.as_str()).collect();
         // Timeouts, filtering or the mark changed, not what the state means: new
         // programs take over the maps, and the bindings live on.
-        let running_tag = natgw_ebpf::plane::running_tag(public);
+        let intact = same_private_links(desired, &dir) && running(public) && pin::complete(&dir);
+        let same_layout = pin::config(&dir).is_ok_and(|c| c.same_layout(&wanted));
         if let (true, Some(tag)) = (
-            intact && pinned_config.is_some_and(|c| c.same_layout(&wanted)),
-            running_tag,
+            intact && same_layout,
+            natgw_ebpf::plane::running_tag(public),
         ) {
             match natgw_ebpf::Plane::load_reusing(&config, MARK, MARK_MASK, &dir, &pin::KEPT, tag)
                 .map_err(EbpfError::from)
                 .and_then(|mut loaded| {
                     // The shared config map briefly lacks the outbound mark: those
                     // packets are tracked, and translated all the same.
-                    loaded.set_outbound(ifindex, OUTBOUND_MARK)?;
+                    loaded.set_outbound(wanted.public_ifindex, OUTBOUND_MARK)?;
                     Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
                 }) {
                 Ok(()) => {
@@ -368,8 +359,12 @@ impl Ebpf {
         let logging = natgw_ebpf::events::logging(&dir);
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
-        let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;
-        loaded.set_outbound(ifindex, OUTBOUND_MARK)?;
+        let checked = self.verified.borrow_mut().take();
+        let mut loaded = match checked {
+            Some((verified, plane)) if verified == wanted => plane,
+            _ => natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?,
+        };
+        loaded.set_outbound(wanted.public_ifindex, OUTBOUND_MARK)?;
         loaded.set_logging(logging)?;
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
@@ -384,6 +379,62 @@ impl Ebpf {
             fingerprint: format!("{}; ebpf {}", t.fingerprint, self.programs_fingerprint()),
         })
     }
+}
+
+/// The translator's configuration for `desired`, and as the pinned config map holds it
+/// (with the public interface's index as it is now: recreated, it is another one, and
+/// the programs are loaded again).
+fn programs_config(
+    desired: &Desired,
+) -> Result<(natgw_nat::Config, natgw_ebpf::BpfConfig), EbpfError> {
+    let plane = desired
+        .dataplane
+        .ebpf()
+        .ok_or_else(|| EbpfError::Config("the desired gateway has no eBPF data plane".into()))?;
+    let config = nat_config(desired, plane)?;
+    let pinned = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
+        .map_err(natgw_ebpf::PlaneError::from)?
+        .with_outbound(ifindex(desired.public.name.as_str())?, OUTBOUND_MARK);
+    Ok((config, pinned))
+}
+
+/// Whether the hairpin program is pinned for exactly the private interfaces of `desired`.
+fn same_private_links(desired: &Desired, dir: &std::path::Path) -> bool {
+    let mut want: Vec<String> = desired
+        .private
+        .iter()
+        .map(|i| pin::private_link(i.name.as_str()))
+        .collect();
+    want.sort();
+    let pinned_private: Vec<String> = pin::pinned(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(pin::PRIVATE_LINK))
+        .collect();
+    want == pinned_private
+}
+
+/// Whether the programs pinned in `dir` already run `desired` as `wanted`: attached
+/// to its public interface with that configuration, the hairpin program on exactly its
+/// private interfaces.
+fn already_running(
+    desired: &Desired,
+    dir: &std::path::Path,
+    wanted: &natgw_ebpf::BpfConfig,
+) -> bool {
+    same_private_links(desired, dir) && runs(desired.public.name.as_str(), dir, wanted)
+}
+
+/// Whether the programs pinned in `dir` run on `public` with `wanted`.
+fn runs(public: &str, dir: &std::path::Path, wanted: &natgw_ebpf::BpfConfig) -> bool {
+    running(public) && pin::config(dir).is_ok_and(|c| c == *wanted)
+}
+
+/// The recorded gateway, when its programs are the ones running now.
+fn running_gateway() -> Option<Desired> {
+    let gateway = state_store::load().ok().flatten()?.gateway?;
+    let (_, wanted) = programs_config(&gateway).ok()?;
+    let dir = state_store::bpf_dir().ok()?;
+    runs(gateway.public.name.as_str(), &dir, &wanted).then_some(gateway)
 }
 
 fn ebpf_error(e: EbpfError) -> DataplaneError {
@@ -404,18 +455,29 @@ impl Dataplane for Ebpf {
     }
 
     fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
-        if let Some(plane) = desired.dataplane.ebpf() {
+        if desired.dataplane.ebpf().is_some() {
             // The kernel's verifier judges the programs before anything changes (they
-            // are loaded, not attached, and dropped again).
-            let config = nat_config(desired, plane).map_err(ebpf_error)?;
-            natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)
-                .map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
+            // are loaded, not attached, and kept for `install`), unless they already run
+            // this very configuration (a repair of the table): it accepted them then.
+            let (config, wanted) = programs_config(desired).map_err(ebpf_error)?;
+            let running =
+                state_store::bpf_dir().is_ok_and(|dir| already_running(desired, &dir, &wanted));
+            if !running {
+                let loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)
+                    .map_err(|e| ebpf_error(EbpfError::Plane(e)))?;
+                *self.verified.borrow_mut() = Some((wanted, loaded));
+            }
         }
         Ok(nft::check(&render(desired).text)?)
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        Ok(Snapshot(nft::list_table()?))
+        // A change may replace the running programs (another config reloads them):
+        // a rollback loads them again, from the gateway recorded with them.
+        Ok(Snapshot {
+            table: nft::list_table()?,
+            programs: running_gateway().map(Box::new),
+        })
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
@@ -423,9 +485,7 @@ impl Dataplane for Ebpf {
         // packets are never dropped by an older table.
         nft::replace(&render(desired).text)?;
         self.ensure_programs(desired).map_err(ebpf_error)?;
-        let public = Ebpf {
-            public: Some(desired.public.name.as_str().to_string()),
-        };
+        let public = Ebpf::new(Some(desired.public.name.as_str().to_string()));
         public
             .observe_with(nft::live_table()?)
             .ok_or(DataplaneError::Vanished {
@@ -437,10 +497,17 @@ impl Dataplane for Ebpf {
         // Programs must not run under an nftables plane's table (they would translate
         // a second time), nor without any table.
         let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
-        if snapshot.0.as_deref().is_none_or(nat_table) {
+        let ebpf_table = snapshot.table.as_deref().is_some_and(|t| !nat_table(t));
+        if !ebpf_table {
             remove_programs().map_err(ebpf_error)?;
         }
-        Ok(nft::restore(snapshot.0.as_deref())?)
+        nft::restore(snapshot.table.as_deref())?;
+        // Under the eBPF plane's table, the programs that ran before (bindings made
+        // since are lost either way).
+        if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
+            self.ensure_programs(previous).map_err(ebpf_error)?;
+        }
+        Ok(())
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {
@@ -453,6 +520,10 @@ impl Dataplane for Ebpf {
 
     fn has_leftovers(&self) -> bool {
         has_pins()
+    }
+
+    fn public(&self) -> Option<&str> {
+        self.public.as_deref()
     }
 
     fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {

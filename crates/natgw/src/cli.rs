@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use natgw_core::config::Ipv6Mode;
+use natgw_core::dataplane::DataplaneKind;
 
 use crate::address_flags::{Endpoint, Host, Target};
 
@@ -192,6 +193,18 @@ pub struct GatewayArgs {
     /// nptv6: the public prefix the upstream routes here [default: `[ipv6] public_prefix`].
     #[arg(long, value_name = "PREFIX")]
     pub ipv6_public_prefix: Option<ipnet::Ipv6Net>,
+    /// Which data plane translates IPv4: nftables or ebpf [default: config key
+    /// `dataplane`, else nftables].
+    #[arg(long, value_name = "PLANE", value_parser = parse_dataplane)]
+    pub dataplane: Option<DataplaneKind>,
+}
+
+pub fn parse_dataplane(text: &str) -> Result<DataplaneKind, String> {
+    match text {
+        "nftables" => Ok(DataplaneKind::Nftables),
+        "ebpf" => Ok(DataplaneKind::Ebpf),
+        _ => Err("expected nftables or ebpf".into()),
+    }
 }
 
 pub fn parse_ipv6_mode(text: &str) -> Result<Ipv6Mode, String> {
@@ -215,6 +228,7 @@ impl GatewayArgs {
             && !self.masquerade
             && self.ipv6_mode.is_none()
             && self.ipv6_public_prefix.is_none()
+            && self.dataplane.is_none()
     }
 }
 

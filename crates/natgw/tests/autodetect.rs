@@ -7,12 +7,8 @@ mod common;
 use common::*;
 use natgw_lab::Spec;
 
-#[test]
-fn autodetection_skips_tunnels_and_container_bridges_and_says_so() {
-    let Some(lab) = lab_or_skip(
-        "autodetection_skips_tunnels_and_container_bridges_and_says_so",
-        Spec::nodes(1),
-    ) else {
+fn autodetection_skips_tunnels_and_container_bridges_and_says_so(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     // A VPN's tun device and Docker's bridge, both with private addresses.
@@ -27,7 +23,7 @@ fn autodetection_skips_tunnels_and_container_bridges_and_says_so() {
         .unwrap();
     lab.ip("head", &["link", "set", "docker0", "up"]).unwrap();
 
-    let out = natgw(&lab, &["plan", "--json"]);
+    let out = plane.natgw(&lab, &["plan", "--json"]);
     assert_exit(&out, 0);
     let plan = json(&out);
     let private: Vec<&str> = plan["desired"]["private"]
@@ -47,10 +43,11 @@ fn autodetection_skips_tunnels_and_container_bridges_and_says_so() {
         "{warnings}"
     );
     // Named, they join.
-    let out = natgw(&lab, &["plan", "--private", "lan0", "--private", "tun0"]);
+    let out = plane.natgw(&lab, &["plan", "--private", "lan0", "--private", "tun0"]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("10.8.0.0/24"), "{}", text(&out));
 }
+both_planes!(autodetection_skips_tunnels_and_container_bridges_and_says_so);
 
 #[test]
 fn doctor_fix_does_not_create_a_gateway_natgw_never_brought_up() {
@@ -74,17 +71,13 @@ fn doctor_fix_does_not_create_a_gateway_natgw_never_brought_up() {
     );
 }
 
-#[test]
-fn forward_policy_is_judged_for_every_private_interface() {
-    let Some(lab) = lab_or_skip(
-        "forward_policy_is_judged_for_every_private_interface",
-        Spec::nodes(1),
-    ) else {
+fn forward_policy_is_judged_for_every_private_interface(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     // A second private network; a foreign drop chain that lets only it through.
     add_private_network(&lab, "lan1", "192.168.7.1/24");
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     in_ns(&lab, "head", &["nft", "add", "table", "ip", "guard"]);
     in_ns(
         &lab,
@@ -132,3 +125,4 @@ fn forward_policy_is_judged_for_every_private_interface() {
         "{report}"
     );
 }
+both_planes!(forward_policy_is_judged_for_every_private_interface);

@@ -120,6 +120,11 @@ fn malformed_addresses_are_refused_naming_the_flag() {
             &["status", "--log-format", "xml"],
             "'--log-format <FORMAT>'",
         ),
+        (&["up", "--dataplane", "xdp"], "'--dataplane <PLANE>'"),
+        (
+            &["plan", "--dataplane", "EBPF"],
+            "expected nftables or ebpf",
+        ),
         (
             &[
                 "stun-server",
@@ -137,6 +142,36 @@ fn malformed_addresses_are_refused_naming_the_flag() {
     ];
     for (args, flag) in cases {
         assert_refused(&natgw(args), args, flag);
+    }
+}
+
+/// `--dataplane` is checked like the config key, before root or the system is needed.
+#[test]
+fn dataplane_flag_refusals_name_the_flag_and_override_the_key() {
+    let scratch = Scratch::new("dataplane-flag");
+    let config = scratch.0.join("natgw.toml");
+    std::fs::write(
+        &config,
+        "dataplane = \"ebpf\"\nport_range = \"61000-65535\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["up", "--config", config, "--masquerade"],
+            "natgw.toml:1: dataplane = \"ebpf\" does not support masquerade yet",
+        ),
+        (
+            &["plan", "--dataplane", "ebpf", "--masquerade"],
+            "--dataplane ebpf does not support masquerade yet; give snat_to, or leave it out to use the public interface's address, or use --dataplane nftables",
+        ),
+        (
+            &["run", "--config", config, "--dataplane", "nftables"],
+            "natgw.toml:2: port_range applies only to dataplane = \"ebpf\"; give --dataplane ebpf or remove port_range",
+        ),
+    ];
+    for (args, expect) in cases {
+        assert_refused(&natgw(args), args, expect);
     }
 }
 

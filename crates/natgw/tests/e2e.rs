@@ -13,12 +13,8 @@ use natgw_lab::{tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-#[test]
-fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
-    let Some(lab) = lab_or_skip(
-        "up_with_autodetection_translates_and_drops_unsolicited_inbound",
-        Spec::default(),
-    ) else {
+fn up_with_autodetection_translates_and_drops_unsolicited_inbound(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::default()) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
@@ -36,7 +32,7 @@ fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
     );
     lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
 
-    let out = natgw(&lab, &["up"]);
+    let out = plane.natgw(&lab, &["up"]);
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -65,41 +61,32 @@ fn up_with_autodetection_translates_and_drops_unsolicited_inbound() {
     assert_exit(&status, 0);
     let status = json(&status);
     assert_eq!(status["in_sync"], true);
-    let counter = |name: &str| {
-        status["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["packets"]
-            .as_u64()
-            .unwrap()
-    };
-    assert_eq!(
-        counter("translated_connections"),
-        4,
-        "2 nodes x (TCP + UDP)"
-    );
-    assert!(counter("outbound") >= 4 && counter("inbound_replies") >= 4);
+    assert_eq!(plane.translated(&status), 4, "2 nodes x (TCP + UDP)");
+    let counter = |name| nft_status_counter(&status, name);
+    assert!(counter("outbound") >= 4);
     assert!(counter("dropped_unsolicited") >= 1);
-    assert!(status["conntrack"]["count"].as_u64().unwrap() >= 4);
+    if plane.is_ebpf() {
+        // The programs' flows skip conntrack; the forward chain counts what they admitted.
+        assert!(counter("inbound_admitted") >= 4, "{status}");
+        assert!(ebpf_counter(&status, "in_translated") >= 4, "{status}");
+    } else {
+        assert!(counter("inbound_replies") >= 4, "{status}");
+        assert!(status["conntrack"]["count"].as_u64().unwrap() >= 4);
+    }
 }
+both_planes!(up_with_autodetection_translates_and_drops_unsolicited_inbound);
 
-#[test]
-fn second_up_changes_nothing_and_plan_is_empty() {
-    let Some(lab) = lab_or_skip(
-        "second_up_changes_nothing_and_plan_is_empty",
-        Spec::nodes(1),
-    ) else {
+fn second_up_changes_nothing_and_plan_is_empty(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     let before = headnode_snapshot(&lab);
     assert!(
         before.ends_with("state=true"),
         "up records its state: {before}"
     );
-    let again = natgw(&lab, &["up"]);
+    let again = plane.natgw(&lab, &["up"]);
     assert_exit(&again, 0);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no changes"),
@@ -107,20 +94,20 @@ fn second_up_changes_nothing_and_plan_is_empty() {
         text(&again)
     );
     assert_eq!(headnode_snapshot(&lab), before);
-    let plan = json(&natgw(&lab, &["plan", "--json"]));
+    let plan = json(&plane.natgw(&lab, &["plan", "--json"]));
     assert_eq!(plan["plan"]["changes"], serde_json::json!([]));
     assert_eq!(plan["desired"]["public"]["name"], "wan0");
 }
+both_planes!(second_up_changes_nothing_and_plan_is_empty);
 
-#[test]
-fn up_with_flags_uses_the_given_address() {
-    let Some(lab) = lab_or_skip("up_with_flags_uses_the_given_address", Spec::nodes(1)) else {
+fn up_with_flags_uses_the_given_address(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     lab.ip("head", &["addr", "add", "203.0.113.7/24", "dev", "wan0"])
         .unwrap();
-    let out = natgw(
+    let out = plane.natgw(
         &lab,
         &[
             "up",
@@ -135,8 +122,14 @@ fn up_with_flags_uses_the_given_address() {
     assert_exit(&out, 0);
     assert_translated(&lab, "n1", "203.0.113.7".parse().unwrap());
 
-    // Changing the desire replaces the table in place; masquerade uses the primary.
-    let out = natgw(&lab, &["up", "--masquerade"]);
+    // Changing the desire replaces the table in place; masquerade (nftables only: the
+    // eBPF plane refuses it) or the default address use the primary.
+    let change = if plane.is_ebpf() {
+        plane.natgw(&lab, &["up"])
+    } else {
+        plane.natgw(&lab, &["up", "--masquerade"])
+    };
+    let out = change;
     assert_exit(&out, 0);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("update (rules changed)"),
@@ -145,13 +138,10 @@ fn up_with_flags_uses_the_given_address() {
     );
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 }
+both_planes!(up_with_flags_uses_the_given_address);
 
-#[test]
-fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everything() {
-    let Some(lab) = lab_or_skip(
-        "config_file_routes_reach_networks_behind_a_router_and_down_restores_everything",
-        Spec::nodes(1).with_router(),
-    ) else {
+fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everything(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1).with_router()) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
@@ -194,7 +184,7 @@ fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everythin
         "# natgw for the lab\npublic = \"wan0\"\nprivate = [\"lan0\"]\nroutes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
     )
     .unwrap();
-    let out = natgw(&lab, &["up", "--config", config.to_str().unwrap()]);
+    let out = plane.natgw(&lab, &["up", "--config", config.to_str().unwrap()]);
     assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("add route 10.20.0.0/24 via 10.0.0.254 (proto 88)"));
@@ -222,24 +212,23 @@ fn config_file_routes_reach_networks_behind_a_router_and_down_restores_everythin
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to remove"));
     let _ = std::fs::remove_file(config);
 }
+both_planes!(config_file_routes_reach_networks_behind_a_router_and_down_restores_everything);
 
-#[test]
-fn down_keeps_forwarding_that_was_already_on() {
-    let Some(lab) = lab_or_skip("down_keeps_forwarding_that_was_already_on", Spec::nodes(1)) else {
+fn down_keeps_forwarding_that_was_already_on(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     lab.sysctl("head", "net.ipv4.ip_forward", "1").unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "1");
 }
+both_planes!(down_keeps_forwarding_that_was_already_on);
 
-#[test]
-fn bad_input_exits_2_and_changes_nothing() {
-    if !root_or_skip("bad_input_exits_2_and_changes_nothing") {
+fn bad_input_exits_2_and_changes_nothing(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec::nodes(1));
+    };
     let before = headnode_snapshot(&lab);
     let dir = std::env::temp_dir().join(format!("{}-bad", lab.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -268,7 +257,7 @@ fn bad_input_exits_2_and_changes_nothing() {
     for (file, content, message) in cases {
         let path = dir.join(file);
         std::fs::write(&path, content).unwrap();
-        let out = natgw(&lab, &["up", "--config", path.to_str().unwrap()]);
+        let out = plane.natgw(&lab, &["up", "--config", path.to_str().unwrap()]);
         assert_exit(&out, 2);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -277,17 +266,65 @@ fn bad_input_exits_2_and_changes_nothing() {
         );
         assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");
     }
-    let out = natgw(&lab, &["up", "--public", "eth9"]);
+    let out = plane.natgw(&lab, &["up", "--public", "eth9"]);
     assert_exit(&out, 2);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("public interface \"eth9\" does not exist"),
         "{}",
         text(&out)
     );
-    let out = natgw(&lab, &["up", "--config", "/nonexistent/natgw.toml"]);
+    let out = plane.natgw(&lab, &["up", "--config", "/nonexistent/natgw.toml"]);
     assert_exit(&out, 2);
-    let out = natgw(&lab, &["up", "--snat-to", "203.0.113.300"]);
+    let out = plane.natgw(&lab, &["up", "--snat-to", "203.0.113.300"]);
     assert_exit(&out, 2);
+    // What one plane refuses on purpose: the eBPF plane what it cannot translate yet,
+    // the nftables plane the eBPF plane's own keys.
+    let ha = "[ha]\npeer = \"192.168.255.2\"\nsync_interface = \"sync0\"\nvrid = 51\npriority = 150\nprivate_vip = \"10.0.0.1/24\"\npublic_vip = \"203.0.113.10/24\"\n";
+    let refused: &[(&str, &str)] = if plane.is_ebpf() {
+        &[
+            ("masquerade = true\n", "does not support masquerade yet"),
+            (
+                "port_selection = \"random\"\n",
+                "does not support port_selection = \"random\" yet",
+            ),
+            (
+                "[port_blocks]\nsize = 512\n",
+                "does not support [port_blocks] yet",
+            ),
+            (ha, "does not support [ha] yet"),
+        ]
+    } else {
+        &[
+            (
+                "filtering = \"address-dependent\"\n",
+                "filtering applies only to dataplane = \"ebpf\"",
+            ),
+            (
+                "port_range = \"61000-65535\"\n",
+                "port_range applies only to dataplane = \"ebpf\"",
+            ),
+        ]
+    };
+    let path = dir.join("plane.toml");
+    for (content, message) in refused {
+        std::fs::write(
+            &path,
+            format!("public = \"wan0\"\nprivate = [\"lan0\"]\n{content}"),
+        )
+        .unwrap();
+        let out = plane.natgw(&lab, &["up", "--config", path.to_str().unwrap()]);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(message), "{content}: {}", text(&out));
+    }
+    if plane.is_ebpf() {
+        let out = plane.natgw(&lab, &["up", "--masquerade"]);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("--dataplane ebpf does not support masquerade yet"),
+            "{}",
+            text(&out)
+        );
+    }
 
     // No privilege: an unprivileged user without capabilities.
     let exe = env!("CARGO_BIN_EXE_natgw");
@@ -320,18 +357,15 @@ fn bad_input_exits_2_and_changes_nothing() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+both_planes!(bad_input_exits_2_and_changes_nothing);
 
-#[test]
-fn interface_down_is_reported_and_nothing_changes() {
-    let Some(lab) = lab_or_skip(
-        "interface_down_is_reported_and_nothing_changes",
-        Spec::nodes(1),
-    ) else {
+fn interface_down_is_reported_and_nothing_changes(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
     let before = headnode_snapshot(&lab);
-    let out = natgw(&lab, &["up", "--private", "lan0"]);
+    let out = plane.natgw(&lab, &["up", "--private", "lan0"]);
     assert_exit(&out, 1);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ip link set lan0 up"),
@@ -340,10 +374,10 @@ fn interface_down_is_reported_and_nothing_changes() {
     );
     assert_eq!(headnode_snapshot(&lab), before);
 }
+both_planes!(interface_down_is_reported_and_nothing_changes);
 
-#[test]
-fn failure_half_way_rolls_back() {
-    let Some(lab) = lab_or_skip("failure_half_way_rolls_back", Spec::nodes(1).with_router()) else {
+fn failure_half_way_rolls_back(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1).with_router()) else {
         return;
     };
     let config = std::env::temp_dir().join(format!("{}.toml", lab.name));
@@ -356,7 +390,7 @@ fn failure_half_way_rolls_back() {
     let before = headnode_snapshot(&lab);
 
     // The table step fails after forwarding and the route were changed.
-    let out = natgw_env(
+    let out = plane.natgw_env(
         &lab,
         "head",
         &["up", "--config", &config],
@@ -371,30 +405,39 @@ fn failure_half_way_rolls_back() {
     );
     assert_eq!(headnode_snapshot(&lab), before);
 
-    // An update whose last step fails puts the previous table back.
-    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    // An update whose last step fails puts the previous table (and programs) back.
+    assert_exit(&plane.natgw(&lab, &["up", "--config", &config]), 0);
     let installed = headnode_snapshot(&lab);
-    let out = natgw_env(
+    let changed = scratch(&lab, "changed").join("natgw.toml");
+    let change = if plane.is_ebpf() {
+        "filtering = \"address-dependent\"\n"
+    } else {
+        "masquerade = true\n"
+    };
+    std::fs::write(
+        &changed,
+        format!("routes = [{{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }}]\n{change}"),
+    )
+    .unwrap();
+    let out = plane.natgw_env(
         &lab,
         "head",
-        &["up", "--config", &config, "--masquerade"],
+        &["up", "--config", changed.to_str().unwrap()],
         &[("NATGW_TEST_FAIL_AT", "verify")],
     );
     assert_exit(&out, 1);
     assert_eq!(headnode_snapshot(&lab), installed);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     let _ = std::fs::remove_file(config);
 }
+both_planes!(failure_half_way_rolls_back);
 
-#[test]
-fn drift_is_reported_by_status_and_repaired_by_up() {
-    let Some(lab) = lab_or_skip(
-        "drift_is_reported_by_status_and_repaired_by_up",
-        Spec::nodes(1),
-    ) else {
+fn drift_is_reported_by_status_and_repaired_by_up(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     // Someone flushes natgw's NAT chain and turns forwarding off.
     in_ns(
         &lab,
@@ -417,12 +460,13 @@ fn drift_is_reported_by_status_and_repaired_by_up() {
     assert_eq!(changes, ["set_sysctl", "replace_table"]);
     assert_eq!(status["drift"]["changes"][1]["reason"], "drift");
 
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     // down still restores the value from before natgw's first change.
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap(), "0");
 }
+both_planes!(drift_is_reported_by_status_and_repaired_by_up);
 
 #[test]
 fn lab_demo_passes_and_cleans_up() {
@@ -454,16 +498,18 @@ fn lab_demo_passes_and_cleans_up() {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
-#[test]
-fn doctor_passes_a_healthy_gateway() {
-    let Some(lab) = lab_or_skip("doctor_passes_a_healthy_gateway", Spec::nodes(1)) else {
+fn doctor_passes_a_healthy_gateway(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
-    assert_eq!(report["checks"].as_array().unwrap().len(), 17);
+    // The eBPF plane adds ebpf_kernel, ebpf_privileges, ebpf_attached, ebpf_pinned and
+    // ebpf_bindings.
+    let checks = if plane.is_ebpf() { 22 } else { 17 };
+    assert_eq!(report["checks"].as_array().unwrap().len(), checks);
     assert_eq!(check(&report, "tc-programs")["status"], "pass", "{report}");
     assert_eq!(check(&report, "ipv6")["status"], "pass", "{report}");
     assert_eq!(
@@ -471,20 +517,17 @@ fn doctor_passes_a_healthy_gateway() {
         "table inet natgw is exactly as natgw installed it"
     );
 }
+both_planes!(doctor_passes_a_healthy_gateway);
 
-#[test]
-fn doctor_fix_repairs_interface_down_and_forwarding_off() {
-    let Some(lab) = lab_or_skip(
-        "doctor_fix_repairs_interface_down_and_forwarding_off",
-        Spec::nodes(1),
-    ) else {
+fn doctor_fix_repairs_interface_down_and_forwarding_off(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
     lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
-    let (out, report) = doctor(&lab, &["--private", "lan0"]);
+    let (out, report) = doctor(&lab, &plane.args(&["--private", "lan0"]));
     assert_exit(&out, 1);
     assert_eq!(check(&report, "private-interface")["status"], "fail");
     assert_eq!(
@@ -494,7 +537,7 @@ fn doctor_fix_repairs_interface_down_and_forwarding_off() {
     assert_eq!(check(&report, "ip-forward")["status"], "fail");
     assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
 
-    let (out, report) = doctor(&lab, &["--private", "lan0", "--fix"]);
+    let (out, report) = doctor(&lab, &plane.args(&["--private", "lan0", "--fix"]));
     assert_exit(&out, 0);
     assert!(fails(&report).is_empty(), "{report}");
     let fixed: Vec<&str> = report["fixed"]
@@ -506,17 +549,14 @@ fn doctor_fix_repairs_interface_down_and_forwarding_off() {
     assert!(fixed.contains(&"ip link set lan0 up"), "{fixed:?}");
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 }
+both_planes!(doctor_fix_repairs_interface_down_and_forwarding_off);
 
-#[test]
-fn doctor_reports_a_foreign_forward_drop_and_leaves_it_alone() {
-    let Some(lab) = lab_or_skip(
-        "doctor_reports_a_foreign_forward_drop_and_leaves_it_alone",
-        Spec::nodes(1),
-    ) else {
+fn doctor_reports_a_foreign_forward_drop_and_leaves_it_alone(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     // What a container engine does: iptables FORWARD policy DROP (iptables-nft).
     in_ns(&lab, "head", &["iptables", "-P", "FORWARD", "DROP"]);
     assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
@@ -542,6 +582,7 @@ fn doctor_reports_a_foreign_forward_drop_and_leaves_it_alone() {
     let (out, _) = doctor(&lab, &[]);
     assert_exit(&out, 0);
 }
+both_planes!(doctor_reports_a_foreign_forward_drop_and_leaves_it_alone);
 
 #[test]
 fn doctor_finds_a_stale_iptables_snat_address() {
@@ -584,12 +625,11 @@ fn doctor_finds_a_stale_iptables_snat_address() {
     );
 }
 
-#[test]
-fn doctor_warns_on_a_second_default_route() {
-    let Some(lab) = lab_or_skip("doctor_warns_on_a_second_default_route", Spec::nodes(1)) else {
+fn doctor_warns_on_a_second_default_route(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     lab.ip(
         "head",
         &[
@@ -603,7 +643,7 @@ fn doctor_warns_on_a_second_default_route() {
         ],
     )
     .unwrap();
-    let (_, report) = doctor(&lab, &["--public", "wan0"]);
+    let (_, report) = doctor(&lab, &plane.args(&["--public", "wan0"]));
     assert_eq!(
         check(&report, "default-route")["status"],
         "warn",
@@ -628,18 +668,19 @@ fn doctor_warns_on_a_second_default_route() {
         "{report}"
     );
     // The warning's fix, pasted, deletes exactly the extra route.
-    let (_, report) = doctor(&lab, &["--public", "wan0"]);
+    let (_, report) = doctor(&lab, &plane.args(&["--public", "wan0"]));
     paste_fix(
         &lab,
         check(&report, "default-route")["fix"].as_str().unwrap(),
     );
-    let (_, report) = doctor(&lab, &["--public", "wan0"]);
+    let (_, report) = doctor(&lab, &plane.args(&["--public", "wan0"]));
     assert_eq!(
         check(&report, "default-route")["status"],
         "pass",
         "{report}"
     );
 }
+both_planes!(doctor_warns_on_a_second_default_route);
 
 #[test]
 fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
@@ -669,15 +710,11 @@ fn lab_keep_leaves_the_topology_and_lab_down_removes_it() {
     assert!(!std::path::Path::new(&format!("/run/netns/{name}-head")).exists());
 }
 
-#[test]
-fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables() {
-    let Some(lab) = lab_or_skip(
-        "doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables",
-        Spec::nodes(1),
-    ) else {
+fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     lab.sysctl("head", "net.ipv4.conf.all.rp_filter", "1")
         .unwrap();
     lab.ip("head", &["link", "set", "lan0", "mtu", "9000"])
@@ -709,13 +746,10 @@ fn doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables() {
         .unwrap()
         .contains("iptables-legacy"));
 }
+both_planes!(doctor_warns_on_strict_rp_filter_big_private_mtu_and_mixed_iptables);
 
-#[test]
-fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
-    let Some(lab) = lab_or_skip(
-        "doctor_fix_restores_a_missing_route_to_a_network_behind_a_router",
-        Spec::nodes(1).with_router(),
-    ) else {
+fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1).with_router()) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
@@ -726,17 +760,17 @@ fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
     )
     .unwrap();
     let config = config.to_str().unwrap().to_string();
-    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    assert_exit(&plane.natgw(&lab, &["up", "--config", &config]), 0);
     lab.ip("head", &["route", "del", "10.20.0.0/24"]).unwrap();
     assert!(tcp_exchange(&lab.ns("far"), server(), Duration::from_millis(500)).is_err());
-    let (out, report) = doctor(&lab, &["--config", &config]);
+    let (out, report) = doctor(&lab, &plane.args(&["--config", &config]));
     assert_exit(&out, 1);
     assert_eq!(
         check(&report, "private-routes")["status"],
         "fail",
         "{report}"
     );
-    let (out, _) = doctor(&lab, &["--config", &config, "--fix"]);
+    let (out, _) = doctor(&lab, &plane.args(&["--config", &config, "--fix"]));
     assert_exit(&out, 0);
     assert_eq!(
         tcp_exchange(&lab.ns("far"), server(), TIMEOUT)
@@ -746,6 +780,7 @@ fn doctor_fix_restores_a_missing_route_to_a_network_behind_a_router() {
     );
     let _ = std::fs::remove_file(config);
 }
+both_planes!(doctor_fix_restores_a_missing_route_to_a_network_behind_a_router);
 
 #[test]
 fn doctor_warns_when_no_nameserver_is_configured() {
@@ -766,18 +801,14 @@ fn doctor_warns_when_no_nameserver_is_configured() {
     assert_eq!(check(&report, "dns")["status"], "warn", "{report}");
 }
 
-#[test]
-fn doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route() {
-    if !root_or_skip(
-        "doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route",
-    ) {
+fn doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
-    }
-    let lab = lab(Spec::nodes(1));
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    };
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     // Taking the uplink down also takes the admin's default route with it.
     lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
-    let (out, report) = doctor(&lab, &["--public", "wan0"]);
+    let (out, report) = doctor(&lab, &plane.args(&["--public", "wan0"]));
     assert_exit(&out, 1);
     assert_eq!(check(&report, "public-interface")["status"], "fail");
     assert_eq!(
@@ -786,7 +817,7 @@ fn doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_r
     );
     assert_eq!(check(&report, "default-route")["status"], "fail");
 
-    let (out, report) = doctor(&lab, &["--public", "wan0", "--fix"]);
+    let (out, report) = doctor(&lab, &plane.args(&["--public", "wan0", "--fix"]));
     assert_exit(&out, 0);
     assert_eq!(
         check(&report, "public-interface")["status"],
@@ -803,6 +834,7 @@ fn doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_r
     let routes = in_ns(&lab, "head", &["ip", "route", "show", "default"]);
     assert_eq!(routes.trim(), "default via 203.0.113.254 dev wan0");
 }
+both_planes!(doctor_fix_brings_the_public_interface_up_and_restores_the_recorded_default_route);
 
 #[test]
 fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
@@ -833,10 +865,8 @@ fn doctor_reports_conntrack_insert_failures_from_port_exhaustion() {
     );
 }
 
-#[test]
-fn missing_nft_tool_is_named_with_its_package() {
-    let Some(lab) = lab_or_skip("missing_nft_tool_is_named_with_its_package", Spec::nodes(1))
-    else {
+fn missing_nft_tool_is_named_with_its_package(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let before = headnode_snapshot(&lab);
@@ -858,6 +888,7 @@ fn missing_nft_tool_is_named_with_its_package() {
     );
     assert_eq!(headnode_snapshot(&lab), before);
 }
+both_planes!(missing_nft_tool_is_named_with_its_package);
 
 #[test]
 fn probe_through_the_gateway_reports_the_public_address_and_the_kernel_nat_behaviour() {
@@ -1392,16 +1423,12 @@ fn doctor_counts_only_real_snat_statements() {
     );
 }
 
-#[test]
-fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix() {
-    let Some(lab) = lab_or_skip(
-        "doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix",
-        Spec::nodes(1),
-    ) else {
+fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     in_ns(&lab, "head", &["nft", "add", "table", "ip", "guard"]);
     let hook = "{ type filter hook forward priority filter; policy drop; }";
     in_ns(
@@ -1409,10 +1436,24 @@ fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix() {
         "head",
         &["nft", "add", "chain", "ip", "guard", "forward", hook],
     );
-    for rule in [
+    // The eBPF plane's flows are untracked: its replies are accepted by natgw's mark.
+    let admitted = &[
+        "meta",
+        "mark",
+        "&",
+        "0x0f000000",
+        "==",
+        "0x0a000000",
+        "accept",
+    ][..];
+    let mut rules = vec![
         &["ct", "state", "established,related", "accept"][..],
         &["ip", "saddr", "10.0.0.0/24", "accept"],
-    ] {
+    ];
+    if plane.is_ebpf() {
+        rules.push(admitted);
+    }
+    for rule in rules {
         let mut full = vec!["nft", "add", "rule", "ip", "guard", "forward"];
         full.extend_from_slice(rule);
         in_ns(&lab, "head", &full);
@@ -1435,40 +1476,55 @@ fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix() {
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 1);
     let finding = check(&report, "forward-policy");
+    let what = if plane.is_ebpf() {
+        "traffic from 10.0.0.0/24 (lan0) to wan0, untracked on the eBPF plane"
+    } else {
+        "new connections from 10.0.0.0/24 (lan0) to wan0"
+    };
     assert!(
-        finding["detail"].as_str().unwrap().ends_with(
-            "drops new connections from 10.0.0.0/24 (lan0) to wan0: `iifname lan0 drop`"
-        ),
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("drops {what}: `iifname lan0 drop`")),
         "{finding}"
     );
 }
+both_planes!(doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix);
 
-#[test]
-fn doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it() {
-    let Some(lab) = lab_or_skip(
-        "doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it",
-        Spec::nodes(1),
-    ) else {
+fn doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let target = SocketAddr::new(IpAddr::V4(Lab::node_address(1)), 7001);
     let _inbound = Listener::start(&lab.ns("n1"), target).unwrap();
     lab.route_private_from_upstream().unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 0);
     assert_eq!(check(&report, "natgw-table")["status"], "pass");
     assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(500)).is_err());
 
-    // Someone opens the public side inside natgw's own table.
-    let open = [
-        "nft", "insert", "rule", "inet", "natgw", "forward", "iifname", "wan0", "accept",
+    // Someone opens the public side inside natgw's own table. (On the eBPF plane the
+    // egress program translates the node's answer, which then matches nothing at the
+    // upstream: there the added rule closes the private side instead.)
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    let side = if plane.is_ebpf() { "lan0" } else { "wan0" };
+    let verdict = if plane.is_ebpf() { "drop" } else { "accept" };
+    let edit = [
+        "nft", "insert", "rule", "inet", "natgw", "forward", "iifname", side, verdict,
     ];
-    in_ns(&lab, "head", &open);
-    assert!(
-        tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),
-        "control: the added rule lets unsolicited inbound through"
-    );
+    in_ns(&lab, "head", &edit);
+    if plane.is_ebpf() {
+        assert!(
+            tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err(),
+            "control: the added rule stops outbound"
+        );
+    } else {
+        assert!(
+            tcp_exchange(&lab.ns("pub"), target, TIMEOUT).is_ok(),
+            "control: the added rule lets unsolicited inbound through"
+        );
+    }
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 1);
     let finding = check(&report, "natgw-table");
@@ -1485,8 +1541,12 @@ fn doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it() {
     assert_exit(&out, 0);
     assert_eq!(check(&report, "natgw-table")["status"], "pass", "{report}");
     let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
-    assert!(!table.contains("iifname \"wan0\" accept"), "{table}");
+    assert!(
+        !table.contains(&format!("iifname \"{side}\" {verdict}")),
+        "{table}"
+    );
     assert!(tcp_exchange(&lab.ns("pub"), target, Duration::from_millis(500)).is_err());
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 
     // Gone altogether (a `flush ruleset`): reported, and --fix puts it back.
     in_ns(&lab, "head", &["nft", "flush", "ruleset"]);
@@ -1499,6 +1559,7 @@ fn doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it() {
     let (out, _) = doctor(&lab, &["--fix"]);
     assert_exit(&out, 0);
 }
+both_planes!(doctor_reports_a_rule_added_inside_natgws_table_and_fix_restores_it);
 
 #[test]
 fn doctor_mtu_fix_is_a_command_nft_accepts() {

@@ -20,21 +20,6 @@ fn ebpf_lab(test: &str, spec: Spec, extra: &str) -> Option<(Lab, PathBuf)> {
     plane_lab(test, spec, "ebpf", extra)
 }
 
-/// A lab and a config for `dataplane` (the same tests run on both planes).
-fn plane_lab(test: &str, spec: Spec, dataplane: &str, extra: &str) -> Option<(Lab, PathBuf)> {
-    let lab = lab_or_skip(test, spec)?;
-    if dataplane == "ebpf" {
-        host_bpffs();
-    }
-    let config = scratch(&lab, "ebpf").join("natgw.toml");
-    std::fs::write(
-        &config,
-        format!("public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"{dataplane}\"\n{extra}"),
-    )
-    .unwrap();
-    Some((lab, config))
-}
-
 /// `ebpf_lab` with one private node, the public "who am I" server started and the
 /// gateway brought up with the eBPF plane.
 fn up_with_server(test: &str, extra: &str) -> Option<(Lab, PathBuf, Listener)> {
@@ -50,34 +35,6 @@ fn up_with_server_on(test: &str, dataplane: &str, extra: &str) -> Option<(Lab, P
 
 fn up(lab: &Lab, config: &std::path::Path) -> std::process::Output {
     natgw(lab, &["up", "--config", config.to_str().unwrap()])
-}
-
-/// The natgw programs attached (TCX) to the headnode's wan0, by `bpftool`-free means:
-/// natgw's own status.
-fn ebpf_status(lab: &Lab) -> serde_json::Value {
-    let out = natgw(lab, &["status", "--json"]);
-    json(&out)
-}
-
-fn counter(status: &serde_json::Value, name: &str) -> u64 {
-    status["ebpf"]["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no eBPF counter {name}: {status}"))
-}
-
-/// Objects pinned for the headnode's namespace (seen from the host's mount
-/// namespace): its directory on the bpffs is named like its state directory.
-fn pinned(lab: &Lab) -> Vec<String> {
-    let state = state_path(lab);
-    let name = state.parent().unwrap().file_name().unwrap();
-    let dir = std::path::Path::new("/run/natgw/bpffs").join(name);
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -126,7 +83,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     assert!(!tracked.contains(&format!("dst={SERVER}")), "{tracked}");
 
     // `up` has exited; the programs stay attached and status reopens them.
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["dataplane"], "ebpf", "{status}");
     assert_eq!(status["in_sync"], true, "{status}");
     assert_eq!(
@@ -135,9 +92,8 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
         "{status}"
     );
     // Two nodes, TCP and UDP each, plus one ping: at least 5 bindings made.
-    assert!(counter(&status, "bindings_created") >= 5, "{status}");
-    let mut objects = pinned(&lab);
-    objects.sort();
+    assert!(ebpf_counter(&status, "bindings_created") >= 5, "{status}");
+    let objects = pinned(&lab);
     assert_eq!(
         objects,
         [
@@ -157,7 +113,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
             "natgw_sweeper"
         ]
     );
-    assert!(counter(&status, "in_translated") >= 5, "{status}");
+    assert!(ebpf_counter(&status, "in_translated") >= 5, "{status}");
     assert!(
         status["ebpf"]["bindings"]["udp"].as_u64().unwrap() >= 2,
         "{status}"
@@ -165,7 +121,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     assert_eq!(status["ebpf"]["bindings_capacity"], 4536, "{status}");
 
     // A second `up` changes nothing and keeps the bindings (no reload).
-    let created = counter(&status, "bindings_created");
+    let created = ebpf_counter(&status, "bindings_created");
     let again = up(&lab, &config);
     assert_exit(&again, 0);
     assert!(
@@ -173,7 +129,10 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
         "{}",
         text(&again)
     );
-    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+    assert_eq!(
+        ebpf_counter(&status_json(&lab), "bindings_created"),
+        created
+    );
 
     let down = natgw(&lab, &["down"]);
     assert_exit(&down, 0);
@@ -327,8 +286,8 @@ fn ebpf_classic_client_sees_a_full_cone_that_hairpins() {
             && verdict.ends_with("will hairpin"),
         "{verdict}"
     );
-    let status = ebpf_status(&lab);
-    assert!(counter(&status, "hairpinned") >= 1, "{status}");
+    let status = status_json(&lab);
+    assert!(ebpf_counter(&status, "hairpinned") >= 1, "{status}");
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
@@ -344,9 +303,9 @@ fn ebpf_port_dependent_filtering_drops_unsolicited_inbound() {
         report["stun"]["behaviour"]["filtering"], "address-and-port-dependent",
         "{report}"
     );
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     // The probe's change requests come from another address and port: filtered.
-    assert!(counter(&status, "drop_filtered") >= 1, "{status}");
+    assert!(ebpf_counter(&status, "drop_filtered") >= 1, "{status}");
     assert_eq!(status["in_sync"], true, "{status}");
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
@@ -406,7 +365,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     assert_eq!(attached["status"], "fail", "{report}");
     assert_eq!(attached["fix"], "natgw up", "{report}");
     assert_eq!(check(&report, "ebpf_pinned")["status"], "fail", "{report}");
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["in_sync"], false, "drift: {status}");
 
     // The fix as printed brings them back.
@@ -414,7 +373,7 @@ fn ebpf_doctor_finds_detached_programs_and_up_reattaches_them() {
     assert_exit(&again, 0);
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     // And `doctor --fix` repairs it by itself.
     for link in ["link_egress", "link_ingress"] {
         std::fs::remove_file(dir.join(link)).unwrap();
@@ -544,8 +503,8 @@ fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
     // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
     assert_eq!(mtu_of(&socket), 1200);
     if dataplane == "ebpf" {
-        let status = ebpf_status(&lab);
-        assert!(counter(&status, "in_translated") >= 2, "{status}");
+        let status = status_json(&lab);
+        assert!(ebpf_counter(&status, "in_translated") >= 2, "{status}");
     }
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
@@ -648,9 +607,9 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
     assert_eq!(service.stop(), Some(0));
 
     // Between two runs the programs keep translating with the same binding.
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["in_sync"], true, "{status}");
-    let created = counter(&status, "bindings_created");
+    let created = ebpf_counter(&status, "bindings_created");
     assert_eq!(mapped_from(&lab, 5000), Some(first));
 
     let mut service = Service::start(&lab, &args);
@@ -660,9 +619,9 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
         Some(first),
         "binding kept across restart"
     );
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert!(
-        counter(&status, "bindings_created") >= created,
+        ebpf_counter(&status, "bindings_created") >= created,
         "maps reused, not reloaded: {status}"
     );
     assert!(
@@ -676,7 +635,7 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
         std::fs::remove_file(dir.join(link)).unwrap();
     }
     let detached = std::time::Instant::now();
-    while ebpf_status(&lab)["ebpf"]["attached"]
+    while status_json(&lab)["ebpf"]["attached"]
         .as_array()
         .map_or(0, Vec::len)
         != 2
@@ -773,7 +732,7 @@ fn ebpf_udp_binding_is_alive_after_130_s_idle() {
     let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| {
         panic!(
             "nothing arrived ({e}): the binding expired? status: {}",
-            ebpf_status(&lab)
+            status_json(&lab)
         )
     });
     assert_eq!(&buf[..n], b"still there?");
@@ -788,7 +747,7 @@ fn ebpf_pins_go_with_the_namespace() {
         return;
     };
     assert_exit(&up(&lab, &config), 0);
-    let dir = ebpf_status(&lab)["ebpf"]["pin_dir"]
+    let dir = status_json(&lab)["ebpf"]["pin_dir"]
         .as_str()
         .unwrap()
         .to_string();
@@ -807,7 +766,7 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
         return;
     };
     let first = mapped_from(&lab, 5400).expect("a binding for n1:5400");
-    let created = counter(&ebpf_status(&lab), "bindings_created");
+    let created = ebpf_counter(&status_json(&lab), "bindings_created");
     assert!(created >= 1);
 
     // Another filtering mode and UDP timeout: the table and the programs are replaced,
@@ -826,7 +785,7 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
         text(&out)
     );
     assert!(text(&out).contains("bindings kept"), "{}", text(&out));
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(
         status["desired"]["dataplane"]["filtering"], "address-dependent",
         "{status}"
@@ -837,11 +796,15 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
         2,
         "{status}"
     );
-    assert_eq!(counter(&status, "bindings_created"), created, "{status}");
+    assert_eq!(
+        ebpf_counter(&status, "bindings_created"),
+        created,
+        "{status}"
+    );
     // The same binding serves n1:5400 both ways: found, not made again.
     assert_eq!(mapped_from(&lab, 5400), Some(first));
     assert_eq!(
-        counter(&ebpf_status(&lab), "bindings_created"),
+        ebpf_counter(&status_json(&lab), "bindings_created"),
         created,
         "binding kept"
     );
@@ -857,7 +820,7 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
     .unwrap();
     assert_exit(&up(&lab, &config), 0);
     assert_eq!(
-        counter(&ebpf_status(&lab), "bindings_created"),
+        ebpf_counter(&status_json(&lab), "bindings_created"),
         0,
         "reloaded afresh"
     );
@@ -881,7 +844,7 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
     let table = in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
     assert!(!table.contains("snat ip to"), "{table}");
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    assert_eq!(ebpf_status(&lab)["in_sync"], true);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     assert_exit(&natgw(&lab, &["down"]), 0);
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
@@ -903,7 +866,7 @@ fn ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync() {
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("verified"), "{}", text(&out));
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    let status = ebpf_status(&lab);
+    let status = status_json(&lab);
     assert_eq!(status["in_sync"], true, "{status}");
     let again = up(&lab, &config);
     assert_exit(&again, 0);
@@ -913,12 +876,15 @@ fn ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync() {
         text(&again)
     );
     // The service keeps it without repairing anything.
-    let created = counter(&ebpf_status(&lab), "bindings_created");
+    let created = ebpf_counter(&status_json(&lab), "bindings_created");
     let service = Service::start(&lab, &["run", "--config", config.to_str().unwrap()]);
     std::thread::sleep(Duration::from_secs(2));
     let log = service.log();
     assert!(!log.contains("drift found"), "{log}");
-    assert_eq!(counter(&ebpf_status(&lab), "bindings_created"), created);
+    assert_eq!(
+        ebpf_counter(&status_json(&lab), "bindings_created"),
+        created
+    );
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
@@ -1187,8 +1153,8 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     let after = format!("{:.3}", (until + 1000) as f64 / 1000.0);
     let out = trace(udp_public, &["--at", &after]);
     assert_exit(&out, 1);
-    let status = ebpf_status(&lab);
-    assert_eq!(counter(&status, "events_lost"), 0, "{status}");
+    let status = status_json(&lab);
+    assert_eq!(ebpf_counter(&status, "events_lost"), 0, "{status}");
     assert_eq!(service.stop(), Some(0));
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
@@ -1385,12 +1351,12 @@ fn ebpf_a_reload_that_keeps_bindings_keeps_sweeping() {
     assert_exit(&out, 0);
     assert!(text(&out).contains("bindings kept"), "{}", text(&out));
     let udp = |s: &serde_json::Value| s["ebpf"]["bindings"]["udp"].as_u64().unwrap();
-    assert!(udp(&ebpf_status(&lab)) >= 1);
+    assert!(udp(&status_json(&lab)) >= 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let status = ebpf_status(&lab);
+        let status = status_json(&lab);
         if udp(&status) == 0 {
-            assert!(counter(&status, "bindings_expired") >= 1, "{status}");
+            assert!(ebpf_counter(&status, "bindings_expired") >= 1, "{status}");
             break;
         }
         assert!(

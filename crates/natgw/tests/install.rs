@@ -263,13 +263,10 @@ fn a_symlink_under_the_root_is_not_followed_out_of_it() {
 }
 
 /// The unit bounds natgw to the capabilities in CapabilityBoundingSet: with only
-/// those (and no new privileges), `up` must still build the gateway and `down` undo it.
-#[test]
-fn the_units_capabilities_are_enough_to_run_the_gateway() {
-    let Some(lab) = lab_or_skip(
-        "the_units_capabilities_are_enough_to_run_the_gateway",
-        Spec::nodes(1),
-    ) else {
+/// those (and no new privileges), `up` must still build the gateway and `down` undo it
+/// on the nftables plane; the eBPF plane needs more, and says so before any change.
+fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let caps: Vec<String> = UNIT
@@ -282,7 +279,7 @@ fn the_units_capabilities_are_enough_to_run_the_gateway() {
     assert_eq!(caps, ["+net_admin", "+net_raw"]);
     let bounded = |args: &[&str]| {
         let set = format!("-all,{}", caps.join(","));
-        let out = Command::new("ip")
+        Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -294,16 +291,52 @@ fn the_units_capabilities_are_enough_to_run_the_gateway() {
             .arg(binary())
             .args(args)
             .output()
-            .expect("run setpriv");
-        assert_exit(&out, 0);
+            .expect("run setpriv")
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    bounded(&["up"]);
+    if plane.is_ebpf() {
+        // Not enough for the programs: refused before anything changes, with the fix
+        // (the unit's drop-in), instead of failing half-way.
+        let before = headnode_snapshot(&lab);
+        let out = bounded(&plane.args(&["up"]));
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(
+                "natgw runs without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN: the kernel refuses"
+            ) && stderr(&out).contains("CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN"),
+            "{}",
+            text(&out)
+        );
+        // The service itself (what the unit starts) refuses the same way at start;
+        // `timeout` bounds a daemon that would not.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("head"), "timeout", "30", "setpriv"])
+            .args([
+                "--no-new-privs",
+                "--bounding-set",
+                &format!("-all,{}", caps.join(",")),
+            ])
+            .args(["--inh-caps", "-all", "--"])
+            .arg(binary())
+            .args(plane.args(&["run"]))
+            .output()
+            .expect("run setpriv");
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("natgw runs without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(headnode_snapshot(&lab), before);
+        return;
+    }
+    assert_exit(&bounded(&plane.args(&["up"])), 0);
     let seen = udp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
     assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
-    bounded(&["down"]);
+    assert_exit(&bounded(&["down"]), 0);
     assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
 }
+both_planes!(the_units_capabilities_run_the_gateway_or_refuse_up_front);
 
 /// Installing on the real system needs root: without it, exit 2 before anything.
 #[test]

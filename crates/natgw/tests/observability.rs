@@ -72,16 +72,12 @@ fn promtool_accepts(text: &str) {
     );
 }
 
-#[test]
-fn metrics_count_known_traffic_exactly_and_pass_promtool() {
-    let Some(lab) = lab_or_skip(
-        "metrics_count_known_traffic_exactly_and_pass_promtool",
-        Spec::nodes(2),
-    ) else {
+fn metrics_count_known_traffic_exactly_and_pass_promtool(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(2)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    let service = Service::start(&lab, &["--metrics-listen", METRICS]);
+    let service = Service::start(&lab, &plane.args(&["--metrics-listen", METRICS]));
     wait_ready(&lab, &service);
     // Let the readiness probe's connection settle into the counters.
     std::thread::sleep(Duration::from_millis(300));
@@ -118,42 +114,46 @@ fn metrics_count_known_traffic_exactly_and_pass_promtool() {
         ),
         (UDP * 36) as f64
     );
-    assert_eq!(
-        delta(&after_udp, "natgw_new_translations_total"),
-        UDP as f64
-    );
+    // New translations: natgw's rule's counter (conntrack's first packets) on nftables,
+    // the programs' new bindings on eBPF.
+    let new_translations = if plane.is_ebpf() {
+        "natgw_ebpf_events_total{event=\"bindings_created\"}"
+    } else {
+        "natgw_new_translations_total"
+    };
+    assert_eq!(delta(&after_udp, new_translations), UDP as f64);
 
     for _ in 0..TCP {
         tcp_exchange(&lab.ns("n2"), server(), Duration::from_secs(2)).unwrap();
     }
-    // Events reach the daemon asynchronously: wait for the view to catch up.
+    // Events reach the daemon asynchronously: wait for the view to catch up (the eBPF
+    // plane's figures are read from its maps at each scrape).
+    let created = if plane.is_ebpf() {
+        new_translations
+    } else {
+        "natgw_translations_created_total"
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     let (text, after) = loop {
         let (text, after) = scrape(&lab);
-        if delta(&after, "natgw_translations_created_total") >= (UDP + TCP) as f64
-            || Instant::now() > deadline
-        {
+        if delta(&after, created) >= (UDP + TCP) as f64 || Instant::now() > deadline {
             break (text, after);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(
-        delta(&after, "natgw_new_translations_total"),
-        (UDP + TCP) as f64
-    );
-    assert_eq!(
-        delta(&after, "natgw_translations_created_total"),
-        (UDP + TCP) as f64
-    );
-    // UDP entries live 30 s and closed TCP ones sit in TIME_WAIT: all still in use.
-    assert_eq!(
-        delta(&after, "natgw_translations{protocol=\"udp\"}"),
-        UDP as f64
-    );
-    assert_eq!(
-        delta(&after, "natgw_translations{protocol=\"tcp\"}"),
-        TCP as f64
-    );
+    assert_eq!(delta(&after, new_translations), (UDP + TCP) as f64);
+    assert_eq!(delta(&after, created), (UDP + TCP) as f64);
+    // UDP entries live 30 s (bindings 5 min) and closed TCP ones sit in TIME_WAIT (the
+    // bindings in the transitory state): all still in use.
+    let in_use = |protocol: &str| {
+        if plane.is_ebpf() {
+            format!("natgw_ebpf_bindings{{protocol=\"{protocol}\"}}")
+        } else {
+            format!("natgw_translations{{protocol=\"{protocol}\"}}")
+        }
+    };
+    assert_eq!(delta(&after, &in_use("udp")), UDP as f64);
+    assert_eq!(delta(&after, &in_use("tcp")), TCP as f64);
     assert!(
         delta(
             &after,
@@ -172,6 +172,15 @@ fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     assert!(value(&after, "natgw_reconcile_runs_total") >= 1.0);
     assert_eq!(value(&after, "natgw_gateway_verified"), 1.0);
     assert_eq!(value(&after, "natgw_conntrack_insert_failed_total"), 0.0);
+    if plane.is_ebpf() {
+        // Per-destination port use is conntrack's view; the eBPF plane shows its
+        // bindings against the capacity instead.
+        assert_eq!(value(&after, "natgw_ebpf_programs_attached"), 2.0);
+        assert_eq!(value(&after, "natgw_ebpf_bindings_capacity"), 4536.0);
+        assert!(text.contains("dataplane=\"ebpf\""), "{text}");
+        promtool_accepts(&text);
+        return;
+    }
     let server_ip = server().ip().to_string();
     let busiest = format!(
         "natgw_public_ports_used{{public=\"{HEAD_PUBLIC}\",protocol=\"udp\",destination=\"{server_ip}\",port=\"{}\"}}",
@@ -191,17 +200,14 @@ fn metrics_count_known_traffic_exactly_and_pass_promtool() {
     );
     promtool_accepts(&text);
 }
+both_planes!(metrics_count_known_traffic_exactly_and_pass_promtool);
 
-#[test]
-fn health_turns_503_when_the_gateway_cannot_be_kept() {
-    let Some(lab) = lab_or_skip(
-        "health_turns_503_when_the_gateway_cannot_be_kept",
-        Spec::nodes(1),
-    ) else {
+fn health_turns_503_when_the_gateway_cannot_be_kept(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    let service = Service::start(&lab, &["--metrics-listen", METRICS]);
+    let service = Service::start(&lab, &plane.args(&["--metrics-listen", METRICS]));
     wait_ready(&lab, &service);
     // The private interface gone: the gateway cannot be brought to its desired state.
     lab.ip("head", &["link", "del", "lan0"]).unwrap();
@@ -218,6 +224,7 @@ fn health_turns_503_when_the_gateway_cannot_be_kept() {
     }
     panic!("healthz stayed {last:?}:\n{}", service.log());
 }
+both_planes!(health_turns_503_when_the_gateway_cannot_be_kept);
 
 #[test]
 fn metrics_listener_is_off_by_default() {
@@ -513,16 +520,34 @@ fn mapping_log_and_trace_name_the_private_host_also_after_the_flow_ended() {
     assert!(stdout(&out).contains("no record covers"), "{}", text(&out));
 }
 
+/// The mapping log reads conntrack, which does not see the eBPF plane's bindings:
+/// `--log-mappings` is refused like the config key, before anything changes.
 #[test]
-fn status_json_top_hosts_match_the_traffic_sent() {
-    let Some(lab) = lab_or_skip(
-        "status_json_top_hosts_match_the_traffic_sent",
-        Spec::nodes(3),
-    ) else {
+fn mapping_log_is_refused_on_the_ebpf_plane_and_nothing_changes() {
+    let plane = Plane::ebpf("mapping_log_is_refused_on_the_ebpf_plane_and_nothing_changes");
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    let log = scratch(&lab, "maplog").join("mappings.jsonl");
+    let out = plane.natgw(&lab, &["run", "--log-mappings", log.to_str().unwrap()]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out)
+            .contains("--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet"),
+        "{}",
+        text(&out)
+    );
+    assert!(!log.exists());
+    assert_eq!(headnode_snapshot(&lab), before);
+}
+
+fn status_json_top_hosts_match_the_traffic_sent(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(3)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     for (node, flows) in [("n1", 2), ("n2", 5), ("n3", 1)] {
         for _ in 0..flows {
             udp_exchange(&lab.ns(node), server(), Duration::from_secs(2)).unwrap();
@@ -530,6 +555,15 @@ fn status_json_top_hosts_match_the_traffic_sent() {
     }
     let out = natgw(&lab, &["status", "--json"]);
     assert_exit(&out, 0);
+    if plane.is_ebpf() {
+        // Per host and destination is conntrack's view of its translations; the eBPF
+        // plane counts its bindings per protocol against the capacity.
+        let status = json(&out);
+        assert_eq!(status["ebpf"]["bindings"]["udp"], 8, "{status}");
+        assert_eq!(ebpf_counter(&status, "bindings_created"), 8, "{status}");
+        assert_eq!(status["ebpf"]["bindings_capacity"], 4536, "{status}");
+        return;
+    }
     let t = json(&out)["translations"].clone();
     let top: Vec<(String, u64)> = t["top_hosts"]
         .as_array()
@@ -569,3 +603,4 @@ fn status_json_top_hosts_match_the_traffic_sent() {
         text(&human)
     );
 }
+both_planes!(status_json_top_hosts_match_the_traffic_sent);

@@ -18,12 +18,8 @@ fn write_config(lab: &Lab, name: &str, content: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-#[test]
-fn interface_names_that_are_nft_syntax_or_wildcards_are_refused() {
-    let Some(lab) = lab_or_skip(
-        "interface_names_that_are_nft_syntax_or_wildcards_are_refused",
-        Spec::nodes(1),
-    ) else {
+fn interface_names_that_are_nft_syntax_or_wildcards_are_refused(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     // A veth pair inside the headnode; one end carries a private address, so
@@ -46,7 +42,7 @@ fn interface_names_that_are_nft_syntax_or_wildcards_are_refused() {
             vec!["up"],
             vec!["up", "--private", "lan0", "--private", name],
         ] {
-            let out = natgw(&lab, &args);
+            let out = plane.natgw(&lab, &args);
             assert_exit(&out, 2);
             let err = stderr(&out);
             assert!(
@@ -62,21 +58,18 @@ fn interface_names_that_are_nft_syntax_or_wildcards_are_refused() {
         lab.ip("head", &["link", "del", peer]).unwrap();
     }
     // Ordinary names still work.
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
 }
+both_planes!(interface_names_that_are_nft_syntax_or_wildcards_are_refused);
 
-#[test]
-fn the_public_side_cannot_open_a_pinhole_with_a_private_source() {
-    let Some(lab) = lab_or_skip(
-        "the_public_side_cannot_open_a_pinhole_with_a_private_source",
-        Spec::nodes(1),
-    ) else {
+fn the_public_side_cannot_open_a_pinhole_with_a_private_source(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let n1 = Lab::node_address(1);
     let _service = Listener::start(&lab.ns("n1"), SocketAddr::new(IpAddr::V4(n1), 5353)).unwrap();
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 
     // The upstream host sends to the headnode a frame claiming n1's address as source,
@@ -128,20 +121,17 @@ fn the_public_side_cannot_open_a_pinhole_with_a_private_source() {
     assert!(dropped >= 1, "{status}");
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 }
+both_planes!(the_public_side_cannot_open_a_pinhole_with_a_private_source);
 
 /// Where the kernel keeps an ingress chain across its device's removal (Linux 6.16
 /// and later), natgw checks public spoofs there; the check must hold for a public
 /// interface recreated under the same name (VPN and PPP uplinks do that), with no new
 /// `up`. On older kernels the check is an `iifname` rule, which holds anyway.
-#[test]
-fn public_spoofs_drop_also_after_the_public_interface_is_recreated() {
-    let Some(lab) = lab_or_skip(
-        "public_spoofs_drop_also_after_the_public_interface_is_recreated",
-        Spec::nodes(1),
-    ) else {
+fn public_spoofs_drop_also_after_the_public_interface_is_recreated(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "del", "wan0"]).unwrap();
     lab.ip(
         "head",
@@ -187,6 +177,7 @@ fn public_spoofs_drop_also_after_the_public_interface_is_recreated() {
         "dropped_spoofed_public: {before} -> {after}"
     );
 }
+both_planes!(public_spoofs_drop_also_after_the_public_interface_is_recreated);
 
 /// The slow `nft` of common::slow_nft, in the lab's scratch directory.
 fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
@@ -211,16 +202,12 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-#[test]
-fn a_second_command_waits_for_the_lock_and_then_names_its_holder() {
-    let Some(lab) = lab_or_skip(
-        "a_second_command_waits_for_the_lock_and_then_names_its_holder",
-        Spec::nodes(1),
-    ) else {
+fn a_second_command_waits_for_the_lock_and_then_names_its_holder(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let (nft, log) = slow_nft(&lab, "1");
-    let mut first = spawn_natgw(&lab, &["up"], &[("NATGW_NFT", &nft)]);
+    let mut first = spawn_natgw(&lab, &plane.args(&["up"]), &[("NATGW_NFT", &nft)]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls(&log) == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -239,21 +226,18 @@ fn a_second_command_waits_for_the_lock_and_then_names_its_holder() {
     let first_out = first.wait().unwrap();
     assert!(first_out.success());
     // A waiter that outlasts the holder goes on and finds nothing to do.
-    assert!(stdout(&natgw(&lab, &["up"])).contains("no changes"));
+    assert!(stdout(&plane.natgw(&lab, &["up"])).contains("no changes"));
 }
+both_planes!(a_second_command_waits_for_the_lock_and_then_names_its_holder);
 
-#[test]
-fn many_concurrent_ups_and_downs_leave_a_consistent_gateway() {
-    let Some(lab) = lab_or_skip(
-        "many_concurrent_ups_and_downs_leave_a_consistent_gateway",
-        Spec::nodes(1),
-    ) else {
+fn many_concurrent_ups_and_downs_leave_a_consistent_gateway(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     let before = headnode_snapshot(&lab);
     let ups: Vec<Child> = (0..12)
-        .map(|_| spawn_natgw(&lab, &["up"], &[("NATGW_LOCK_WAIT", "60")]))
+        .map(|_| spawn_natgw(&lab, &plane.args(&["up"]), &[("NATGW_LOCK_WAIT", "60")]))
         .collect();
     let mut applied = 0;
     for child in ups {
@@ -279,10 +263,11 @@ fn many_concurrent_ups_and_downs_leave_a_consistent_gateway() {
         "forwarding and rules restored"
     );
 }
+both_planes!(many_concurrent_ups_and_downs_leave_a_consistent_gateway);
 
 /// Kills `up` (with its nft) while it runs the `call`-th nft command, then checks that
 /// `finish` (`down` or `up`) completes from what was left.
-fn kill_up_during_nft_call(call: usize, finish: &str) {
+fn kill_up_during_nft_call(plane: Plane, call: usize, finish: &str) {
     let lab = lab(Spec::nodes(1).with_router());
     let config = write_config(
         &lab,
@@ -291,7 +276,11 @@ fn kill_up_during_nft_call(call: usize, finish: &str) {
     );
     let before = headnode_snapshot(&lab);
     let (nft, log) = slow_nft(&lab, "0.4");
-    let mut up = spawn_natgw(&lab, &["up", "--config", &config], &[("NATGW_NFT", &nft)]);
+    let mut up = spawn_natgw(
+        &lab,
+        &plane.args(&["up", "--config", &config]),
+        &[("NATGW_NFT", &nft)],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while calls(&log) < call && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -299,19 +288,20 @@ fn kill_up_during_nft_call(call: usize, finish: &str) {
     assert_eq!(calls(&log), call, "natgw up made fewer nft calls");
     kill_group(&mut up);
     // Whatever was left, nothing claims the gateway is in place.
-    let status = natgw(&lab, &["status", "--config", &config]);
+    let status = plane.natgw(&lab, &["status", "--config", &config]);
     assert_exit(&status, 1);
-    let plan = natgw(&lab, &["plan", "--config", &config]);
+    let plan = plane.natgw(&lab, &["plan", "--config", &config]);
     assert!(!stdout(&plan).contains("no changes"), "{}", text(&plan));
 
-    let out = natgw(
-        &lab,
-        &[finish, "--config", &config][..if finish == "up" { 3 } else { 1 }],
-    );
+    let out = if finish == "up" {
+        plane.natgw(&lab, &[finish, "--config", &config])
+    } else {
+        natgw(&lab, &[finish])
+    };
     assert_exit(&out, 0);
     if finish == "up" {
-        assert_exit(&natgw(&lab, &["status", "--config", &config]), 0);
-        let again = natgw(&lab, &["up", "--config", &config]);
+        assert_exit(&plane.natgw(&lab, &["status", "--config", &config]), 0);
+        let again = plane.natgw(&lab, &["up", "--config", &config]);
         assert!(stdout(&again).contains("no changes"), "{}", text(&again));
         assert_exit(&natgw(&lab, &["down"]), 0);
     }
@@ -323,35 +313,42 @@ fn kill_up_during_nft_call(call: usize, finish: &str) {
 }
 
 /// nft calls of a first `up`: 1 observe, 2 check, 3 snapshot, 4 install, 5 read
-/// back, 6 verify. Forwarding is switched on between 2 and 3.
-const NFT_CALLS_OF_UP: usize = 6;
-
-#[test]
-fn up_killed_at_any_step_is_undone_by_down() {
-    if !root_or_skip("up_killed_at_any_step_is_undone_by_down") {
-        return;
-    }
-    for call in 1..=NFT_CALLS_OF_UP {
-        kill_up_during_nft_call(call, "down");
+/// back, 6 verify. Forwarding is switched on between 2 and 3. The eBPF plane observes
+/// once more when detection has found the public interface (its programs live there),
+/// and attaches and pins its programs between install and read back.
+fn nft_calls_of_up(plane: Plane) -> usize {
+    if plane.is_ebpf() {
+        7
+    } else {
+        6
     }
 }
 
-#[test]
-fn up_killed_at_any_step_is_completed_by_up() {
-    if !root_or_skip("up_killed_at_any_step_is_completed_by_up") {
+/// `up` killed during each of its nft calls in turn, each time in a fresh lab.
+fn kill_up_at_every_step(plane: Plane, finish: &str) {
+    if !root_or_skip(plane.test) {
         return;
     }
-    for call in 1..=NFT_CALLS_OF_UP {
-        kill_up_during_nft_call(call, "up");
+    if plane.is_ebpf() {
+        host_bpffs();
+    }
+    for call in 1..=nft_calls_of_up(plane) {
+        kill_up_during_nft_call(plane, call, finish);
     }
 }
 
-#[test]
-fn addresses_and_prefixes_that_cannot_work_are_refused() {
-    let Some(lab) = lab_or_skip(
-        "addresses_and_prefixes_that_cannot_work_are_refused",
-        Spec::nodes(2),
-    ) else {
+fn up_killed_at_any_step_is_undone_by_down(plane: Plane) {
+    kill_up_at_every_step(plane, "down");
+}
+both_planes!(up_killed_at_any_step_is_undone_by_down);
+
+fn up_killed_at_any_step_is_completed_by_up(plane: Plane) {
+    kill_up_at_every_step(plane, "up");
+}
+both_planes!(up_killed_at_any_step_is_completed_by_up);
+
+fn addresses_and_prefixes_that_cannot_work_are_refused(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(2)) else {
         return;
     };
     let before = headnode_snapshot(&lab);
@@ -362,7 +359,7 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
         ("224.0.0.1", "not a unicast address"),
         ("127.0.0.1", "loopback"),
     ] {
-        let out = natgw(&lab, &["up", "--snat-to", addr]);
+        let out = plane.natgw(&lab, &["up", "--snat-to", addr]);
         assert_exit(&out, 2);
         assert!(
             stderr(&out).contains(&format!("SNAT address {addr} ")) && stderr(&out).contains(why),
@@ -384,7 +381,7 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
             "prefix.toml",
             &format!("# extra\nprivate_prefixes = [\"{prefix}\"]\n"),
         );
-        let out = natgw(&lab, &["up", "--config", &config]);
+        let out = plane.natgw(&lab, &["up", "--config", &config]);
         assert_exit(&out, 2);
         let err = stderr(&out);
         assert!(
@@ -394,11 +391,11 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
     }
     assert_eq!(headnode_snapshot(&lab), before);
     // An address the public interface does not carry is only a warning.
-    let out = natgw(&lab, &["plan", "--snat-to", "203.0.113.9"]);
+    let out = plane.natgw(&lab, &["plan", "--snat-to", "203.0.113.9"]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("warning: SNAT address 203.0.113.9 is not an address of wan0"));
     // ... and a doctor finding once it is in use.
-    assert_exit(&natgw(&lab, &["up", "--snat-to", "203.0.113.9"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up", "--snat-to", "203.0.113.9"]), 0);
     let (_, report) = doctor(&lab, &[]);
     let snat = check(&report, "snat");
     assert_eq!(snat["status"], "warn", "{report}");
@@ -410,13 +407,10 @@ fn addresses_and_prefixes_that_cannot_work_are_refused() {
         "{snat}"
     );
 }
+both_planes!(addresses_and_prefixes_that_cannot_work_are_refused);
 
-#[test]
-fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted() {
-    let Some(lab) = lab_or_skip(
-        "conflicting_routes_are_refused_and_an_existing_route_is_never_adopted",
-        Spec::nodes(2).with_router(),
-    ) else {
+fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(2).with_router()) else {
         return;
     };
     let before = headnode_snapshot(&lab);
@@ -439,7 +433,7 @@ fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted() {
         ),
     ] {
         let config = write_config(&lab, "routes.toml", &format!("routes = [\n  {routes}\n]\n"));
-        let out = natgw(&lab, &["up", "--config", &config]);
+        let out = plane.natgw(&lab, &["up", "--config", &config]);
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(why), "{routes}: {}", text(&out));
         assert_eq!(headnode_snapshot(&lab), before);
@@ -466,7 +460,7 @@ fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted() {
         "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
     );
     for _ in 0..2 {
-        let out = natgw(&lab, &["up", "--config", &config]);
+        let out = plane.natgw(&lab, &["up", "--config", &config]);
         assert_exit(&out, 1);
         assert!(
             stderr(&out).contains("add route 10.20.0.0/24 via 10.0.0.254")
@@ -477,6 +471,7 @@ fn conflicting_routes_are_refused_and_an_existing_route_is_never_adopted() {
         assert_eq!(headnode_snapshot(&lab), before);
     }
 }
+both_planes!(conflicting_routes_are_refused_and_an_existing_route_is_never_adopted);
 
 #[test]
 fn a_node_default_route_on_the_headnode_belongs_to_node_up() {
@@ -516,16 +511,12 @@ fn a_node_default_route_on_the_headnode_belongs_to_node_up() {
     );
 }
 
-#[test]
-fn down_without_a_working_nft_fails_and_keeps_what_it_still_needs() {
-    let Some(lab) = lab_or_skip(
-        "down_without_a_working_nft_fails_and_keeps_what_it_still_needs",
-        Spec::nodes(1),
-    ) else {
+fn down_without_a_working_nft_fails_and_keeps_what_it_still_needs(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let before = headnode_snapshot(&lab);
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     let out = natgw_env(
         &lab,
         "head",
@@ -545,13 +536,10 @@ fn down_without_a_working_nft_fails_and_keeps_what_it_still_needs() {
     assert!(stdout(&out).contains("delete nftables table inet natgw"));
     assert_eq!(headnode_snapshot(&lab), before);
 }
+both_planes!(down_without_a_working_nft_fails_and_keeps_what_it_still_needs);
 
-#[test]
-fn a_corrupt_record_does_not_block_status_doctor_or_down() {
-    let Some(lab) = lab_or_skip(
-        "a_corrupt_record_does_not_block_status_doctor_or_down",
-        Spec::nodes(1).with_router(),
-    ) else {
+fn a_corrupt_record_does_not_block_status_doctor_or_down(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1).with_router()) else {
         return;
     };
     let config = write_config(
@@ -559,7 +547,7 @@ fn a_corrupt_record_does_not_block_status_doctor_or_down() {
         "routes.toml",
         "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
     );
-    assert_exit(&natgw(&lab, &["up", "--config", &config]), 0);
+    assert_exit(&plane.natgw(&lab, &["up", "--config", &config]), 0);
     std::fs::write(state_path(&lab), "garbage{").unwrap();
 
     let out = natgw(&lab, &["status"]);
@@ -572,7 +560,7 @@ fn a_corrupt_record_does_not_block_status_doctor_or_down() {
     );
     let out = natgw(&lab, &["doctor", "--json"]);
     assert!(json(&out)["checks"].as_array().unwrap().len() > 5);
-    let out = natgw(&lab, &["up"]);
+    let out = plane.natgw(&lab, &["up"]);
     assert_exit(&out, 1);
     assert!(
         stderr(&out).contains("run `natgw down` first"),
@@ -599,6 +587,7 @@ fn a_corrupt_record_does_not_block_status_doctor_or_down() {
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("nothing to remove"));
 }
+both_planes!(a_corrupt_record_does_not_block_status_doctor_or_down);
 
 #[test]
 fn a_tampered_record_cannot_make_down_write_other_sysctls() {
@@ -662,16 +651,12 @@ fn a_tampered_record_cannot_make_down_write_other_sysctls() {
     );
 }
 
-#[test]
-fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down() {
-    let Some(lab) = lab_or_skip(
-        "doctor_checks_the_recorded_gateway_when_the_uplink_is_down",
-        Spec::nodes(1),
-    ) else {
+fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
-    assert_exit(&natgw(&lab, &["up"]), 0);
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
     lab.ip("head", &["link", "set", "wan0", "down"]).unwrap();
     let (out, report) = doctor(&lab, &[]);
     assert_exit(&out, 1);
@@ -699,13 +684,10 @@ fn doctor_checks_the_recorded_gateway_when_the_uplink_is_down() {
     assert_exit(&natgw(&lab, &["status"]), 0);
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
 }
+both_planes!(doctor_checks_the_recorded_gateway_when_the_uplink_is_down);
 
-#[test]
-fn status_without_flags_checks_the_gateway_up_made() {
-    let Some(lab) = lab_or_skip(
-        "status_without_flags_checks_the_gateway_up_made",
-        Spec::nodes(1).with_router(),
-    ) else {
+fn status_without_flags_checks_the_gateway_up_made(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1).with_router()) else {
         return;
     };
     let config = write_config(
@@ -713,13 +695,22 @@ fn status_without_flags_checks_the_gateway_up_made() {
         "routes.toml",
         "routes = [{ to = \"10.20.0.0/24\", via = \"10.0.0.254\" }]\n",
     );
-    assert_exit(
-        &natgw(&lab, &["up", "--config", &config, "--masquerade"]),
-        0,
-    );
+    // What the command line asked for beyond the config: masquerade, or the eBPF plane
+    // (which refuses masquerade).
+    let up = if plane.is_ebpf() {
+        plane.natgw(&lab, &["up", "--config", &config])
+    } else {
+        plane.natgw(&lab, &["up", "--config", &config, "--masquerade"])
+    };
+    assert_exit(&up, 0);
     let out = natgw(&lab, &["status"]);
     assert_exit(&out, 0);
-    assert!(stdout(&out).contains("-> masquerade"), "{}", text(&out));
+    let asked = if plane.is_ebpf() {
+        "dataplane:  ebpf"
+    } else {
+        "-> masquerade"
+    };
+    assert!(stdout(&out).contains(asked), "{}", text(&out));
     assert!(stdout(&out).contains("route:      10.20.0.0/24 via 10.0.0.254"));
     let out = natgw(&lab, &["doctor"]);
     assert_exit(&out, 0);
@@ -727,6 +718,7 @@ fn status_without_flags_checks_the_gateway_up_made() {
     let out = natgw(&lab, &["status", "--snat-to", "203.0.113.1"]);
     assert_exit(&out, 1);
 }
+both_planes!(status_without_flags_checks_the_gateway_up_made);
 
 #[test]
 fn mss_clamp_is_natgws_own_option_and_satisfies_the_doctor() {
@@ -974,12 +966,8 @@ fn a_route_can_move_to_another_router_and_many_routes_apply() {
     assert!(in_ns(&lab, "head", &["ip", "route", "show", "proto", "88"]).is_empty());
 }
 
-#[test]
-fn up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything() {
-    let Some(lab) = lab_or_skip(
-        "up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything",
-        Spec::nodes(1),
-    ) else {
+fn up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
     in_ns(&lab, "head", &["nft", "add", "table", "ip", "filter"]);
@@ -996,7 +984,7 @@ fn up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything() {
             "{ type filter hook forward priority 0; policy drop; }",
         ],
     );
-    let out = natgw(&lab, &["up"]);
+    let out = plane.natgw(&lab, &["up"]);
     assert_exit(&out, 1);
     assert!(
         stderr(&out).contains("another firewall stops the gateway"),
@@ -1005,6 +993,7 @@ fn up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything() {
     );
     assert!(!stdout(&out).contains("verified"), "{}", text(&out));
 }
+both_planes!(up_does_not_say_verified_over_a_foreign_firewall_that_drops_everything);
 
 #[test]
 fn down_restores_per_interface_forwarding_too() {

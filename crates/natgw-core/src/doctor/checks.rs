@@ -529,7 +529,7 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
                     .filter(|r| !r.natgw),
             );
         }
-        return ebpf_snat(&v4, public);
+        return ebpf_snat(&v4, public, &current, &inputs.settings.snat_to);
     }
     if let Some(rule) = rules
         .iter()
@@ -563,14 +563,25 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
 /// programs translate after netfilter, and a packet some rule already translated is
 /// no longer from a private source, so it bypasses them (its mapping is conntrack's,
 /// with conntrack's filtering and timeouts).
-fn ebpf_snat(rules: &[firewall::SnatRule], public: &str) -> Finding {
+fn ebpf_snat(
+    rules: &[firewall::SnatRule],
+    public: &str,
+    current: &[IpAddr],
+    configured: &[IpAddr],
+) -> Finding {
     const ID: &str = "snat";
-    match rules.first() {
-        None => Finding::pass(
+    // The programs translate to the configured pool as the table does: an address the
+    // public interface does not carry is worth the same look.
+    let uncarried = configured
+        .iter()
+        .find(|a| a.is_ipv4() && !current.contains(a));
+    match (rules.first(), uncarried) {
+        (None, Some(to)) => configured_but_not_carried(*to, public, current),
+        (None, None) => Finding::pass(
             ID,
             format!("translated by natgw's eBPF programs on {public} (see ebpf_attached); no netfilter rule translates first"),
         ),
-        Some(rule) => Finding::warn(
+        (Some(rule), _) => Finding::warn(
             ID,
             format!(
                 "{} ({}) source-translates the private prefixes out of {public} before natgw's eBPF programs, which then leave those packets alone",
@@ -584,6 +595,18 @@ fn ebpf_snat(rules: &[firewall::SnatRule], public: &str) -> Finding {
     }
 }
 
+/// natgw translates to `to` as asked, but `public` does not carry it. Asked for
+/// explicitly: a virtual or routed address is legitimate (pools, HA), so this is worth a
+/// look, not a failure.
+fn configured_but_not_carried(to: IpAddr, public: &str, current: &[IpAddr]) -> Finding {
+    Finding::warn(
+        "snat",
+        format!("natgw translates to {to} as configured, but {public} does not carry it ({}): replies come back only if the upstream routes {to} to this host", join(current)),
+        Fix::say(format!("add the address to {public}, or make sure the upstream routes {to} here:"))
+            .then_run(&["ip", "addr", "add", &format!("{to}/32"), "dev", public]),
+    )
+}
+
 fn stale_snat(
     rule: &firewall::SnatRule,
     public: &str,
@@ -592,14 +615,7 @@ fn stale_snat(
 ) -> Finding {
     let to = rule.to.expect("stale rules have an address");
     if rule.natgw && configured.contains(&to) {
-        // Asked for explicitly: a virtual or routed address is legitimate (pools,
-        // HA), so this is worth a look, not a failure.
-        return Finding::warn(
-            "snat",
-            format!("natgw translates to {to} as configured, but {public} does not carry it ({}): replies come back only if the upstream routes {to} to this host", join(current)),
-            Fix::say(format!("add the address to {public}, or make sure the upstream routes {to} here:"))
-                .then_run(&["ip", "addr", "add", &format!("{to}/32"), "dev", public]),
-        );
+        return configured_but_not_carried(to, public, current);
     }
     let detail = format!(
         "{} translates to {to}, but {public} has {}: replies to {to} never come back",
@@ -1313,6 +1329,21 @@ mod tests {
         assert!(
             foreign.detail.contains("before natgw's eBPF programs"),
             "{foreign:?}"
+        );
+        // The programs translate to a configured address wan0 does not carry.
+        let elsewhere = Settings {
+            snat_to: vec!["203.0.113.9".parse().unwrap()],
+            ..settings.clone()
+        };
+        let f = snat(
+            &inputs(&elsewhere, &o, Vec::new()),
+            &roles(&elsewhere, &o).unwrap(),
+        );
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.detail
+                .contains("translates to 203.0.113.9 as configured, but wan0 does not carry it"),
+            "{f:?}"
         );
     }
 

@@ -14,6 +14,8 @@ pub struct EbpfObserved {
     pub version: Option<(u32, u32)>,
     /// `/sys/kernel/btf/vmlinux` exists (the kernel has BTF).
     pub btf: bool,
+    /// Capabilities the programs need that natgw runs without (`CAP_BPF`, ...).
+    pub missing_capabilities: Vec<String>,
     /// A bpffs is mounted where natgw pins (`/run/natgw/bpffs`).
     pub bpffs: bool,
     pub bpffs_path: String,
@@ -70,6 +72,22 @@ pub fn findings(o: &EbpfObserved) -> Vec<Finding> {
             ),
             Fix::say("boot a kernel built with CONFIG_DEBUG_INFO_BTF=y").then(to_nftables()),
         ),
+    });
+    out.push(if o.missing_capabilities.is_empty() {
+        Finding::pass(
+            "ebpf_privileges",
+            "natgw runs with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (to load, attach and pin the programs)",
+        )
+    } else {
+        let missing = o.missing_capabilities.join(", ");
+        Finding::fail(
+            "ebpf_privileges",
+            format!("natgw runs without {missing}: the kernel refuses to load, attach or pin the eBPF programs"),
+            Fix::say(format!(
+                "run natgw as root with {missing}; natgw.service bounds it to CAP_NET_ADMIN CAP_NET_RAW: `systemctl edit natgw` and add under [Service]:\nCapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN\nSystemCallFilter=bpf"
+            ))
+            .then(to_nftables()),
+        )
     });
     if !o.up {
         return out;
@@ -172,6 +190,7 @@ mod tests {
             kernel: "6.18.44".into(),
             version: kernel_version("6.18.44-fc-v782"),
             btf: true,
+            missing_capabilities: Vec::new(),
             bpffs: true,
             bpffs_path: "/run/natgw/bpffs".into(),
             public: "wan0".into(),
@@ -227,10 +246,23 @@ mod tests {
         assert_eq!(status(&o, "ebpf_bindings"), Status::Warn);
         o.busiest = 3628;
         assert_eq!(status(&o, "ebpf_bindings"), Status::Pass);
-        // Not up: only the kernel is checked.
+        // Not up: only the kernel and natgw's privileges are checked.
         let mut o = healthy();
         o.up = false;
         o.attached.clear();
-        assert_eq!(findings(&o).len(), 1);
+        assert_eq!(findings(&o).len(), 2);
+        let mut o = healthy();
+        o.missing_capabilities = vec!["CAP_SYS_ADMIN".into()];
+        let f = findings(&o);
+        let p = f.iter().find(|f| f.id == "ebpf_privileges").unwrap();
+        assert_eq!(p.status, Status::Fail);
+        assert!(
+            p.detail.starts_with("natgw runs without CAP_SYS_ADMIN"),
+            "{p:?}"
+        );
+        assert!(
+            p.fix.as_deref().unwrap().contains("CapabilityBoundingSet="),
+            "{p:?}"
+        );
     }
 }

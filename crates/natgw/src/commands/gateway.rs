@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use natgw_core::config::Flags;
-use natgw_core::dataplane::DataplaneKind;
 use natgw_core::{remember, Config, Desired, Observed, Settings};
 use natgw_linux::dataplane::Dataplane;
 use natgw_linux::netlink::Netlink;
@@ -25,6 +24,7 @@ pub fn settings(args: &GatewayArgs) -> exit::Result<Settings> {
         masquerade: args.masquerade,
         ipv6_mode: args.ipv6_mode,
         ipv6_public_prefix: args.ipv6_public_prefix,
+        dataplane: args.dataplane,
     };
     let path: Option<PathBuf> = match &args.config {
         Some(path) => Some(path.clone()),
@@ -140,7 +140,7 @@ pub fn prepare(args: &GatewayArgs, command: &str, read_only: bool) -> exit::Resu
     }
     let effective = recalled.settings;
     let desired = desired(&effective, &observed)?;
-    plane_for(&desired, &mut dataplane, &mut observed)?;
+    on_public(&mut dataplane, &desired, &mut observed)?;
     let mut gone: Vec<String> = recalled
         .gone
         .iter()
@@ -173,7 +173,11 @@ pub fn select(settings: &Settings, read_only: bool, args: &GatewayArgs) -> Box<d
         .ok()
         .flatten()
         .and_then(|s| s.gateway);
-    let public = known_public(settings);
+    let public = settings.public.clone().or_else(|| {
+        recorded
+            .as_ref()
+            .map(|g| g.public.name.as_str().to_string())
+    });
     let kind = match &recorded {
         Some(g) if read_only && args.is_empty() => g.dataplane.kind(),
         _ => settings.dataplane,
@@ -181,34 +185,22 @@ pub fn select(settings: &Settings, read_only: bool, args: &GatewayArgs) -> Box<d
     natgw_linux::dataplane::select(kind, public.as_deref())
 }
 
-/// The eBPF plane watches its programs on the public interface, which detection may
-/// only have found in `desired`: the plane for that interface, and the table observed
-/// through it.
-pub fn plane_for(
-    desired: &Desired,
+/// `dataplane` on the public interface `desired` resolved, with the live state it
+/// reads there (see `natgw_linux::dataplane::on_public`).
+pub fn on_public(
     dataplane: &mut Box<dyn Dataplane>,
+    desired: &Desired,
     observed: &mut Observed,
 ) -> exit::Result<()> {
-    let kind = desired.dataplane.kind();
-    if kind != DataplaneKind::Ebpf || dataplane.name() != "ebpf" {
-        return Ok(());
-    }
-    *dataplane = natgw_linux::dataplane::select(kind, Some(desired.public.name.as_str()));
-    if observed.table.is_some() {
-        observed.table = dataplane.observe().map_err(problem)?;
+    if let Some(known) =
+        natgw_linux::dataplane::on_public(dataplane.as_ref(), desired.public.name.as_str())
+    {
+        if observed.nft_present {
+            observed.table = known.observe().map_err(problem)?;
+        }
+        *dataplane = known;
     }
     Ok(())
-}
-
-/// The public interface named in the settings, else the recorded gateway's.
-fn known_public(settings: &Settings) -> Option<String> {
-    settings.public.clone().or_else(|| {
-        natgw_linux::state_store::load()
-            .ok()
-            .flatten()
-            .and_then(|s| s.gateway)
-            .map(|g| g.public.name.as_str().to_string())
-    })
 }
 
 /// For read commands given no flags: what the last `up` was asked for, so that they

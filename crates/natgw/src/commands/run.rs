@@ -41,6 +41,19 @@ const SAFETY: Duration = Duration::from_secs(60);
 
 pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exit::Result<i32> {
     let settings = gateway::settings(args)?;
+    // The config key `log_mappings` is refused with the eBPF plane by the config's
+    // checks; the flag is the same request.
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf
+        && observe.log_mappings.is_some()
+    {
+        return Err(crate::exit::usage(anyhow!(
+            "--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet (it reads conntrack, which does not see eBPF bindings); remove --log-mappings, or use dataplane = \"nftables\""
+        )));
+    }
+    // As `up`: refused at start rather than retried forever.
+    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
+        super::up::ebpf_carried(settings.public.as_deref().unwrap_or_default())?;
+    }
     gateway::require_privilege()?;
     // Before any thread exists, so that none of them takes these signals.
     let signals = signal_fd().map_err(problem)?;
@@ -248,7 +261,7 @@ impl Daemon {
         }
         let settings = recalled.settings;
         let desired = natgw_core::desired(&settings, &observed).map_err(|e| e.to_string())?;
-        gateway::plane_for(&desired, &mut self.dataplane, &mut observed).map_err(text)?;
+        gateway::on_public(&mut self.dataplane, &desired, &mut observed).map_err(text)?;
         self.forwarding = desired
             .sysctls
             .iter()

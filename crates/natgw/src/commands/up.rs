@@ -37,8 +37,8 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
             "{why}\nnatgw cannot know what it changed before; run `natgw down` first: it removes natgw's table and routes, names the sysctls to check, and sets the record aside"
         )));
     }
-    if !dry_run {
-        ebpf_kernel(&desired)?;
+    if !dry_run && desired.dataplane.ebpf().is_some() {
+        ebpf_carried(desired.public.name.as_str())?;
     }
     let plan = natgw_core::plan(&desired, &observed);
     for change in &plan.changes {
@@ -97,13 +97,11 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     Ok(exit::OK)
 }
 
-/// The eBPF data plane on a kernel without what its programs need (TCX, BTF): a
-/// configuration this host cannot carry, refused before anything changes.
-fn ebpf_kernel(desired: &Desired) -> exit::Result<()> {
-    if desired.dataplane.ebpf().is_none() {
-        return Ok(());
-    }
-    let observed = natgw_linux::ebpf::doctor_observed(desired.public.name.as_str(), false);
+/// The eBPF data plane on a kernel without what its programs need (TCX, BTF), or in a
+/// natgw without the capabilities to load them: a configuration this host cannot
+/// carry, refused before anything changes.
+pub fn ebpf_carried(public: &str) -> exit::Result<()> {
+    let observed = natgw_linux::ebpf::doctor_observed(public, false);
     match natgw_core::doctor::ebpf::findings(&observed)
         .into_iter()
         .find(|f| f.status == natgw_core::doctor::Status::Fail)

@@ -5,6 +5,10 @@
 //! example the code before a fix, to see a scenario fail there).
 #![allow(dead_code)]
 
+mod plane;
+#[allow(unused_imports)]
+pub use plane::*;
+
 use std::io::Write;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -156,7 +160,7 @@ pub fn state_path(lab: &Lab) -> std::path::PathBuf {
 }
 
 /// Everything natgw may touch in the headnode: the whole ruleset, the routes, the
-/// forwarding sysctl and whether natgw's record exists.
+/// forwarding sysctl, whether natgw's record exists and what it pinned (eBPF plane).
 pub fn headnode_snapshot(lab: &Lab) -> String {
     let ruleset = in_ns(lab, "head", &["nft", "list", "ruleset"]);
     let routes = String::from_utf8_lossy(
@@ -167,7 +171,8 @@ pub fn headnode_snapshot(lab: &Lab) -> String {
     .into_owned();
     let forward = lab.read_sysctl("head", "net.ipv4.ip_forward").unwrap();
     let state = state_path(lab).exists();
-    format!("{ruleset}\n{routes}\nip_forward={forward}\nstate={state}")
+    let pinned = pinned(lab);
+    format!("{ruleset}\n{routes}\nip_forward={forward}\npinned={pinned:?}\nstate={state}")
 }
 
 /// The packet count of one of natgw's named counters in the headnode.
