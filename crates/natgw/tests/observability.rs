@@ -520,28 +520,6 @@ fn mapping_log_and_trace_name_the_private_host_also_after_the_flow_ended() {
     assert!(stdout(&out).contains("no record covers"), "{}", text(&out));
 }
 
-/// The mapping log reads conntrack, which does not see the eBPF plane's bindings:
-/// `--log-mappings` is refused like the config key, before anything changes.
-#[test]
-fn mapping_log_is_refused_on_the_ebpf_plane_and_nothing_changes() {
-    let plane = Plane::ebpf("mapping_log_is_refused_on_the_ebpf_plane_and_nothing_changes");
-    let Some(lab) = plane.lab(Spec::nodes(1)) else {
-        return;
-    };
-    let before = headnode_snapshot(&lab);
-    let log = scratch(&lab, "maplog").join("mappings.jsonl");
-    let out = plane.natgw(&lab, &["run", "--log-mappings", log.to_str().unwrap()]);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out)
-            .contains("--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet"),
-        "{}",
-        text(&out)
-    );
-    assert!(!log.exists());
-    assert_eq!(headnode_snapshot(&lab), before);
-}
-
 fn status_json_top_hosts_match_the_traffic_sent(plane: Plane) {
     let Some(lab) = plane.lab(Spec::nodes(3)) else {
         return;

@@ -41,15 +41,6 @@ const SAFETY: Duration = Duration::from_secs(60);
 
 pub fn run(args: &GatewayArgs, down_on_exit: bool, observe: &ObserveArgs) -> exit::Result<i32> {
     let settings = gateway::settings(args)?;
-    // The config key `log_mappings` is refused with the eBPF plane by the config's
-    // checks; the flag is the same request.
-    if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf
-        && observe.log_mappings.is_some()
-    {
-        return Err(crate::exit::usage(anyhow!(
-            "--log-mappings: dataplane = \"ebpf\" does not support the mapping log yet (it reads conntrack, which does not see eBPF bindings); remove --log-mappings, or use dataplane = \"nftables\""
-        )));
-    }
     // As `up`: refused at start rather than retried forever.
     if settings.dataplane == natgw_core::dataplane::DataplaneKind::Ebpf {
         super::up::ebpf_carried(settings.public.as_deref().unwrap_or_default())?;
