@@ -445,6 +445,13 @@ fn drift_is_reported_by_status_and_repaired_by_up(plane: Plane) {
         &["nft", "flush", "chain", "inet", "natgw", "postrouting"],
     );
     lab.sysctl("head", "net.ipv4.ip_forward", "0").unwrap();
+    if plane.is_ebpf() {
+        // ... and, on the eBPF plane, removes the programs' pinned links (detaching them).
+        let dir = std::path::PathBuf::from(status_json(&lab)["ebpf"]["pin_dir"].as_str().unwrap());
+        for link in ["link_egress", "link_ingress"] {
+            std::fs::remove_file(dir.join(link)).unwrap();
+        }
+    }
     assert!(tcp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
 
     let status = natgw(&lab, &["status", "--json"]);

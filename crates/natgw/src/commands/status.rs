@@ -64,8 +64,16 @@ pub fn run(args: &GatewayArgs, json: bool) -> exit::Result<i32> {
         }
         None => None,
     };
-    // Conntrack's entries are not the eBPF plane's translations.
-    let translations = (installed && ebpf.is_none() && desired.dataplane.ebpf().is_none())
+    // Conntrack's entries are not the eBPF plane's IPv4 translations (it sees those
+    // flows untranslated, and leaves them out); its IPv6 ones (nat66, nptv6) are.
+    let conntrack_translates = match desired.dataplane.ebpf() {
+        None => ebpf.is_none(),
+        Some(_) => desired
+            .ipv6
+            .as_ref()
+            .is_some_and(|g| g.translation != natgw_core::Ipv6Translation::Routed),
+    };
+    let translations = (installed && conntrack_translates)
         .then(|| translations(&desired))
         .flatten();
     let status = Status {
