@@ -65,5 +65,17 @@ pub use events::{BindingEvent, EventKind};
 pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
 pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
 
+/// The kernel's clock the programs read (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), for
+/// comparing expiries and turning event times into wall-clock times.
+pub fn monotonic_now() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// The compiled programs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat.bpf.o"));

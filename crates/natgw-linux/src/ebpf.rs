@@ -182,6 +182,13 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
     }
 }
 
+/// The private endpoint that the eBPF plane's live binding of `public` (protocol
+/// number `proto`) belongs to, if the programs of this namespace have one.
+pub fn live_holder(proto: u8, public: std::net::SocketAddrV4) -> Option<std::net::SocketAddrV4> {
+    let dir = state_store::bpf_dir().ok()?;
+    pin::holder(&dir, proto, public).ok().flatten()
+}
+
 /// Every eBPF program on the TC hooks (TCX and old-style clsact filters, ingress and
 /// egress) of `interfaces`, for doctor's `tc-programs` check. An interface that does
 /// not exist is left out.

@@ -979,9 +979,37 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
         "{}",
         text(&out)
     );
+    assert_eq!(
+        holders[0]["live"],
+        true,
+        "the programs' maps: {}",
+        text(&out)
+    );
     let out = trace(tcp_public, &["--proto", "tcp"]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["holders"][0]["private"], tcp_private.to_string());
+    assert_eq!(json(&out)["holders"][0]["live"], true);
+    // Without a log, the live binding still answers (from the pinned maps).
+    let public = udp_public.to_string();
+    let out = natgw(
+        &lab,
+        &[
+            "trace",
+            &public,
+            "--log",
+            "/nonexistent/mappings.jsonl",
+            "--json",
+        ],
+    );
+    assert_exit(&out, 0);
+    let holders = json(&out)["holders"].clone();
+    assert_eq!(
+        holders[0]["private"],
+        udp_private.to_string(),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holders[0]["from_ms"], serde_json::Value::Null);
 
     // Idle, both bindings end (3 s, then the sweeper's second), each at its expiry.
     let ended = wait_line(&log, &service, "ended", "udp", udp_private, 10);
@@ -1007,6 +1035,7 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     let out = trace(udp_public, &["--at", &during]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["holders"][0]["private"], udp_private.to_string());
+    assert_eq!(json(&out)["holders"][0]["live"], false, "{}", text(&out));
     // ...and nobody after it.
     let after = format!("{:.3}", (until + 1000) as f64 / 1000.0);
     let out = trace(udp_public, &["--at", &after]);
