@@ -1011,6 +1011,40 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     );
     assert_eq!(holders[0]["from_ms"], serde_json::Value::Null);
 
+    // A reload (SIGHUP) with another filtering mode hands the maps, and the ring, to
+    // new programs: the log goes on, with no binding reported twice.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text_config}filtering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    service.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !service.log().contains("bindings kept") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_second, second_public) = node_socket(&lab, 40001, |_| {}).expect("UDP after the reload");
+    let second = wait_line(
+        &log,
+        &service,
+        "created",
+        "udp",
+        SocketAddr::from((node, 40001)),
+        5,
+    );
+    assert_eq!(second["public"], second_public.to_string(), "{second}");
+    let made = log_lines(&log)
+        .into_iter()
+        .filter(|l| l["event"] == "created" && l["private"] == udp_private.to_string())
+        .count();
+    assert_eq!(made, 1, "{}", std::fs::read_to_string(&log).unwrap());
+
     // Idle, both bindings end (3 s, then the sweeper's second), each at its expiry.
     let ended = wait_line(&log, &service, "ended", "udp", udp_private, 10);
     assert_eq!(ended["public"], udp_public.to_string(), "{ended}");
