@@ -19,6 +19,10 @@
 //!   packets get `skb->mark = mark` (whole), or only the bits of `mask` set to `mark`'s
 //!   and the others kept (for a filter that matches `meta mark & mask == mark`).
 //! - [`Plane::attach`]`(public)`: both programs of the public interface.
+//! - [`pin::attach_pinned`] attaches and pins everything for a namespace;
+//!   [`Plane::load_reusing`] and [`pin::replace_pinned`] put new programs (same build,
+//!   another configuration of the same state layout) in the place of running ones on
+//!   their pinned maps, so the bindings live on.
 //! - [`Plane::attach_private`]`(ifname)`: hairpinning, once per private interface. A
 //!   private host's packet for a pool address whose port has a binding is translated
 //!   both ways and redirected (`bpf_fib_lookup`, then `bpf_redirect` or
