@@ -32,6 +32,16 @@ pub enum EbpfError {
     Pinned(#[from] pin::PinnedError),
 }
 
+/// Set by a process that reads the programs' binding events (`natgw run
+/// --log-mappings`): programs it loads report bindings from their first packet, not
+/// only once it has found their ring.
+static FOLLOWS_EVENTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process writes the programs' binding events to the mapping log.
+pub fn follow_events() {
+    FOLLOWS_EVENTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The eBPF data plane of the gateway whose public interface is `public` (`None`
 /// when unknown, e.g. `down` without a record: it then only removes).
 pub struct Ebpf {
@@ -351,9 +361,10 @@ impl Ebpf {
                 ),
             }
         }
-        // A reader of the old programs' binding events (natgw run --log-mappings)
-        // follows the new ones from their first binding.
-        let logging = natgw_ebpf::events::logging(&dir);
+        // A reader of the old programs' binding events (natgw run --log-mappings),
+        // or this process, follows the new ones from their first binding.
+        let logging = natgw_ebpf::events::logging(&dir)
+            || FOLLOWS_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let mut loaded = natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?;

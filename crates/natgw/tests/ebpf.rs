@@ -946,6 +946,15 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     );
     ready(&lab, &mut service);
     let node = Lab::node_address(1);
+    // The binding `ready` made right after the programs were loaded is logged too.
+    wait_line(
+        &log,
+        &service,
+        "created",
+        "udp",
+        SocketAddr::from((node, 5001)),
+        5,
+    );
 
     let (udp_socket, udp_public) = node_socket(&lab, 40000, |_| {}).expect("UDP through");
     let udp_private = SocketAddr::from((node, 40000));
