@@ -206,8 +206,13 @@ pub fn tc_hooks(
     netlink: &crate::netlink::Netlink,
     interfaces: &[String],
 ) -> Vec<natgw_core::doctor::tc_programs::Hook> {
-    use natgw_core::doctor::tc_programs::{Direction, Hook, Program};
+    use natgw_core::doctor::tc_programs::{Direction, Hook, Program, TcFilter};
     let links = netlink.links().unwrap_or_default();
+    let xdp = netlink.xdp_programs().unwrap_or_default();
+    let program = |id: u32, fallback: String| Program {
+        id,
+        name: natgw_ebpf::plane::program_name(id).unwrap_or(fallback),
+    };
     let mut hooks = Vec::new();
     for name in interfaces {
         let Some(link) = links.iter().find(|l| &l.name == name) else {
@@ -226,13 +231,15 @@ pub fn tc_hooks(
                 tc: netlink
                     .bpf_filters(link.index, ingress)
                     .into_iter()
-                    .map(|mut f| {
-                        if let Some(name) = natgw_ebpf::plane::program_name(f.program.id) {
-                            f.program.name = name;
-                        }
-                        f
+                    .map(|f| TcFilter {
+                        program: program(f.program.id, f.program.name),
+                        ..f
                     })
                     .collect(),
+                xdp: xdp
+                    .iter()
+                    .find(|(index, _)| ingress && *index == link.index)
+                    .map(|(_, id)| program(*id, String::new())),
             });
         }
     }

@@ -1089,19 +1089,22 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
-/// Another tool's program: drops everything it sees. Compiled with the clang that
-/// builds natgw's own programs.
-fn foreign_program(lab: &Lab) -> PathBuf {
+/// Another tool's TC program: drops everything it sees.
+const FOREIGN_TC: &str = "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
+    __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
+    char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n";
+/// Another tool's XDP program: passes everything.
+const FOREIGN_XDP: &str = "#include <linux/bpf.h>\n\
+    __attribute__((section(\"xdp\"), used)) int foreign_xdp(struct xdp_md *ctx) { return XDP_PASS; }\n\
+    char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n";
+
+/// `source` compiled to an eBPF object `NAME.o` with the clang that builds natgw's own
+/// programs.
+fn foreign_program(lab: &Lab, name: &str, source: &str) -> PathBuf {
     let dir = scratch(lab, "foreign");
-    let src = dir.join("foreign.c");
-    std::fs::write(
-        &src,
-        "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
-         __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
-         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )
-    .unwrap();
-    let obj = dir.join("foreign.o");
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let obj = dir.join(format!("{name}.o"));
     let arch = if cfg!(target_arch = "aarch64") {
         "aarch64-linux-gnu"
     } else {
@@ -1135,7 +1138,7 @@ fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
         "{}",
         text(&out)
     );
-    let obj = foreign_program(&lab);
+    let obj = foreign_program(&lab, "foreign", FOREIGN_TC);
 
     // An old-style tc filter on the public interface's ingress: the kernel runs it
     // only when the TCX programs continue the chain, and natgw's end it, so the
@@ -1242,6 +1245,43 @@ fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
 
     // Gone, the gateway works again.
     drop(foreign);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+
+    // An XDP program on the public interface runs before every TC program.
+    let xdp = foreign_program(&lab, "foreign_xdp", FOREIGN_XDP);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "wan0",
+            "xdpgeneric",
+            "obj",
+            xdp.to_str().unwrap(),
+            "sec",
+            "xdp",
+        ],
+    );
+    let (out, report) = doctor(&lab, &[]);
+    let found = check(&report, "tc-programs");
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("wan0 xdp: program ")
+            && detail.contains("\"foreign_xdp\" runs before every TC program"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        found["fix"]
+            .as_str()
+            .unwrap()
+            .contains("# ip link set dev wan0 xdp off"),
+        "{}",
+        text(&out)
+    );
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
