@@ -19,6 +19,10 @@
 //!   packets get `skb->mark = mark` (whole), or only the bits of `mask` set to `mark`'s
 //!   and the others kept (for a filter that matches `meta mark & mask == mark`).
 //! - [`Plane::attach`]`(public)`: both programs of the public interface.
+//! - [`pin::attach_pinned`] attaches and pins everything for a namespace;
+//!   [`Plane::load_reusing`] and [`pin::replace_pinned`] put new programs (same build,
+//!   another configuration of the same state layout) in the place of running ones on
+//!   their pinned maps, so the bindings live on.
 //! - [`Plane::attach_private`]`(ifname)`: hairpinning, once per private interface. A
 //!   private host's packet for a pool address whose port has a binding is translated
 //!   both ways and redirected (`bpf_fib_lookup`, then `bpf_redirect` or
@@ -64,6 +68,18 @@ pub mod plane;
 pub use events::{BindingEvent, EventKind};
 pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
 pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
+
+/// The kernel's clock the programs read (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), for
+/// comparing expiries and turning event times into wall-clock times.
+pub fn monotonic_now() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
 
 /// The compiled programs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nat.bpf.o"));

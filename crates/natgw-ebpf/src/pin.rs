@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::pin::PinError;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{ProgramError, TcAttachType};
@@ -31,6 +31,8 @@ pub fn private_link(ifname: &str) -> String {
 const CONFIG: &str = "natgw_config";
 const COUNTERS_MAP: &str = "natgw_counters";
 const RANGES: &str = "natgw_ranges";
+const PORTS: &str = "natgw_ports";
+const BINDINGS: &str = "natgw_bindings";
 /// What must be pinned for natgw to reopen the programs: the public links and the
 /// maps it reads (programs pinned by an older natgw without the binding events lack
 /// the last two, and are loaded again).
@@ -106,8 +108,8 @@ pub const KEPT: [&str; 11] = [
     CONFIG,
     COUNTERS_MAP,
     RANGES,
-    "natgw_bindings",
-    "natgw_ports",
+    BINDINGS,
+    PORTS,
     "natgw_sessions",
     "natgw_fragments",
     "natgw_icmp_rate",
@@ -404,4 +406,57 @@ pub fn bindings(dir: &Path) -> Result<BTreeMap<u8, u64>, PinnedError> {
         }
     }
     Ok(by_proto)
+}
+
+/// The private endpoint whose live binding holds the public endpoint `public` of
+/// protocol `proto` (6, 17, 1) now, per the maps pinned under `dir`; `None` when no
+/// binding holds it (or it expired and is not freed yet).
+pub fn holder(
+    dir: &Path,
+    proto: u8,
+    public: std::net::SocketAddrV4,
+) -> Result<Option<std::net::SocketAddrV4>, PinnedError> {
+    let config = config(dir)?;
+    let wanted = u32::from_ne_bytes(public.ip().octets());
+    let Some(address) = config.pool[..config.pool_len as usize]
+        .iter()
+        .position(|a| *a == wanted)
+    else {
+        return Ok(None);
+    };
+    let Some(slot) = [17u8, 6, 1].iter().position(|p| *p == proto) else {
+        return Ok(None);
+    };
+    // natgw_ports: per pool address and protocol, 65,536 `struct port` {owner, live}.
+    let ports: Array<MapData, [u64; 2]> =
+        Array::try_from(Map::Array(open(dir, PORTS)?)).map_err(map_err(dir, PORTS))?;
+    let index = (address * 3 + slot) as u32 * 65536 + u32::from(public.port());
+    let owner = ports.get(&index, 0).map_err(map_err(dir, PORTS))?[0];
+    if owner == 0 {
+        return Ok(None);
+    }
+    // The owner is a `struct endpoint` (address and port in network order).
+    let key = owner.to_ne_bytes();
+    let bindings: HashMap<MapData, [u8; 8], [u8; 16]> =
+        HashMap::try_from(Map::HashMap(open(dir, BINDINGS)?)).map_err(map_err(dir, BINDINGS))?;
+    let Ok(binding) = bindings.get(&key, 0) else {
+        return Ok(None);
+    };
+    let expires = u64::from_ne_bytes(binding[8..16].try_into().expect("8 bytes"));
+    if expires <= clock_ns(&config) {
+        return Ok(None);
+    }
+    let address = std::net::Ipv4Addr::new(key[0], key[1], key[2], key[3]);
+    Ok(Some(std::net::SocketAddrV4::new(
+        address,
+        u16::from_be_bytes([key[4], key[5]]),
+    )))
+}
+
+/// The programs' clock: the test clock when set, else CLOCK_MONOTONIC.
+fn clock_ns(config: &BpfConfig) -> u64 {
+    if config.now_ns != 0 {
+        return config.now_ns;
+    }
+    crate::monotonic_now().as_nanos() as u64
 }

@@ -33,6 +33,16 @@ pub enum EbpfError {
     Pinned(#[from] pin::PinnedError),
 }
 
+/// Set by a process that reads the programs' binding events (`natgw run
+/// --log-mappings`): programs it loads report bindings from their first packet, not
+/// only once it has found their ring.
+static FOLLOWS_EVENTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process writes the programs' binding events to the mapping log.
+pub fn follow_events() {
+    FOLLOWS_EVENTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The eBPF data plane of the gateway whose public interface is `public` (`None`
 /// when unknown, e.g. `down` without a record: it then only removes).
 pub struct Ebpf {
@@ -191,6 +201,13 @@ pub fn doctor_observed(public: &str, up: bool) -> natgw_core::doctor::ebpf::Ebpf
     }
 }
 
+/// The private endpoint that the eBPF plane's live binding of `public` (protocol
+/// number `proto`) belongs to, if the programs of this namespace have one.
+pub fn live_holder(proto: u8, public: std::net::SocketAddrV4) -> Option<std::net::SocketAddrV4> {
+    let dir = state_store::bpf_dir().ok()?;
+    pin::holder(&dir, proto, public).ok().flatten()
+}
+
 /// Every eBPF program on the TC hooks (TCX and old-style clsact filters, ingress and
 /// egress) of `interfaces`, for doctor's `tc-programs` check. An interface that does
 /// not exist is left out.
@@ -198,8 +215,13 @@ pub fn tc_hooks(
     netlink: &crate::netlink::Netlink,
     interfaces: &[String],
 ) -> Vec<natgw_core::doctor::tc_programs::Hook> {
-    use natgw_core::doctor::tc_programs::{Direction, Hook, Program};
+    use natgw_core::doctor::tc_programs::{Direction, Hook, Program, TcFilter};
     let links = netlink.links().unwrap_or_default();
+    let xdp = netlink.xdp_programs().unwrap_or_default();
+    let program = |id: u32, fallback: String| Program {
+        id,
+        name: natgw_ebpf::plane::program_name(id).unwrap_or(fallback),
+    };
     let mut hooks = Vec::new();
     for name in interfaces {
         let Some(link) = links.iter().find(|l| &l.name == name) else {
@@ -218,13 +240,15 @@ pub fn tc_hooks(
                 tc: netlink
                     .bpf_filters(link.index, ingress)
                     .into_iter()
-                    .map(|mut f| {
-                        if let Some(name) = natgw_ebpf::plane::program_name(f.program.id) {
-                            f.program.name = name;
-                        }
-                        f
+                    .map(|f| TcFilter {
+                        program: program(f.program.id, f.program.name),
+                        ..f
                     })
                     .collect(),
+                xdp: xdp
+                    .iter()
+                    .find(|(index, _)| ingress && *index == link.index)
+                    .map(|(_, id)| program(*id, String::new())),
             });
         }
     }
@@ -354,9 +378,10 @@ impl Ebpf {
                 ),
             }
         }
-        // A reader of the old programs' binding events (natgw run --log-mappings)
-        // follows the new ones from their first binding.
-        let logging = natgw_ebpf::events::logging(&dir);
+        // A reader of the old programs' binding events (natgw run --log-mappings),
+        // or this process, follows the new ones from their first binding.
+        let logging = natgw_ebpf::events::logging(&dir)
+            || FOLLOWS_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
         pin::remove(&dir)?;
         let dir = state_store::bpf_dir_created()?;
         let checked = self.verified.borrow_mut().take();

@@ -111,6 +111,29 @@ impl Netlink {
             .collect()
     }
 
+    /// The id of the XDP program attached to each interface that has one
+    /// (`ip link show` prints it as `prog/xdp id N`): (interface index, program id).
+    pub fn xdp_programs(&self) -> Result<Vec<(u32, u32)>, NetlinkError> {
+        use netlink_packet_route::link::LinkXdp;
+        let messages: Vec<_> = self.dump("dump links", self.handle.link().get().execute())?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let id = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                        LinkXdp::ProgId(id)
+                        | LinkXdp::DrvProgId(id)
+                        | LinkXdp::SkbProgId(id)
+                        | LinkXdp::HwProgId(id) => Some(*id),
+                        _ => None,
+                    }),
+                    _ => None,
+                })?;
+                Some((m.header.index, id))
+            })
+            .collect())
+    }
+
     /// `ip link show`
     pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let messages: Vec<_> = self.dump("dump links", self.handle.link().get().execute())?;

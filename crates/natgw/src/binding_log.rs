@@ -84,13 +84,7 @@ impl Clock {
         let wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `t` is a valid out-parameter. bpf_ktime_get_ns is CLOCK_MONOTONIC.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-        let monotonic_ns = t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+        let monotonic_ns = natgw_ebpf::monotonic_now().as_nanos() as u64;
         Clock {
             wall_ms,
             monotonic_ns,

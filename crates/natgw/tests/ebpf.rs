@@ -1088,6 +1088,15 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     );
     ready(&lab, &mut service);
     let node = Lab::node_address(1);
+    // The binding `ready` made right after the programs were loaded is logged too.
+    wait_line(
+        &log,
+        &service,
+        "created",
+        "udp",
+        SocketAddr::from((node, 5001)),
+        5,
+    );
 
     let (udp_socket, udp_public) = node_socket(&lab, 40000, |_| {}).expect("UDP through");
     let udp_private = SocketAddr::from((node, 40000));
@@ -1121,9 +1130,71 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
         "{}",
         text(&out)
     );
+    assert_eq!(
+        holders[0]["live"],
+        true,
+        "the programs' maps: {}",
+        text(&out)
+    );
     let out = trace(tcp_public, &["--proto", "tcp"]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["holders"][0]["private"], tcp_private.to_string());
+    assert_eq!(json(&out)["holders"][0]["live"], true);
+    // Without a log, the live binding still answers (from the pinned maps).
+    let public = udp_public.to_string();
+    let out = natgw(
+        &lab,
+        &[
+            "trace",
+            &public,
+            "--log",
+            "/nonexistent/mappings.jsonl",
+            "--json",
+        ],
+    );
+    assert_exit(&out, 0);
+    let holders = json(&out)["holders"].clone();
+    assert_eq!(
+        holders[0]["private"],
+        udp_private.to_string(),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(holders[0]["from_ms"], serde_json::Value::Null);
+
+    // A reload (SIGHUP) with another filtering mode hands the maps, and the ring, to
+    // new programs: the log goes on, with no binding reported twice.
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text_config}filtering = \"address-dependent\"\n"),
+    )
+    .unwrap();
+    service.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !service.log().contains("bindings kept") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_second, second_public) = node_socket(&lab, 40001, |_| {}).expect("UDP after the reload");
+    let second = wait_line(
+        &log,
+        &service,
+        "created",
+        "udp",
+        SocketAddr::from((node, 40001)),
+        5,
+    );
+    assert_eq!(second["public"], second_public.to_string(), "{second}");
+    let made = log_lines(&log)
+        .into_iter()
+        .filter(|l| l["event"] == "created" && l["private"] == udp_private.to_string())
+        .count();
+    assert_eq!(made, 1, "{}", std::fs::read_to_string(&log).unwrap());
 
     // Idle, both bindings end (3 s, then the sweeper's second), each at its expiry.
     let ended = wait_line(&log, &service, "ended", "udp", udp_private, 10);
@@ -1149,6 +1220,7 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     let out = trace(udp_public, &["--at", &during]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["holders"][0]["private"], udp_private.to_string());
+    assert_eq!(json(&out)["holders"][0]["live"], false, "{}", text(&out));
     // ...and nobody after it.
     let after = format!("{:.3}", (until + 1000) as f64 / 1000.0);
     let out = trace(udp_public, &["--at", &after]);
@@ -1159,19 +1231,22 @@ fn ebpf_mapping_log_and_trace_name_the_node() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
-/// Another tool's program: drops everything it sees. Compiled with the clang that
-/// builds natgw's own programs.
-fn foreign_program(lab: &Lab) -> PathBuf {
+/// Another tool's TC program: drops everything it sees.
+const FOREIGN_TC: &str = "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
+    __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
+    char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n";
+/// Another tool's XDP program: passes everything.
+const FOREIGN_XDP: &str = "#include <linux/bpf.h>\n\
+    __attribute__((section(\"xdp\"), used)) int foreign_xdp(struct xdp_md *ctx) { return XDP_PASS; }\n\
+    char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n";
+
+/// `source` compiled to an eBPF object `NAME.o` with the clang that builds natgw's own
+/// programs.
+fn foreign_program(lab: &Lab, name: &str, source: &str) -> PathBuf {
     let dir = scratch(lab, "foreign");
-    let src = dir.join("foreign.c");
-    std::fs::write(
-        &src,
-        "#include <linux/bpf.h>\n#include <linux/pkt_cls.h>\n\
-         __attribute__((section(\"classifier\"), used)) int foreign_drop(struct __sk_buff *skb) { return TC_ACT_SHOT; }\n\
-         char LICENSE[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )
-    .unwrap();
-    let obj = dir.join("foreign.o");
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let obj = dir.join(format!("{name}.o"));
     let arch = if cfg!(target_arch = "aarch64") {
         "aarch64-linux-gnu"
     } else {
@@ -1205,7 +1280,7 @@ fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
         "{}",
         text(&out)
     );
-    let obj = foreign_program(&lab);
+    let obj = foreign_program(&lab, "foreign", FOREIGN_TC);
 
     // An old-style tc filter on the public interface's ingress: the kernel runs it
     // only when the TCX programs continue the chain, and natgw's end it, so the
@@ -1312,6 +1387,43 @@ fn ebpf_doctor_names_foreign_tc_programs_and_leaves_them_alone() {
 
     // Gone, the gateway works again.
     drop(foreign);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+
+    // An XDP program on the public interface runs before every TC program.
+    let xdp = foreign_program(&lab, "foreign_xdp", FOREIGN_XDP);
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "wan0",
+            "xdpgeneric",
+            "obj",
+            xdp.to_str().unwrap(),
+            "sec",
+            "xdp",
+        ],
+    );
+    let (out, report) = doctor(&lab, &[]);
+    let found = check(&report, "tc-programs");
+    let detail = found["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("wan0 xdp: program ")
+            && detail.contains("\"foreign_xdp\" runs before every TC program"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        found["fix"]
+            .as_str()
+            .unwrap()
+            .contains("# ip link set dev wan0 xdp off"),
+        "{}",
+        text(&out)
+    );
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     assert_exit(&natgw(&lab, &["down"]), 0);
 }

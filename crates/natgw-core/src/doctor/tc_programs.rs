@@ -5,7 +5,8 @@
 //! tc (clsact) filters only after that; natgw's programs always end the chain. So a
 //! program before natgw's can drop, redirect or rewrite packets before natgw
 //! translates them (or end the chain so natgw never runs), and one after natgw's (or a
-//! tc filter) is bypassed, silently breaking the tool that attached it. natgw never
+//! tc filter) is bypassed, silently breaking the tool that attached it. An XDP program
+//! runs before all of them. natgw never
 //! detaches them: the fix names them and suggests, commented, how an admin could.
 //! Pure: the binary lists the hooks.
 
@@ -58,6 +59,8 @@ pub struct Hook {
     pub tcx: Vec<Program>,
     /// Old-style tc filters (they run after the TCX programs).
     pub tc: Vec<TcFilter>,
+    /// An XDP program (ingress only): it runs before every TC program.
+    pub xdp: Option<Program>,
 }
 
 fn is_natgw(p: &Program) -> bool {
@@ -77,6 +80,13 @@ pub fn finding(hooks: Option<&[Hook]>) -> Finding {
         let dev = shell_word(&hook.interface);
         let dir = hook.direction.name();
         let natgw = hook.tcx.iter().position(is_natgw);
+        if let Some(p) = &hook.xdp {
+            found.push(format!(
+                "{} xdp: program {} {:?} runs before every TC program, natgw's too: it can drop, redirect or rewrite packets before natgw translates them",
+                hook.interface, p.id, p.name
+            ));
+            commands.push(format!("ip link set dev {dev} xdp off"));
+        }
         for (i, p) in hook.tcx.iter().enumerate() {
             if is_natgw(p) {
                 continue;
@@ -153,6 +163,7 @@ mod tests {
             direction,
             tcx,
             tc: Vec::new(),
+            xdp: None,
         }
     }
 
@@ -186,9 +197,12 @@ mod tests {
             pref: 49152,
             handle: 1,
         });
+        let mut lan_in = hook("l'an;0", Direction::Ingress, vec![prog(8, "natgw_private")]);
+        lan_in.xdp = Some(prog(45, "xdp_fw"));
         let hooks = [
             wan_in,
             hook("l'an;0", Direction::Egress, vec![prog(44, "mirror")]),
+            lan_in,
         ];
         let f = finding(Some(&hooks));
         assert_eq!(f.status, Status::Warn);
@@ -197,6 +211,7 @@ mod tests {
             "wan0 tcx ingress: program 42 \"shaper\" runs after natgw_ingress",
             "wan0 tc ingress filter (pref 49152): program 43 \"old_style\" runs only after",
             "l'an;0 tcx egress: program 44 \"mirror\" sees the gateway's packets outside netfilter",
+            "l'an;0 xdp: program 45 \"xdp_fw\" runs before every TC program",
         ] {
             assert!(f.detail.contains(part), "{part}\n{}", f.detail);
         }
@@ -213,6 +228,10 @@ mod tests {
         );
         assert!(
             fix.contains(r"# bpftool net detach tcx_egress dev 'l'\''an;0'"),
+            "{fix}"
+        );
+        assert!(
+            fix.contains(r"# ip link set dev 'l'\''an;0' xdp off"),
             "{fix}"
         );
     }

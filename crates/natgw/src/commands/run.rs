@@ -405,6 +405,9 @@ fn start_observing(
     let log_path = observe.log_mappings.clone().or_else(|| {
         log_by_config.then(|| std::path::PathBuf::from(crate::mapping_log::DEFAULT_PATH))
     });
+    if log_path.is_some() {
+        natgw_linux::ebpf::follow_events();
+    }
     if observe.metrics_listen.is_none() && log_path.is_none() {
         return Ok(None);
     }

@@ -52,21 +52,21 @@ pub fn run(args: &TraceArgs) -> exit::Result<i32> {
     if let Ok(mut ct) = Ctnetlink::open() {
         let _ = ct.translations(|t| {
             if t.public == args.address && protocol.is_none_or(|p| p == t.protocol) {
-                match holders.iter_mut().find(|h| {
-                    h.until_ms.is_none() && h.private == t.private && h.protocol == t.protocol
-                }) {
-                    Some(h) => h.live = true,
-                    None => holders.push(Holder {
-                        protocol: t.protocol,
-                        private: t.private,
-                        public: t.public,
-                        from_ms: None,
-                        until_ms: None,
-                        live: true,
-                    }),
-                }
+                mark_live(&mut holders, t.protocol, t.private, t.public);
             }
         });
+    }
+    // The eBPF plane's live bindings (conntrack does not see them).
+    if let SocketAddr::V4(public) = args.address {
+        for p in [Protocol::Udp, Protocol::Tcp] {
+            if protocol.is_some_and(|want| want != p) {
+                continue;
+            }
+            let number = if p == Protocol::Udp { 17 } else { 6 };
+            if let Some(private) = natgw_linux::ebpf::live_holder(number, public) {
+                mark_live(&mut holders, p, SocketAddr::V4(private), args.address);
+            }
+        }
     }
     if let Some(at) = at_ms {
         holders.retain(|h| h.covers(at));
@@ -88,6 +88,30 @@ pub fn run(args: &TraceArgs) -> exit::Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// `private` holds `public` now: its open holder from the log is live, or a new one
+/// (created before the log began, or while it was off).
+fn mark_live(
+    holders: &mut Vec<Holder>,
+    protocol: Protocol,
+    private: SocketAddr,
+    public: SocketAddr,
+) {
+    match holders
+        .iter_mut()
+        .find(|h| h.until_ms.is_none() && h.private == private && h.protocol == protocol)
+    {
+        Some(h) => h.live = true,
+        None => holders.push(Holder {
+            protocol,
+            private,
+            public,
+            from_ms: None,
+            until_ms: None,
+            live: true,
+        }),
+    }
 }
 
 /// Every record of the log and its rotated files, oldest first; a missing log is empty.
