@@ -68,6 +68,9 @@ pub struct Config {
     /// eBPF data plane: the public ports handed out (default: outside the host's own
     /// ephemeral ports when a pool address is the host's).
     pub port_range: Option<toml::Spanned<PortRange>>,
+    /// eBPF data plane: the flows the programs translate skip conntrack (faster; see
+    /// the README for what foreign rules no longer see). Default false.
+    pub bypass_conntrack: Option<toml::Spanned<bool>>,
 }
 
 /// How private nodes reach the IPv6 internet.
@@ -171,6 +174,8 @@ pub struct Settings {
     pub filtering: Option<Filtering>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_range: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bypass_conntrack: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -335,6 +340,7 @@ impl Config {
             dataplane: dataplane.kind,
             filtering: self.filtering.as_ref().map(|f| *f.get_ref()),
             port_range: self.port_range.as_ref().map(|r| *r.get_ref()),
+            bypass_conntrack: self.bypass_conntrack.as_ref().is_some_and(|b| *b.get_ref()),
         })
     }
 
@@ -370,6 +376,9 @@ impl Config {
             let own = [
                 self.filtering.as_ref().map(|f| ("filtering", f.span())),
                 self.port_range.as_ref().map(|r| ("port_range", r.span())),
+                self.bypass_conntrack
+                    .as_ref()
+                    .map(|b| ("bypass_conntrack", b.span())),
             ];
             if let Some((key, span)) = own.into_iter().flatten().next() {
                 let add = match dataplane.by {

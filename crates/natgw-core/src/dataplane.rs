@@ -133,14 +133,16 @@ pub const MARK: u32 = 0x0a00_0000;
 /// interface: natgw's raw chain takes it out of conntrack and the forward chain
 /// accepts it on this mark alone.
 pub const OUTBOUND_MARK: u32 = 0x0b00_0000;
-// The raw chain matches both marks as one range.
-const _: () = assert!(OUTBOUND_MARK == MARK + 0x0100_0000 && OUTBOUND_MARK & !MARK_MASK == 0);
+const _: () = assert!(OUTBOUND_MARK & !MARK_MASK == 0 && OUTBOUND_MARK != MARK);
 
 /// The eBPF data plane as resolved by `up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EbpfPlane {
     pub filtering: Filtering,
     pub ports: PortRange,
+    /// The translated IPv4 flows skip conntrack (`bypass_conntrack = true`).
+    #[serde(default)]
+    pub bypass_conntrack: bool,
 }
 
 /// Which data plane the gateway runs, with its resolved parameters.

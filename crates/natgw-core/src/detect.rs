@@ -342,6 +342,7 @@ fn dataplane(
     Ok(DataplaneSpec::Ebpf(EbpfPlane {
         filtering: settings.filtering.unwrap_or_default(),
         ports,
+        bypass_conntrack: settings.bypass_conntrack,
     }))
 }
 

@@ -42,6 +42,12 @@ pub const COUNTERS: [(&str, &str); 7] = [
     ),
 ];
 
+/// With `bypass_conntrack`: untracked packets with natgw's outbound mark that the kernel
+/// routed elsewhere than the programs predicted.
+const MISROUTED: &str = "dropped_misrouted";
+const MISROUTED_WHAT: &str =
+    "untracked private packets the kernel routed elsewhere than the eBPF programs predicted";
+
 /// The eBPF data plane's extra counter: inbound packets its programs admitted for a
 /// binding (endpoint-independent or address-dependent filtering) that conntrack did
 /// not know.
@@ -208,32 +214,47 @@ fn render_body(d: &Desired) -> String {
         Some(e) => {
             let admitted = format!("meta mark & {MARK_MASK:#010x} == {MARK:#010x}");
             let outbound = format!("meta mark & {MARK_MASK:#010x} == {OUTBOUND_MARK:#010x}");
+            let mut objects = format!(
+                "\t# data plane ebpf: IPv4 translated to {} by natgw's eBPF programs on {public}, ports {}, filtering {}{}\n\tcounter inbound_admitted {{\n\t\tcomment \"{ADMITTED}\"\n\t}}\n",
+                crate::join(&d.snat.addresses()),
+                e.ports,
+                e.filtering,
+                if e.bypass_conntrack { ", conntrack bypassed" } else { "" },
+            );
+            // bypass_conntrack: the programs keep the state (bindings, filtering, TCP),
+            // so the IPv4 flows they translate skip conntrack, which would cost a second
+            // table entry per flow: what the ingress program admitted on the public
+            // interface, and what the hairpin program marked on a private one (a
+            // private source the kernel routes out of the public interface). The
+            // forward chain accepts each in one rule, towards its side only, and drops
+            // a marked packet the kernel routed elsewhere than predicted (policy
+            // routing on marks set later) instead of letting it out untracked.
+            // Everything else (the host's own traffic, other interfaces, IPv6) stays
+            // tracked.
+            let (untrack, untracked) = if e.bypass_conntrack {
+                objects.push_str(&format!(
+                    "\tcounter {MISROUTED} {{\n\t\tcomment \"{MISROUTED_WHAT}\"\n\t}}\n"
+                ));
+                (
+                    format!(
+                        "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta nfproto ipv4 iifname {public} {admitted} notrack\n\t\tmeta nfproto ipv4 iifname {private} {outbound} notrack\n\t}}\n"
+                    ),
+                    format!(
+                        "\t\tct state untracked {outbound} iifname {private} oifname {public} meta nfproto ipv4 counter name \"outbound\" accept\n\t\tct state untracked {admitted} iifname {public} oifname {private} meta nfproto ipv4 counter name \"inbound_admitted\" accept\n\t\tct state untracked {outbound} counter name \"{MISROUTED}\" drop\n"
+                    ),
+                )
+            } else {
+                (String::new(), String::new())
+            };
             (
                 String::new(),
                 String::new(),
                 format!(
                     "\t\toifname {private} {admitted} counter name \"inbound_admitted\" accept\n"
                 ),
-                format!(
-                    "\t# data plane ebpf: IPv4 translated to {} by natgw's eBPF programs on {public}, ports {}, filtering {}\n\tcounter inbound_admitted {{\n\t\tcomment \"{ADMITTED}\"\n\t}}\n",
-                    crate::join(&d.snat.addresses()),
-                    e.ports,
-                    e.filtering,
-                ),
-                // The programs keep the state (bindings, filtering, TCP), so the IPv4
-                // flows they translate skip conntrack, which would cost a second table
-                // entry per flow: what the ingress program admitted, and what the
-                // hairpin program on the private interfaces marked as a private host's
-                // packet (a private source, on a private interface) that the kernel
-                // routes out of the public one. Everything else (the host's own
-                // traffic, other interfaces) stays tracked.
-                format!(
-                    "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta mark & {MARK_MASK:#010x} {MARK:#010x}-{OUTBOUND_MARK:#010x} notrack\n\t}}\n"
-                ),
-                // Those packets pass the forward chain after one rule each.
-                format!(
-                    "\t\tct state untracked {outbound} oifname {public} counter name \"outbound\" accept\n\t\tct state untracked {admitted} oifname {private} counter name \"inbound_admitted\" accept\n"
-                ),
+                objects,
+                untrack,
+                untracked,
             )
         }
     };
@@ -547,14 +568,18 @@ mod tests {
     #[test]
     fn ebpf_ruleset_has_no_ipv4_nat_and_accepts_the_mark() {
         use crate::dataplane::{DataplaneSpec, EbpfPlane, Filtering, PortRange};
+        let plane = |filtering, bypass_conntrack| {
+            DataplaneSpec::Ebpf(EbpfPlane {
+                filtering,
+                ports: PortRange {
+                    first: 61000,
+                    last: 65535,
+                },
+                bypass_conntrack,
+            })
+        };
         let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
-        d.dataplane = DataplaneSpec::Ebpf(EbpfPlane {
-            filtering: Filtering::EndpointIndependent,
-            ports: PortRange {
-                first: 61000,
-                last: 65535,
-            },
-        });
+        d.dataplane = plane(Filtering::EndpointIndependent, false);
         let r = render(&d);
         insta::assert_snapshot!("ebpf_ruleset", r.text);
         assert!(!r.text.contains("snat ip to"), "{}", r.text);
@@ -564,44 +589,58 @@ mod tests {
             at("meta mark & 0x0f000000 == 0x0a000000")
                 < at("counter name \"dropped_unsolicited\" drop")
         );
-        // Only what the programs translate skips conntrack: what they marked, the
-        // ingress program as admitted and the hairpin program as a private host's
-        // packet routed out of the public interface.
-        let notrack: Vec<&str> = r.text.lines().filter(|l| l.contains("notrack")).collect();
-        assert_eq!(
-            notrack,
-            ["\t\tmeta mark & 0x0f000000 0x0a000000-0x0b000000 notrack"]
-        );
-        assert!(r.text.contains("type filter hook prerouting priority raw;"));
-        // The forward chain accepts untracked packets on those marks alone, before
-        // anything else, each only towards its side; an untracked packet without them
-        // goes on to the stateless checks and the unsolicited drop.
-        let forward = &r.text[at("chain forward {")..at("chain from_private {")];
-        let first: Vec<&str> = forward.lines().skip(2).take(2).collect();
-        assert_eq!(
-            first,
-            [
-                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 oifname \"wan0\" counter name \"outbound\" accept",
-                "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 oifname { \"lan0\", \"lan1\" } counter name \"inbound_admitted\" accept",
-            ]
-        );
-        let nftables = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
-        assert!(!nftables.text.contains("notrack"));
-        assert!(!nftables.text.contains("untracked"));
+        // Without bypass_conntrack, conntrack sees every flow.
+        assert!(!r.text.contains("notrack"));
+        assert!(!r.text.contains("untracked"));
         // Another filtering mode is another table (up reloads the programs).
         let mut other = d.clone();
-        other.dataplane = DataplaneSpec::Ebpf(EbpfPlane {
-            filtering: Filtering::AddressAndPortDependent,
-            ports: PortRange {
-                first: 61000,
-                last: 65535,
-            },
-        });
+        other.dataplane = plane(Filtering::AddressAndPortDependent, false);
         assert_ne!(render(&other).digest, r.digest);
         assert_ne!(
             render(&desired(SnatMode::To("203.0.113.1".parse().unwrap()))).digest,
             r.digest
         );
+    }
+
+    #[test]
+    fn bypass_conntrack_untracks_only_what_the_programs_marked_on_their_side() {
+        use crate::dataplane::{DataplaneSpec, EbpfPlane, Filtering, PortRange};
+        let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
+        d.dataplane = DataplaneSpec::Ebpf(EbpfPlane {
+            filtering: Filtering::EndpointIndependent,
+            ports: PortRange {
+                first: 61000,
+                last: 65535,
+            },
+            bypass_conntrack: true,
+        });
+        let r = render(&d);
+        insta::assert_snapshot!("ebpf_ruleset_bypass", r.text);
+        let at = |needle: &str| r.text.find(needle).unwrap_or_else(|| panic!("{needle}"));
+        // IPv4 only, each mark only from the interface whose program sets it.
+        let notrack: Vec<&str> = r.text.lines().filter(|l| l.contains("notrack")).collect();
+        assert_eq!(
+            notrack,
+            [
+                "\t\tmeta nfproto ipv4 iifname \"wan0\" meta mark & 0x0f000000 == 0x0a000000 notrack",
+                "\t\tmeta nfproto ipv4 iifname { \"lan0\", \"lan1\" } meta mark & 0x0f000000 == 0x0b000000 notrack",
+            ]
+        );
+        assert!(r.text.contains("type filter hook prerouting priority raw;"));
+        // The forward chain accepts them first, each only from and towards its side,
+        // and drops an outbound-marked packet routed anywhere else.
+        let forward = &r.text[at("chain forward {")..at("chain from_private {")];
+        let first: Vec<&str> = forward.lines().skip(2).take(3).collect();
+        assert_eq!(
+            first,
+            [
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 iifname { \"lan0\", \"lan1\" } oifname \"wan0\" meta nfproto ipv4 counter name \"outbound\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 iifname \"wan0\" oifname { \"lan0\", \"lan1\" } meta nfproto ipv4 counter name \"inbound_admitted\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 counter name \"dropped_misrouted\" drop",
+            ]
+        );
+        let tracked = render(&desired(SnatMode::To("203.0.113.1".parse().unwrap())));
+        assert!(!tracked.text.contains("notrack"));
     }
 
     #[test]

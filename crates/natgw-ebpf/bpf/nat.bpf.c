@@ -1394,7 +1394,8 @@ SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
 	struct config *c = config();
-	if (!c)
+	// A VLAN-tagged frame belongs to a VLAN interface on top, not to this one.
+	if (!c || skb->vlan_present)
 		return TC_ACT_OK;
 	struct packet p = {};
 	int r = parse(skb, &p);
@@ -1444,7 +1445,8 @@ SEC("classifier")
 int natgw_ingress(struct __sk_buff *skb)
 {
 	struct config *c = config();
-	if (!c)
+	// A VLAN-tagged frame belongs to a VLAN interface on top, not to this one.
+	if (!c || skb->vlan_present)
 		return TC_ACT_OK;
 	struct packet p = {};
 	int r = parse(skb, &p);
@@ -1526,14 +1528,21 @@ static __always_inline int hairpin_fragment(struct __sk_buff *skb, const struct 
 	return deliver(skb);
 }
 
-// A private host's packet the kernel routes out of the public interface (the same
-// lookup, as if routed now, without a neighbour) gets natgw's outbound mark: natgw's
-// raw chain takes it out of conntrack, and its forward chain accepts it on the mark.
-// Everything else keeps its mark, and so its way through natgw's rules.
+// With bypass_conntrack: a private host's packet that the main routing decision will
+// send out of the public interface (a FIB lookup by addresses, ports and TOS, as if
+// routed now, without a neighbour; it cannot see marks set later in netfilter) gets
+// natgw's outbound mark: natgw's raw chain takes it out of conntrack, and its forward
+// chain accepts it on the mark, or drops it when the kernel routed it elsewhere after
+// all. Everything else keeps its mark, and so its way through natgw's rules.
 static __always_inline void mark_outbound(struct __sk_buff *skb, const struct config *c,
 					  const struct packet *p)
 {
 	if (!c->outbound_mark || !c->public_ifindex)
+		return;
+	// Multicast, broadcast and "this network" are never routed out: the kernel's
+	// input path has rules for them that a FIB lookup does not know.
+	__u32 dst = bpf_ntohl(p->dst);
+	if ((dst >> 28) == 0xe || dst == 0xffffffff || (dst >> 24) == 0)
 		return;
 	struct bpf_fib_lookup f = {};
 	f.family = AF_INET;
@@ -1543,6 +1552,9 @@ static __always_inline void mark_outbound(struct __sk_buff *skb, const struct co
 	f.ipv4_src = p->src;
 	f.ipv4_dst = p->dst;
 	f.ifindex = skb->ingress_ifindex;
+	__u8 tos = 0;
+	if (!bpf_skb_load_bytes(skb, p->ip + 1, &tos, 1))
+		f.tos = tos;
 	long r = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	// Too big for the public link is still routed there (and fragmented, or
 	// answered with fragmentation-needed, by the kernel).
@@ -1555,7 +1567,8 @@ SEC("classifier")
 int natgw_private(struct __sk_buff *skb)
 {
 	struct config *c = config();
-	if (!c)
+	// A VLAN-tagged frame belongs to a VLAN interface on top, not to this one.
+	if (!c || skb->vlan_present)
 		return TC_ACT_OK;
 	struct packet p = {};
 	// Not IPv4, or malformed: the kernel's business (it drops what it cannot parse).

@@ -362,7 +362,7 @@ impl Ebpf {
                 .and_then(|mut loaded| {
                     // The shared config map briefly lacks the outbound mark: those
                     // packets are tracked, and translated all the same.
-                    loaded.set_outbound(wanted.public_ifindex, OUTBOUND_MARK)?;
+                    loaded.set_outbound(wanted.public_ifindex, wanted.outbound_mark)?;
                     Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
                 }) {
                 Ok(()) => {
@@ -389,7 +389,7 @@ impl Ebpf {
             Some((verified, plane)) if verified == wanted => plane,
             _ => natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?,
         };
-        loaded.set_outbound(wanted.public_ifindex, OUTBOUND_MARK)?;
+        loaded.set_outbound(wanted.public_ifindex, wanted.outbound_mark)?;
         loaded.set_logging(logging)?;
         if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
             let _ = pin::remove(&dir);
@@ -419,7 +419,14 @@ fn programs_config(
     let config = nat_config(desired, plane)?;
     let pinned = natgw_ebpf::BpfConfig::new(&config, MARK, MARK_MASK)
         .map_err(natgw_ebpf::PlaneError::from)?
-        .with_outbound(ifindex(desired.public.name.as_str())?, OUTBOUND_MARK);
+        .with_outbound(
+            ifindex(desired.public.name.as_str())?,
+            if plane.bypass_conntrack {
+                OUTBOUND_MARK
+            } else {
+                0
+            },
+        );
     Ok((config, pinned))
 }
 

@@ -87,37 +87,60 @@ pub fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as libc::c_long == BPF_FS_MAGIC
 }
 
+/// Mounts a bpffs at `BPFFS` (0700) in this mount namespace unless one is there;
+/// whether it mounted one.
+pub fn mount_bpffs() -> Result<bool, StateError> {
+    secure_dir(Path::new(BASE))?;
+    let base = Path::new(BPFFS);
+    if is_bpffs(base) {
+        return Ok(false);
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(base) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io("create", base, e))
+        }
+        _ => {}
+    }
+    let (src, fstype, data) = (c"bpf", c"bpf", c"mode=0700");
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: valid C strings; mounting is what this function is for.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io(
+            "mount a bpffs at",
+            base,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(true)
+}
+
+/// Unmounts the bpffs at `BPFFS` (what `mount_bpffs` mounted).
+pub fn unmount_bpffs() -> Result<(), StateError> {
+    let target = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+        return Err(io(
+            "unmount the bpffs at",
+            Path::new(BPFFS),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// The pin directory, created (0700) on a bpffs at `BPFFS`, mounting one there first
 /// when there is none.
 pub fn bpf_dir_created() -> Result<PathBuf, StateError> {
-    secure_dir(Path::new(BASE))?;
-    let base = Path::new(BPFFS);
-    if !is_bpffs(base) {
-        match std::fs::DirBuilder::new().mode(0o700).create(base) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(io("create", base, e))
-            }
-            _ => {}
-        }
-        let (src, fstype, data) = (c"bpf", c"bpf", c"mode=0700");
-        let target = std::ffi::CString::new(BPFFS).expect("no NUL");
-        // SAFETY: valid C strings; mounting is what this function is for.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(io(
-                "mount a bpffs at",
-                base,
-                std::io::Error::last_os_error(),
-            ));
-        }
+    if mount_bpffs()? {
         tracing::warn!(
             "mounted a bpffs at {BPFFS} in natgw's mount namespace; under `ip netns exec` that namespace ends with this command, and with it the pinned eBPF programs: mount it in the host's namespace first (mkdir -p {BPFFS} && mount -t bpf -o mode=0700 bpf {BPFFS})"
         );

@@ -68,19 +68,9 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
     }
     // The headnode's public address answers ping from a node only if translated.
     in_ns(&lab, "n1", &["ping", "-c", "1", "-W", "2", "198.51.100.10"]);
-    // The programs keep the translated flows' state, so conntrack holds none of them;
-    // it still tracks what they do not translate, like a node's ping to the headnode.
-    in_ns(
-        &lab,
-        "n1",
-        &["ping", "-c", "1", "-W", "2", &PRIVATE_GATEWAY.to_string()],
-    );
+    // Without bypass_conntrack, conntrack still sees the flows (untranslated).
     let tracked = in_ns(&lab, "head", &["conntrack", "-L", "-f", "ipv4"]);
-    assert!(
-        tracked.contains(&format!("dst={PRIVATE_GATEWAY}")),
-        "{tracked}"
-    );
-    assert!(!tracked.contains(&format!("dst={SERVER}")), "{tracked}");
+    assert!(tracked.contains(&format!("dst={SERVER}")), "{tracked}");
 
     // `up` has exited; the programs stay attached and status reopens them.
     let status = status_json(&lab);
@@ -891,8 +881,8 @@ fn ebpf_up_with_detected_interfaces_verifies_and_stays_in_sync() {
 /// A node that sends from an address outside the private prefixes is dropped by the
 /// forward chain and counted, never translated: on the eBPF plane too, where the
 /// translated flows skip conntrack and pass the forward chain on a mark.
-fn private_spoofs_are_dropped(test: &str, dataplane: &str) {
-    let Some((lab, _config, _server)) = up_with_server_on(test, dataplane, "") else {
+fn private_spoofs_are_dropped(test: &str, dataplane: &str, extra: &str) {
+    let Some((lab, _config, _server)) = up_with_server_on(test, dataplane, extra) else {
         return;
     };
     let spoofed: std::net::Ipv4Addr = "192.0.2.50".parse().unwrap();
@@ -922,23 +912,33 @@ fn private_spoofs_are_dropped(test: &str, dataplane: &str) {
 
 #[test]
 fn ebpf_private_spoofs_are_dropped() {
-    private_spoofs_are_dropped("ebpf_private_spoofs_are_dropped", "ebpf");
+    private_spoofs_are_dropped("ebpf_private_spoofs_are_dropped", "ebpf", "");
+}
+
+#[test]
+fn ebpf_bypass_private_spoofs_are_dropped() {
+    private_spoofs_are_dropped(
+        "ebpf_bypass_private_spoofs_are_dropped",
+        "ebpf",
+        "bypass_conntrack = true\n",
+    );
 }
 
 #[test]
 fn nftables_private_spoofs_are_dropped() {
-    private_spoofs_are_dropped("nftables_private_spoofs_are_dropped", "nftables");
+    private_spoofs_are_dropped("nftables_private_spoofs_are_dropped", "nftables", "");
 }
 
 /// A foreign forward chain with policy drop that accepts established replies and the
-/// private prefix lets the nftables plane through, but not the eBPF plane's replies:
-/// they are untracked. doctor says so, and its fix (natgw's mark) restores them.
+/// private prefix lets conntrack's replies through, but not the replies of the eBPF
+/// plane with bypass_conntrack: they are untracked. doctor says so, and its fix
+/// (natgw's mark) restores them.
 #[test]
 fn ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies() {
     let Some((lab, _config, _server)) = up_with_server_on(
         "ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies",
         "ebpf",
-        "",
+        "bypass_conntrack = true\n",
     ) else {
         return;
     };
@@ -1478,4 +1478,67 @@ fn ebpf_a_reload_that_keeps_bindings_keeps_sweeping() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// `bypass_conntrack = true`: the flows the programs translate leave no conntrack
+/// entry, while what they do not translate stays tracked: a node's ping to the
+/// headnode, its broadcast (never routed out, whatever a FIB lookup says) and the
+/// headnode's own traffic. The counters see the flows both ways.
+#[test]
+fn ebpf_bypass_conntrack_leaves_only_the_translated_flows_untracked() {
+    let Some((lab, _config, _server)) = up_with_server_on(
+        "ebpf_bypass_conntrack_leaves_only_the_translated_flows_untracked",
+        "ebpf",
+        "bypass_conntrack = true\n",
+    ) else {
+        return;
+    };
+    let table = in_ns(
+        &lab,
+        "head",
+        &["nft", "list", "chain", "inet", "natgw", "untrack"],
+    );
+    assert!(table.contains("notrack"), "{table}");
+    let outbound = nft_counter(&lab, "outbound");
+    let admitted = nft_counter(&lab, "inbound_admitted");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let mapped = tcp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
+    in_ns(
+        &lab,
+        "n1",
+        &["ping", "-c", "1", "-W", "2", &PRIVATE_GATEWAY.to_string()],
+    );
+    // A node's broadcast to the headnode (as a DHCP client renewing sends).
+    in_netns(&lab.ns("n1"), || {
+        let socket = std::net::UdpSocket::bind((Lab::node_address(1), 0)).unwrap();
+        socket.set_broadcast(true).unwrap();
+        socket.send_to(b"hello", "255.255.255.255:67").unwrap();
+    })
+    .unwrap();
+    // The headnode's own traffic out of the public interface.
+    in_ns(
+        &lab,
+        "head",
+        &["ping", "-c", "1", "-W", "2", "198.51.100.10"],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let tracked = in_ns(&lab, "head", &["conntrack", "-L", "-f", "ipv4"]);
+    let node = Lab::node_address(1);
+    assert!(
+        !tracked.contains(&format!("src={node} dst={SERVER}")),
+        "a translated flow in conntrack: {tracked}"
+    );
+    assert!(
+        tracked.contains(&format!("dst={PRIVATE_GATEWAY}")),
+        "{tracked}"
+    );
+    assert!(tracked.contains("dst=255.255.255.255"), "{tracked}");
+    assert!(
+        tracked.contains("src=203.0.113.1 dst=198.51.100.10"),
+        "{tracked}"
+    );
+    assert!(nft_counter(&lab, "outbound") >= outbound + 4);
+    assert!(nft_counter(&lab, "inbound_admitted") >= admitted + 4);
+    assert_eq!(nft_counter(&lab, "dropped_misrouted"), 0);
 }

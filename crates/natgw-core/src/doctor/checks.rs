@@ -652,10 +652,11 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
     };
     let public = roles.public.name.as_str();
     let sources = private_sources(inputs.observed, roles);
-    // The eBPF plane takes the IPv4 flows it translates out of conntrack: a foreign
-    // chain sees them untracked, both ways, and its `ct state established` rules do
-    // not let them through.
-    let ebpf = inputs.settings.dataplane == crate::dataplane::DataplaneKind::Ebpf;
+    // With bypass_conntrack the eBPF plane takes the IPv4 flows it translates out of
+    // conntrack: a foreign chain sees them untracked, both ways, and its
+    // `ct state established` rules do not let them through.
+    let ebpf = inputs.settings.dataplane == crate::dataplane::DataplaneKind::Ebpf
+        && inputs.settings.bypass_conntrack;
     let foreign = chains
         .iter()
         .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward));
@@ -1374,13 +1375,14 @@ mod tests {
         assert_eq!(f.status, Status::Pass, "{f:?}");
     }
 
-    /// The same chain cuts off the eBPF plane's replies: they are untracked, and
+    /// The same chain cuts off the eBPF plane's replies with bypass_conntrack: they are untracked, and
     /// its `ct state established,related` does not take them; the fix matches the
     /// programs' mark instead.
     #[test]
-    fn on_the_ebpf_plane_a_chain_that_only_accepts_established_replies_fails() {
+    fn with_bypass_conntrack_a_chain_that_only_accepts_established_replies_fails() {
         let settings = Settings {
             dataplane: crate::dataplane::DataplaneKind::Ebpf,
+            bypass_conntrack: true,
             ..settings()
         };
         let o = healthy();

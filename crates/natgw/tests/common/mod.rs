@@ -182,9 +182,10 @@ pub fn nft_counter(lab: &Lab, name: &str) -> u64 {
         "head",
         &["nft", "list", "counter", "inet", "natgw", name],
     );
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
+    // The line `packets N bytes M` (a comment may say "packets" too).
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("packets "))
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no packet count in {text}"))
 }

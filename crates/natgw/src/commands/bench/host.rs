@@ -114,3 +114,26 @@ impl Cpus {
         }
     }
 }
+
+/// A bpffs at natgw's pin path, unmounted on drop when this mounted it.
+pub struct Bpffs {
+    mounted: bool,
+}
+
+impl Bpffs {
+    pub fn mount() -> anyhow::Result<Bpffs> {
+        Ok(Bpffs {
+            mounted: natgw_linux::state_store::mount_bpffs()?,
+        })
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = natgw_linux::state_store::unmount_bpffs() {
+                eprintln!("natgw bench: {e}");
+            }
+        }
+    }
+}

@@ -198,6 +198,11 @@ fn bench(
             None
         }
     };
+    // The eBPF setup's `natgw up` runs under `ip netns exec`, in a mount namespace of
+    // its own: its pins must live on a bpffs of this (the host's) namespace, or they
+    // would go, with the programs, when `up` exits. Unmounted again when the bench
+    // mounted it.
+    let _bpffs = host::Bpffs::mount().context("cannot mount a bpffs for the eBPF setup")?;
     let mut params = params.clone();
     let files = host::raise_open_files(2 * params.held_connections as u64 + 4096);
     let affordable = (files.saturating_sub(4096) / 2) as usize;
