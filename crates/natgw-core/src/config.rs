@@ -605,6 +605,22 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             merge_text("dataplane = \"ebpf\"\n").unwrap().filtering,
             None
         );
+        // Conntrack keeps seeing the flows unless asked otherwise.
+        assert!(
+            !merge_text("dataplane = \"ebpf\"\n")
+                .unwrap()
+                .bypass_conntrack
+        );
+        assert!(
+            merge_text("dataplane = \"ebpf\"\nbypass_conntrack = true\n")
+                .unwrap()
+                .bypass_conntrack
+        );
+        let err = merge_text("\n\nbypass_conntrack = true\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:3: bypass_conntrack applies only to dataplane = \"ebpf\"; add that line or remove bypass_conntrack"
+        );
     }
 
     #[test]
