@@ -117,12 +117,6 @@ fn forward_policy_is_judged_for_every_private_interface(plane: Plane) {
         );
     }
     paste_fix(&lab, fix);
-    let (out, report) = doctor(&lab, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        check(&report, "forward-policy")["status"],
-        "pass",
-        "{report}"
-    );
+    assert_doctor_passes(&lab, "forward-policy");
 }
 both_planes!(forward_policy_is_judged_for_every_private_interface);

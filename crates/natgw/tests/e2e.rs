@@ -1449,13 +1449,7 @@ fn doctor_passes_a_foreign_drop_chain_that_accepts_the_private_prefix(plane: Pla
     }
     // The chain really lets the gateway's traffic through.
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    let (out, report) = doctor(&lab, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        check(&report, "forward-policy")["status"],
-        "pass",
-        "{report}"
-    );
+    assert_doctor_passes(&lab, "forward-policy");
 
     // A rule in it that drops the private side is reported, by its text.
     let drop = [
@@ -1614,13 +1608,7 @@ fn doctor_points_dockers_forward_drop_at_docker_user() {
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
     // The conntrack match iptables-nft keeps opaque in JSON is read from
     // iptables-nft-save: the replies are seen as accepted.
-    let (out, report) = doctor(&lab, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        check(&report, "forward-policy")["status"],
-        "pass",
-        "{report}"
-    );
+    assert_doctor_passes(&lab, "forward-policy");
 }
 
 #[test]

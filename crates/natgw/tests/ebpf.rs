@@ -963,13 +963,7 @@ fn ebpf_doctor_finds_a_foreign_chain_that_drops_untracked_replies() {
     );
     paste_fix(&lab, finding["fix"].as_str().unwrap());
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
-    let (out, report) = doctor(&lab, &[]);
-    assert_exit(&out, 0);
-    assert_eq!(
-        check(&report, "forward-policy")["status"],
-        "pass",
-        "{report}"
-    );
+    assert_doctor_passes(&lab, "forward-policy");
 }
 
 /// coturn's RFC 5780 client (turnutils_natdiscovery) behind the eBPF plane: endpoint-

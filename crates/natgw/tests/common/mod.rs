@@ -225,6 +225,14 @@ pub fn doctor(lab: &Lab, args: &[&str]) -> (Output, serde_json::Value) {
     (out, report)
 }
 
+/// `doctor` exits 0 and its check `id` passes.
+#[track_caller]
+pub fn assert_doctor_passes(lab: &Lab, id: &str) {
+    let (out, report) = doctor(lab, &[]);
+    assert_exit(&out, 0);
+    assert_eq!(check(&report, id)["status"], "pass", "{report}");
+}
+
 /// Status of check `id` (the first finding with that id).
 pub fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     report["checks"]
