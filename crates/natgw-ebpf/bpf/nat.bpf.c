@@ -305,6 +305,14 @@ static __always_inline int is_private(const struct config *c, __u32 addr)
 	return 0;
 }
 
+// Config::is_spoofed_from_public: a private prefix, 0.0.0.0/8, loopback, multicast or
+// reserved (natgw's public_spoofs4 set).
+static __always_inline int spoofed_from_public(const struct config *c, __u32 addr)
+{
+	__u8 first = bpf_ntohl(addr) >> 24;
+	return is_private(c, addr) || first == 0 || first == 127 || first >= 224;
+}
+
 static __always_inline int is_pool(const struct config *c, __u32 addr)
 {
 	for (int i = 0; i < MAX_POOL; i++) {
@@ -1455,6 +1463,10 @@ int natgw_ingress(struct __sk_buff *skb)
 	if (r < 0)
 		return drop(C_DROP_MALFORMED);
 	if (!is_pool(c, p.dst))
+		return pass();
+	// natgw's filter at the ingress hook drops it, after this program: it must not
+	// touch any state first.
+	if (spoofed_from_public(c, p.src))
 		return pass();
 	if (p.later_fragment) {
 		// One before its first fragment: the host's (nothing is buffered).

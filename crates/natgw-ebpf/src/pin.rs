@@ -122,6 +122,11 @@ pub const KEPT: [&str; 11] = [
 /// each of `private` (TCX), and pins the links and the maps under `dir` (an existing
 /// directory on a bpffs). Call it inside the interfaces' namespace. Nothing stays
 /// attached when this fails half-way: links not pinned yet close with the process.
+///
+/// Programs pinned under `dir` before are handed over, never left a gap: each new link
+/// is attached behind the old one (which ends the chain), and the old one is unpinned
+/// (detached) only then. A gap on the public interface would let private sources out
+/// untranslated. The old programs' links to interfaces not in `private` are removed.
 pub fn attach_pinned(
     plane: &mut Plane,
     public: &str,
@@ -153,9 +158,37 @@ fn attach_and_pin(
     kept: &[&str],
 ) -> Result<(), PinnedError> {
     let links = attach_links(plane, public, private)?;
+    let names: Vec<String> = links.iter().map(|(_, name)| name.clone()).collect();
     // Maps first: a pinned link without its maps could not be read back.
     pin_maps(plane, public, dir, kept)?;
-    pin_links(links, dir)
+    pin_links(links, dir)?;
+    remove_links_except(dir, &names)
+}
+
+/// Unpins (detaches) every link pinned under `dir` that is not one of `names`.
+fn remove_links_except(dir: &Path, names: &[String]) -> Result<(), PinnedError> {
+    for name in pinned(dir) {
+        if name.starts_with("link_") && !names.contains(&name) {
+            unpin_link(&dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpins and closes a pinned link: the kernel releases it, which detaches it.
+/// Nothing pinned there is success.
+fn unpin_link(path: &Path) -> Result<(), PinnedError> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => link.unpin().map(drop).map_err(|source| PinnedError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
+        Err(_) if !path.exists() => Ok(()),
+        Err(source) => Err(PinnedError::Link {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Attaches the programs; the links are not pinned yet (they close with the process).
@@ -245,11 +278,8 @@ fn pin_maps(plane: &mut Plane, public: &str, dir: &Path, kept: &[&str]) -> Resul
 fn pin_links(links: Vec<(FdLink, String)>, dir: &Path) -> Result<(), PinnedError> {
     for (fd, name) in links {
         let path = dir.join(name);
-        if let Ok(old) = PinnedLink::from_pin(&path) {
-            drop(old.unpin().map_err(|source| PinnedError::Io {
-                path: path.display().to_string(),
-                source,
-            })?);
+        if PinnedLink::from_pin(&path).is_ok() {
+            unpin_link(&path)?;
         }
         fd.pin(&path).map_err(|source| PinnedError::Pin {
             path: path.display().to_string(),
@@ -296,25 +326,8 @@ pub fn pinned(dir: &Path) -> Vec<String> {
 pub fn remove(dir: &Path) -> Result<(), PinnedError> {
     let mut first: Option<PinnedError> = None;
     for name in pinned(dir).iter().filter(|n| n.starts_with("link_")) {
-        let path = dir.join(name);
-        match PinnedLink::from_pin(&path) {
-            // Unpinned and closed: the kernel releases the link, which detaches it.
-            Ok(link) => match link.unpin() {
-                Ok(fd) => drop(fd),
-                Err(source) => {
-                    first.get_or_insert(PinnedError::Io {
-                        path: path.display().to_string(),
-                        source,
-                    });
-                }
-            },
-            Err(_) if !path.exists() => {}
-            Err(source) => {
-                first.get_or_insert(PinnedError::Link {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
+        if let Err(e) = unpin_link(&dir.join(name)) {
+            first.get_or_insert(e);
         }
     }
     for name in pinned(dir) {

@@ -296,6 +296,8 @@ enum Event {
     },
     /// From a remote to a public endpoint: a live binding's (`pick`) or any.
     In {
+        /// 0: a remote host; otherwise a source natgw's ingress filter drops (SPOOFS).
+        spoof: usize,
         remote: u8,
         rport: usize,
         pick: Option<usize>,
@@ -361,6 +363,15 @@ enum Event {
     PoolEdge(u8, u8),
 }
 
+/// Sources of inbound packets that natgw's ingress filter drops: the programs, which
+/// run before it, leave them alone (a private host, 0.0.0.0/8, loopback, multicast).
+const SPOOFS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 0, 0, 3),
+    Ipv4Addr::new(0, 0, 0, 5),
+    Ipv4Addr::new(127, 0, 0, 1),
+    Ipv4Addr::new(224, 0, 0, 1),
+];
+
 /// How much of the offending packet an error quotes after its IPv4 header.
 const QUOTES: [usize; 4] = [8, 12, 20, 28];
 
@@ -372,8 +383,8 @@ fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         6 => (2..7u8, 0..4usize, 1..4u8, 0..3usize, 0..3u8, flags())
             .prop_map(|(host, port, remote, rport, proto, flags)| Event::Out { host, port, remote, rport, proto, flags }),
-        3 => (1..4u8, 0..3usize, prop::option::of(any::<usize>()), 0..2usize, 998..1006u16, 0..3u8, flags())
-            .prop_map(|(remote, rport, pick, pool, port, proto, flags)| Event::In { remote, rport, pick, pool, port, proto, flags }),
+        3 => (prop::sample::select(vec![0usize, 0, 0, 0, 0, 0, 1, 2, 3, 4]), 1..4u8, 0..3usize, prop::option::of(any::<usize>()), 0..2usize, 998..1006u16, 0..3u8, flags())
+            .prop_map(|(spoof, remote, rport, pick, pool, port, proto, flags)| Event::In { spoof, remote, rport, pick, pool, port, proto, flags }),
         4 => (any::<usize>(), flags()).prop_map(|(pick, flags)| Event::Reply { pick, flags }),
         1 => (0..6u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
         2 => (any::<usize>(), prop::sample::select(vec![3u8, 11, 12]), 0..QUOTES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
@@ -470,6 +481,7 @@ fn step(p: &mut Pair, e: &Event) {
             );
         }
         Event::In {
+            spoof,
             remote: r,
             rport,
             pick,
@@ -479,7 +491,7 @@ fn step(p: &mut Pair, e: &Event) {
             flags,
         } => {
             let (proto, to) = p.public_endpoint(pick, proto, pool, port);
-            let from = remote(
+            let mut from = remote(
                 r,
                 if proto == Proto::Icmp {
                     0
@@ -487,6 +499,9 @@ fn step(p: &mut Pair, e: &Event) {
                     REMOTE_PORTS[rport]
                 },
             );
+            if spoof > 0 {
+                from.addr = SPOOFS[spoof - 1];
+            }
             p.packet(Side::Ingress, &packet(code(proto), from, to, flags, false));
         }
         Event::Reply { pick, flags } => {

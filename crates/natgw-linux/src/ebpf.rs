@@ -382,8 +382,8 @@ impl Ebpf {
         // or this process, follows the new ones from their first binding.
         let logging = natgw_ebpf::events::logging(&dir)
             || FOLLOWS_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
-        pin::remove(&dir)?;
-        let dir = state_store::bpf_dir_created()?;
+        // Loaded (and verified) while the old programs still translate; they are
+        // replaced link by link, with no moment without a translator.
         let checked = self.verified.borrow_mut().take();
         let mut loaded = match checked {
             Some((verified, plane)) if verified == wanted => plane,

@@ -154,6 +154,13 @@ impl Config {
         self.private.iter().any(|n| n.contains(&a))
     }
 
+    /// A source no packet from the public side can honestly have: a private prefix,
+    /// 0.0.0.0/8, loopback, multicast or reserved (natgw's `public_spoofs4` set).
+    pub fn is_spoofed_from_public(&self, a: Ipv4Addr) -> bool {
+        let first = a.octets()[0];
+        self.is_private(a) || first == 0 || first == 127 || first >= 224
+    }
+
     pub fn is_pool(&self, a: Ipv4Addr) -> bool {
         self.pool.contains(&a)
     }

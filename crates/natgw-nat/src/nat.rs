@@ -244,6 +244,12 @@ impl Nat {
         if !self.cfg.is_pool(h.dst) {
             return Verdict::Pass;
         }
+        if self.cfg.is_spoofed_from_public(h.src) {
+            // Not a remote host: natgw's filter at the interface's ingress hook drops
+            // and counts it, after the programs ran. It must not open or move on a
+            // session (a spoofed RST, a SYN that keeps a binding alive) first.
+            return Verdict::Pass;
+        }
         self.inbound_parsed(&h, pkt.to_vec(), now)
     }
 

@@ -322,6 +322,40 @@ fn an_inbound_syn_under_endpoint_independent_filtering_opens_a_session() {
     );
 }
 
+/// A packet from the public side with a source no remote host can have is left to
+/// natgw's ingress filter (which runs after the programs and drops it) without
+/// touching state: a spoofed SYN opens no session, a spoofed RST ends none.
+#[test]
+fn spoofed_public_sources_touch_no_state() {
+    let mut n = nat(Filtering::EndpointIndependent);
+    let (a, r) = (host(2, 33000), remote(1, 443));
+    let ext = src_of(&forwarded(n.outbound(&tcp(a, r, SYN, b""), secs(0))));
+    forwarded(n.inbound(&tcp(r, ext, SYN | ACK, b""), secs(0)));
+    forwarded(n.outbound(&tcp(a, r, ACK, b""), secs(0)));
+    let before = n.bindings();
+    for spoof in [
+        "10.0.0.3",
+        "0.0.0.5",
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+    ] {
+        let from = Endpoint::new(spoof.parse().unwrap(), 443);
+        for flags in [SYN, RST, ACK] {
+            assert_eq!(
+                n.inbound(&tcp(from, ext, flags, b""), secs(1)),
+                Verdict::Pass
+            );
+        }
+        assert_eq!(n.inbound(&udp(from, ext, b"x"), secs(1)), Verdict::Pass);
+    }
+    assert_eq!(n.bindings(), before, "no state moved");
+    // A remote host's SYN still opens a session (endpoint-independent filtering).
+    let peer = remote(7, 50000);
+    forwarded(n.inbound(&tcp(peer, ext, SYN, b""), secs(1)));
+    assert!(n.bindings()[0].sessions.contains_key(&peer));
+}
+
 #[test]
 fn icmp_queries_are_mapped_by_identifier() {
     let mut n = nat(Filtering::AddressDependent);

@@ -839,6 +839,78 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
 
+/// Every kind of reload hands the translation over with no gap: a node's steady UDP
+/// stream, sent all through reloads that start the programs afresh (another port
+/// range, and back) and one that keeps the maps (another filtering mode), reaches the
+/// public side translated and never with the node's private source.
+#[test]
+fn ebpf_reloads_never_let_a_private_source_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some((lab, config, _server)) =
+        up_with_server("ebpf_reloads_never_let_a_private_source_out", "")
+    else {
+        return;
+    };
+    let sink = SocketAddr::new(IpAddr::V4(SERVER), 7100);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The public side tallies the sources it sees.
+    let receiver = {
+        let (ns, stop) = (lab.ns("pub"), stop.clone());
+        let socket = in_netns(&ns, move || std::net::UdpSocket::bind(sink).unwrap()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let (mut private, mut public) = (0u64, 0u64);
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    match from.ip() {
+                        IpAddr::V4(a) if a.is_private() => private += 1,
+                        _ => public += 1,
+                    }
+                }
+            }
+            (private, public)
+        })
+    };
+    let sender = {
+        let (ns, stop) = (lab.ns("n1"), stop.clone());
+        let socket = in_netns(&ns, || std::net::UdpSocket::bind("0.0.0.0:5600").unwrap()).unwrap();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if socket.send_to(b"steady", sink).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
+    for extra in [
+        "port_range = \"62000-62999\"\n",
+        "port_range = \"62000-62999\"\nfiltering = \"address-dependent\"\n",
+        "",
+    ] {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let out = up(&lab, &config);
+        assert_exit(&out, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let (private, public) = receiver.join().unwrap();
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} packets left with the private source"
+    );
+    assert!(public > sent / 2, "{public} of {sent} arrived translated");
+}
+
 /// With the interfaces left to detection, `up` attaches the programs to the public
 /// interface it found, verifies them there, and a second `up` and `natgw run` find
 /// them in place (they looked for them on no interface before).
