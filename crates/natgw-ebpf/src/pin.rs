@@ -158,18 +158,22 @@ fn attach_and_pin(
     kept: &[&str],
 ) -> Result<(), PinnedError> {
     let links = attach_links(plane, public, private)?;
-    let names: Vec<String> = links.iter().map(|(_, name)| name.clone()).collect();
+    let mut names: Vec<String> = links.iter().map(|(_, name)| name.clone()).collect();
     // Maps first: a pinned link without its maps could not be read back.
-    pin_maps(plane, public, dir, kept)?;
+    names.extend(pin_maps(plane, public, dir, kept)?);
+    names.extend(kept.iter().map(|k| k.to_string()));
     pin_links(links, dir)?;
-    remove_links_except(dir, &names)
+    remove_all_but(dir, &names)
 }
 
-/// Unpins (detaches) every link pinned under `dir` that is not one of `names`.
-fn remove_links_except(dir: &Path, names: &[String]) -> Result<(), PinnedError> {
-    for name in pinned(dir) {
-        if name.starts_with("link_") && !names.contains(&name) {
+/// Removes every object pinned under `dir` that is not one of `names`: links of
+/// interfaces no longer configured (unpinned, so detached), maps of an older build.
+fn remove_all_but(dir: &Path, names: &[String]) -> Result<(), PinnedError> {
+    for name in pinned(dir).into_iter().filter(|n| !names.contains(n)) {
+        if name.starts_with("link_") {
             unpin_link(&dir.join(&name))?;
+        } else {
+            remove_pin(&dir.join(&name))?;
         }
     }
     Ok(())
@@ -231,8 +235,13 @@ fn attach_links(
 }
 
 /// Pins natgw's maps of `plane` under `dir`, except `kept` (already pinned there); a
-/// pin of the same name is replaced.
-fn pin_maps(plane: &mut Plane, public: &str, dir: &Path, kept: &[&str]) -> Result<(), PinnedError> {
+/// pin of the same name is replaced. Returns the names pinned.
+fn pin_maps(
+    plane: &mut Plane,
+    public: &str,
+    dir: &Path,
+    kept: &[&str],
+) -> Result<Vec<String>, PinnedError> {
     let info = plane
         .program(Side::Egress)?
         .info()
@@ -249,6 +258,7 @@ fn pin_maps(plane: &mut Plane, public: &str, dir: &Path, kept: &[&str]) -> Resul
             source,
         })?
         .unwrap_or_default();
+    let mut pinned_now = Vec::new();
     for id in ids {
         let map = MapData::from_id(id).map_err(|source| PinnedError::Map {
             path: format!("id {id}"),
@@ -269,8 +279,9 @@ fn pin_maps(plane: &mut Plane, public: &str, dir: &Path, kept: &[&str]) -> Resul
             path: path.display().to_string(),
             source,
         })?;
+        pinned_now.push(name);
     }
-    Ok(())
+    Ok(pinned_now)
 }
 
 /// Pins each link under its name; a link pinned there before is unpinned first, which
