@@ -1118,9 +1118,10 @@ static __always_inline int icmp_error_in(struct __sk_buff *skb, const struct con
 	return TC_ACT_OK;
 }
 
-// Nat::outbound_error.
-static __always_inline int icmp_error_out(struct __sk_buff *skb, const struct config *c,
-					  const struct packet *p)
+// Nat::error_about_inbound: from the private host (`from_host`: the outer source is
+// translated too) or from the gateway itself.
+static __always_inline int error_about_inbound(struct __sk_buff *skb, const struct config *c,
+					       const struct packet *p, int from_host)
 {
 	if (is_pool(c, p->dst))
 		return drop(C_DROP_UNSUPPORTED);
@@ -1144,7 +1145,8 @@ static __always_inline int icmp_error_out(struct __sk_buff *skb, const struct co
 	struct endpoint ext = b->external;
 	snapshot(skb, &q);
 	if (rewrite_quoted(skb, &q, 16, port_off, bpf_ntohl(ext.addr), bpf_ntohs(ext.port)) ||
-	    set_addr(skb, p->ip, 12, bpf_ntohl(ext.addr), 0, CSUM_PLAIN) || fix_icmp(skb, p, &q))
+	    (from_host && set_addr(skb, p->ip, 12, bpf_ntohl(ext.addr), 0, CSUM_PLAIN)) ||
+	    fix_icmp(skb, p, &q))
 		return drop(C_DROP_MALFORMED);
 	count(C_OUT_TRANSLATED);
 	return TC_ACT_OK;
@@ -1154,6 +1156,24 @@ static __always_inline int is_icmp_error(const struct packet *p)
 {
 	return p->proto == IPPROTO_ICMP &&
 	       (p->icmp_type == 3 || p->icmp_type == 11 || p->icmp_type == 12);
+}
+
+// Nat::own_packet: the gateway's own traffic is left alone, except an ICMP error it
+// makes about a packet it received translated, which quotes the private endpoint:
+// translated back to the public one, or dropped.
+static __always_inline int own_packet(struct __sk_buff *skb, const struct config *c,
+				      const struct packet *p)
+{
+	if (p->later_fragment || p->bad_l4 || !is_icmp_error(p))
+		return pass();
+	__u32 quote = p->l4 + 8;
+	__u32 quoted_dst;
+	if (p->ip + ip_total(skb, p) < quote + 20 ||
+	    bpf_skb_load_bytes(skb, quote + 16, &quoted_dst, 4) || !is_private(c, quoted_dst))
+		return pass();
+	if (p->more_fragments)
+		return drop(C_DROP_UNSUPPORTED);
+	return error_about_inbound(skb, c, p, 0);
 }
 
 
@@ -1414,7 +1434,7 @@ int natgw_egress(struct __sk_buff *skb)
 		return drop(C_DROP_MALFORMED);
 	}
 	if (!is_private(c, p.src))
-		return pass();
+		return own_packet(skb, c, &p);
 	if (p.later_fragment) {
 		// One before its first fragment: dropped (it would leak a private address),
 		// unless it is for the gateway itself.
@@ -1429,7 +1449,7 @@ int natgw_egress(struct __sk_buff *skb)
 	if (p.bad_l4)
 		return drop(C_DROP_MALFORMED);
 	if (is_icmp_error(&p))
-		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : icmp_error_out(skb, c, &p);
+		return p.more_fragments ? drop(C_DROP_UNSUPPORTED) : error_about_inbound(skb, c, &p, 1);
 	if (is_pool(c, p.dst))
 		return pass(); // hairpins are natgw_private's: they never reach this side
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&

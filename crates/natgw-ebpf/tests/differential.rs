@@ -321,12 +321,14 @@ enum Event {
         stranger: bool,
         unbound: bool,
     },
-    /// A private host reports an error about a packet it received (`unbound`: about an
+    /// A private host reports an error about a packet it received, or (`own`) the
+    /// gateway does about a packet it forwarded to the host (`unbound`: about an
     /// endpoint without a binding).
     ErrorOut {
         pick: usize,
         quote: usize,
         unbound: bool,
+        own: bool,
     },
     /// A datagram in two fragments, from a private host (`out`) or, to a live
     /// binding, from a remote it talks to; `order`: 0 in order, 1 reversed, 2 only the
@@ -386,13 +388,13 @@ fn event() -> impl Strategy<Value = Event> {
         3 => (prop::sample::select(vec![0usize, 0, 0, 0, 0, 0, 1, 2, 3, 4]), 1..4u8, 0..3usize, prop::option::of(any::<usize>()), 0..2usize, 998..1006u16, 0..3u8, flags())
             .prop_map(|(spoof, remote, rport, pick, pool, port, proto, flags)| Event::In { spoof, remote, rport, pick, pool, port, proto, flags }),
         4 => (any::<usize>(), flags()).prop_map(|(pick, flags)| Event::Reply { pick, flags }),
-        1 => (0..6u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
+        1 => (0..8u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
         2 => (any::<usize>(), prop::sample::select(vec![3u8, 11, 12]), 0..QUOTES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
             .prop_map(|(pick, ty, quote, stranger, unbound)| Event::ErrorIn { pick, ty, quote, stranger, unbound }),
         2 => (any::<bool>(), 2..7u8, any::<usize>(), 0..3u8, 0..2usize, prop::sample::select(vec![0u8, 0, 1, 2]))
             .prop_map(|(out, host, pick, proto, split, order)| Event::Fragments { out, host, pick, proto, split, order }),
-        1 => (any::<usize>(), 0..QUOTES.len(), prop::bool::weighted(0.2))
-            .prop_map(|(pick, quote, unbound)| Event::ErrorOut { pick, quote, unbound }),
+        2 => (any::<usize>(), 0..QUOTES.len(), prop::bool::weighted(0.2), any::<bool>())
+            .prop_map(|(pick, quote, unbound, own)| Event::ErrorOut { pick, quote, unbound, own }),
         2 => (0..STEPS.len()).prop_map(Event::Wait),
         3 => (2..7u8, 0..4usize, prop::option::weighted(0.8, any::<usize>()), 0..2usize, 998..1006u16, 0..3u8, flags())
             .prop_map(|(host, port, pick, pool, gport, proto, flags)| Event::ToPool { host, port, pick, pool, gport, proto, flags }),
@@ -542,6 +544,7 @@ fn step(p: &mut Pair, e: &Event) {
             pick,
             quote,
             unbound,
+            own,
         } => {
             let Some(b) = p.live(pick) else { return };
             let Some(r) = b.sessions.keys().next_back().copied() else {
@@ -553,7 +556,14 @@ fn step(p: &mut Pair, e: &Event) {
             }
             let received = packet(code(b.proto), r, internal, ACK, false);
             let ty = if b.proto == Proto::Icmp { 11 } else { 3 };
-            let err = icmp_error(internal.addr, r.addr, ty, 3, &received, QUOTES[quote]);
+            // The host's port unreachable, or the gateway's own error about the packet
+            // it forwarded (time exceeded, fragmentation needed) from its address.
+            let (from, code) = if own {
+                (POOL[0], if ty == 3 { 4 } else { 0 })
+            } else {
+                (internal.addr, 3)
+            };
+            let err = icmp_error(from, r.addr, ty, code, &received, QUOTES[quote]);
             p.packet(Side::Egress, &err);
         }
         Event::Fragments {
@@ -617,6 +627,18 @@ fn step(p: &mut Pair, e: &Event) {
                     let mut t = echo(a.addr, r.addr, 13, 1, 1);
                     natgw_nat::wire::fill_checksums(&mut t).unwrap();
                     t
+                }
+                // The gateway's own port unreachable about a packet to its address
+                // (nothing private quoted: left alone).
+                5 => {
+                    let sent = udp(r, Endpoint::new(POOL[0], 9999), b"x");
+                    icmp_error(POOL[0], r.addr, 3, 3, &sent, 8)
+                }
+                // The gateway's own error quoting a private host with too little of
+                // the transport header to translate: dropped, never sent as it is.
+                6 => {
+                    let sent = udp(r, a, b"x");
+                    icmp_error(POOL[0], r.addr, 11, 0, &sent, 4)
                 }
                 // A ping to the gateway itself, from outside.
                 4 => {

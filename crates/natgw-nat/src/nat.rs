@@ -159,7 +159,7 @@ impl Nat {
             return Verdict::Drop(DropReason::Malformed);
         };
         if !self.cfg.is_private(h.src) {
-            return Verdict::Pass;
+            return self.own_packet(&h, pkt);
         }
         let mut buf = pkt.to_vec();
         if h.is_later_fragment() {
@@ -209,7 +209,7 @@ impl Nat {
                 }
                 Verdict::Forward(buf)
             }
-            Ok(Kind::IcmpError) => self.outbound_error(&h, buf),
+            Ok(Kind::IcmpError) => self.error_about_inbound(&h, buf, true),
             // Other protocols to the gateway's own address are the host's (they are
             // delivered locally, nothing to translate); elsewhere they are not carried.
             Ok(Kind::Other) if self.cfg.is_pool(h.dst) => Verdict::Pass,
@@ -441,7 +441,35 @@ impl Nat {
 
     /// An error a private host sends about a packet it received: the embedded
     /// destination and the outer source become the binding's public endpoint.
-    fn outbound_error(&mut self, h: &Ipv4, mut buf: Vec<u8>) -> Verdict {
+    /// What the gateway itself sends out of the public interface: its own traffic,
+    /// left alone, except an ICMP error it makes about a packet it received translated
+    /// (time exceeded, fragmentation needed, a node unreachable). That error quotes the
+    /// private endpoint, which must not leave: the quote gets the binding's public
+    /// endpoint back, as the remote sent it (so the remote's stack finds its socket:
+    /// path MTU discovery for inbound flows), or the error is dropped.
+    fn own_packet(&mut self, h: &Ipv4, pkt: &[u8]) -> Verdict {
+        let payload = h.payload(pkt);
+        let is_error = h.proto == wire::PROTO_ICMP
+            && !h.is_later_fragment()
+            && payload.len() >= l4::ICMP_LEN
+            && icmp_type::is_error(payload[0]);
+        let quote = &payload[payload.len().min(l4::ICMP_LEN)..];
+        if !is_error
+            || quote.len() < ip::MIN_LEN
+            || !self.cfg.is_private(wire::get_addr(quote, ip::DST))
+        {
+            return Verdict::Pass;
+        }
+        if h.more_fragments {
+            return Verdict::Drop(DropReason::Unsupported);
+        }
+        self.error_about_inbound(h, pkt.to_vec(), false)
+    }
+
+    /// An ICMP error about an inbound packet a private host received: from that host
+    /// (`from_host`: the outer source becomes its public address too) or from the
+    /// gateway itself.
+    fn error_about_inbound(&mut self, h: &Ipv4, mut buf: Vec<u8>, from_host: bool) -> Verdict {
         if self.cfg.is_pool(h.dst) {
             // Errors about hairpinned packets are not translated.
             return Verdict::Drop(DropReason::Unsupported);
@@ -459,7 +487,9 @@ impl Nat {
         let external = b.external;
         let before = buf.clone();
         e.rewrite(&mut buf, proto, ip::DST, port_off, external);
-        set_addr(&mut buf, ip::SRC, external.addr, None);
+        if from_host {
+            set_addr(&mut buf, ip::SRC, external.addr, None);
+        }
         fix_icmp_checksum(h, &before, &mut buf);
         Verdict::Forward(buf)
     }

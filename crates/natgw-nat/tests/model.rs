@@ -464,6 +464,49 @@ fn a_private_hosts_own_icmp_error_leaves_with_the_public_endpoint() {
     );
 }
 
+/// The gateway's own errors about packets it forwarded to a private host (time
+/// exceeded, fragmentation needed for the private link, the host unreachable) quote the
+/// host: they leave with the public endpoint quoted instead (so the remote's stack
+/// finds its socket), or not at all; the gateway's other traffic is left alone.
+#[test]
+fn the_gateways_own_icmp_errors_never_quote_a_private_host() {
+    let mut n = nat(Filtering::EndpointIndependent);
+    let (a, r) = (host(2, 40000), remote(1, 53));
+    let ext = src_of(&forwarded(n.outbound(&udp(a, r, b""), secs(0))));
+    let arrived = udp(r, ext, &[0u8; 64]);
+    let delivered = forwarded(n.inbound(&arrived, secs(1)));
+    for (ty, code) in [(11, 0), (3, 4), (3, 1)] {
+        let own = icmp_error(ext.addr, r.addr, ty, code, &delivered, 28);
+        let out = forwarded(n.outbound(&own, secs(2)));
+        assert_eq!(out, icmp_error(ext.addr, r.addr, ty, code, &arrived, 28));
+        assert!(checksums_ok(&out));
+    }
+    // About a private endpoint without a binding, or quoting too little to translate:
+    // dropped.
+    let unbound = icmp_error(ext.addr, r.addr, 11, 0, &udp(r, host(2, 1), b""), 8);
+    assert_eq!(
+        n.outbound(&unbound, secs(2)),
+        Verdict::Drop(DropReason::NoMapping)
+    );
+    let short = icmp_error(ext.addr, r.addr, 11, 0, &delivered, 4);
+    assert_eq!(
+        n.outbound(&short, secs(2)),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    // Its errors about its own address, and its own datagrams, are its business.
+    let own_port = icmp_error(
+        ext.addr,
+        r.addr,
+        3,
+        3,
+        &udp(r, Endpoint::new(ext.addr, 9), b""),
+        8,
+    );
+    assert_eq!(n.outbound(&own_port, secs(2)), Verdict::Pass);
+    let own_udp = udp(Endpoint::new(ext.addr, 9), r, b"x");
+    assert_eq!(n.outbound(&own_udp, secs(2)), Verdict::Pass);
+}
+
 #[test]
 fn no_port_left_means_admin_prohibited_back_to_the_sender() {
     let mut n = one_address(2000..=2001);

@@ -500,6 +500,86 @@ fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+#[test]
+fn ebpf_the_gateways_time_exceeded_quotes_the_public_endpoint() {
+    time_exceeded_quotes_the_public_endpoint(
+        "ebpf_the_gateways_time_exceeded_quotes_the_public_endpoint",
+        "ebpf",
+    );
+}
+
+/// The same on the nftables plane (conntrack relates the error to the flow).
+#[test]
+fn nftables_the_gateways_time_exceeded_quotes_the_public_endpoint() {
+    time_exceeded_quotes_the_public_endpoint(
+        "nftables_the_gateways_time_exceeded_quotes_the_public_endpoint",
+        "nftables",
+    );
+}
+
+/// The server answers a node's datagram with TTL 1: the gateway, forwarding it to the
+/// node, sends ICMP time exceeded back. Its quote names the node's public endpoint (as
+/// the server sent it), never the node's private address and port: otherwise anyone
+/// could map the private side one binding at a time.
+fn time_exceeded_quotes_the_public_endpoint(test: &str, dataplane: &str) {
+    let Some((lab, _, _server)) = up_with_server_on(test, dataplane, "") else {
+        return;
+    };
+    let (socket, mapped) = node_socket(&lab, 0, |s| s.connect(server()).unwrap())
+        .expect("the node's datagram answered");
+    let SocketAddr::V4(to) = mapped else {
+        panic!("IPv4 only")
+    };
+    let quoted = natgw_lab::in_netns(&lab.ns("pub"), move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
+        icmp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        // From the server's own endpoint (the one the node's flow is with), TTL 1.
+        let udp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        udp.bind(&SocketAddr::new(IpAddr::V4(SERVER), 0).into())
+            .unwrap();
+        udp.set_ttl(1).unwrap();
+        let mut datagram = Vec::new();
+        datagram.extend_from_slice(&server().port().to_be_bytes());
+        datagram.extend_from_slice(&to.port().to_be_bytes());
+        datagram.extend_from_slice(&13u16.to_be_bytes());
+        datagram.extend_from_slice(&[0, 0, b'h', b'o', b'p', b'!', b'!']);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            udp.send_to(&datagram, &SocketAddr::V4(to).into()).unwrap();
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            let Ok(n) = icmp.recv(&mut buf) else {
+                continue;
+            };
+            // SAFETY: recv initialised the first n bytes.
+            let bytes: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            let hl = usize::from(bytes[0] & 0x0f) * 4;
+            if bytes.get(hl) != Some(&11) {
+                continue;
+            }
+            let q = hl + 8;
+            let qhl = usize::from(bytes[q] & 0x0f) * 4;
+            let dst =
+                std::net::Ipv4Addr::new(bytes[q + 16], bytes[q + 17], bytes[q + 18], bytes[q + 19]);
+            let port = u16::from_be_bytes([bytes[q + qhl + 2], bytes[q + qhl + 3]]);
+            return Some(SocketAddr::new(IpAddr::V4(dst), port));
+        }
+        None
+    })
+    .unwrap();
+    assert_eq!(
+        quoted,
+        Some(mapped),
+        "the gateway's time exceeded quoted {quoted:?}"
+    );
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 /// A UDP socket on n1 bound to `port` (0: any) that asked the public server what it
 /// sees (`None` without an answer), set up by `prepare` first (socket options; it may
 /// `connect`).
