@@ -157,6 +157,14 @@ const SK_BUFF_MARK: usize = 8;
 /// The programs' clock for model time 0 (their clock must not be 0: that means "real").
 const CLOCK_BASE_NS: u64 = 1_000_000_000;
 
+/// What `bypass_conntrack` gives the programs: the public interface's index and the
+/// mark for private packets routed out of it (both 0: the option is off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outbound {
+    pub public_ifindex: u32,
+    pub mark: u32,
+}
+
 impl Plane {
     /// Loads the programs with `cfg`; admitted inbound packets get `skb->mark = mark`
     /// (the whole mark: [`Plane::load_masked`] sets only some bits).
@@ -178,7 +186,12 @@ impl Plane {
         mask: u32,
         events_bytes: u32,
     ) -> Result<Self, PlaneError> {
-        Self::load_with(cfg, mark, mask, events_bytes, None)
+        Self::load_with(
+            cfg,
+            BpfConfig::new(cfg, mark & mask, mask)?,
+            events_bytes,
+            None,
+        )
     }
 
     /// [`Plane::load_masked`], with the maps named in `kept` taken over from `dir`
@@ -187,33 +200,29 @@ impl Plane {
     /// these programs are the running ones' code (`running_tag`, the kernel's tag of
     /// the running `natgw_egress`: another natgw version may lay its maps out
     /// differently); else [`PlaneError::OtherCode`], nothing written. The
-    /// configuration is written into the kept `natgw_config` at once, so the old
-    /// programs run with it until the new ones replace them.
+    /// configuration, with `outbound` (see [`Plane::set_outbound`]), is written into
+    /// the kept `natgw_config` at once and whole, so the old programs run with it
+    /// until the new ones replace them.
     pub fn load_reusing(
         cfg: &natgw_nat::Config,
         mark: u32,
         mask: u32,
+        outbound: Outbound,
         dir: &std::path::Path,
         kept: &[&'static str],
         running_tag: u64,
     ) -> Result<Self, PlaneError> {
-        Self::load_with(
-            cfg,
-            mark,
-            mask,
-            EVENTS_BYTES,
-            Some((dir, kept, running_tag)),
-        )
+        let config = BpfConfig::new(cfg, mark & mask, mask)?
+            .with_outbound(outbound.public_ifindex, outbound.mark);
+        Self::load_with(cfg, config, EVENTS_BYTES, Some((dir, kept, running_tag)))
     }
 
     fn load_with(
         cfg: &natgw_nat::Config,
-        mark: u32,
-        mask: u32,
+        config: BpfConfig,
         events_bytes: u32,
         reuse: Option<(&std::path::Path, &[&'static str], u64)>,
     ) -> Result<Self, PlaneError> {
-        let config = BpfConfig::new(cfg, mark & mask, mask)?;
         // One entry per public port of each pool address and protocol (the program
         // declares room for the largest pool).
         let ports = (cfg.pool.len().max(1) * 3 * 65536) as u32;

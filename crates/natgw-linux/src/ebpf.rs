@@ -357,14 +357,22 @@ impl Ebpf {
             intact && same_layout,
             natgw_ebpf::plane::running_tag(public),
         ) {
-            match natgw_ebpf::Plane::load_reusing(&config, MARK, MARK_MASK, &dir, &pin::KEPT, tag)
-                .map_err(EbpfError::from)
-                .and_then(|mut loaded| {
-                    // The shared config map briefly lacks the outbound mark: those
-                    // packets are tracked, and translated all the same.
-                    loaded.set_outbound(wanted.public_ifindex, wanted.outbound_mark)?;
-                    Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
-                }) {
+            let outbound = natgw_ebpf::plane::Outbound {
+                public_ifindex: wanted.public_ifindex,
+                mark: wanted.outbound_mark,
+            };
+            match natgw_ebpf::Plane::load_reusing(
+                &config,
+                MARK,
+                MARK_MASK,
+                outbound,
+                &dir,
+                &pin::KEPT,
+                tag,
+            )
+            .map_err(EbpfError::from)
+            .and_then(|mut loaded| Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?))
+            {
                 Ok(()) => {
                     tracing::info!(
                         interface = public,
