@@ -114,9 +114,11 @@ pub enum Command {
     /// Which private host used PUBLIC_IP:PORT (from the mapping log and live conntrack).
     Trace(TraceArgs),
     /// Write /etc/natgw/natgw.toml from detection (never over an existing one) and the
-    /// systemd unit natgw.service, and enable it where systemd runs (without starting it).
+    /// systemd unit natgw.service (with its eBPF drop-in when the config selects that
+    /// plane), and enable it where systemd runs (without starting it).
     Install(InstallArgs),
-    /// Remove the systemd unit (disabled first where systemd runs); keeps the config.
+    /// Remove the systemd unit and its drop-in (disabled first where systemd runs); keeps
+    /// the config.
     Uninstall(UninstallArgs),
     /// Write the man pages, shell completions and example config, for packaging.
     #[command(hide = true)]

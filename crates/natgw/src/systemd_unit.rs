@@ -7,6 +7,10 @@ pub const TEXT: &str = include_str!("../../../packaging/natgw.service");
 /// Where `natgw install` writes it, below the root (the package ships it in
 /// /usr/lib/systemd/system; a unit in /etc takes precedence over that one).
 pub const INSTALL_PATH: &str = "etc/systemd/system/natgw.service";
+/// The drop-in that lets the unit run the eBPF plane (`packaging/natgw-ebpf.conf`),
+/// written by `natgw install` only when the config selects it.
+pub const EBPF_DROPIN: &str = include_str!("../../../packaging/natgw-ebpf.conf");
+pub const EBPF_DROPIN_PATH: &str = "etc/systemd/system/natgw.service.d/ebpf.conf";
 
 #[cfg(test)]
 mod tests {
@@ -104,6 +108,45 @@ mod tests {
         ]);
         for (key, value) in expected {
             assert_eq!(one("Service", key), value, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_ebpf_drop_in_adds_what_the_programs_need_and_mounts_the_bpffs_on_the_host() {
+        let caps = values(EBPF_DROPIN, "Service", "CapabilityBoundingSet");
+        assert_eq!(caps, ["CAP_BPF CAP_PERFMON CAP_SYS_ADMIN"]);
+        // What `up` checks for before it loads anything (natgw-linux's privilege check).
+        for (_, cap) in natgw_linux::privilege::EBPF {
+            assert!(caps[0].contains(cap), "{cap}");
+        }
+        assert_eq!(values(EBPF_DROPIN, "Service", "SystemCallFilter"), ["bpf"]);
+        let [pre] = values(EBPF_DROPIN, "Service", "ExecStartPre")[..] else {
+            panic!("one ExecStartPre");
+        };
+        assert!(
+            pre.starts_with("+/bin/sh -c "),
+            "outside the sandbox: {pre}"
+        );
+        assert!(
+            pre.contains(natgw_linux::state_store::BPFFS),
+            "where natgw looks: {pre}"
+        );
+        // Only [Service], and nothing that would widen the unit beyond the programs.
+        for line in EBPF_DROPIN
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let key = line.split('=').next().unwrap();
+            assert!(
+                [
+                    "[Service]",
+                    "CapabilityBoundingSet",
+                    "SystemCallFilter",
+                    "ExecStartPre"
+                ]
+                .contains(&key),
+                "{line}"
+            );
         }
     }
 

@@ -21,6 +21,17 @@ const START: &[&str] = &["run", "--config"];
 const UNIT: &str = include_str!("../../../packaging/natgw.service");
 const CONFIG: &str = "etc/natgw/natgw.toml";
 const UNIT_PATH: &str = "etc/systemd/system/natgw.service";
+const EBPF_DROPIN: &str = include_str!("../../../packaging/natgw-ebpf.conf");
+const EBPF_DROPIN_PATH: &str = "etc/systemd/system/natgw.service.d/ebpf.conf";
+
+/// The capabilities `CapabilityBoundingSet=` lines in `unit` grant, as setpriv wants them.
+fn bounding_set(unit: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .flat_map(str::split_whitespace)
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect()
+}
 
 fn server() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(SERVER), 7000)
@@ -269,15 +280,9 @@ fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
     let Some(lab) = plane.lab(Spec::nodes(1)) else {
         return;
     };
-    let caps: Vec<String> = UNIT
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit bounds capabilities")
-        .split_whitespace()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
+    let caps = bounding_set(UNIT);
     assert_eq!(caps, ["+net_admin", "+net_raw"]);
-    let bounded = |args: &[&str]| {
+    let bounded_by = |caps: &[String], args: &[&str]| {
         let set = format!("-all,{}", caps.join(","));
         Command::new("ip")
             .args([
@@ -293,6 +298,7 @@ fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
             .output()
             .expect("run setpriv")
     };
+    let bounded = |args: &[&str]| bounded_by(&caps, args);
     let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
     if plane.is_ebpf() {
         // Not enough for the programs: refused before anything changes, with the fix
@@ -328,6 +334,14 @@ fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
             text(&out)
         );
         assert_eq!(headnode_snapshot(&lab), before);
+        // With the drop-in `natgw install` writes for this plane, the unit's set is
+        // enough: the gateway comes up and goes down again.
+        let with_dropin = [caps.clone(), bounding_set(EBPF_DROPIN)].concat();
+        assert_exit(&bounded_by(&with_dropin, &plane.args(&["up"])), 0);
+        let seen = udp_exchange(&lab.ns("n1"), server(), Duration::from_secs(2)).unwrap();
+        assert_eq!(seen.ip(), IpAddr::V4(HEAD_PUBLIC));
+        assert_exit(&bounded_by(&with_dropin, &["down"]), 0);
+        assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
         return;
     }
     assert_exit(&bounded(&plane.args(&["up"])), 0);
@@ -337,6 +351,91 @@ fn the_units_capabilities_run_the_gateway_or_refuse_up_front(plane: Plane) {
     assert!(udp_exchange(&lab.ns("n1"), server(), Duration::from_millis(500)).is_err());
 }
 both_planes!(the_units_capabilities_run_the_gateway_or_refuse_up_front);
+
+/// The drop-in for the eBPF plane is written when the config selects that plane and
+/// only then: removed again when the admin's config goes back to nftables, and by
+/// `uninstall`.
+#[test]
+fn install_writes_the_ebpf_drop_in_only_for_the_ebpf_plane() {
+    let Some(lab) = lab_or_skip(
+        "install_writes_the_ebpf_drop_in_only_for_the_ebpf_plane",
+        Spec::nodes(1),
+    ) else {
+        return;
+    };
+    let dir = Root(scratch(&lab, "dropin"));
+    let given = dir.0.join("admin.toml");
+    std::fs::write(&given, "public = \"wan0\"\ndataplane = \"ebpf\"\n").unwrap();
+    let root = dir.0.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let root_arg = root.to_str().unwrap();
+    let dropin = root.join(EBPF_DROPIN_PATH);
+
+    let out = install(
+        &lab,
+        &["--root", root_arg, "--config", given.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(std::fs::read_to_string(&dropin).unwrap(), EBPF_DROPIN);
+    assert_eq!(mode(&dropin), 0o644);
+    assert!(stdout(&out).contains("created"), "{}", text(&out));
+
+    // The admin's config (never overwritten) now selects the nftables plane.
+    std::fs::write(root.join(CONFIG), "public = \"wan0\"\n").unwrap();
+    let out = install(&lab, &["--root", root_arg]);
+    assert_exit(&out, 0);
+    assert!(!dropin.exists(), "{}", text(&out));
+    assert!(stdout(&out).contains("removed"), "{}", text(&out));
+
+    // And back; `uninstall` takes the drop-in with the unit.
+    std::fs::write(
+        root.join(CONFIG),
+        "public = \"wan0\"\ndataplane = \"ebpf\"\n",
+    )
+    .unwrap();
+    let report = json(&install(&lab, &["--root", root_arg, "--json"]));
+    assert_eq!(report["ebpf_dropin"]["action"], "created", "{report}");
+    assert!(dropin.exists());
+    assert_exit(&natgw(&lab, &["uninstall", "--root", root_arg]), 0);
+    assert!(!dropin.exists() && !root.join(UNIT_PATH).exists());
+}
+
+/// The drop-in's ExecStartPre mounts natgw's bpffs, once, where natgw looks for it.
+/// Run in a mount namespace of its own with any bpffs there unmounted first, so the
+/// host's mounts stay as they are.
+#[test]
+fn the_ebpf_drop_in_mounts_the_bpffs_once() {
+    if !root_or_skip("the_ebpf_drop_in_mounts_the_bpffs_once") {
+        return;
+    }
+    let pre = EBPF_DROPIN
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre=+/bin/sh -c "))
+        .expect("the drop-in's ExecStartPre");
+    let command = pre.trim_matches('\'');
+    let script = format!(
+        "umount /run/natgw/bpffs 2>/dev/null; {command} && {command} && findmnt -n -o FSTYPE /run/natgw/bpffs"
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-e",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out).trim(),
+        "bpf",
+        "one bpffs mounted there: {}",
+        text(&out)
+    );
+}
 
 /// Installing on the real system needs root: without it, exit 2 before anything.
 #[test]

@@ -84,7 +84,7 @@ pub fn findings(o: &EbpfObserved) -> Vec<Finding> {
             "ebpf_privileges",
             format!("natgw runs without {missing}: the kernel refuses to load, attach or pin the eBPF programs"),
             Fix::say(format!(
-                "run natgw as root with {missing}; natgw.service bounds it to CAP_NET_ADMIN CAP_NET_RAW: `systemctl edit natgw` and add under [Service]:\nCapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN\nSystemCallFilter=bpf"
+                "run natgw as root with {missing}; natgw.service bounds it to CAP_NET_ADMIN CAP_NET_RAW unless its drop-in for this plane is there: `natgw install` writes /etc/systemd/system/natgw.service.d/ebpf.conf when the config says dataplane = \"ebpf\" (CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_ADMIN, SystemCallFilter=bpf, the bpffs mounted on the host), then `systemctl daemon-reload`"
             ))
             .then(to_nftables()),
         )

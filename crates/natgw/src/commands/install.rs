@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, Context};
+use natgw_core::dataplane::DataplaneKind;
 use natgw_core::{config_template, Settings};
 use serde::Serialize;
 
@@ -30,6 +31,8 @@ struct InstallReport {
     /// Why detection failed, when the config is the example template.
     detection_problem: Option<String>,
     unit: FileReport,
+    /// The drop-in for the eBPF plane: written when the config selects it, else removed.
+    ebpf_dropin: FileReport,
     systemd: Vec<String>,
 }
 
@@ -57,6 +60,7 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
         let (text, problem) = config_text(given.as_ref())?;
         (Some(text), problem)
     };
+    let ebpf = selects_ebpf(&root, config_exists, given.as_ref())?;
 
     let config_action = match &config_text {
         None => "kept".to_string(),
@@ -79,6 +83,20 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
             .map_err(problem)?,
         )
     };
+    let dropin_action = match (ebpf, args.dry_run) {
+        (true, true) => "would_write".into(),
+        (true, false) => action(
+            root.write(
+                systemd_unit::EBPF_DROPIN_PATH,
+                systemd_unit::EBPF_DROPIN.as_bytes(),
+                0o644,
+                Replace::Always,
+            )
+            .map_err(problem)?,
+        ),
+        (false, true) => "absent".into(),
+        (false, false) => removed(&root, systemd_unit::EBPF_DROPIN_PATH)?,
+    };
     let systemd = systemd_steps(args.root.is_some(), args.dry_run, &["enable"])?;
 
     let report = InstallReport {
@@ -91,6 +109,10 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
         unit: FileReport {
             path: root.show(systemd_unit::INSTALL_PATH),
             action: unit_action,
+        },
+        ebpf_dropin: FileReport {
+            path: root.show(systemd_unit::EBPF_DROPIN_PATH),
+            action: dropin_action,
         },
         systemd,
     };
@@ -116,6 +138,12 @@ pub fn uninstall(args: &UninstallArgs) -> exit::Result<i32> {
         } else {
             root.remove(systemd_unit::INSTALL_PATH).map_err(problem)?;
             println!("removed {}", unit.display());
+            if removed(&root, systemd_unit::EBPF_DROPIN_PATH)? == "removed" {
+                println!(
+                    "removed {}",
+                    root.show(systemd_unit::EBPF_DROPIN_PATH).display()
+                );
+            }
             systemd.extend(systemd_steps(args.root.is_some(), false, &[])?);
         }
         systemd.iter().for_each(|line| println!("{line}"));
@@ -130,6 +158,32 @@ pub fn uninstall(args: &UninstallArgs) -> exit::Result<i32> {
         println!("natgw's rules stay in place until `natgw down`; a running natgw runs until `systemctl stop natgw`");
     }
     Ok(exit::OK)
+}
+
+/// Whether the service will run the eBPF plane: the admin's existing config decides
+/// (it is never overwritten), else the one given with `--config`; the template is
+/// the nftables plane's. An existing config that does not parse is left to `natgw
+/// plan` to report; the service would refuse it whatever the drop-in says.
+fn selects_ebpf(root: &RootDir, exists: bool, given: Option<&Settings>) -> exit::Result<bool> {
+    let kind = if exists {
+        let path = root.show(config_path());
+        match gateway::settings(&GatewayArgs {
+            config: Some(path),
+            ..GatewayArgs::default()
+        }) {
+            Ok(settings) => settings.dataplane,
+            Err(_) => return Ok(false),
+        }
+    } else {
+        given.map(|s| s.dataplane).unwrap_or_default()
+    };
+    Ok(kind == DataplaneKind::Ebpf)
+}
+
+/// Removes a file natgw installed; "removed" or "absent".
+fn removed(root: &RootDir, rel: &str) -> exit::Result<String> {
+    let gone = root.remove(rel).map_err(problem)?;
+    Ok(if gone { "removed" } else { "absent" }.into())
 }
 
 /// The config to write: the resolved gateway, or the example template with the reason
@@ -244,6 +298,20 @@ fn print_install(report: &InstallReport, config_text: Option<&str>) {
         systemd_unit::TEXT.lines().for_each(|l| println!("  {l}"));
     } else {
         println!("{} {unit}", report.unit.action);
+    }
+    let dropin = report.ebpf_dropin.path.display();
+    match report.ebpf_dropin.action.as_str() {
+        "absent" => {}
+        "would_write" => {
+            println!("would write {dropin} (the config selects dataplane = \"ebpf\"):");
+            systemd_unit::EBPF_DROPIN
+                .lines()
+                .for_each(|l| println!("  {l}"));
+        }
+        "removed" => {
+            println!("removed {dropin}: the config no longer selects dataplane = \"ebpf\"")
+        }
+        verb => println!("{verb} {dropin}: the eBPF plane's capabilities, bpf() and the bpffs"),
     }
     report.systemd.iter().for_each(|line| println!("{line}"));
     if !report.dry_run && report.systemd.iter().any(|l| l.contains(" enable ")) {
