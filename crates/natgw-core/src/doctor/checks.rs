@@ -529,7 +529,13 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
                     .filter(|r| !r.natgw),
             );
         }
-        return ebpf_snat(&v4, public, &current, &inputs.settings.snat_to);
+        return ebpf_snat(
+            &v4,
+            public,
+            &current,
+            &inputs.settings.snat_to,
+            inputs.settings.bypass_conntrack,
+        );
     }
     if let Some(rule) = rules
         .iter()
@@ -562,12 +568,15 @@ fn snat(inputs: &Inputs, roles: &Roles) -> Finding {
 /// With the eBPF plane no netfilter rule should translate natgw's flows: the
 /// programs translate after netfilter, and a packet some rule already translated is
 /// no longer from a private source, so it bypasses them (its mapping is conntrack's,
-/// with conntrack's filtering and timeouts).
+/// with conntrack's filtering and timeouts). With `bypass`, the flows the programs
+/// translate are untracked, and netfilter's NAT never sees them: such a rule then only
+/// translates what the programs leave alone.
 fn ebpf_snat(
     rules: &[firewall::SnatRule],
     public: &str,
     current: &[IpAddr],
     configured: &[IpAddr],
+    bypass: bool,
 ) -> Finding {
     const ID: &str = "snat";
     // The programs translate to the configured pool as the table does: an address the
@@ -580,6 +589,13 @@ fn ebpf_snat(
         (None, None) => Finding::pass(
             ID,
             format!("translated by natgw's eBPF programs on {public} (see ebpf_attached); no netfilter rule translates first"),
+        ),
+        (Some(rule), None) if bypass => Finding::pass(
+            ID,
+            format!(
+                "translated by natgw's eBPF programs on {public}; {} ({}) would source-translate the private prefixes too, but with bypass_conntrack the flows the programs translate are untracked and never meet it",
+                rule.chain, rule.rule
+            ),
         ),
         (Some(rule), _) => Finding::warn(
             ID,
@@ -1323,14 +1339,25 @@ mod tests {
             "{none:?}"
         );
         // MIXED has iptables-nft's SNAT for 10.0.0.0/24 out of wan0 (see below).
-        let mut chains = chains(&[MIXED]);
-        chains.retain(|c| !c.is_natgw());
-        let foreign = check(chains);
+        let mut foreign_chains = chains(&[MIXED]);
+        foreign_chains.retain(|c| !c.is_natgw());
+        let foreign = check(foreign_chains.clone());
         assert_eq!(foreign.status, Status::Warn, "{foreign:?}");
         assert!(
             foreign.detail.contains("before natgw's eBPF programs"),
             "{foreign:?}"
         );
+        // With bypass_conntrack the programs' flows never meet that rule.
+        let bypass = Settings {
+            bypass_conntrack: true,
+            ..settings.clone()
+        };
+        let moot = snat(
+            &inputs(&bypass, &o, foreign_chains),
+            &roles(&bypass, &o).unwrap(),
+        );
+        assert_eq!(moot.status, Status::Pass, "{moot:?}");
+        assert!(moot.detail.contains("never meet it"), "{moot:?}");
         // The programs translate to a configured address wan0 does not carry.
         let elsewhere = Settings {
             snat_to: vec!["203.0.113.9".parse().unwrap()],
