@@ -235,12 +235,16 @@ fn render_body(d: &Desired) -> String {
                 objects.push_str(&format!(
                     "\tcounter {MISROUTED} {{\n\t\tcomment \"{MISROUTED_WHAT}\"\n\t}}\n"
                 ));
+                // Every packet of a translated flow meets these rules: the mark (a
+                // register test) comes first, and the interfaces are matched by index
+                // (`iif`/`oif`, resolved when the table loads; the programs are attached
+                // to those very interfaces) rather than by name (a 16-byte copy each).
                 (
                     format!(
-                        "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta nfproto ipv4 iifname {public} {admitted} notrack\n\t\tmeta nfproto ipv4 iifname {private} {outbound} notrack\n\t}}\n"
+                        "\tchain untrack {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\t{admitted} iif {public} meta nfproto ipv4 notrack\n\t\t{outbound} iif {private} meta nfproto ipv4 notrack\n\t}}\n"
                     ),
                     format!(
-                        "\t\tct state untracked {outbound} iifname {private} oifname {public} meta nfproto ipv4 counter name \"outbound\" accept\n\t\tct state untracked {admitted} iifname {public} oifname {private} meta nfproto ipv4 counter name \"inbound_admitted\" accept\n\t\tct state untracked {outbound} counter name \"{MISROUTED}\" drop\n"
+                        "\t\tct state untracked {outbound} iif {private} oif {public} meta nfproto ipv4 counter name \"outbound\" accept\n\t\tct state untracked {admitted} iif {public} oif {private} meta nfproto ipv4 counter name \"inbound_admitted\" accept\n\t\tct state untracked {outbound} counter name \"{MISROUTED}\" drop\n"
                     ),
                 )
             } else {
@@ -622,8 +626,8 @@ mod tests {
         assert_eq!(
             notrack,
             [
-                "\t\tmeta nfproto ipv4 iifname \"wan0\" meta mark & 0x0f000000 == 0x0a000000 notrack",
-                "\t\tmeta nfproto ipv4 iifname { \"lan0\", \"lan1\" } meta mark & 0x0f000000 == 0x0b000000 notrack",
+                "\t\tmeta mark & 0x0f000000 == 0x0a000000 iif \"wan0\" meta nfproto ipv4 notrack",
+                "\t\tmeta mark & 0x0f000000 == 0x0b000000 iif { \"lan0\", \"lan1\" } meta nfproto ipv4 notrack",
             ]
         );
         assert!(r.text.contains("type filter hook prerouting priority raw;"));
@@ -634,8 +638,8 @@ mod tests {
         assert_eq!(
             first,
             [
-                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 iifname { \"lan0\", \"lan1\" } oifname \"wan0\" meta nfproto ipv4 counter name \"outbound\" accept",
-                "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 iifname \"wan0\" oifname { \"lan0\", \"lan1\" } meta nfproto ipv4 counter name \"inbound_admitted\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 iif { \"lan0\", \"lan1\" } oif \"wan0\" meta nfproto ipv4 counter name \"outbound\" accept",
+                "\t\tct state untracked meta mark & 0x0f000000 == 0x0a000000 iif \"wan0\" oif { \"lan0\", \"lan1\" } meta nfproto ipv4 counter name \"inbound_admitted\" accept",
                 "\t\tct state untracked meta mark & 0x0f000000 == 0x0b000000 counter name \"dropped_misrouted\" drop",
             ]
         );

@@ -16,9 +16,13 @@ use crate::maps::{BpfConfig, COUNTERS};
 use crate::plane::{Plane, PlaneError, Side};
 
 /// Pinned names of the public interface's two links.
+/// In the order of a hand-over: ingress first. With fresh maps, a new egress program
+/// next to the old ingress one could give out a port the old maps still map to
+/// another host, and a reply would reach the wrong host; the other way round, replies
+/// for the old bindings are only dropped until egress follows.
 const LINKS: [(Side, &str); 2] = [
-    (Side::Egress, "link_egress"),
     (Side::Ingress, "link_ingress"),
+    (Side::Egress, "link_egress"),
 ];
 /// Pinned name prefix of the private interfaces' links (`link_private_lan0`).
 pub const PRIVATE_LINK: &str = "link_private_";

@@ -29,15 +29,6 @@ pub struct Snapshot {
     pub(crate) programs: Option<Box<Desired>>,
 }
 
-impl Snapshot {
-    pub(crate) fn table(table: Option<String>) -> Snapshot {
-        Snapshot {
-            table,
-            programs: None,
-        }
-    }
-}
-
 pub trait Dataplane {
     /// Short name for messages and `--json` (`nftables`).
     fn name(&self) -> &'static str;
@@ -89,7 +80,8 @@ impl Dataplane for Nftables {
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        Ok(Snapshot::table(nft::list_table()?))
+        // Switching from the eBPF plane detaches its programs: a rollback needs them.
+        crate::ebpf::snapshot()
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
@@ -105,7 +97,7 @@ impl Dataplane for Nftables {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError> {
-        Ok(nft::restore(snapshot.table.as_deref())?)
+        crate::ebpf::restore(snapshot)
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {

@@ -399,10 +399,11 @@ impl Ebpf {
         };
         loaded.set_outbound(wanted.public_ifindex, wanted.outbound_mark)?;
         loaded.set_logging(logging)?;
-        if let Err(e) = pin::attach_pinned(&mut loaded, public, &private, &dir) {
-            let _ = pin::remove(&dir);
-            return Err(e.into());
-        }
+        // On failure the links not pinned yet close with this process; the pinned
+        // ones (the old programs', or new ones already handed over) stay, so every
+        // interface keeps a translator. A rollback loads the previous programs; `down`
+        // removes whatever is pinned.
+        pin::attach_pinned(&mut loaded, public, &private, &dir)?;
         tracing::info!(interface = public, "eBPF programs attached and pinned");
         Ok(())
     }
@@ -470,6 +471,39 @@ fn runs(public: &str, dir: &std::path::Path, wanted: &natgw_ebpf::BpfConfig) -> 
 }
 
 /// The recorded gateway, when its programs are the ones running now.
+/// What either plane saves before a change: natgw's table and, when natgw's programs
+/// run, the recorded gateway they run for. A change may replace or remove them
+/// (another config reloads them, a switch to the nftables plane detaches them): a
+/// rollback loads them again.
+pub(crate) fn snapshot() -> Result<Snapshot, DataplaneError> {
+    Ok(Snapshot {
+        table: nft::list_table()?,
+        programs: running_gateway().map(Box::new),
+    })
+}
+
+/// Puts back what [`snapshot`] saw, for either plane. Programs never run under an
+/// nftables plane's table (they would translate a second time), nor without any table;
+/// under the eBPF plane's table the programs that ran before are loaded again: that
+/// table has no NAT rule, so without them private sources would leave untranslated.
+pub(crate) fn restore(snapshot: &Snapshot) -> Result<(), DataplaneError> {
+    let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
+    let ebpf_table = snapshot.table.as_deref().is_some_and(|t| !nat_table(t));
+    if !ebpf_table && has_pins() {
+        remove_programs().map_err(ebpf_error)?;
+    }
+    if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
+        // Before the table: programs under whatever table is there now translate
+        // (a packet netfilter already translated has a public source and is passed).
+        let public = Some(previous.public.name.as_str().to_string());
+        Ebpf::new(public)
+            .ensure_programs(previous)
+            .map_err(ebpf_error)?;
+    }
+    nft::restore(snapshot.table.as_deref())?;
+    Ok(())
+}
+
 fn running_gateway() -> Option<Desired> {
     let gateway = state_store::load().ok().flatten()?.gateway?;
     let (_, wanted) = programs_config(&gateway).ok()?;
@@ -512,19 +546,16 @@ impl Dataplane for Ebpf {
     }
 
     fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        // A change may replace the running programs (another config reloads them):
-        // a rollback loads them again, from the gateway recorded with them.
-        Ok(Snapshot {
-            table: nft::list_table()?,
-            programs: running_gateway().map(Box::new),
-        })
+        snapshot()
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {
-        // The filter that accepts the programs' mark goes in first, so admitted
-        // packets are never dropped by an older table.
-        nft::replace(&render(desired).text)?;
+        // Programs first: the new table has no NAT rule, so until they run private
+        // sources would leave untranslated. Under an older table they are harmless (a
+        // packet its SNAT translated has a public source, and is passed); that table
+        // may drop what they admit until the new one, with the mark's accept rule, is in.
         self.ensure_programs(desired).map_err(ebpf_error)?;
+        nft::replace(&render(desired).text)?;
         let public = Ebpf::new(Some(desired.public.name.as_str().to_string()));
         public
             .observe_with(nft::live_table()?)
@@ -534,20 +565,7 @@ impl Dataplane for Ebpf {
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), DataplaneError> {
-        // Programs must not run under an nftables plane's table (they would translate
-        // a second time), nor without any table.
-        let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
-        let ebpf_table = snapshot.table.as_deref().is_some_and(|t| !nat_table(t));
-        if !ebpf_table {
-            remove_programs().map_err(ebpf_error)?;
-        }
-        nft::restore(snapshot.table.as_deref())?;
-        // Under the eBPF plane's table, the programs that ran before (bindings made
-        // since are lost either way).
-        if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
-            self.ensure_programs(previous).map_err(ebpf_error)?;
-        }
-        Ok(())
+        restore(snapshot)
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {

@@ -726,6 +726,39 @@ fn ebpf_natgw_run_restart_keeps_the_bindings() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+/// A switch to the nftables plane that fails after the programs were detached rolls
+/// back to the eBPF plane's table with its programs running again: that table has no
+/// NAT rule, so without them the node's packets would leave with its private address.
+#[test]
+fn ebpf_a_failed_switch_to_nftables_puts_the_programs_back() {
+    let Some((lab, config, _server)) = up_with_server(
+        "ebpf_a_failed_switch_to_nftables_puts_the_programs_back",
+        "",
+    ) else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_TEST_FAIL_AT", "verify")],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("every earlier change was rolled back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let status = status_json(&lab);
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_eq!(status["dataplane"], "ebpf", "{status}");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 #[test]
 fn ebpf_failed_up_rolls_back_and_down_removes_programs_left_by_a_crash() {
     let Some((lab, config)) = ebpf_lab(

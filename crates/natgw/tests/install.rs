@@ -396,6 +396,14 @@ fn install_writes_the_ebpf_drop_in_only_for_the_ebpf_plane() {
     let report = json(&install(&lab, &["--root", root_arg, "--json"]));
     assert_eq!(report["ebpf_dropin"]["action"], "created", "{report}");
     assert!(dropin.exists());
+    // A config that does not parse says nothing about the plane: the drop-in stays.
+    std::fs::write(root.join(CONFIG), "dataplane = \"bpf\"\n").unwrap();
+    let report = json(&install(&lab, &["--root", root_arg, "--json"]));
+    assert_eq!(report["ebpf_dropin"]["action"], "kept", "{report}");
+    assert!(dropin.exists());
+    // `uninstall` takes the drop-in, also when the unit in /etc is gone already (it
+    // would apply to the packaged unit).
+    std::fs::remove_file(root.join(UNIT_PATH)).unwrap();
     assert_exit(&natgw(&lab, &["uninstall", "--root", root_arg]), 0);
     assert!(!dropin.exists() && !root.join(UNIT_PATH).exists());
 }

@@ -60,7 +60,7 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
         let (text, problem) = config_text(given.as_ref())?;
         (Some(text), problem)
     };
-    let ebpf = selects_ebpf(&root, config_exists, given.as_ref())?;
+    let ebpf = selects_ebpf(&root, config_exists, given.as_ref());
 
     let config_action = match &config_text {
         None => "kept".to_string(),
@@ -84,8 +84,16 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
         )
     };
     let dropin_action = match (ebpf, args.dry_run) {
-        (true, true) => "would_write".into(),
-        (true, false) => action(
+        (None, _)
+            if root
+                .exists(systemd_unit::EBPF_DROPIN_PATH)
+                .map_err(problem)? =>
+        {
+            "kept".into()
+        }
+        (None, _) => "absent".into(),
+        (Some(true), true) => "would_write".into(),
+        (Some(true), false) => action(
             root.write(
                 systemd_unit::EBPF_DROPIN_PATH,
                 systemd_unit::EBPF_DROPIN.as_bytes(),
@@ -94,8 +102,8 @@ pub fn install(args: &InstallArgs) -> exit::Result<i32> {
             )
             .map_err(problem)?,
         ),
-        (false, true) => "absent".into(),
-        (false, false) => removed(&root, systemd_unit::EBPF_DROPIN_PATH)?,
+        (Some(false), true) => "absent".into(),
+        (Some(false), false) => removed(&root, systemd_unit::EBPF_DROPIN_PATH)?,
     };
     let systemd = systemd_steps(args.root.is_some(), args.dry_run, &["enable"])?;
 
@@ -138,15 +146,20 @@ pub fn uninstall(args: &UninstallArgs) -> exit::Result<i32> {
         } else {
             root.remove(systemd_unit::INSTALL_PATH).map_err(problem)?;
             println!("removed {}", unit.display());
-            if removed(&root, systemd_unit::EBPF_DROPIN_PATH)? == "removed" {
-                println!(
-                    "removed {}",
-                    root.show(systemd_unit::EBPF_DROPIN_PATH).display()
-                );
-            }
             systemd.extend(systemd_steps(args.root.is_some(), false, &[])?);
         }
         systemd.iter().for_each(|line| println!("{line}"));
+    }
+    // Also without the unit in /etc: the drop-in would apply to the packaged unit.
+    let dropin = root.show(systemd_unit::EBPF_DROPIN_PATH);
+    if args.dry_run
+        && root
+            .exists(systemd_unit::EBPF_DROPIN_PATH)
+            .map_err(problem)?
+    {
+        println!("would remove {}", dropin.display());
+    } else if !args.dry_run && removed(&root, systemd_unit::EBPF_DROPIN_PATH)? == "removed" {
+        println!("removed {}", dropin.display());
     }
     if root.exists(config_path()).map_err(problem)? {
         println!(
@@ -162,22 +175,21 @@ pub fn uninstall(args: &UninstallArgs) -> exit::Result<i32> {
 
 /// Whether the service will run the eBPF plane: the admin's existing config decides
 /// (it is never overwritten), else the one given with `--config`; the template is
-/// the nftables plane's. An existing config that does not parse is left to `natgw
-/// plan` to report; the service would refuse it whatever the drop-in says.
-fn selects_ebpf(root: &RootDir, exists: bool, given: Option<&Settings>) -> exit::Result<bool> {
+/// the nftables plane's. `None` for an existing config that does not parse: the
+/// drop-in is left as it is (`natgw plan` reports the config's error).
+fn selects_ebpf(root: &RootDir, exists: bool, given: Option<&Settings>) -> Option<bool> {
     let kind = if exists {
         let path = root.show(config_path());
-        match gateway::settings(&GatewayArgs {
+        gateway::settings(&GatewayArgs {
             config: Some(path),
             ..GatewayArgs::default()
-        }) {
-            Ok(settings) => settings.dataplane,
-            Err(_) => return Ok(false),
-        }
+        })
+        .ok()?
+        .dataplane
     } else {
         given.map(|s| s.dataplane).unwrap_or_default()
     };
-    Ok(kind == DataplaneKind::Ebpf)
+    Some(kind == DataplaneKind::Ebpf)
 }
 
 /// Removes a file natgw installed; "removed" or "absent".
@@ -302,6 +314,7 @@ fn print_install(report: &InstallReport, config_text: Option<&str>) {
     let dropin = report.ebpf_dropin.path.display();
     match report.ebpf_dropin.action.as_str() {
         "absent" => {}
+        "kept" => println!("kept {dropin}: the config does not parse, so which plane it selects is unknown (see `natgw plan`)"),
         "would_write" => {
             println!("would write {dropin} (the config selects dataplane = \"ebpf\"):");
             systemd_unit::EBPF_DROPIN
