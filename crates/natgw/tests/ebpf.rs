@@ -952,25 +952,21 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
 
-/// Every kind of reload hands the translation over with no gap: a node's steady UDP
-/// stream, sent all through reloads that start the programs afresh (another port
-/// range, and back) and one that keeps the maps (another filtering mode), reaches the
-/// public side translated and never with the node's private source.
-#[test]
-fn ebpf_reloads_never_let_a_private_source_out() {
+/// What a node's steady UDP stream (one datagram per 100 µs from n1:5600) looks like
+/// on the public side while `during` runs: datagrams seen with a private source, with
+/// any other source, and sent.
+fn steady_stream(lab: &Lab, during: impl FnOnce()) -> (u64, u64, u64) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let Some((lab, config, _server)) =
-        up_with_server("ebpf_reloads_never_let_a_private_source_out", "")
-    else {
-        return;
-    };
     let sink = SocketAddr::new(IpAddr::V4(SERVER), 7100);
     let stop = Arc::new(AtomicBool::new(false));
     // The public side tallies the sources it sees.
     let receiver = {
-        let (ns, stop) = (lab.ns("pub"), stop.clone());
-        let socket = in_netns(&ns, move || std::net::UdpSocket::bind(sink).unwrap()).unwrap();
+        let stop = stop.clone();
+        let socket = in_netns(&lab.ns("pub"), move || {
+            std::net::UdpSocket::bind(sink).unwrap()
+        })
+        .unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
@@ -989,8 +985,11 @@ fn ebpf_reloads_never_let_a_private_source_out() {
         })
     };
     let sender = {
-        let (ns, stop) = (lab.ns("n1"), stop.clone());
-        let socket = in_netns(&ns, || std::net::UdpSocket::bind("0.0.0.0:5600").unwrap()).unwrap();
+        let stop = stop.clone();
+        let socket = in_netns(&lab.ns("n1"), || {
+            std::net::UdpSocket::bind("0.0.0.0:5600").unwrap()
+        })
+        .unwrap();
         std::thread::spawn(move || {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -1003,25 +1002,67 @@ fn ebpf_reloads_never_let_a_private_source_out() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
-    for extra in [
-        "port_range = \"62000-62999\"\n",
-        "port_range = \"62000-62999\"\nfiltering = \"address-dependent\"\n",
-        "",
-    ] {
-        std::fs::write(&config, format!("{base}{extra}")).unwrap();
-        let out = up(&lab, &config);
-        assert_exit(&out, 0);
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    during();
+    std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap();
     let (private, public) = receiver.join().unwrap();
+    (private, public, sent)
+}
+
+/// Every kind of reload hands the translation over with no gap: a node's steady UDP
+/// stream, sent all through reloads that start the programs afresh (another port
+/// range, and back) and one that keeps the maps (another filtering mode), reaches the
+/// public side translated and never with the node's private source.
+#[test]
+fn ebpf_reloads_never_let_a_private_source_out() {
+    let Some((lab, config, _server)) =
+        up_with_server("ebpf_reloads_never_let_a_private_source_out", "")
+    else {
+        return;
+    };
+    let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
+    let (private, public, sent) = steady_stream(&lab, || {
+        for extra in [
+            "port_range = \"62000-62999\"\n",
+            "port_range = \"62000-62999\"\nfiltering = \"address-dependent\"\n",
+            "",
+        ] {
+            std::fs::write(&config, format!("{base}{extra}")).unwrap();
+            assert_exit(&up(&lab, &config), 0);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
     assert_eq!(
         private, 0,
         "{private} of {sent} packets left with the private source"
     );
     assert!(public > sent / 2, "{public} of {sent} arrived translated");
+}
+
+/// A switch from the eBPF plane to the kernel's NAT while a flow runs: conntrack
+/// tracked the flow untranslated (the programs translated after netfilter), and the new
+/// table's established rule would let it out with the node's address while it lives.
+/// The switch forgets such flows, so the next datagram is translated by conntrack.
+#[test]
+fn ebpf_a_switch_to_nftables_leaves_no_running_flow_untranslated() {
+    let Some((lab, config, _server)) = up_with_server(
+        "ebpf_a_switch_to_nftables_leaves_no_running_flow_untranslated",
+        "",
+    ) else {
+        return;
+    };
+    let (private, public, sent) = steady_stream(&lab, || {
+        std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
+        assert_exit(&up(&lab, &config), 0);
+    });
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} packets left with the private source"
+    );
+    assert!(public > sent / 2, "{public} of {sent} arrived translated");
+    assert_eq!(status_json(&lab)["dataplane"], "nftables");
+    assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
 /// With the interfaces left to detection, `up` attaches the programs to the public
