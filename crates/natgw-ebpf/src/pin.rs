@@ -293,9 +293,7 @@ fn pin_maps(
 fn pin_links(links: Vec<(FdLink, String)>, dir: &Path) -> Result<(), PinnedError> {
     for (fd, name) in links {
         let path = dir.join(name);
-        if PinnedLink::from_pin(&path).is_ok() {
-            unpin_link(&path)?;
-        }
+        unpin_link(&path)?;
         fd.pin(&path).map_err(|source| PinnedError::Pin {
             path: path.display().to_string(),
             source,

@@ -88,35 +88,8 @@ impl Dataplane for Nftables {
         nft::replace(&render(desired).text)?;
         // Switching from the eBPF plane: its programs would translate a second time.
         if crate::ebpf::has_pins() {
-            // Flows conntrack tracked untranslated under the programs would stay so
-            // under this table's established rule. Forgotten while the programs still
-            // translate: their next packet is a new flow, which this table's SNAT
-            // translates (the programs then pass it), so none leaves untranslated.
-            let private: Vec<ipnet::Ipv4Net> = desired
-                .private_prefixes
-                .iter()
-                .filter_map(|p| match p {
-                    ipnet::IpNet::V4(v4) => Some(*v4),
-                    ipnet::IpNet::V6(_) => None,
-                })
-                .collect();
-            let public: Vec<std::net::Ipv4Addr> = desired
-                .snat
-                .addresses()
-                .into_iter()
-                .filter_map(|a| match a {
-                    std::net::IpAddr::V4(v4) => Some(v4),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect();
-            match crate::conntrack::forget_untranslated(&private, &public) {
-                Ok(n) => {
-                    tracing::info!(flows = n, "untranslated flows of the eBPF plane forgotten")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot forget the eBPF plane's untranslated flows")
-                }
-            }
+            // Before the programs go, so that none of those flows leaves untranslated.
+            crate::ebpf::forget_untranslated_flows(desired);
             crate::ebpf::remove_programs()
                 .map_err(|e| DataplaneError::Ebpf(crate::apply::error_chain(&e)))?;
         }

@@ -55,14 +55,7 @@ pub struct Ebpf {
 
 /// The translator's configuration for `desired`.
 pub fn nat_config(desired: &Desired, plane: &EbpfPlane) -> Result<natgw_nat::Config, EbpfError> {
-    let private = desired
-        .private_prefixes
-        .iter()
-        .filter_map(|p| match p {
-            IpNet::V4(v4) => Some(*v4),
-            IpNet::V6(_) => None,
-        })
-        .collect();
+    let private = private_v4(desired);
     let icmp_source = desired
         .private
         .iter()
@@ -470,7 +463,30 @@ fn runs(public: &str, dir: &std::path::Path, wanted: &natgw_ebpf::BpfConfig) -> 
     running(public) && pin::config(dir).is_ok_and(|c| c == *wanted)
 }
 
-/// The recorded gateway, when its programs are the ones running now.
+/// The private IPv4 prefixes: what the programs translate.
+fn private_v4(desired: &Desired) -> Vec<ipnet::Ipv4Net> {
+    desired
+        .private_prefixes
+        .iter()
+        .filter_map(|p| match p {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// On a switch to the nftables plane, while the programs still run: the flows
+/// conntrack tracked untranslated under them (the programs translated after netfilter)
+/// would stay untranslated under the new table's established rule. Forgotten, their
+/// next packet is a new flow that the table's SNAT translates (the programs pass it).
+pub(crate) fn forget_untranslated_flows(desired: &Desired) {
+    let public = natgw_core::dataplane::v4_pool(&desired.snat.addresses());
+    match crate::conntrack::forget_untranslated(&private_v4(desired), &public) {
+        Ok(n) => tracing::info!(flows = n, "untranslated flows of the eBPF plane forgotten"),
+        Err(e) => tracing::warn!(error = %e, "cannot forget the eBPF plane's untranslated flows"),
+    }
+}
+
 /// What either plane saves before a change: natgw's table and, when natgw's programs
 /// run, the recorded gateway they run for. A change may replace or remove them
 /// (another config reloads them, a switch to the nftables plane detaches them): a
@@ -504,6 +520,7 @@ pub(crate) fn restore(snapshot: &Snapshot) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// The recorded gateway, when its programs are the ones running now.
 fn running_gateway() -> Option<Desired> {
     let gateway = state_store::load().ok().flatten()?.gateway?;
     let (_, wanted) = programs_config(&gateway).ok()?;
