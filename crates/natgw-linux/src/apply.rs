@@ -314,6 +314,31 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
     let mut report = Teardown::default();
     let mut remaining = observed.state.clone().unwrap_or_default();
 
+    // Forwarding goes back first: while natgw's forwarding is on, a gateway without its
+    // table or programs would forward private sources untranslated and let the public
+    // side in unfiltered. ip_forward first: writing it rewrites every interface's
+    // `forwarding`, which are restored after it, each compared with a fresh read.
+    let mut sysctls: Vec<(String, String)> =
+        std::mem::take(&mut remaining.sysctls).into_iter().collect();
+    sysctls.sort_by_key(|(name, _)| !is_master_switch(name));
+    for (name, value) in sysctls {
+        if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
+            report.errors.push(format!(
+                "refusing to write sysctl {name:?} = {value:?} from the record: natgw never manages it (the record was tampered with)"
+            ));
+            continue;
+        }
+        if sysctl::read(&name).ok().as_ref() == Some(&value) {
+            continue;
+        }
+        if !report.record(
+            format!("restore sysctl {name} = {value}"),
+            sysctl::write(&name, &value).map_err(|e| error_chain(&e)),
+        ) {
+            remaining.sysctls.insert(name, value);
+        }
+    }
+
     let table_removed = if !dataplane.available() {
         report.record(
             format!("delete the {} rules", dataplane.name()),
@@ -354,29 +379,6 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
             result,
         ) {
             remaining.routes.push(route);
-        }
-    }
-
-    // ip_forward first: writing it rewrites every interface's `forwarding`, which are
-    // restored after it, each compared with a fresh read.
-    let mut sysctls: Vec<(String, String)> =
-        std::mem::take(&mut remaining.sysctls).into_iter().collect();
-    sysctls.sort_by_key(|(name, _)| !is_master_switch(name));
-    for (name, value) in sysctls {
-        if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
-            report.errors.push(format!(
-                "refusing to write sysctl {name:?} = {value:?} from the record: natgw never manages it (the record was tampered with)"
-            ));
-            continue;
-        }
-        if sysctl::read(&name).ok().as_ref() == Some(&value) {
-            continue;
-        }
-        if !report.record(
-            format!("restore sysctl {name} = {value}"),
-            sysctl::write(&name, &value).map_err(|e| error_chain(&e)),
-        ) {
-            remaining.sysctls.insert(name, value);
         }
     }
 

@@ -952,64 +952,6 @@ fn ebpf_config_changes_reload_the_programs_keeping_bindings_and_switch_planes() 
     assert_eq!(pinned(&lab), Vec::<String>::new());
 }
 
-/// What a node's steady UDP stream (one datagram per 100 µs from n1:5600) looks like
-/// on the public side while `during` runs: datagrams seen with a private source, with
-/// any other source, and sent.
-fn steady_stream(lab: &Lab, during: impl FnOnce()) -> (u64, u64, u64) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let sink = SocketAddr::new(IpAddr::V4(SERVER), 7100);
-    let stop = Arc::new(AtomicBool::new(false));
-    // The public side tallies the sources it sees.
-    let receiver = {
-        let stop = stop.clone();
-        let socket = in_netns(&lab.ns("pub"), move || {
-            std::net::UdpSocket::bind(sink).unwrap()
-        })
-        .unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        std::thread::spawn(move || {
-            let (mut private, mut public) = (0u64, 0u64);
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                    match from.ip() {
-                        IpAddr::V4(a) if a.is_private() => private += 1,
-                        _ => public += 1,
-                    }
-                }
-            }
-            (private, public)
-        })
-    };
-    let sender = {
-        let stop = stop.clone();
-        let socket = in_netns(&lab.ns("n1"), || {
-            std::net::UdpSocket::bind("0.0.0.0:5600").unwrap()
-        })
-        .unwrap();
-        std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if socket.send_to(b"steady", sink).is_ok() {
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            sent
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    during();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.join().unwrap();
-    let (private, public) = receiver.join().unwrap();
-    (private, public, sent)
-}
-
 /// Every kind of reload hands the translation over with no gap: a node's steady UDP
 /// stream, sent all through reloads that start the programs afresh (another port
 /// range, and back) and one that keeps the maps (another filtering mode), reaches the
@@ -1022,7 +964,7 @@ fn ebpf_reloads_never_let_a_private_source_out() {
         return;
     };
     let base = "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n";
-    let (private, public, sent) = steady_stream(&lab, || {
+    let (private, public, sent) = steady_stream(&lab, Stream::ONE_FLOW, || {
         for extra in [
             "port_range = \"62000-62999\"\n",
             "port_range = \"62000-62999\"\nfiltering = \"address-dependent\"\n",
@@ -1052,7 +994,7 @@ fn ebpf_a_switch_to_nftables_leaves_no_running_flow_untranslated() {
     ) else {
         return;
     };
-    let (private, public, sent) = steady_stream(&lab, || {
+    let (private, public, sent) = steady_stream(&lab, Stream::ONE_FLOW, || {
         std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
         assert_exit(&up(&lab, &config), 0);
     });

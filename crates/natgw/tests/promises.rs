@@ -179,6 +179,25 @@ fn public_spoofs_drop_also_after_the_public_interface_is_recreated(plane: Plane)
 }
 both_planes!(public_spoofs_drop_also_after_the_public_interface_is_recreated);
 
+/// `down` turns forwarding off before it removes the table and the programs: a node
+/// opening a new flow every 100 µs all through `down` never reaches the public side
+/// with its private address (the gateway forwarded them until the last step before).
+fn down_never_lets_a_private_source_out(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
+        return;
+    };
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
+    let (private, public, sent) = steady_stream(&lab, Stream::NEW_FLOWS, || {
+        assert_exit(&natgw(&lab, &["down"]), 0);
+    });
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} datagrams left with the private source"
+    );
+    assert!(public > 0, "none of {sent} datagrams arrived translated");
+}
+both_planes!(down_never_lets_a_private_source_out);
+
 /// The slow `nft` of common::slow_nft, in the lab's scratch directory.
 fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
     common::slow_nft(&scratch(lab, "slownft"), delay)

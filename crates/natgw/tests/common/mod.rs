@@ -517,3 +517,91 @@ pub fn scrape(lab: &Lab) -> (String, std::collections::BTreeMap<String, f64>) {
         .collect();
     (body, series)
 }
+
+/// The flows of a node's steady UDP stream: one datagram per 100 µs, sent in turn from
+/// each of `flows` sockets; every `renew` datagrams the oldest socket is replaced by a
+/// new one (a new source port, so a new flow for the gateway).
+#[derive(Debug, Clone, Copy)]
+pub struct Stream {
+    pub flows: usize,
+    pub renew: u64,
+}
+
+impl Stream {
+    /// One flow all along.
+    pub const ONE_FLOW: Stream = Stream {
+        flows: 1,
+        renew: u64::MAX,
+    };
+    /// Every datagram a new flow.
+    pub const NEW_FLOWS: Stream = Stream { flows: 1, renew: 1 };
+    /// A new flow every millisecond, each living for 8 ms: flows that start during a
+    /// change and go on after it.
+    pub const OVERLAPPING: Stream = Stream {
+        flows: 8,
+        renew: 10,
+    };
+}
+
+/// What node n1's `stream` to the public side looks like there while `during` runs:
+/// datagrams seen with a private source, with any other source, and sent.
+pub fn steady_stream(lab: &Lab, stream: Stream, during: impl FnOnce()) -> (u64, u64, u64) {
+    use std::net::UdpSocket;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let sink = SocketAddr::new(IpAddr::V4(SERVER), 7100);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The public side tallies the sources it sees.
+    let receiver = {
+        let stop = stop.clone();
+        let socket =
+            natgw_lab::in_netns(&lab.ns("pub"), move || UdpSocket::bind(sink).unwrap()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let (mut private, mut public) = (0u64, 0u64);
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    match from.ip() {
+                        IpAddr::V4(a) if a.is_private() => private += 1,
+                        _ => public += 1,
+                    }
+                }
+            }
+            (private, public)
+        })
+    };
+    let sender = {
+        let stop = stop.clone();
+        let ns = lab.ns("n1");
+        std::thread::spawn(move || {
+            natgw_lab::in_netns(&ns, move || {
+                let open = || UdpSocket::bind("0.0.0.0:0").unwrap();
+                let mut sockets: Vec<UdpSocket> = (0..stream.flows).map(|_| open()).collect();
+                let (mut sent, mut oldest) = (0u64, 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    let turn = (sent % stream.flows as u64) as usize;
+                    if sent > 0 && sent % stream.renew == 0 {
+                        sockets[oldest] = open();
+                        oldest = (oldest + 1) % stream.flows;
+                    }
+                    if sockets[turn].send_to(b"steady", sink).is_ok() {
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                sent
+            })
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let (private, public) = receiver.join().unwrap();
+    (private, public, sent)
+}
