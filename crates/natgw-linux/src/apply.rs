@@ -217,7 +217,10 @@ fn apply_one(
         }
         Change::ReplaceTable { .. } => {
             injected("table")?;
-            let snapshot = target.dataplane.snapshot().map_err(|e| error_chain(&e))?;
+            let snapshot = target
+                .dataplane
+                .snapshot(target.desired)
+                .map_err(|e| error_chain(&e))?;
             let installed = target.dataplane.install(target.desired);
             undo.push(Undo::Table(snapshot));
             let installed = installed.map_err(|e| error_chain(&e))?;

@@ -27,6 +27,9 @@ pub struct Snapshot {
     /// eBPF plane: the recorded gateway whose programs were running, to load them
     /// again when the change replaced them.
     pub(crate) programs: Option<Box<Desired>>,
+    /// The gateway the change installs: a rollback forgets the flows conntrack tracked
+    /// untranslated under its programs.
+    pub(crate) changing_to: Box<Desired>,
 }
 
 pub trait Dataplane {
@@ -38,8 +41,8 @@ pub trait Dataplane {
     fn observe(&self) -> Result<Option<LiveTable>, DataplaneError>;
     /// Has the kernel validate the rules for `desired` without installing them.
     fn check(&self, desired: &Desired) -> Result<(), DataplaneError>;
-    /// What is installed now, for `restore`.
-    fn snapshot(&self) -> Result<Snapshot, DataplaneError>;
+    /// What is installed now, for `restore` should the change to `changing_to` fail.
+    fn snapshot(&self, changing_to: &Desired) -> Result<Snapshot, DataplaneError>;
     /// Installs the rules for `desired` atomically; returns them as read back.
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError>;
     /// Puts back what `snapshot` saw (removes the rules when there were none).
@@ -79,9 +82,9 @@ impl Dataplane for Nftables {
         Ok(nft::check(&render(desired).text)?)
     }
 
-    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+    fn snapshot(&self, changing_to: &Desired) -> Result<Snapshot, DataplaneError> {
         // Switching from the eBPF plane detaches its programs: a rollback needs them.
-        crate::ebpf::snapshot()
+        crate::ebpf::snapshot(changing_to)
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {

@@ -491,10 +491,11 @@ pub(crate) fn forget_untranslated_flows(desired: &Desired) {
 /// run, the recorded gateway they run for. A change may replace or remove them
 /// (another config reloads them, a switch to the nftables plane detaches them): a
 /// rollback loads them again.
-pub(crate) fn snapshot() -> Result<Snapshot, DataplaneError> {
+pub(crate) fn snapshot(changing_to: &Desired) -> Result<Snapshot, DataplaneError> {
     Ok(Snapshot {
         table: nft::list_table()?,
         programs: running_gateway().map(Box::new),
+        changing_to: Box::new(changing_to.clone()),
     })
 }
 
@@ -506,7 +507,14 @@ pub(crate) fn restore(snapshot: &Snapshot) -> Result<(), DataplaneError> {
     let nat_table = |t: &str| t.contains("snat ip to") || t.contains("masquerade");
     let ebpf_table = snapshot.table.as_deref().is_some_and(|t| !nat_table(t));
     if !ebpf_table && has_pins() {
-        remove_programs().map_err(ebpf_error)?;
+        // Back from the eBPF plane, as a switch to the nftables plane goes: the table
+        // first (until it is in, the programs translate), then the flows conntrack
+        // tracked untranslated under the programs are forgotten, then the programs go.
+        nft::restore(snapshot.table.as_deref())?;
+        if snapshot.table.is_some() {
+            forget_untranslated_flows(&snapshot.changing_to);
+        }
+        return remove_programs().map_err(ebpf_error);
     }
     if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
         // Before the table: programs under whatever table is there now translate
@@ -562,8 +570,8 @@ impl Dataplane for Ebpf {
         Ok(nft::check(&render(desired).text)?)
     }
 
-    fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
-        snapshot()
+    fn snapshot(&self, changing_to: &Desired) -> Result<Snapshot, DataplaneError> {
+        snapshot(changing_to)
     }
 
     fn install(&self, desired: &Desired) -> Result<LiveTable, DataplaneError> {

@@ -1007,6 +1007,44 @@ fn ebpf_a_switch_to_nftables_leaves_no_running_flow_untranslated() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+/// A switch to the eBPF plane that fails after the programs ran: flows that began in
+/// between were tracked by conntrack untranslated (the programs translated after
+/// netfilter). The rollback puts the kernel's NAT back before it detaches the programs
+/// and forgets those flows, so that their next datagrams are translated by the table.
+#[test]
+fn ebpf_a_failed_switch_to_ebpf_leaves_no_flow_untranslated() {
+    let Some((lab, config, _server)) = up_with_server_on(
+        "ebpf_a_failed_switch_to_ebpf_leaves_no_flow_untranslated",
+        "nftables",
+        "",
+    ) else {
+        return;
+    };
+    host_bpffs();
+    let (private, public, sent) = steady_stream(&lab, Stream::OVERLAPPING, || {
+        std::fs::write(
+            &config,
+            "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n",
+        )
+        .unwrap();
+        let out = natgw_env(
+            &lab,
+            "head",
+            &["up", "--config", config.to_str().unwrap()],
+            &[("NATGW_TEST_FAIL_AT", "verify")],
+        );
+        assert_exit(&out, 1);
+    });
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} datagrams left with the private source"
+    );
+    assert!(public > sent / 2, "{public} of {sent} arrived translated");
+    assert_eq!(status_json(&lab)["dataplane"], "nftables");
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 /// With the interfaces left to detection, `up` attaches the programs to the public
 /// interface it found, verifies them there, and a second `up` and `natgw run` find
 /// them in place (they looked for them on no interface before).
