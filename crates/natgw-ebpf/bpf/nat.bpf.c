@@ -1160,17 +1160,21 @@ static __always_inline int is_icmp_error(const struct packet *p)
 
 // Nat::own_packet: the gateway's own traffic is left alone, except an ICMP error it
 // makes about a packet it received translated, which quotes the private endpoint:
-// translated back to the public one, or dropped.
+// translated back to the public one, or dropped (a redirect always).
 static __always_inline int own_packet(struct __sk_buff *skb, const struct config *c,
 				      const struct packet *p)
 {
-	if (p->later_fragment || p->bad_l4 || !is_icmp_error(p))
+	int redirect = p->proto == IPPROTO_ICMP && p->icmp_type == 5;
+	if (p->later_fragment || p->bad_l4 || !(is_icmp_error(p) || redirect))
 		return pass();
 	__u32 quote = p->l4 + 8;
 	__u32 quoted_dst;
 	if (p->ip + ip_total(skb, p) < quote + 20 ||
 	    bpf_skb_load_bytes(skb, quote + 16, &quoted_dst, 4) || !is_private(c, quoted_dst))
 		return pass();
+	// A redirect about a translated packet the kernel routed back out: dropped.
+	if (redirect)
+		return drop(C_DROP_UNSUPPORTED);
 	if (p->more_fragments)
 		return drop(C_DROP_UNSUPPORTED);
 	return error_about_inbound(skb, c, p, 0);

@@ -388,7 +388,7 @@ fn event() -> impl Strategy<Value = Event> {
         3 => (prop::sample::select(vec![0usize, 0, 0, 0, 0, 0, 1, 2, 3, 4]), 1..4u8, 0..3usize, prop::option::of(any::<usize>()), 0..2usize, 998..1006u16, 0..3u8, flags())
             .prop_map(|(spoof, remote, rport, pick, pool, port, proto, flags)| Event::In { spoof, remote, rport, pick, pool, port, proto, flags }),
         4 => (any::<usize>(), flags()).prop_map(|(pick, flags)| Event::Reply { pick, flags }),
-        1 => (0..8u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
+        1 => (0..10u8, 2..7u8).prop_map(|(k, h)| Event::Edge(k, h)),
         2 => (any::<usize>(), prop::sample::select(vec![3u8, 11, 12]), 0..QUOTES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.1))
             .prop_map(|(pick, ty, quote, stranger, unbound)| Event::ErrorIn { pick, ty, quote, stranger, unbound }),
         2 => (any::<bool>(), 2..7u8, any::<usize>(), 0..3u8, 0..2usize, prop::sample::select(vec![0u8, 0, 1, 2]))
@@ -639,6 +639,16 @@ fn step(p: &mut Pair, e: &Event) {
                 6 => {
                     let sent = udp(r, a, b"x");
                     icmp_error(POOL[0], r.addr, 11, 0, &sent, 4)
+                }
+                // The gateway's own redirect about a packet to a private host (one
+                // it routed back out): dropped; about a public one: left alone.
+                7 => {
+                    let sent = udp(r, a, b"x");
+                    icmp_error(POOL[0], r.addr, 5, 1, &sent, 8)
+                }
+                8 => {
+                    let sent = udp(r, remote(2, 53), b"x");
+                    icmp_error(POOL[0], r.addr, 5, 1, &sent, 8)
                 }
                 // A ping to the gateway itself, from outside.
                 4 => {

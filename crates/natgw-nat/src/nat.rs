@@ -449,16 +449,22 @@ impl Nat {
     /// path MTU discovery for inbound flows), or the error is dropped.
     fn own_packet(&mut self, h: &Ipv4, pkt: &[u8]) -> Verdict {
         let payload = h.payload(pkt);
-        let is_error = h.proto == wire::PROTO_ICMP
+        let quotes = h.proto == wire::PROTO_ICMP
             && !h.is_later_fragment()
             && payload.len() >= l4::ICMP_LEN
-            && icmp_type::is_error(payload[0]);
+            && (icmp_type::is_error(payload[0]) || payload[0] == icmp_type::REDIRECT);
         let quote = &payload[payload.len().min(l4::ICMP_LEN)..];
-        if !is_error
+        if !quotes
             || quote.len() < ip::MIN_LEN
             || !self.cfg.is_private(wire::get_addr(quote, ip::DST))
         {
             return Verdict::Pass;
+        }
+        if payload[0] == icmp_type::REDIRECT {
+            // About an inbound packet the kernel routed back out of the public
+            // interface (a private route gone): advice to the sender, never worth a
+            // private address on the wire.
+            return Verdict::Drop(DropReason::Unsupported);
         }
         if h.more_fragments {
             return Verdict::Drop(DropReason::Unsupported);

@@ -62,7 +62,7 @@ pub fn echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16, seq: u16) -> Vec<u8> 
     ipv4(src, dst, wire::PROTO_ICMP, &m)
 }
 
-/// An ICMP error from `from` to `to` about `about`, quoting its header and up to
+/// An ICMP error (or redirect) from `from` to `to` about `about`, quoting its header and up to
 /// `quote` bytes after it (RFC 792 asks for 8; RFC 1812 routers send more).
 pub fn icmp_error(
     from: Ipv4Addr,
@@ -72,7 +72,7 @@ pub fn icmp_error(
     about: &[u8],
     quote: usize,
 ) -> Vec<u8> {
-    debug_assert!(icmp_type::is_error(ty));
+    debug_assert!(icmp_type::is_error(ty) || ty == icmp_type::REDIRECT);
     let hl = usize::from(about[0] & 0x0f) * 4;
     let end = about.len().min(hl + quote);
     let mut m = vec![ty, code, 0, 0, 0, 0, 0, 0];

@@ -50,6 +50,8 @@ pub mod tcp_flags {
 pub mod icmp_type {
     pub const ECHO_REPLY: u8 = 0;
     pub const DEST_UNREACH: u8 = 3;
+    /// Redirect: like an error, it quotes the packet it is about (RFC 792).
+    pub const REDIRECT: u8 = 5;
     pub const ECHO_REQUEST: u8 = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETER_PROBLEM: u8 = 12;

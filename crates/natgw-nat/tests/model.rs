@@ -505,6 +505,15 @@ fn the_gateways_own_icmp_errors_never_quote_a_private_host() {
     assert_eq!(n.outbound(&own_port, secs(2)), Verdict::Pass);
     let own_udp = udp(Endpoint::new(ext.addr, 9), r, b"x");
     assert_eq!(n.outbound(&own_udp, secs(2)), Verdict::Pass);
+    // A redirect it sends about the translated packet (routed back out of the public
+    // interface) is dropped; one about public addresses only is its business.
+    let redirect = icmp_error(ext.addr, r.addr, 5, 1, &delivered, 28);
+    assert_eq!(
+        n.outbound(&redirect, secs(2)),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    let public_redirect = icmp_error(ext.addr, r.addr, 5, 1, &arrived, 28);
+    assert_eq!(n.outbound(&public_redirect, secs(2)), Verdict::Pass);
 }
 
 #[test]

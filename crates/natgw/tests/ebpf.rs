@@ -11,7 +11,8 @@ mod common;
 
 use common::*;
 use natgw_lab::{
-    in_netns, tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY, SERVER,
+    in_netns, tcp_exchange, udp_exchange, Lab, Listener, Spec, HEAD_PUBLIC, PRIVATE_GATEWAY,
+    SERVER, UPSTREAM,
 };
 
 /// A lab with natgw's config for the eBPF plane (`extra` lines appended); the bpffs
@@ -530,18 +531,102 @@ fn time_exceeded_quotes_the_public_endpoint(test: &str, dataplane: &str) {
     let SocketAddr::V4(to) = mapped else {
         panic!("IPv4 only")
     };
-    let quoted = natgw_lab::in_netns(&lab.ns("pub"), move || {
+    let from = std::net::SocketAddrV4::new(SERVER, server().port());
+    let quoted = quoted_by_gateway(&lab, from, to, 1, 11);
+    assert_eq!(
+        quoted,
+        Some(mapped),
+        "the gateway's time exceeded quoted {quoted:?}"
+    );
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+#[test]
+fn ebpf_the_gateways_redirects_never_quote_a_private_host() {
+    redirects_never_quote_a_private_host(
+        "ebpf_the_gateways_redirects_never_quote_a_private_host",
+        "ebpf",
+    );
+}
+
+#[test]
+fn nftables_the_gateways_redirects_never_quote_a_private_host() {
+    redirects_never_quote_a_private_host(
+        "nftables_the_gateways_redirects_never_quote_a_private_host",
+        "nftables",
+    );
+}
+
+/// With the private link down, the route to the private prefix is gone: a datagram to a
+/// node's binding, translated on the way in, is routed back out of the public interface,
+/// and the kernel sends its sender an ICMP redirect quoting the translated packet. That
+/// redirect must not carry the node's private address to the public side.
+fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
+    let Some((lab, _, _server)) = up_with_server_on(test, dataplane, "") else {
+        return;
+    };
+    let (socket, mapped) = node_socket(&lab, 0, |_| {}).expect("the node's datagram answered");
+    let SocketAddr::V4(to) = mapped else {
+        panic!("IPv4 only")
+    };
+    // A flow with the upstream router too, which is on the public link (a redirect
+    // goes only to a sender there); the kernel's NAT keeps the node's public port.
+    let from = std::net::SocketAddrV4::new(UPSTREAM, 7777);
+    socket.send_to(b"hello", from).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let redirects = || {
+        let snmp = in_ns(&lab, "head", &["cat", "/proc/net/snmp"]);
+        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+        let at = names.split_whitespace().position(|n| n == "OutRedirects");
+        values
+            .split_whitespace()
+            .nth(at.unwrap())
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = redirects();
+    lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
+    let quoted = quoted_by_gateway(&lab, from, to, 64, 5);
+    lab.ip("head", &["link", "set", "lan0", "up"]).unwrap();
+    assert!(redirects() > before, "control: the kernel sent no redirect");
+    assert!(
+        quoted.is_none_or(|q| q == mapped),
+        "the gateway's redirect quoted {quoted:?}"
+    );
+    if dataplane == "ebpf" {
+        // The programs drop it (the kernel's NAT translates the quote back instead).
+        assert_eq!(quoted, None);
+        let status = status_json(&lab);
+        assert!(ebpf_counter(&status, "drop_unsupported") >= 1, "{status}");
+    }
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// The endpoint quoted by the first ICMP message of `icmp_type` the public side gets
+/// from the gateway while it sends datagrams `from` (an endpoint of `pub`) with `ttl`
+/// to `to` (for 3 s).
+fn quoted_by_gateway(
+    lab: &Lab,
+    from: std::net::SocketAddrV4,
+    to: std::net::SocketAddrV4,
+    ttl: u32,
+    icmp_type: u8,
+) -> Option<SocketAddr> {
+    natgw_lab::in_netns(&lab.ns("pub"), move || {
         use socket2::{Domain, Protocol, Socket, Type};
         let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
         icmp.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        // From the server's own endpoint (the one the node's flow is with), TTL 1.
         let udp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
-        udp.bind(&SocketAddr::new(IpAddr::V4(SERVER), 0).into())
+        udp.bind(&SocketAddr::new(IpAddr::V4(*from.ip()), 0).into())
             .unwrap();
-        udp.set_ttl(1).unwrap();
+        udp.set_ttl(ttl).unwrap();
         let mut datagram = Vec::new();
-        datagram.extend_from_slice(&server().port().to_be_bytes());
+        datagram.extend_from_slice(&from.port().to_be_bytes());
         datagram.extend_from_slice(&to.port().to_be_bytes());
         datagram.extend_from_slice(&13u16.to_be_bytes());
         datagram.extend_from_slice(&[0, 0, b'h', b'o', b'p', b'!', b'!']);
@@ -558,7 +643,7 @@ fn time_exceeded_quotes_the_public_endpoint(test: &str, dataplane: &str) {
                 .map(|b| unsafe { b.assume_init() })
                 .collect();
             let hl = usize::from(bytes[0] & 0x0f) * 4;
-            if bytes.get(hl) != Some(&11) {
+            if bytes.get(hl) != Some(&icmp_type) {
                 continue;
             }
             let q = hl + 8;
@@ -570,14 +655,7 @@ fn time_exceeded_quotes_the_public_endpoint(test: &str, dataplane: &str) {
         }
         None
     })
-    .unwrap();
-    assert_eq!(
-        quoted,
-        Some(mapped),
-        "the gateway's time exceeded quoted {quoted:?}"
-    );
-    drop(socket);
-    assert_exit(&natgw(&lab, &["down"]), 0);
+    .unwrap()
 }
 
 /// A UDP socket on n1 bound to `port` (0: any) that asked the public server what it
