@@ -1152,6 +1152,13 @@ static __always_inline int error_about_inbound(struct __sk_buff *skb, const stru
 	return TC_ACT_OK;
 }
 
+// Ipv4::has_options: no query with IP options is translated, either way (Record Route
+// and Timestamp would carry private addresses out).
+static __always_inline int has_options(const struct packet *p)
+{
+	return p->l4 - p->ip > 20;
+}
+
 static __always_inline int is_icmp_error(const struct packet *p)
 {
 	return p->proto == IPPROTO_ICMP &&
@@ -1459,6 +1466,8 @@ int natgw_egress(struct __sk_buff *skb)
 	if (p.proto != IPPROTO_UDP && p.proto != IPPROTO_TCP &&
 	    !(p.proto == IPPROTO_ICMP && p.icmp_type == 8))
 		return drop(C_DROP_UNSUPPORTED);
+	if (has_options(&p))
+		return drop(C_DROP_UNSUPPORTED);
 	__u64 now = now_ns(c);
 	__u32 why;
 	struct binding *b = open_flow(c, &p, now, &why);
@@ -1518,6 +1527,8 @@ int natgw_ingress(struct __sk_buff *skb)
 	struct binding *b = live_binding(&internal, now);
 	if (!b)
 		return pass();
+	if (has_options(&p))
+		return drop(C_DROP_UNSUPPORTED);
 	__u32 why = admit(c, &p, &internal, b, now);
 	if (why)
 		return drop(why);

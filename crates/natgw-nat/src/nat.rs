@@ -180,6 +180,9 @@ impl Nat {
                     // The gateway's own address and no binding there: the host's business.
                     return Verdict::Pass;
                 }
+                if !hairpin && h.has_options() {
+                    return Verdict::Drop(DropReason::Unsupported);
+                }
                 let external = match self.open(proto, internal, remote, flags, now) {
                     Ok(e) => e,
                     Err(Some(reason)) => return Verdict::Drop(reason),
@@ -270,6 +273,9 @@ impl Nat {
                 let Some(internal) = self.table.internal_of(proto, external) else {
                     return Verdict::Pass;
                 };
+                if h.has_options() {
+                    return Verdict::Drop(DropReason::Unsupported);
+                }
                 let filtering = self.cfg.filtering;
                 let t = self.cfg.timeouts;
                 let b = self.table.get_mut(proto, internal).expect("indexes agree");

@@ -62,6 +62,21 @@ pub fn echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16, seq: u16) -> Vec<u8> 
     ipv4(src, dst, wire::PROTO_ICMP, &m)
 }
 
+/// `pkt` with a Record Route option (one empty slot, as `ping -R` starts it) in its IP
+/// header.
+pub fn with_record_route(pkt: &[u8]) -> Vec<u8> {
+    let hl = usize::from(pkt[0] & 0x0f) * 4;
+    let option = [7u8, 7, 4, 0, 0, 0, 0, 0]; // type, length, pointer, a slot; end of list
+    let mut p = pkt[..hl].to_vec();
+    p.extend_from_slice(&option);
+    p.extend_from_slice(&pkt[hl..]);
+    p[0] = 0x40 | ((hl + option.len()) / 4) as u8;
+    let total = wire::get16(&p, ip::TOTAL_LEN) + option.len() as u16;
+    wire::put16(&mut p, ip::TOTAL_LEN, total);
+    wire::fill_checksums(&mut p).expect("well-formed by construction");
+    p
+}
+
 /// An ICMP error (or redirect) from `from` to `to` about `about`, quoting its header and up to
 /// `quote` bytes after it (RFC 792 asks for 8; RFC 1812 routers send more).
 pub fn icmp_error(

@@ -113,6 +113,14 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
+    /// Whether the header carries options. natgw translates no query that does, either
+    /// way: Record Route and Timestamp collect the addresses of the private side (the
+    /// sender's own, the gateway's private one on the way in, which an echo reply
+    /// carries back), which no rewrite of the fixed header hides.
+    pub fn has_options(&self) -> bool {
+        self.header_len > ip::MIN_LEN
+    }
+
     /// Checks the version and both lengths against the buffer (bytes past `total_len`,
     /// such as Ethernet padding, are allowed and left alone).
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {

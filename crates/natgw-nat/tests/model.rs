@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use natgw_nat::packet::{
     echo, fragment, icmp_error, private_host as host, reassemble, remote_host as remote, tcp, udp,
+    with_record_route,
 };
 use natgw_nat::wire::{self, checksums_ok, icmp_type, tcp_flags::*, Ipv4};
 use natgw_nat::{
@@ -514,6 +515,35 @@ fn the_gateways_own_icmp_errors_never_quote_a_private_host() {
     );
     let public_redirect = icmp_error(ext.addr, r.addr, 5, 1, &arrived, 28);
     assert_eq!(n.outbound(&public_redirect, secs(2)), Verdict::Pass);
+}
+
+/// Record Route collects the private side's addresses (the sender's own on the way
+/// out; the gateway's private one on the way in, which an echo reply carries back):
+/// a query with IP options is not translated either way, and opens nothing.
+#[test]
+fn queries_with_ip_options_are_dropped_both_ways() {
+    let mut n = nat(Filtering::EndpointIndependent);
+    let (a, r) = (host(2, 40000), remote(1, 53));
+    let first = with_record_route(&udp(a, r, b"rr"));
+    assert_eq!(
+        n.outbound(&first, secs(0)),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    assert!(n.bindings().is_empty(), "nothing opened");
+    let ext = src_of(&forwarded(n.outbound(&udp(a, r, b""), secs(1))));
+    let inbound = with_record_route(&udp(r, ext, b"rr"));
+    assert_eq!(
+        n.inbound(&inbound, secs(2)),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    let ping = with_record_route(&echo(r.addr, ext.addr, 8, 7, 1));
+    assert_eq!(
+        n.inbound(&ping, secs(2)),
+        Verdict::Pass,
+        "the gateway's own"
+    );
+    // The same without options: translated.
+    forwarded(n.inbound(&udp(r, ext, b"rr"), secs(2)));
 }
 
 #[test]

@@ -658,6 +658,36 @@ fn quoted_by_gateway(
     .unwrap()
 }
 
+/// A node's `ping -R` (Record Route: the node writes its own private address into the
+/// option, as the originator) never leaves: the programs translate no query with IP
+/// options. The same ping without the option goes through.
+#[test]
+fn ebpf_record_route_never_carries_a_private_address_out() {
+    let Some((lab, _, _server)) =
+        up_with_server("ebpf_record_route_never_carries_a_private_address_out", "")
+    else {
+        return;
+    };
+    let ping = |extra: &[&str]| {
+        let mut args = vec!["ping", "-c", "1", "-W", "1"];
+        args.extend_from_slice(extra);
+        args.push("198.51.100.10");
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("n1")])
+            .args(&args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let dropped = || ebpf_counter(&status_json(&lab), "drop_unsupported");
+    let before = dropped();
+    assert!(!ping(&["-R"]), "ping -R got an answer through the gateway");
+    assert!(dropped() > before, "not dropped by the programs");
+    assert!(ping(&[]), "control: a plain ping goes through");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 /// A UDP socket on n1 bound to `port` (0: any) that asked the public server what it
 /// sees (`None` without an answer), set up by `prepare` first (socket options; it may
 /// `connect`).
