@@ -339,6 +339,7 @@ fn render_body(d: &Desired) -> String {
 \tchain from_public {{
 \t\toifname {private} ct state established,related counter name \"inbound_replies\" accept
 {admitted}\t\toifname {private} counter name \"dropped_unsolicited\" drop
+\t\toifname {public} ip daddr @private4 counter name \"dropped_unsolicited\" drop
 \t\tct state established,related accept
 \t\tcounter name \"dropped_unsolicited\" drop
 \t}}

@@ -560,8 +560,9 @@ fn nftables_the_gateways_redirects_never_quote_a_private_host() {
 
 /// With the private link down, the route to the private prefix is gone: a datagram to a
 /// node's binding, translated on the way in, is routed back out of the public interface,
-/// and the kernel sends its sender an ICMP redirect quoting the translated packet. That
-/// redirect must not carry the node's private address to the public side.
+/// and the kernel sends its sender an ICMP redirect quoting the translated packet.
+/// Neither the redirect nor the datagram may carry the node's private address to the
+/// public side: natgw's filter drops the datagram.
 fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
     let Some((lab, _, _server)) = up_with_server_on(test, dataplane, "") else {
         return;
@@ -587,21 +588,33 @@ fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
             .parse::<u64>()
             .unwrap()
     };
+    // The public side counts what reaches it for a private address.
+    in_ns(&lab, "pub", &["nft", "add table ip seen; add chain ip seen pre { type filter hook prerouting priority -300; }; add rule ip seen pre ip daddr 10.0.0.0/8 counter"]);
     let before = redirects();
+    let unsupported =
+        || (dataplane == "ebpf").then(|| ebpf_counter(&status_json(&lab), "drop_unsupported"));
+    let unsupported_before = unsupported();
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
     let quoted = quoted_by_gateway(&lab, from, to, 64, 5);
     lab.ip("head", &["link", "set", "lan0", "up"]).unwrap();
     assert!(redirects() > before, "control: the kernel sent no redirect");
-    assert!(
-        quoted.is_none_or(|q| q == mapped),
-        "the gateway's redirect quoted {quoted:?}"
-    );
     if dataplane == "ebpf" {
         // The programs drop it (the kernel's NAT translates the quote back instead).
-        assert_eq!(quoted, None);
-        let status = status_json(&lab);
-        assert!(ebpf_counter(&status, "drop_unsupported") >= 1, "{status}");
+        assert_eq!(quoted, None, "the gateway's redirect quoted {quoted:?}");
+        assert!(unsupported() > unsupported_before);
+    } else {
+        // The kernel's NAT translates the quote back (when the redirect gets out).
+        assert!(
+            quoted.is_none_or(|q| q == mapped),
+            "the gateway's redirect quoted {quoted:?}"
+        );
     }
+    // Nor does the datagram itself leave again, translated to the node.
+    let seen = in_ns(&lab, "pub", &["nft", "list chain ip seen pre"]);
+    assert!(
+        seen.contains("counter packets 0 "),
+        "the public side got datagrams for the node's private address: {seen}"
+    );
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
