@@ -67,20 +67,28 @@ impl Plan {
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut changes = Vec::new();
 
-    // accept_ra = 2 before forwarding: turning forwarding on purges the default routes
-    // learnt from router advertisements on interfaces that do not accept them then.
-    let mut sysctls: Vec<_> = desired.sysctls.iter().collect();
-    sysctls.sort_by_key(|(name, _)| !name.ends_with(".accept_ra"));
-    for (name, want) in sysctls {
-        let have = observed.sysctls.get(name);
-        if have != Some(want) {
-            changes.push(Change::SetSysctl {
-                name: name.clone(),
-                from: have.cloned().unwrap_or_else(|| "unset".into()),
-                to: want.clone(),
-            });
+    // accept_ra = 2 first, before forwarding: turning forwarding on purges the default
+    // routes learnt from router advertisements on interfaces that do not accept them
+    // then. Forwarding and the other sysctls come last, after the table: until the
+    // table (and the eBPF plane's programs) are in, forwarding would let private sources
+    // out untranslated and the public side in unfiltered.
+    let (accept_ra, sysctls): (Vec<_>, Vec<_>) = desired
+        .sysctls
+        .iter()
+        .partition(|(name, _)| name.ends_with(".accept_ra"));
+    let set_sysctls = |changes: &mut Vec<Change>, sysctls: Vec<(&String, &String)>| {
+        for (name, want) in sysctls {
+            let have = observed.sysctls.get(name);
+            if have != Some(want) {
+                changes.push(Change::SetSysctl {
+                    name: name.clone(),
+                    from: have.cloned().unwrap_or_else(|| "unset".into()),
+                    to: want.clone(),
+                });
+            }
         }
-    }
+    };
+    set_sysctls(&mut changes, accept_ra);
 
     // Deletes first: a route whose `via` changed is deleted and added again, and the
     // kernel refuses a second route to the same destination.
@@ -136,6 +144,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
                 .map(|_| desired.public.name.as_str().to_string()),
         });
     }
+    set_sysctls(&mut changes, sysctls);
     if let Some(applying) = observed.state.as_ref().and_then(|s| s.applying) {
         changes.push(Change::FinishApply { pid: applying.pid });
     }
@@ -336,13 +345,17 @@ mod tests {
         assert_eq!(p.changes.len(), 3, "{text}");
         assert!(text.contains("set sysctl net.ipv4.ip_forward: unset -> 1"));
         assert!(text.contains("add route 10.20.0.0/16 via 10.0.0.254"));
+        // Forwarding last: never on while the table is not in yet.
         assert!(matches!(
-            p.changes[2],
+            p.changes[1],
             Change::ReplaceTable {
                 reason: TableReason::Create,
                 ..
             }
         ));
+        assert!(
+            matches!(&p.changes[2], Change::SetSysctl { name, .. } if name == "net.ipv4.ip_forward")
+        );
     }
 
     #[test]

@@ -75,7 +75,14 @@ impl Dataplane for Nftables {
     }
 
     fn observe(&self) -> Result<Option<LiveTable>, DataplaneError> {
-        Ok(nft::live_table()?)
+        // The eBPF plane's programs left behind (a crash or a failed rollback of a
+        // switch) would translate a second time: drift, which the next `up` repairs.
+        Ok(nft::live_table()?.map(|t| match crate::ebpf::has_pins() {
+            true => LiveTable {
+                fingerprint: format!("{}; leftover eBPF programs", t.fingerprint),
+            },
+            false => t,
+        }))
     }
 
     fn check(&self, desired: &Desired) -> Result<(), DataplaneError> {
@@ -106,7 +113,16 @@ impl Dataplane for Nftables {
     }
 
     fn remove(&self) -> Result<(), DataplaneError> {
-        Ok(nft::delete_table()?)
+        nft::delete_table()?;
+        if crate::ebpf::has_pins() {
+            crate::ebpf::remove_programs()
+                .map_err(|e| DataplaneError::Ebpf(crate::apply::error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn has_leftovers(&self) -> bool {
+        crate::ebpf::has_pins()
     }
 
     fn counters(&self) -> Result<Vec<Counter>, DataplaneError> {

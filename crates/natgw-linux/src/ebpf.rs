@@ -510,11 +510,20 @@ pub(crate) fn restore(snapshot: &Snapshot) -> Result<(), DataplaneError> {
         // Back from the eBPF plane, as a switch to the nftables plane goes: the table
         // first (until it is in, the programs translate), then the flows conntrack
         // tracked untranslated under the programs are forgotten, then the programs go.
-        nft::restore(snapshot.table.as_deref())?;
-        if snapshot.table.is_some() {
-            forget_untranslated_flows(&snapshot.changing_to);
+        let table = nft::restore(snapshot.table.as_deref());
+        // Should nft fail, the programs stay unless the live table translates itself.
+        let translated = table.is_ok()
+            || nft::list_table()
+                .ok()
+                .flatten()
+                .is_some_and(|t| nat_table(&t));
+        if translated {
+            if snapshot.table.is_some() {
+                forget_untranslated_flows(&snapshot.changing_to);
+            }
+            remove_programs().map_err(ebpf_error)?;
         }
-        return remove_programs().map_err(ebpf_error);
+        return Ok(table?);
     }
     if let (true, Some(previous)) = (ebpf_table, &snapshot.programs) {
         // Before the table: programs under whatever table is there now translate

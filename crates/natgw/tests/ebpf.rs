@@ -1166,6 +1166,55 @@ fn ebpf_a_failed_switch_to_ebpf_leaves_no_flow_untranslated() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+/// A switch to the eBPF plane whose `nft` cannot load tables (it still lists and checks
+/// them): the programs were attached, the table stayed the kernel's NAT. The rollback,
+/// whose own load fails too, still detaches the programs (the table in place
+/// translates), and the gateway stays the nftables one it was.
+#[test]
+fn ebpf_a_switch_whose_nft_fails_leaves_no_program_behind() {
+    let Some((lab, config, _server)) = up_with_server_on(
+        "ebpf_a_switch_whose_nft_fails_leaves_no_program_behind",
+        "nftables",
+        "",
+    ) else {
+        return;
+    };
+    host_bpffs();
+    let wrapper = scratch(&lab, "failing-nft").join("nft");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$*\" in\n  -c*) ;;\n  *-f*) echo 'nft: injected failure' >&2; exit 1 ;;\nesac\nexec /usr/sbin/nft \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &config,
+        "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"ebpf\"\n",
+    )
+    .unwrap();
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_NFT", wrapper.to_str().unwrap())],
+    );
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("injected failure"), "{}", text(&out));
+    assert_eq!(pinned(&lab), Vec::<String>::new());
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_eq!(status_json(&lab)["dataplane"], "nftables");
+    // The failed rollback leaves the apply to finish: the next `up` does.
+    std::fs::write(
+        &config,
+        "public = \"wan0\"\nprivate = [\"lan0\"]\ndataplane = \"nftables\"\n",
+    )
+    .unwrap();
+    assert_exit(&up(&lab, &config), 0);
+    let status = status_json(&lab);
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 /// With the interfaces left to detection, `up` attaches the programs to the public
 /// interface it found, verifies them there, and a second `up` and `natgw run` find
 /// them in place (they looked for them on no interface before).

@@ -198,6 +198,28 @@ fn down_never_lets_a_private_source_out(plane: Plane) {
 }
 both_planes!(down_never_lets_a_private_source_out);
 
+/// `up` turns forwarding on only after the table (and the programs) are in, and a
+/// failed `up` turns it off before it takes them away: a node opening a new flow every
+/// 100 µs all through a failed `up` and a good one never reaches the public side with
+/// its private address.
+fn up_never_lets_a_private_source_out(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
+        return;
+    };
+    let (private, public, sent) = steady_stream(&lab, Stream::NEW_FLOWS, || {
+        let failed = plane.natgw_env(&lab, "head", &["up"], &[("NATGW_TEST_FAIL_AT", "verify")]);
+        assert_exit(&failed, 1);
+        assert_exit(&plane.natgw(&lab, &["up"]), 0);
+    });
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} datagrams left with the private source"
+    );
+    assert!(public > 0, "none of {sent} datagrams arrived translated");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+both_planes!(up_never_lets_a_private_source_out);
+
 /// The slow `nft` of common::slow_nft, in the lab's scratch directory.
 fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
     common::slow_nft(&scratch(lab, "slownft"), delay)
