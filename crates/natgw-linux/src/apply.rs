@@ -324,6 +324,7 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
     let mut sysctls: Vec<(String, String)> =
         std::mem::take(&mut remaining.sysctls).into_iter().collect();
     sysctls.sort_by_key(|(name, _)| !is_master_switch(name));
+    let mut forwarding_stays_on = false;
     for (name, value) in sysctls {
         if !is_managed_sysctl(&name) || !is_sysctl_value(&value) {
             report.errors.push(format!(
@@ -338,11 +339,22 @@ pub fn teardown(observed: &Observed, netlink: &Netlink, dataplane: &dyn Dataplan
             format!("restore sysctl {name} = {value}"),
             sysctl::write(&name, &value).map_err(|e| error_chain(&e)),
         ) {
+            if is_master_switch(&name) && value == "0" {
+                forwarding_stays_on = true;
+            }
             remaining.sysctls.insert(name, value);
         }
     }
 
-    let table_removed = if !dataplane.available() {
+    let table_removed = if forwarding_stays_on {
+        // Without natgw's rules the gateway would go on forwarding, untranslated and
+        // unfiltered: they stay until a `down` can turn forwarding off.
+        report.errors.push(format!(
+            "kept natgw's {} rules: forwarding could not be turned back off, and without them private sources would leave untranslated; fix the error above and run `natgw down` again",
+            dataplane.name()
+        ));
+        false
+    } else if !dataplane.available() {
         report.record(
             format!("delete the {} rules", dataplane.name()),
             Err(crate::nft::NftError::Missing.to_string()),

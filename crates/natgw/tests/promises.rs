@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -219,6 +219,47 @@ fn up_never_lets_a_private_source_out(plane: Plane) {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 both_planes!(up_never_lets_a_private_source_out);
+
+/// A `down` that cannot turn forwarding back off (here /proc/sys is read-only for it)
+/// keeps natgw's rules: without them the gateway would forward private sources
+/// untranslated. It says so, exits 1, and a later `down` finishes the job.
+fn down_keeps_the_rules_while_forwarding_stays_on(plane: Plane) {
+    let Some(lab) = plane.lab(Spec::nodes(1)) else {
+        return;
+    };
+    let _server = Listener::start(&lab.ns("pub"), server()).unwrap();
+    assert_exit(&plane.natgw(&lab, &["up"]), 0);
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"",
+            "sh",
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns("head"),
+            &binary(),
+            "down",
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("kept natgw's"), "{}", text(&out));
+    assert_eq!(
+        in_ns(&lab, "head", &["sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
+        "1"
+    );
+    in_ns(&lab, "head", &["nft", "list", "table", "inet", "natgw"]);
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    assert_exit(&natgw(&lab, &["down"]), 0);
+    assert_eq!(
+        in_ns(&lab, "head", &["sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
+        "0"
+    );
+}
+both_planes!(down_keeps_the_rules_while_forwarding_stays_on);
 
 /// The slow `nft` of common::slow_nft, in the lab's scratch directory.
 fn slow_nft(lab: &Lab, delay: &str) -> (String, std::path::PathBuf) {
