@@ -84,6 +84,12 @@ fn listed(line: &str) -> Option<Listed> {
     })
 }
 
+/// The `conntrack` tool, if installed (`$NATGW_CONNTRACK` when set). A switch between
+/// data planes needs it to hand running flows over.
+pub fn tool() -> Option<std::path::PathBuf> {
+    crate::tools::find("conntrack", "NATGW_CONNTRACK")
+}
+
 /// After a switch from the eBPF plane to the nftables plane: deletes the flows that
 /// conntrack tracked from a private source without translating them (the programs
 /// translated after netfilter), which the new table's `ct state established` rule would
@@ -94,9 +100,11 @@ pub fn forget_untranslated(
     private: &[ipnet::Ipv4Net],
     public: &[std::net::Ipv4Addr],
 ) -> Result<usize, String> {
+    let conntrack =
+        tool().ok_or("the conntrack tool is not installed (apt-get install conntrack)")?;
     let mut deleted = 0;
     for prefix in private {
-        let out = std::process::Command::new("conntrack")
+        let out = std::process::Command::new(&conntrack)
             .args(["-L", "-f", "ipv4", "-s", &prefix.to_string()])
             .output()
             .map_err(|e| format!("cannot run conntrack (apt-get install conntrack): {e}"))?;
@@ -122,7 +130,7 @@ pub fn forget_untranslated(
             for (flag, value) in &flow.keys {
                 args.extend([flag.clone(), value.clone()]);
             }
-            let status = std::process::Command::new("conntrack")
+            let status = std::process::Command::new(&conntrack)
                 .args(&args)
                 .output()
                 .map_err(|e| format!("cannot run conntrack: {e}"))?;

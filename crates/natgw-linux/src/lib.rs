@@ -18,6 +18,7 @@ pub mod observe;
 pub mod privilege;
 pub mod state_store;
 pub mod sysctl;
+pub mod tools;
 
 pub use apply::{apply, teardown, ApplyError, Target, Teardown};
 pub use dataplane::Dataplane;

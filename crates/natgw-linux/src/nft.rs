@@ -31,17 +31,9 @@ pub enum NftError {
     Schema(String),
 }
 
-/// The `nft` binary, if installed: `$NATGW_NFT` when set, else found on PATH or in
-/// the sbin directories (cron and some service managers leave them off PATH).
+/// The `nft` binary, if installed (`$NATGW_NFT` when set).
 pub fn binary() -> Option<PathBuf> {
-    if let Some(explicit) = std::env::var_os("NATGW_NFT") {
-        return Some(PathBuf::from(explicit)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("nft"))
-        .find(|p| p.is_file())
+    crate::tools::find("nft", "NATGW_NFT")
 }
 
 fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String, NftError> {

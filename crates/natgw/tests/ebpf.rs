@@ -1215,6 +1215,34 @@ fn ebpf_a_switch_whose_nft_fails_leaves_no_program_behind() {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+/// Without the conntrack tool a switch between planes could not hand running flows over
+/// (they would leave untranslated while they live): refused, exit 2, nothing changed.
+#[test]
+fn ebpf_a_switch_without_the_conntrack_tool_is_refused() {
+    let Some((lab, config, _server)) =
+        up_with_server("ebpf_a_switch_without_the_conntrack_tool_is_refused", "")
+    else {
+        return;
+    };
+    let before = headnode_snapshot(&lab);
+    std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
+    let out = natgw_env(
+        &lab,
+        "head",
+        &["up", "--config", config.to_str().unwrap()],
+        &[("NATGW_CONNTRACK", "/nonexistent/conntrack")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("apt-get install conntrack"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(headnode_snapshot(&lab), before);
+    assert_eq!(status_json(&lab)["dataplane"], "ebpf");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
 /// With the interfaces left to detection, `up` attaches the programs to the public
 /// interface it found, verifies them there, and a second `up` and `natgw run` find
 /// them in place (they looked for them on no interface before).

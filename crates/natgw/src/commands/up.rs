@@ -40,6 +40,9 @@ pub fn run(args: &GatewayArgs, dry_run: bool, json: bool) -> exit::Result<i32> {
     if !dry_run && desired.dataplane.ebpf().is_some() {
         ebpf_carried(desired.public.name.as_str())?;
     }
+    if !dry_run {
+        switch_carried(&desired, &observed)?;
+    }
     let plan = natgw_core::plan(&desired, &observed);
     for change in &plan.changes {
         tracing::debug!(change = %change, "planned");
@@ -113,6 +116,28 @@ pub fn ebpf_carried(public: &str) -> exit::Result<()> {
             indent(f.fix.as_deref().unwrap_or(""))
         ))),
     }
+}
+
+/// A switch between data planes hands the running flows over by deleting the ones
+/// conntrack tracked untranslated (otherwise they would leave with private addresses
+/// while they live), with the `conntrack` tool; without it the switch is refused before
+/// anything changes.
+fn switch_carried(desired: &Desired, observed: &Observed) -> exit::Result<()> {
+    let recorded = observed
+        .state
+        .as_ref()
+        .and_then(|s| s.gateway.as_ref())
+        .map(|g| g.dataplane.kind());
+    let wanted = desired.dataplane.kind();
+    let switching = recorded.is_some_and(|kind| kind != wanted)
+        || (desired.dataplane.ebpf().is_none() && natgw_linux::ebpf::has_pins());
+    if !switching || natgw_linux::conntrack::tool().is_some() {
+        return Ok(());
+    }
+    Err(crate::exit::usage(anyhow!(
+        "dataplane = \"{}\": switching data planes hands the running flows over with the conntrack tool, which is not installed; nothing was changed\nfix:\n  apt-get install conntrack",
+        wanted
+    )))
 }
 
 /// natgw's part is in place; another firewall must not stop the traffic all the same
