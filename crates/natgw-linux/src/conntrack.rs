@@ -24,7 +24,9 @@ fn usage_from_proc() -> Option<Conntrack> {
 /// tool's report; none deleted is success.
 pub fn flush_translated_to(address: std::net::IpAddr) -> Result<String, String> {
     let family = if address.is_ipv4() { "ipv4" } else { "ipv6" };
-    let out = std::process::Command::new("conntrack")
+    let conntrack =
+        tool().ok_or("the conntrack tool is not installed (apt-get install conntrack)")?;
+    let out = std::process::Command::new(conntrack)
         .args(["-D", "-f", family, "--reply-dst", &address.to_string()])
         .output()
         .map_err(|e| format!("cannot run conntrack (apt-get install conntrack): {e}"))?;
