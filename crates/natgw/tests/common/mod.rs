@@ -580,13 +580,14 @@ pub fn steady_stream(lab: &Lab, stream: Stream, during: impl FnOnce()) -> (u64, 
             natgw_lab::in_netns(&ns, move || {
                 let open = || UdpSocket::bind("0.0.0.0:0").unwrap();
                 let mut sockets: Vec<UdpSocket> = (0..stream.flows).map(|_| open()).collect();
-                let (mut sent, mut oldest) = (0u64, 0usize);
+                let (mut tries, mut sent, mut oldest) = (0u64, 0u64, 0usize);
                 while !stop.load(Ordering::Relaxed) {
-                    let turn = (sent % stream.flows as u64) as usize;
-                    if sent > 0 && sent % stream.renew == 0 {
+                    let turn = (tries % stream.flows as u64) as usize;
+                    if tries > 0 && tries % stream.renew == 0 {
                         sockets[oldest] = open();
                         oldest = (oldest + 1) % stream.flows;
                     }
+                    tries += 1;
                     if sockets[turn].send_to(b"steady", sink).is_ok() {
                         sent += 1;
                     }
