@@ -460,8 +460,9 @@ fn drift_is_reported_by_status_and_repaired_by_up(plane: Plane) {
         .iter()
         .map(|c| c["change"].as_str().unwrap())
         .collect();
-    assert_eq!(changes, ["set_sysctl", "replace_table"]);
-    assert_eq!(status["drift"]["changes"][1]["reason"], "drift");
+    // The table first: forwarding comes back only behind it.
+    assert_eq!(changes, ["replace_table", "set_sysctl"]);
+    assert_eq!(status["drift"]["changes"][0]["reason"], "drift");
 
     assert_exit(&plane.natgw(&lab, &["up"]), 0);
     assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
