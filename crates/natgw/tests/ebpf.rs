@@ -1235,6 +1235,23 @@ fn ebpf_a_switch_without_the_conntrack_tool_is_refused() {
         "apt-get install conntrack",
     );
     assert_eq!(status_json(&lab)["dataplane"], "ebpf");
+    // `natgw run` with that config refuses the switch too: it says why and keeps the
+    // eBPF gateway running.
+    let service = Service::start_env(
+        &lab,
+        &["--config", config.to_str().unwrap()],
+        &[("NATGW_CONNTRACK", "/nonexistent/conntrack")],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !service.log().contains("apt-get install conntrack") {
+        assert!(std::time::Instant::now() < deadline, "{}", service.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pinned(&lab).is_empty(), "the programs were detached");
+    assert_translated(&lab, "n1", IpAddr::V4(HEAD_PUBLIC));
+    let (_, log) = service.stop_with_log();
+    assert!(!log.contains("repaired and verified"), "{log}");
+    assert_eq!(status_json(&lab)["dataplane"], "ebpf");
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 

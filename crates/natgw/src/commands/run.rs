@@ -263,6 +263,7 @@ impl Daemon {
             .ebpf()
             .map(|_| desired.public.name.as_str().to_string());
         self.figures.set_gateway(&desired);
+        up::switch_carried(&desired, &observed).map_err(text)?;
         let plan = natgw_core::plan(&desired, &observed);
         if !plan.is_empty() {
             for change in &plan.changes {

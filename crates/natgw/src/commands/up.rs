@@ -122,7 +122,7 @@ pub fn ebpf_carried(public: &str) -> exit::Result<()> {
 /// conntrack tracked untranslated (otherwise they would leave with private addresses
 /// while they live), with the `conntrack` tool; without it the switch is refused before
 /// anything changes.
-fn switch_carried(desired: &Desired, observed: &Observed) -> exit::Result<()> {
+pub fn switch_carried(desired: &Desired, observed: &Observed) -> exit::Result<()> {
     let recorded = observed
         .state
         .as_ref()
