@@ -71,6 +71,9 @@ pub struct Config {
     /// eBPF data plane: the flows the programs translate skip conntrack (faster; see
     /// the README for what foreign rules no longer see). Default false.
     pub bypass_conntrack: Option<toml::Spanned<bool>>,
+    /// eBPF data plane with bypass_conntrack: flows the kernel's forward path has
+    /// carried once skip it, as with an nftables flowtable. Default false.
+    pub fast_path: Option<toml::Spanned<bool>>,
 }
 
 /// How private nodes reach the IPv6 internet.
@@ -176,6 +179,8 @@ pub struct Settings {
     pub port_range: Option<PortRange>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bypass_conntrack: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_path: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -341,6 +346,7 @@ impl Config {
             filtering: self.filtering.as_ref().map(|f| *f.get_ref()),
             port_range: self.port_range.as_ref().map(|r| *r.get_ref()),
             bypass_conntrack: self.bypass_conntrack.as_ref().is_some_and(|b| *b.get_ref()),
+            fast_path: self.fast_path.as_ref().is_some_and(|b| *b.get_ref()),
         })
     }
 
@@ -379,6 +385,7 @@ impl Config {
                 self.bypass_conntrack
                     .as_ref()
                     .map(|b| ("bypass_conntrack", b.span())),
+                self.fast_path.as_ref().map(|b| ("fast_path", b.span())),
             ];
             if let Some((key, span)) = own.into_iter().flatten().next() {
                 let add = match dataplane.by {
@@ -391,6 +398,15 @@ impl Config {
                 )));
             }
             return Ok(());
+        }
+        // The fast path learns a flow from the mark that takes it out of conntrack.
+        if let Some(fast) = self.fast_path.as_ref().filter(|f| *f.get_ref()) {
+            if !self.bypass_conntrack.as_ref().is_some_and(|b| *b.get_ref()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: fast_path = true needs bypass_conntrack = true (the fast path carries only flows the programs take out of conntrack); add bypass_conntrack = true or remove fast_path",
+                    at(fast.span())
+                )));
+            }
         }
         let unsupported = [
             (
@@ -615,6 +631,21 @@ routes = [{ to = "10.20.0.0/16", via = "10.0.0.254" }]
             merge_text("dataplane = \"ebpf\"\nbypass_conntrack = true\n")
                 .unwrap()
                 .bypass_conntrack
+        );
+        assert!(
+            merge_text("dataplane = \"ebpf\"\nbypass_conntrack = true\nfast_path = true\n")
+                .unwrap()
+                .fast_path
+        );
+        let err = merge_text("dataplane = \"ebpf\"\n\nfast_path = true\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:3: fast_path = true needs bypass_conntrack = true (the fast path carries only flows the programs take out of conntrack); add bypass_conntrack = true or remove fast_path"
+        );
+        let err = merge_text("fast_path = true\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "natgw.toml:1: fast_path applies only to dataplane = \"ebpf\"; add that line or remove fast_path"
         );
         let err = merge_text("\n\nbypass_conntrack = true\n").unwrap_err();
         assert_eq!(

@@ -143,6 +143,9 @@ pub struct EbpfPlane {
     /// The translated IPv4 flows skip conntrack (`bypass_conntrack = true`).
     #[serde(default)]
     pub bypass_conntrack: bool,
+    /// Flows the forward path carried once skip it (`fast_path = true`).
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 /// Which data plane the gateway runs, with its resolved parameters.

@@ -343,6 +343,7 @@ fn dataplane(
         filtering: settings.filtering.unwrap_or_default(),
         ports,
         bypass_conntrack: settings.bypass_conntrack,
+        fast_path: settings.fast_path,
     }))
 }
 

@@ -219,7 +219,11 @@ fn render_body(d: &Desired) -> String {
                 crate::join(&d.snat.addresses()),
                 e.ports,
                 e.filtering,
-                if e.bypass_conntrack { ", conntrack bypassed" } else { "" },
+                match (e.bypass_conntrack, e.fast_path) {
+                    (true, true) => ", conntrack bypassed, fast path",
+                    (true, false) => ", conntrack bypassed",
+                    _ => "",
+                },
             );
             // bypass_conntrack: the programs keep the state (bindings, filtering, TCP),
             // so the IPv4 flows they translate skip conntrack, which would cost a second
@@ -581,6 +585,7 @@ mod tests {
                     last: 65535,
                 },
                 bypass_conntrack,
+                fast_path: false,
             })
         };
         let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
@@ -618,6 +623,7 @@ mod tests {
                 last: 65535,
             },
             bypass_conntrack: true,
+            fast_path: false,
         });
         let r = render(&d);
         insta::assert_snapshot!("ebpf_ruleset_bypass", r.text);

@@ -59,6 +59,8 @@ enum counter {
 	C_DROP_NO_ROUTE,
 	C_EVENTS_LOST,
 	C_ICMP_SUPPRESSED,
+	C_FAST_OUT,
+	C_FAST_IN,
 	C_MAX,
 };
 
@@ -79,6 +81,8 @@ struct config {
 	// interface public_ifindex with outbound_mark (natgw's bits; 0: never).
 	__u32 outbound_mark;
 	__u32 public_ifindex;
+	// The private interfaces (0: unused slot): where the fast path may send inbound packets.
+	__u32 private_ifindex[MAX_PRIVATE];
 	__u64 udp_ns;
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
@@ -88,6 +92,8 @@ struct config {
 	__u64 now_ns;
 	// How often the sweeper frees idle state.
 	__u64 sweep_ns;
+	// The fast path (0: off): how long a flow stays on it without traffic.
+	__u64 fast_ns;
 };
 
 // A private or public endpoint.
@@ -1234,8 +1240,9 @@ static __always_inline int later_fragment(struct __sk_buff *skb, const struct co
 
 // Nat::open: the sender's binding and its session with the destination, made or
 // moved on by this outbound packet; NULL with *why set (a counter) when there is none.
+// *made: whether this packet made the binding.
 static __always_inline struct binding *open_flow(const struct config *c, const struct packet *p,
-						 __u64 now, __u32 *why)
+						 __u64 now, __u32 *why, int *made)
 {
 	__u16 rport = p->proto == IPPROTO_ICMP ? 0 : p->dport;
 	struct endpoint internal = {.addr = p->src, .port = p->sport, .proto = p->proto};
@@ -1274,6 +1281,7 @@ static __always_inline struct binding *open_flow(const struct config *c, const s
 			touch(c, b, &k, s, 1, p->flags, now);
 		}
 	}
+	*made = new_binding;
 	if (new_binding) {
 		struct port *pp = port_of(&b->external);
 		if (pp)
@@ -1429,6 +1437,130 @@ static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
 	return deliver(skb);
 }
 
+// --- the fast path (fast_ns != 0, with bypass_conntrack): a flow whose packets have
+// gone through the kernel's forward path once, natgw's filter and every other forward
+// rule, skips that path from then on, as an nftables flowtable does. natgw_egress
+// records it when it translates a private host's packet that natgw_private marked and
+// that reached the public interface (only the forward path goes there) for a binding
+// made before; from then on natgw_private and natgw_ingress route the flow's packets
+// themselves (a FIB lookup, TTL, neighbour) and redirect them to the other side, where
+// the translation is the one the slow path makes. A flow not seen for fast_ns leaves
+// the fast path; so does every packet the kernel must see (see fast_eligible).
+
+// A private endpoint and one remote endpoint (port 0 for ICMP, as in session_key;
+// by_address 0) -> until when the flow is on the fast path. LRU: a flow pushed out
+// only goes the slow way again.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_ENTRIES);
+	__type(key, struct session_key);
+	__type(value, __u64);
+} natgw_fast SEC(".maps");
+
+#define PACKET_HOST 0
+
+// The key of p's flow: p is outbound (a private source), or inbound and already
+// translated (its destination is the private endpoint).
+static __always_inline void fast_key(const struct packet *p, int out, struct session_key *k)
+{
+	k->iaddr = out ? p->src : p->dst;
+	k->raddr = out ? p->dst : p->src;
+	k->iport = out ? p->sport : p->dport;
+	k->rport = p->proto == IPPROTO_ICMP ? 0 : (out ? p->dport : p->sport);
+	k->proto = p->proto;
+}
+
+// Packets the kernel must see are never fast: not for this host's MAC, fragments,
+// IP options, a TCP SYN (natgw's MSS clamp and every foreign rule see each new
+// connection), protocols and ICMP types the programs do not translate.
+static __always_inline int fast_eligible(struct __sk_buff *skb, const struct packet *p,
+					 __u8 echo_type)
+{
+	if (skb->pkt_type != PACKET_HOST || p->later_fragment || p->more_fragments || p->bad_l4 ||
+	    has_options(p))
+		return 0;
+	if (p->proto == IPPROTO_TCP)
+		return !(p->flags & TCP_SYN);
+	if (p->proto == IPPROTO_UDP)
+		return 1;
+	return p->proto == IPPROTO_ICMP && p->icmp_type == echo_type;
+}
+
+// Whether p's flow is on the fast path at `now` (and keeps it there).
+static __always_inline int fast_known(const struct config *c, const struct packet *p, int out,
+				      __u64 now)
+{
+	struct session_key k = {};
+	fast_key(p, out, &k);
+	__u64 *until = bpf_map_lookup_elem(&natgw_fast, &k);
+	if (!until || *until <= now)
+		return 0;
+	// Pushed forward at most twice per period: a write per flow now and then, not per packet.
+	if (*until - now < c->fast_ns / 2)
+		*until = now + c->fast_ns;
+	return 1;
+}
+
+static __always_inline void fast_record(const struct config *c, const struct packet *p,
+					__u64 now)
+{
+	struct session_key k = {};
+	fast_key(p, 1, &k);
+	__u64 until = now + c->fast_ns;
+	bpf_map_update_elem(&natgw_fast, &k, &until, BPF_ANY);
+}
+
+static __always_inline int is_private_ifindex(const struct config *c, __u32 ifindex)
+{
+	for (int i = 0; i < MAX_PRIVATE; i++) {
+		if (c->private_ifindex[i] && c->private_ifindex[i] == ifindex)
+			return 1;
+	}
+	return 0;
+}
+
+// The kernel's ip_forward for a fast flow's packet that arrived on `in`: the route
+// (as the kernel would look it up for it), the TTL, the neighbour. TC_ACT_REDIRECT
+// out of the interface the route names, when that is the public interface (`out`)
+// or a private one (inbound); -1 when the kernel must take it: the TTL runs out (it
+// sends time exceeded), the packet is too big for the route (it fragments or sends
+// fragmentation needed), there is no neighbour yet (it resolves one), or the route
+// goes anywhere else.
+static __always_inline long fast_forward(struct __sk_buff *skb, const struct config *c,
+					 const struct packet *p, __u32 in, int out)
+{
+	__u8 ttl_proto[2];
+	if (bpf_skb_load_bytes(skb, p->ip + 8, ttl_proto, 2) || ttl_proto[0] <= 1)
+		return -1;
+	struct bpf_fib_lookup f = {};
+	f.family = AF_INET;
+	f.l4_protocol = p->proto;
+	f.sport = p->sport;
+	f.dport = p->dport;
+	f.ipv4_src = p->src;
+	f.ipv4_dst = p->dst;
+	f.ifindex = in;
+	__u8 tos = 0;
+	if (!bpf_skb_load_bytes(skb, p->ip + 1, &tos, 1))
+		f.tos = tos;
+	// tot_len 0: the kernel checks the packet against the route's MTU as ip_forward
+	// does (a GSO packet by its segments).
+	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	if (out ? f.ifindex != c->public_ifindex : !is_private_ifindex(c, f.ifindex))
+		return -1;
+	__u16 old = *(__u16 *)ttl_proto;
+	ttl_proto[0] -= 1;
+	__u16 new = *(__u16 *)ttl_proto;
+	if (bpf_l3_csum_replace(skb, p->ip + 10, old, new, 2) ||
+	    bpf_skb_store_bytes(skb, p->ip + 8, ttl_proto, 1, 0) ||
+	    bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0))
+		return drop(C_DROP_MALFORMED);
+	count(out ? C_FAST_OUT : C_FAST_IN);
+	return bpf_redirect(f.ifindex, 0);
+}
+
 SEC("classifier")
 int natgw_egress(struct __sk_buff *skb)
 {
@@ -1470,9 +1602,15 @@ int natgw_egress(struct __sk_buff *skb)
 		return drop(C_DROP_UNSUPPORTED);
 	__u64 now = now_ns(c);
 	__u32 why;
-	struct binding *b = open_flow(c, &p, now, &why);
+	int made = 0;
+	struct binding *b = open_flow(c, &p, now, &why, &made);
 	if (!b)
 		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
+	// natgw_private marked it and it is here: it came through the forward path.
+	if (c->fast_ns && !made && c->outbound_mark &&
+	    (skb->mark & c->mark_mask) == c->outbound_mark &&
+	    is_private_ifindex(c, skb->ingress_ifindex))
+		fast_record(c, &p, now);
 	struct endpoint ext = b->external;
 	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
 		return drop(C_DROP_MALFORMED);
@@ -1539,6 +1677,15 @@ int natgw_ingress(struct __sk_buff *skb)
 	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
 	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
+	if (c->fast_ns) {
+		p.dst = internal.addr;
+		p.dport = internal.port;
+		if (fast_eligible(skb, &p, 0) && fast_known(c, &p, 0, now)) {
+			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 0);
+			if (r >= 0)
+				return r;
+		}
+	}
 	return TC_ACT_OK;
 }
 
@@ -1626,6 +1773,11 @@ int natgw_private(struct __sk_buff *skb)
 	// Everything but private hosts' packets for the gateway's public addresses is
 	// left alone (marked when it leaves through the public interface), and not counted.
 	if (!is_pool(c, p.dst)) {
+		if (c->fast_ns && fast_eligible(skb, &p, 8) && fast_known(c, &p, 1, now_ns(c))) {
+			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 1);
+			if (r >= 0)
+				return r;
+		}
 		mark_outbound(skb, c, &p);
 		return TC_ACT_OK;
 	}
@@ -1646,7 +1798,8 @@ int natgw_private(struct __sk_buff *skb)
 	if (!live_binding(&target, now))
 		return pass(); // the gateway's own port: delivered locally
 	__u32 why;
-	struct binding *b = open_flow(c, &p, now, &why);
+	int made = 0;
+	struct binding *b = open_flow(c, &p, now, &why, &made);
 	if (!b)
 		return why == C_DROP_NO_PORT ? reject(skb, c, &p) : drop(why);
 	struct endpoint ext = b->external;

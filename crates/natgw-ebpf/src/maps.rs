@@ -27,6 +27,9 @@ pub struct BpfConfig {
     /// kernel routes out of interface `public_ifindex` (0: nothing).
     pub outbound_mark: u32,
     pub public_ifindex: u32,
+    /// The private interfaces (0: an unused slot): the fast path sends inbound packets
+    /// only to these.
+    pub private_ifindex: [u32; MAX_PRIVATE],
     pub udp_ns: u64,
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
@@ -37,6 +40,8 @@ pub struct BpfConfig {
     /// How often the sweeper frees expired state (it is expired at once anyway: every
     /// lookup checks).
     pub sweep_ns: u64,
+    /// The fast path: how long a flow stays on it without traffic (0: off).
+    pub fast_ns: u64,
 }
 
 impl BpfConfig {
@@ -52,10 +57,14 @@ impl BpfConfig {
     }
 }
 
+/// How long a flow stays on the fast path without traffic (an nftables flowtable's
+/// default: 30 s).
+pub const FAST_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The sweeper's default period.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 168).
+// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 200).
 unsafe impl aya::Pod for BpfConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +73,8 @@ pub enum LayoutError {
     PoolTooLarge(usize),
     #[error("{0} private prefixes; the eBPF data plane takes at most {MAX_PRIVATE}")]
     TooManyPrefixes(usize),
+    #[error("{0} private interfaces; the eBPF fast path takes at most {MAX_PRIVATE}")]
+    TooManyInterfaces(usize),
 }
 
 fn be(a: std::net::Ipv4Addr) -> u32 {
@@ -79,6 +90,27 @@ impl BpfConfig {
             public_ifindex,
             ..self
         }
+    }
+
+    /// With the fast path (see nat.bpf.c): flows the forward path has carried once skip
+    /// it until they are `idle` without traffic; inbound packets go to the interfaces
+    /// `private_ifindex` only. Needs [`BpfConfig::with_outbound`] (the fast path learns
+    /// flows from the outbound mark).
+    pub fn with_fast_path(
+        self,
+        private_ifindex: &[u32],
+        idle: std::time::Duration,
+    ) -> Result<Self, LayoutError> {
+        if private_ifindex.len() > MAX_PRIVATE {
+            return Err(LayoutError::TooManyInterfaces(private_ifindex.len()));
+        }
+        let mut slots = [0; MAX_PRIVATE];
+        slots[..private_ifindex.len()].copy_from_slice(private_ifindex);
+        Ok(Self {
+            private_ifindex: slots,
+            fast_ns: (idle.as_nanos() as u64).max(1),
+            ..self
+        })
     }
 
     /// `mark` and `mark_mask`: see the fields.
@@ -117,6 +149,7 @@ impl BpfConfig {
             icmp_source: be(c.icmp_source),
             outbound_mark: 0,
             public_ifindex: 0,
+            private_ifindex: [0; MAX_PRIVATE],
             udp_ns: ns(c.timeouts.udp),
             tcp_established_ns: ns(c.timeouts.tcp_established),
             tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
@@ -124,12 +157,13 @@ impl BpfConfig {
             fragment_ns: ns(c.timeouts.fragment),
             now_ns: 0,
             sweep_ns: ns(SWEEP_INTERVAL),
+            fast_ns: 0,
         })
     }
 }
 
 /// The per-CPU counters, in the order of `enum counter` in nat.bpf.c.
-pub const COUNTERS: [&str; 16] = [
+pub const COUNTERS: [&str; 18] = [
     "out_translated",
     "in_translated",
     "passed",
@@ -146,6 +180,8 @@ pub const COUNTERS: [&str; 16] = [
     "drop_no_route",
     "events_lost",
     "icmp_suppressed",
+    "fast_out",
+    "fast_in",
 ];
 
 #[cfg(test)]
@@ -154,7 +190,7 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4 + 7*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 224);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4 + 8*4 + 8*8 in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 264);
     }
 }

@@ -157,14 +157,6 @@ const SK_BUFF_MARK: usize = 8;
 /// The programs' clock for model time 0 (their clock must not be 0: that means "real").
 const CLOCK_BASE_NS: u64 = 1_000_000_000;
 
-/// What `bypass_conntrack` gives the programs: the public interface's index and the
-/// mark for private packets routed out of it (both 0: the option is off).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Outbound {
-    pub public_ifindex: u32,
-    pub mark: u32,
-}
-
 impl Plane {
     /// Loads the programs with `cfg`; admitted inbound packets get `skb->mark = mark`
     /// (the whole mark: [`Plane::load_masked`] sets only some bits).
@@ -194,27 +186,22 @@ impl Plane {
         )
     }
 
-    /// [`Plane::load_masked`], with the maps named in `kept` taken over from `dir`
-    /// where running programs pinned them (their bindings, sessions, counters and
-    /// events stay; see [`BpfConfig::same_layout`] for when that is sound). Only when
-    /// these programs are the running ones' code (`running_tag`, the kernel's tag of
-    /// the running `natgw_egress`: another natgw version may lay its maps out
-    /// differently); else [`PlaneError::OtherCode`], nothing written. The
-    /// configuration, with `outbound` (see [`Plane::set_outbound`]), is written into
-    /// the kept `natgw_config` at once and whole, so the old programs run with it
-    /// until the new ones replace them.
+    /// Loads the programs running `wanted` (made for `cfg`), with the maps named in
+    /// `kept` taken over from `dir` where running programs pinned them (their bindings,
+    /// sessions, counters and events stay; see [`BpfConfig::same_layout`] for when
+    /// that is sound). Only when these programs are the running ones' code
+    /// (`running_tag`, the kernel's tag of the running `natgw_egress`: another natgw
+    /// version may lay its maps out differently); else [`PlaneError::OtherCode`],
+    /// nothing written. `wanted` is written into the kept `natgw_config` at once and
+    /// whole, so the old programs run with it until the new ones replace them.
     pub fn load_reusing(
         cfg: &natgw_nat::Config,
-        mark: u32,
-        mask: u32,
-        outbound: Outbound,
+        wanted: BpfConfig,
         dir: &std::path::Path,
         kept: &[&'static str],
         running_tag: u64,
     ) -> Result<Self, PlaneError> {
-        let config = BpfConfig::new(cfg, mark & mask, mask)?
-            .with_outbound(outbound.public_ifindex, outbound.mark);
-        Self::load_with(cfg, config, EVENTS_BYTES, Some((dir, kept, running_tag)))
+        Self::load_with(cfg, wanted, EVENTS_BYTES, Some((dir, kept, running_tag)))
     }
 
     fn load_with(
@@ -280,11 +267,11 @@ impl Plane {
             .map_err(|source| PlaneError::Program { name, source })
     }
 
-    /// Makes `natgw_private` mark a private host's packets that the kernel routes out
-    /// of interface `public_ifindex` with `mark` (the bits of the mask given to
-    /// [`Plane::load_masked`]); see [`BpfConfig::with_outbound`].
-    pub fn set_outbound(&mut self, public_ifindex: u32, mark: u32) -> Result<(), PlaneError> {
-        self.config = self.config.with_outbound(public_ifindex, mark);
+    /// Runs the programs with `config` from now on (made for the same
+    /// `natgw_nat::Config`, with the gateway's interfaces: [`BpfConfig::with_outbound`],
+    /// [`BpfConfig::with_fast_path`]).
+    pub fn set_config(&mut self, config: BpfConfig) -> Result<(), PlaneError> {
+        self.config = config;
         self.write_config()
     }
 

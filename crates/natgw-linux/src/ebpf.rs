@@ -263,8 +263,7 @@ fn kernel_release() -> String {
 
 /// The index of interface `ifname` in this namespace.
 fn ifindex(ifname: &str) -> Result<u32, EbpfError> {
-    let missing =
-        |e: std::io::Error| EbpfError::Config(format!("the public interface {ifname}: {e}"));
+    let missing = |e: std::io::Error| EbpfError::Config(format!("interface {ifname}: {e}"));
     let c = std::ffi::CString::new(ifname).map_err(|e| missing(std::io::Error::other(e)))?;
     // SAFETY: `c` is a valid C string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -350,22 +349,11 @@ impl Ebpf {
             intact && same_layout,
             natgw_ebpf::plane::running_tag(public),
         ) {
-            let outbound = natgw_ebpf::plane::Outbound {
-                public_ifindex: wanted.public_ifindex,
-                mark: wanted.outbound_mark,
-            };
-            match natgw_ebpf::Plane::load_reusing(
-                &config,
-                MARK,
-                MARK_MASK,
-                outbound,
-                &dir,
-                &pin::KEPT,
-                tag,
-            )
-            .map_err(EbpfError::from)
-            .and_then(|mut loaded| Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?))
-            {
+            match natgw_ebpf::Plane::load_reusing(&config, wanted, &dir, &pin::KEPT, tag)
+                .map_err(EbpfError::from)
+                .and_then(|mut loaded| {
+                    Ok(pin::replace_pinned(&mut loaded, public, &private, &dir)?)
+                }) {
                 Ok(()) => {
                     tracing::info!(
                         interface = public,
@@ -390,7 +378,7 @@ impl Ebpf {
             Some((verified, plane)) if verified == wanted => plane,
             _ => natgw_ebpf::Plane::load_masked(&config, MARK, MARK_MASK)?,
         };
-        loaded.set_outbound(wanted.public_ifindex, wanted.outbound_mark)?;
+        loaded.set_config(wanted)?;
         loaded.set_logging(logging)?;
         // On failure the links not pinned yet close with this process; the pinned
         // ones (the old programs', or new ones already handed over) stay, so every
@@ -429,6 +417,17 @@ fn programs_config(
                 0
             },
         );
+    if !plane.fast_path {
+        return Ok((config, pinned));
+    }
+    let private = desired
+        .private
+        .iter()
+        .map(|i| ifindex(i.name.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pinned = pinned
+        .with_fast_path(&private, natgw_ebpf::FAST_IDLE)
+        .map_err(natgw_ebpf::PlaneError::from)?;
     Ok((config, pinned))
 }
 

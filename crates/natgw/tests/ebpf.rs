@@ -1974,3 +1974,122 @@ fn ebpf_bypass_conntrack_leaves_only_the_translated_flows_untracked() {
     assert!(nft_counter(&lab, "inbound_admitted") >= admitted + 4);
     assert_eq!(nft_counter(&lab, "dropped_misrouted"), 0);
 }
+
+/// The eBPF plane's config lines for the fast path.
+const FAST_PATH: &str = "bypass_conntrack = true\nfast_path = true\n";
+
+/// Asks the public server what it sees, `n` times, on n1's socket `socket`: every
+/// answer must name `mapped`.
+fn ask_repeatedly(socket: &std::net::UdpSocket, n: usize, mapped: SocketAddr) {
+    for i in 0..n {
+        socket.send(b"who am i").unwrap();
+        let mut buf = [0u8; 128];
+        let len = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+        let seen = String::from_utf8_lossy(&buf[..len]).trim().to_string();
+        assert_eq!(seen, format!("peer={mapped}"), "datagram {i}");
+    }
+}
+
+/// `fast_path = true`: once a flow's packets have gone through the kernel's forward
+/// path, its later packets skip it both ways. The programs count them (`fast_out`,
+/// `fast_in`) and natgw's forward chain no longer does; the translation is the same;
+/// the TTL is one lower, as routing makes it; TCP (segments offloaded in 64 KiB
+/// batches between the namespaces) carries 8 MiB intact.
+#[test]
+fn ebpf_fast_path_carries_established_flows_past_netfilter() {
+    let Some((lab, _config, _server)) = up_with_server_on(
+        "ebpf_fast_path_carries_established_flows_past_netfilter",
+        "ebpf",
+        FAST_PATH,
+    ) else {
+        return;
+    };
+    let (socket, mapped) = node_socket(&lab, 0, |s| s.connect(server()).unwrap())
+        .expect("the node's datagram answered");
+    assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
+    // The second datagram goes the forward path (its binding was made before it): from
+    // then on the flow is on the fast path.
+    ask_repeatedly(&socket, 1, mapped);
+    let before = status_json(&lab);
+    let (outbound, admitted) = (
+        nft_counter(&lab, "outbound"),
+        nft_counter(&lab, "inbound_admitted"),
+    );
+    ask_repeatedly(&socket, 20, mapped);
+    let after = status_json(&lab);
+    let grew = |name: &str| ebpf_counter(&after, name) - ebpf_counter(&before, name);
+    assert_eq!(grew("fast_out"), 20, "{after}");
+    assert_eq!(grew("fast_in"), 20, "{after}");
+    assert_eq!(nft_counter(&lab, "outbound"), outbound);
+    assert_eq!(nft_counter(&lab, "inbound_admitted"), admitted);
+
+    // ping: the echo replies come back with the TTL routing leaves (64 - 1), the
+    // requests after the second and the replies after the first by the fast path.
+    let fast_out = ebpf_counter(&after, "fast_out");
+    let ping = in_ns(
+        &lab,
+        "n1",
+        &["ping", "-c", "6", "-i", "0.2", "-W", "2", "198.51.100.10"],
+    );
+    assert_eq!(ping.matches("ttl=63").count(), 6, "{ping}");
+    assert!(
+        ebpf_counter(&status_json(&lab), "fast_out") >= fast_out + 4,
+        "{ping}"
+    );
+
+    // TCP: 8 MiB to a sink in `pub` that answers with the byte count and a checksum.
+    let sink: SocketAddr = (SERVER, 7002).into();
+    let listener = natgw_lab::in_netns(&lab.ns("pub"), move || {
+        std::net::TcpListener::bind(sink).unwrap()
+    })
+    .unwrap();
+    let receiver = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let (mut total, mut sum) = (0u64, 0u64);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = stream.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                sum = sum.wrapping_add(u64::from(*b) * ((total + i as u64) % 251 + 1));
+            }
+            total += n as u64;
+        }
+        writeln!(stream, "{total} {sum}").unwrap();
+    });
+    let fast_out = ebpf_counter(&status_json(&lab), "fast_out");
+    let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i * 7 % 256) as u8).collect();
+    let want = data.iter().enumerate().fold(0u64, |s, (i, b)| {
+        s.wrapping_add(u64::from(*b) * (i as u64 % 251 + 1))
+    });
+    let answer = natgw_lab::in_netns(&lab.ns("n1"), move || {
+        use std::io::{BufRead, Write};
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&sink, Duration::from_secs(2)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&data).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .unwrap();
+    receiver.join().unwrap();
+    assert_eq!(answer.trim(), format!("{} {want}", 8 << 20));
+    let status = status_json(&lab);
+    assert!(
+        ebpf_counter(&status, "fast_out") > fast_out + 10,
+        "the transfer did not take the fast path: {status}"
+    );
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
