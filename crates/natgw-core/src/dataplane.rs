@@ -135,6 +135,10 @@ pub const MARK: u32 = 0x0a00_0000;
 pub const OUTBOUND_MARK: u32 = 0x0b00_0000;
 const _: () = assert!(OUTBOUND_MARK & !MARK_MASK == 0 && OUTBOUND_MARK != MARK);
 
+/// How long a flow stays on the eBPF plane's fast path without traffic, in seconds
+/// (an nftables flowtable's default).
+pub const FAST_IDLE_SECS: u64 = 30;
+
 /// The eBPF data plane as resolved by `up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EbpfPlane {

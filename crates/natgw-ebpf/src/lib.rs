@@ -66,7 +66,7 @@ pub mod pin;
 pub mod plane;
 
 pub use events::{BindingEvent, EventKind};
-pub use maps::{BpfConfig, LayoutError, COUNTERS, FAST_IDLE, SWEEP_INTERVAL};
+pub use maps::{BpfConfig, LayoutError, COUNTERS, SWEEP_INTERVAL};
 pub use plane::{Plane, PlaneError, RunResult, Side, StateSizes};
 
 /// The kernel's clock the programs read (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), for

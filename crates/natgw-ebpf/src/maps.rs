@@ -57,10 +57,6 @@ impl BpfConfig {
     }
 }
 
-/// How long a flow stays on the fast path without traffic (an nftables flowtable's
-/// default: 30 s).
-pub const FAST_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The sweeper's default period.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -426,7 +426,10 @@ fn programs_config(
         .map(|i| ifindex(i.name.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
     let pinned = pinned
-        .with_fast_path(&private, natgw_ebpf::FAST_IDLE)
+        .with_fast_path(
+            &private,
+            std::time::Duration::from_secs(natgw_core::dataplane::FAST_IDLE_SECS),
+        )
         .map_err(natgw_ebpf::PlaneError::from)?;
     Ok((config, pinned))
 }

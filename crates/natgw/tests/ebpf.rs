@@ -2093,3 +2093,135 @@ fn ebpf_fast_path_carries_established_flows_past_netfilter() {
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
+
+/// The fast path learns a flow only where the kernel's forward path delivered it to
+/// the public interface: a foreign forward rule that drops a flow keeps dropping every
+/// packet of it, while another flow of the same node goes the fast way.
+#[test]
+fn ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops() {
+    let Some((lab, _config, _server)) = up_with_server_on(
+        "ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops",
+        "ebpf",
+        FAST_PATH,
+    ) else {
+        return;
+    };
+    let blocked: SocketAddr = (SERVER, 7003).into();
+    let guard = scratch(&lab, "guard").join("guard.nft");
+    std::fs::write(
+        &guard,
+        format!("table ip guard {{\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tudp dport {} counter drop\n\t}}\n}}\n", blocked.port()),
+    )
+    .unwrap();
+    in_ns(&lab, "head", &["nft", "-f", guard.to_str().unwrap()]);
+    // A receiver for the blocked port, counting what arrives.
+    let sink = natgw_lab::in_netns(&lab.ns("pub"), move || {
+        let s = std::net::UdpSocket::bind(blocked).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    })
+    .unwrap();
+    let (socket, mapped) = node_socket(&lab, 0, |_| {}).expect("the node's datagram answered");
+    for _ in 0..20 {
+        socket.send_to(b"blocked?", blocked).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        sink.recv(&mut buf).is_err(),
+        "a datagram of the dropped flow arrived"
+    );
+    let dropped = in_ns(&lab, "head", &["nft", "list", "table", "ip", "guard"]);
+    assert!(dropped.contains("counter packets 20 "), "{dropped}");
+    // The same node socket's flow to the server is carried, and goes the fast way.
+    socket.connect(server()).unwrap();
+    ask_repeatedly(&socket, 5, mapped);
+    assert!(ebpf_counter(&status_json(&lab), "fast_out") >= 3);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// What the kernel must answer stays the kernel's on a fast flow: a datagram whose TTL
+/// runs out at the gateway, either way, gets ICMP time exceeded (the public side's
+/// quoting the public endpoint) and is not delivered; one too big for the public link
+/// gets fragmentation needed, and the node learns the path MTU.
+#[test]
+fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
+    use std::os::fd::AsRawFd;
+    let Some((lab, _config, _server)) = up_with_server_on(
+        "ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel",
+        "ebpf",
+        FAST_PATH,
+    ) else {
+        return;
+    };
+    let (socket, mapped) = node_socket(&lab, 0, |s| {
+        let on: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: setsockopt on our own socket with a valid c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.connect(server()).unwrap();
+    })
+    .expect("the node's datagram answered");
+    ask_repeatedly(&socket, 3, mapped);
+    let fast = |name: &str| ebpf_counter(&status_json(&lab), name);
+    assert!(
+        fast("fast_out") >= 2 && fast("fast_in") >= 2,
+        "not on the fast path"
+    );
+
+    // Inbound, TTL 1: the gateway's time exceeded quotes the public endpoint.
+    let SocketAddr::V4(to) = mapped else {
+        panic!("IPv4 only")
+    };
+    let from = std::net::SocketAddrV4::new(SERVER, server().port());
+    assert_eq!(quoted_by_gateway(&lab, from, to, 1, 11), Some(mapped));
+    let mut buf = [0u8; 128];
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a TTL-1 datagram was delivered"
+    );
+
+    // Outbound, TTL 1: never reaches the server (which would answer).
+    socket.set_ttl(1).unwrap();
+    socket.send(b"who am i").unwrap();
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "a TTL-1 datagram was forwarded"
+    );
+    socket.set_ttl(64).unwrap();
+    ask_repeatedly(&socket, 1, mapped);
+
+    // Too big for the public link: fragmentation needed reaches the node.
+    in_ns(&lab, "head", &["ip", "link", "set", "wan0", "mtu", "1400"]);
+    let big = vec![b'x'; 1450];
+    let _ = socket.send(&big);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(mtu, 1400, "the node did not learn the public link's MTU");
+    drop(socket);
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}

@@ -54,6 +54,7 @@ pub fn all(inputs: &Inputs) -> Vec<Finding> {
         mtu(inputs, &roles),
         dns(inputs.observed, &inputs.nameservers),
     ]);
+    findings.extend(fast_path(inputs, &roles));
     findings
 }
 
@@ -758,6 +759,46 @@ fn forward_policy(inputs: &Inputs, roles: &Roles) -> Finding {
     )
 }
 
+/// With `fast_path`, the packets of a flow after the forward path has carried it skip
+/// every forward chain, as with a flowtable: a foreign chain sees each flow's first
+/// packets only. Worth knowing where its rules count, limit or drop later packets, or
+/// change while flows keep going. None without the fast path.
+fn fast_path(inputs: &Inputs, roles: &Roles) -> Option<Finding> {
+    const ID: &str = "fast-path";
+    if inputs.settings.dataplane != crate::dataplane::DataplaneKind::Ebpf
+        || !inputs.settings.fast_path
+    {
+        return None;
+    }
+    let chains = match chains_or_skip(inputs, ID) {
+        Ok(chains) => chains,
+        Err(skip) => return Some(skip),
+    };
+    let foreign: Vec<String> = chains
+        .iter()
+        .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward) && !c.rules.is_empty())
+        .map(|c| format!("{} {}", c.table, c.name))
+        .collect();
+    let public = roles.public.name.as_str();
+    Some(if foreign.is_empty() {
+        Finding::pass(
+            ID,
+            format!("no foreign forward rules: for flows the forward path has carried, the fast path skips only natgw's own between the private side and {public}"),
+        )
+    } else {
+        Finding::warn(
+            ID,
+            format!(
+                "fast_path = true: forward chain(s) {} see only the first packets of each flow between the private side and {public}; rules that count, limit or drop later packets, or that change while a flow keeps going, do not apply to the rest of it (a flow leaves the fast path after {} s without traffic)",
+                foreign.join(", "),
+                crate::dataplane::FAST_IDLE_SECS
+            ),
+            Fix::say("if those rules must see every packet, remove fast_path = true from natgw.toml, then:")
+                .then_run(&["natgw", "up"]),
+        )
+    })
+}
+
 /// Accept rules for both directions and every private interface given, where the
 /// chain's owner expects them: Docker's DOCKER-USER (Docker rewrites its other
 /// chains), else the chain itself.
@@ -1430,6 +1471,36 @@ mod tests {
             ),
             "{fix}"
         );
+    }
+
+    /// The fast path takes later packets past every forward chain: doctor names the
+    /// foreign ones that have rules, and says nothing without the fast path.
+    #[test]
+    fn with_the_fast_path_foreign_forward_rules_are_named() {
+        let fast = Settings {
+            dataplane: crate::dataplane::DataplaneKind::Ebpf,
+            bypass_conntrack: true,
+            fast_path: true,
+            ..settings()
+        };
+        let o = healthy();
+        let findings = all(&inputs(&fast, &o, chains(&[NATGW, GUARDED])));
+        findings.iter().for_each(assert_pasteable);
+        let f = find(&findings, "fast-path");
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.detail
+                .contains("forward chain(s) ip guard forward see only the first packets"),
+            "{f:?}"
+        );
+        let alone = all(&inputs(&fast, &o, chains(&[NATGW])));
+        assert_eq!(find(&alone, "fast-path").status, Status::Pass);
+        let without = Settings {
+            fast_path: false,
+            ..fast
+        };
+        let findings = all(&inputs(&without, &o, chains(&[NATGW, GUARDED])));
+        assert!(findings.iter().all(|f| f.id != "fast-path"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The gateways compared, each in its own network: plain routing (the limit), the
 //! classic recipe exactly as written, natgw as `up` installs it (plus natgw with a
 //! pool of two addresses, for the one-destination figure), and natgw as `up` installs
-//! it with `dataplane = "ebpf"` and `bypass_conntrack = true` (its own translator plus
-//! natgw's table, the translated flows out of conntrack).
+//! it with `dataplane = "ebpf"`, `bypass_conntrack = true` and `fast_path = true` (its
+//! own translator plus natgw's table, the translated flows out of conntrack, known
+//! flows past the forward path).
 
 use std::path::Path;
 use std::process::Command;
@@ -50,7 +51,7 @@ impl Setup {
                 "natgw up with snat_to = [\"{GATEWAY_PUBLIC}\", \"{GATEWAY_PUBLIC_2}\"], port_selection = \"random\""
             ),
             Setup::Ebpf => format!(
-                "natgw up with dataplane = \"ebpf\", bypass_conntrack = true (endpoint-independent, paired pooling over {EBPF_POOL_SIZE} addresses from {GATEWAY_PUBLIC}, port_range = \"{EBPF_PORTS}\")"
+                "natgw up with dataplane = \"ebpf\", bypass_conntrack = true, fast_path = true (endpoint-independent, paired pooling over {EBPF_POOL_SIZE} addresses from {GATEWAY_PUBLIC}, port_range = \"{EBPF_PORTS}\")"
             ),
         }
     }
@@ -226,7 +227,7 @@ fn configure(setup: Setup, net: &BenchNet, scratch: &Path) -> anyhow::Result<()>
             net.sysctl("gw", "net.ipv4.ip_local_port_range", EBPF_LOCAL_PORTS)?;
             let pool: Vec<String> = ebpf_pool().iter().map(|a| format!("\"{a}\"")).collect();
             let config = format!(
-                "dataplane = \"ebpf\"\nbypass_conntrack = true\nsnat_to = [{}]\nport_range = \"{EBPF_PORTS}\"\n{route}",
+                "dataplane = \"ebpf\"\nbypass_conntrack = true\nfast_path = true\nsnat_to = [{}]\nport_range = \"{EBPF_PORTS}\"\n{route}",
                 pool.join(", ")
             );
             natgw_up(net, Path::new(&ebpf_config_path(scratch)), &config)
