@@ -69,6 +69,23 @@ fn quick_bench_measures_every_figure_and_leaves_nothing_behind() {
         assert!(f["ebpf_over_plain"].as_f64().unwrap() > 0.0, "{f}");
     }
     assert!(report["setups"]["ebpf"].is_string(), "{report}");
+    // With a CPU of its own, what the gateway's CPU spent per packet, for every setup
+    // (it compares setups the generator cannot saturate).
+    if report["cpus"]["gateway"].is_number() {
+        for id in [
+            "new_flows_cpu",
+            "established_pps_64_cpu",
+            "established_pps_1400_cpu",
+        ] {
+            let f = figure(id);
+            assert_eq!(f["better"], "cheaper", "{f}");
+            for setup in ["plain", "recipe", "natgw", "ebpf"] {
+                let ns = f["results"][setup]["median"].as_f64();
+                assert!(ns.is_some_and(|ns| ns > 0.0), "{id} {setup}: {f}");
+            }
+            assert!(f["ebpf_over_natgw"].as_f64().unwrap() > 0.0, "{f}");
+        }
+    }
     for id in ["one_destination_flows", "one_destination_failed"] {
         assert!(figure(id)["results"]["natgw-pool2"]["median"].is_number());
     }

@@ -71,10 +71,38 @@ impl Params {
     }
 }
 
-/// A rate read at the receiver, with what the generator offered meanwhile.
+/// A rate read at the receiver, with what the generator offered meanwhile and what the
+/// gateway's CPU spent per packet that arrived.
 pub struct Rate {
     pub per_second: f64,
     pub offered_per_second: f64,
+    /// Nanoseconds the gateway's CPU spent in softirq (where the receive processing
+    /// that RPS sends it runs: the gateway's forwarding, and the far side's reception,
+    /// alike for every setup) per packet that arrived. None without a CPU of its own.
+    pub gateway_ns_per_packet: Option<f64>,
+}
+
+/// Softirq time of one CPU so far, in clock ticks (/proc/stat).
+fn softirq_ticks(cpu: usize) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| anyhow!("/proc/stat has no line for {name}"))?;
+    // cpuN user nice system idle iowait irq softirq ...
+    line.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("/proc/stat: cannot read the softirq time of {name}: {line}"))
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    }
 }
 
 /// Floods the gateway with `flows` while counting what arrives on the public side.
@@ -97,21 +125,29 @@ fn flood_rate(
         });
         let measured = (|| -> anyhow::Result<Rate> {
             std::thread::sleep(params.ramp);
-            let (c0, s0, t0) = (
+            let busy = || cpus.gateway.map(softirq_ticks).transpose();
+            let (c0, s0, b0, t0) = (
                 rig.forwarded.rx_packets()?,
                 sent.load(Ordering::Relaxed),
+                busy()?,
                 Instant::now(),
             );
             std::thread::sleep(params.window);
-            let (c1, s1, t1) = (
+            let (c1, s1, b1, t1) = (
                 rig.forwarded.rx_packets()?,
                 sent.load(Ordering::Relaxed),
+                busy()?,
                 Instant::now(),
             );
             let seconds = (t1 - t0).as_secs_f64();
+            let arrived = c1 - c0;
             Ok(Rate {
-                per_second: (c1 - c0) as f64 / seconds,
+                per_second: arrived as f64 / seconds,
                 offered_per_second: (s1 - s0) as f64 / seconds,
+                gateway_ns_per_packet: b0
+                    .zip(b1)
+                    .filter(|_| arrived > 0)
+                    .map(|(b0, b1)| (b1 - b0) as f64 / ticks_per_second() * 1e9 / arrived as f64),
             })
         })();
         stop.store(true, Ordering::Relaxed);

@@ -11,6 +11,10 @@ use super::setups::Setup;
 pub enum Better {
     Higher,
     Lower,
+    /// A cost per unit of work (CPU time per packet): lower is better, and the ratio
+    /// columns show it inverted (this setup's work per unit of the other's cost), so
+    /// that above 1 means better there too.
+    Cheaper,
 }
 
 /// What one row of the table measures.
@@ -38,7 +42,7 @@ pub struct Figure {
     pub unit: &'static str,
     pub better: Better,
     pub results: BTreeMap<&'static str, SetupResult>,
-    /// Medians natgw/recipe and natgw/plain (rates only).
+    /// Medians natgw/recipe and natgw/plain (rates; costs inverted: recipe/natgw).
     pub natgw_over_recipe: Option<f64>,
     pub natgw_over_plain: Option<f64>,
     /// Medians ebpf/plain and ebpf/natgw (rates only).
@@ -91,7 +95,11 @@ impl Collected {
                     .collect();
                 let ratio = |of: &str, over: &str| {
                     let (this, other) = (results.get(of)?.median, results.get(over)?.median);
-                    (spec.better == Better::Higher && other > 0.0).then(|| this / other)
+                    match spec.better {
+                        Better::Higher => (other > 0.0).then(|| this / other),
+                        Better::Cheaper => (this > 0.0).then(|| other / this),
+                        Better::Lower => None,
+                    }
                 };
                 Figure {
                     id: spec.id,
