@@ -150,6 +150,11 @@ pub struct EbpfPlane {
     /// Flows the forward path carried once skip it (`fast_path = true`).
     #[serde(default)]
     pub fast_path: bool,
+    /// With the fast path: the smallest MTU a route through the gateway's interfaces
+    /// sets (the programs' route lookup does not see it; bigger packets go the
+    /// kernel's way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_mtu: Option<u32>,
 }
 
 /// Which data plane the gateway runs, with its resolved parameters.
@@ -183,10 +188,16 @@ impl std::fmt::Display for DataplaneSpec {
             DataplaneSpec::Nftables => write!(f, "nftables (conntrack NAT)"),
             DataplaneSpec::Ebpf(e) => write!(
                 f,
-                "ebpf (filtering {}, ports {}, {} per address)",
+                "ebpf (filtering {}, ports {}, {} per address{}{})",
                 e.filtering,
                 e.ports,
-                e.ports.len()
+                e.ports.len(),
+                if e.bypass_conntrack {
+                    ", conntrack bypassed"
+                } else {
+                    ""
+                },
+                if e.fast_path { ", fast path" } else { "" },
             ),
         }
     }

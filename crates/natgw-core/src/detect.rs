@@ -264,7 +264,10 @@ pub fn desired(settings: &Settings, observed: &Observed) -> Result<Desired, Dete
         sysctls.insert(TCP_LOOSE.to_string(), "1".to_string());
         sysctls.insert(TCP_BE_LIBERAL.to_string(), "1".to_string());
     }
-    let dataplane = dataplane(settings, observed, &snat, &private_prefixes)?;
+    let gateway_links: Vec<u32> = std::iter::once(public.index)
+        .chain(private.iter().map(|l| l.index))
+        .collect();
+    let dataplane = dataplane(settings, observed, &snat, &private_prefixes, &gateway_links)?;
     let uplink_default = uplink_default(observed, public);
     if uplink_default.is_none() {
         warnings.push(format!(
@@ -301,6 +304,7 @@ fn dataplane(
     observed: &Observed,
     snat: &SnatMode,
     private_prefixes: &[IpNet],
+    gateway_links: &[u32],
 ) -> Result<DataplaneSpec, DetectError> {
     if settings.dataplane == DataplaneKind::Nftables {
         return Ok(DataplaneSpec::Nftables);
@@ -344,6 +348,17 @@ fn dataplane(
         ports,
         bypass_conntrack: settings.bypass_conntrack,
         fast_path: settings.fast_path,
+        route_mtu: settings
+            .fast_path
+            .then(|| {
+                observed
+                    .route_mtus
+                    .iter()
+                    .filter(|(oif, _)| gateway_links.contains(oif))
+                    .map(|(_, mtu)| *mtu)
+                    .min()
+            })
+            .flatten(),
     }))
 }
 

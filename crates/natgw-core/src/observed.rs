@@ -14,6 +14,10 @@ pub struct Observed {
     pub addresses: Vec<Address>,
     /// Routes of the main table.
     pub routes: Vec<Route>,
+    /// (output interface index, MTU) of the IPv4 routes, in any table, that set an
+    /// MTU (`ip route ... mtu 1400`).
+    #[serde(default)]
+    pub route_mtus: Vec<(u32, u32)>,
     /// The sysctls natgw cares about, by dotted name (`net.ipv4.ip_forward`).
     pub sysctls: BTreeMap<String, String>,
     /// Whether the `nft` tool is installed.

@@ -219,10 +219,12 @@ fn render_body(d: &Desired) -> String {
                 crate::join(&d.snat.addresses()),
                 e.ports,
                 e.filtering,
-                match (e.bypass_conntrack, e.fast_path) {
-                    (true, true) => ", conntrack bypassed, fast path",
-                    (true, false) => ", conntrack bypassed",
-                    _ => "",
+                match (e.bypass_conntrack, e.fast_path, e.route_mtu) {
+                    (true, true, Some(mtu)) =>
+                        format!(", conntrack bypassed, fast path up to a route MTU of {mtu}"),
+                    (true, true, None) => ", conntrack bypassed, fast path".to_string(),
+                    (true, false, _) => ", conntrack bypassed".to_string(),
+                    _ => String::new(),
                 },
             );
             // bypass_conntrack: the programs keep the state (bindings, filtering, TCP),
@@ -586,6 +588,7 @@ mod tests {
                 },
                 bypass_conntrack,
                 fast_path: false,
+                route_mtu: None,
             })
         };
         let mut d = desired(SnatMode::To("203.0.113.1".parse().unwrap()));
@@ -624,6 +627,7 @@ mod tests {
             },
             bypass_conntrack: true,
             fast_path: false,
+            route_mtu: None,
         });
         let r = render(&d);
         insta::assert_snapshot!("ebpf_ruleset_bypass", r.text);

@@ -83,6 +83,10 @@ struct config {
 	__u32 public_ifindex;
 	// The private interfaces (0: unused slot): where the fast path may send inbound packets.
 	__u32 private_ifindex[MAX_PRIVATE];
+	// The smallest MTU a route through the gateway's interfaces sets (0: none): the
+	// kernel's forwarding honours it, its FIB lookup for programs does not.
+	__u32 fast_mtu;
+	__u32 _pad;
 	__u64 udp_ns;
 	__u64 tcp_established_ns;
 	__u64 tcp_transitory_ns;
@@ -1447,14 +1451,25 @@ static __always_inline int reject(struct __sk_buff *skb, const struct config *c,
 // the translation is the one the slow path makes. A flow not seen for fast_ns leaves
 // the fast path; so does every packet the kernel must see (see fast_eligible).
 
+// A flow on the fast path: until when, and the private interface its packets came in
+// on (outbound packets from any other are the kernel's: rp_filter and the rules judge
+// them).
+struct fast_flow {
+	__u64 until;
+	__u32 ifindex;
+	// The largest outbound packet (or GSO segment) the kernel's path has carried: the
+	// route's MTU as it was then lets it through, as a flowtable keeps the MTU of the
+	// moment it took the flow. Bigger ones take the kernel's path (which records them).
+	__u32 max_len;
+};
+
 // A private endpoint and one remote endpoint (port 0 for ICMP, as in session_key;
-// by_address 0) -> until when the flow is on the fast path. LRU: a flow pushed out
-// only goes the slow way again.
+// by_address 0) -> the flow. LRU: a flow pushed out only goes the slow way again.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
 	__type(key, struct session_key);
-	__type(value, __u64);
+	__type(value, struct fast_flow);
 } natgw_fast SEC(".maps");
 
 #define PACKET_HOST 0
@@ -1486,28 +1501,56 @@ static __always_inline int fast_eligible(struct __sk_buff *skb, const struct pac
 	return p->proto == IPPROTO_ICMP && p->icmp_type == echo_type;
 }
 
-// Whether p's flow is on the fast path at `now` (and keeps it there).
-static __always_inline int fast_known(const struct config *c, const struct packet *p, int out,
-				      __u64 now)
+// What must fit the route's MTU: the IP packet, or each segment of a GSO packet.
+// 0: unknown (the kernel's path).
+static __always_inline __u32 fast_size(struct __sk_buff *skb, const struct packet *p)
+{
+	__u16 total;
+	if (load16(skb, p->ip + 2, &total))
+		return 0;
+	if (!skb->gso_size)
+		return total;
+	__u8 doff = 0;
+	if (p->proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1))
+		return 0;
+	return (p->l4 - p->ip) + (p->proto == IPPROTO_TCP ? (doff >> 4) * 4 : 8) + skb->gso_size;
+}
+
+// The largest packet p's flow may take on the fast path at `now` (and keeps the flow
+// there), 0 when it is not on it; outbound, only from the interface it was recorded
+// on (`in`), and no larger than the kernel has carried.
+static __always_inline __u32 fast_known(const struct config *c, const struct packet *p, int out,
+					__u32 in, __u64 now)
 {
 	struct session_key k = {};
 	fast_key(p, out, &k);
-	__u64 *until = bpf_map_lookup_elem(&natgw_fast, &k);
-	if (!until || *until <= now)
+	struct fast_flow *f = bpf_map_lookup_elem(&natgw_fast, &k);
+	if (!f || f->until <= now || (out && f->ifindex != in))
 		return 0;
 	// Pushed forward at most twice per period: a write per flow now and then, not per packet.
-	if (*until - now < c->fast_ns / 2)
-		*until = now + c->fast_ns;
-	return 1;
+	if (f->until - now < c->fast_ns / 2)
+		f->until = now + c->fast_ns;
+	__u32 limit = out ? f->max_len : 0xffff;
+	if (c->fast_mtu && c->fast_mtu < limit)
+		limit = c->fast_mtu;
+	return limit;
 }
 
-static __always_inline void fast_record(const struct config *c, const struct packet *p,
-					__u64 now)
+static __always_inline void fast_record(struct __sk_buff *skb, const struct config *c,
+					const struct packet *p, __u32 in, __u64 now)
 {
+	__u32 size = fast_size(skb, p);
 	struct session_key k = {};
 	fast_key(p, 1, &k);
-	__u64 until = now + c->fast_ns;
-	bpf_map_update_elem(&natgw_fast, &k, &until, BPF_ANY);
+	struct fast_flow *known = bpf_map_lookup_elem(&natgw_fast, &k);
+	if (known && known->ifindex == in) {
+		if (size > known->max_len)
+			known->max_len = size;
+		known->until = now + c->fast_ns;
+		return;
+	}
+	struct fast_flow f = {.until = now + c->fast_ns, .ifindex = in, .max_len = size};
+	bpf_map_update_elem(&natgw_fast, &k, &f, BPF_ANY);
 }
 
 static __always_inline int is_private_ifindex(const struct config *c, __u32 ifindex)
@@ -1519,18 +1562,26 @@ static __always_inline int is_private_ifindex(const struct config *c, __u32 ifin
 	return 0;
 }
 
-// The kernel's ip_forward for a fast flow's packet that arrived on `in`: the route
-// (as the kernel would look it up for it), the TTL, the neighbour. TC_ACT_REDIRECT
-// out of the interface the route names, when that is the public interface (`out`)
-// or a private one (inbound); -1 when the kernel must take it: the TTL runs out (it
-// sends time exceeded), the packet is too big for the route (it fragments or sends
-// fragmentation needed), there is no neighbour yet (it resolves one), or the route
-// goes anywhere else.
+// The kernel's ip_forward for a fast flow's packet that arrived on `in`: the header
+// checks of ip_rcv, the route (as the kernel would look it up for it) with its MTU,
+// the TTL, the queueing priority of its TOS, and the neighbour (through the kernel's
+// neighbour code, which keeps the entry's state up to date). TC_ACT_REDIRECT out of
+// the interface the route names, when that is the public interface (`out`) or a
+// private one (inbound); -1 when the kernel must take it: a bad header checksum or
+// bytes past the IP packet, the TTL runs out (it sends time exceeded), the packet is
+// too big for the route (it fragments it or sends fragmentation needed), or the
+// route goes anywhere else.
 static __always_inline long fast_forward(struct __sk_buff *skb, const struct config *c,
-					 const struct packet *p, __u32 in, int out)
+					 const struct packet *p, __u32 in, int out, __u32 limit)
 {
-	__u8 ttl_proto[2];
-	if (bpf_skb_load_bytes(skb, p->ip + 8, ttl_proto, 2) || ttl_proto[0] <= 1)
+	__u8 hdr[20];
+	if (bpf_skb_load_bytes(skb, p->ip, hdr, 20) || fold(bpf_csum_diff(NULL, 0, (void *)hdr, 20, 0)))
+		return -1;
+	__u16 total = ((__u16)hdr[2] << 8) | hdr[3];
+	if (skb->len != ETH_HLEN + total || hdr[8] <= 1)
+		return -1;
+	__u32 size = fast_size(skb, p);
+	if (!size || size > limit)
 		return -1;
 	struct bpf_fib_lookup f = {};
 	f.family = AF_INET;
@@ -1540,25 +1591,26 @@ static __always_inline long fast_forward(struct __sk_buff *skb, const struct con
 	f.ipv4_src = p->src;
 	f.ipv4_dst = p->dst;
 	f.ifindex = in;
-	__u8 tos = 0;
-	if (!bpf_skb_load_bytes(skb, p->ip + 1, &tos, 1))
-		f.tos = tos;
-	// tot_len 0: the kernel checks the packet against the route's MTU as ip_forward
-	// does (a GSO packet by its segments).
-	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	f.tos = hdr[1];
+	f.tot_len = size;
+	if (bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
 	if (out ? f.ifindex != c->public_ifindex : !is_private_ifindex(c, f.ifindex))
 		return -1;
-	__u16 old = *(__u16 *)ttl_proto;
-	ttl_proto[0] -= 1;
-	__u16 new = *(__u16 *)ttl_proto;
+	__u16 old = *(__u16 *)(hdr + 8);
+	hdr[8] -= 1;
+	__u16 new = *(__u16 *)(hdr + 8);
 	if (bpf_l3_csum_replace(skb, p->ip + 10, old, new, 2) ||
-	    bpf_skb_store_bytes(skb, p->ip + 8, ttl_proto, 1, 0) ||
-	    bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0))
+	    bpf_skb_store_bytes(skb, p->ip + 8, hdr + 8, 1, 0))
 		return drop(C_DROP_MALFORMED);
+	// rt_tos2priority, as ip_forward sets it (for the egress qdisc): TOS bits 4 and 3
+	// 00, 01, 10, 11 give priority 0 (best effort), 2 (bulk), 6 (interactive), 4
+	// (interactive bulk).
+	__u32 tos_class = (hdr[1] >> 3) & 3;
+	skb->priority = (tos_class ^ (tos_class >> 1)) * 2;
 	count(out ? C_FAST_OUT : C_FAST_IN);
-	return bpf_redirect(f.ifindex, 0);
+	struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = f.ipv4_dst};
+	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
 }
 
 SEC("classifier")
@@ -1610,7 +1662,7 @@ int natgw_egress(struct __sk_buff *skb)
 	if (c->fast_ns && !made && c->outbound_mark &&
 	    (skb->mark & c->mark_mask) == c->outbound_mark &&
 	    is_private_ifindex(c, skb->ingress_ifindex))
-		fast_record(c, &p, now);
+		fast_record(skb, c, &p, skb->ingress_ifindex, now);
 	struct endpoint ext = b->external;
 	if (rewrite(skb, &p, 12, ext.addr, p.proto == IPPROTO_ICMP ? 4 : 0, ext.port))
 		return drop(C_DROP_MALFORMED);
@@ -1680,8 +1732,9 @@ int natgw_ingress(struct __sk_buff *skb)
 	if (c->fast_ns) {
 		p.dst = internal.addr;
 		p.dport = internal.port;
-		if (fast_eligible(skb, &p, 0) && fast_known(c, &p, 0, now)) {
-			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 0);
+		__u32 limit = fast_eligible(skb, &p, 0) ? fast_known(c, &p, 0, 0, now) : 0;
+		if (limit) {
+			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 0, limit);
 			if (r >= 0)
 				return r;
 		}
@@ -1773,8 +1826,11 @@ int natgw_private(struct __sk_buff *skb)
 	// Everything but private hosts' packets for the gateway's public addresses is
 	// left alone (marked when it leaves through the public interface), and not counted.
 	if (!is_pool(c, p.dst)) {
-		if (c->fast_ns && fast_eligible(skb, &p, 8) && fast_known(c, &p, 1, now_ns(c))) {
-			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 1);
+		__u32 limit = c->fast_ns && fast_eligible(skb, &p, 8)
+				      ? fast_known(c, &p, 1, skb->ingress_ifindex, now_ns(c))
+				      : 0;
+		if (limit) {
+			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 1, limit);
 			if (r >= 0)
 				return r;
 		}

@@ -30,6 +30,10 @@ pub struct BpfConfig {
     /// The private interfaces (0: an unused slot): the fast path sends inbound packets
     /// only to these.
     pub private_ifindex: [u32; MAX_PRIVATE],
+    /// The smallest MTU set on a route through the gateway's interfaces (0: none); the
+    /// fast path leaves bigger packets to the kernel.
+    pub fast_mtu: u32,
+    pub _pad: u32,
     pub udp_ns: u64,
     pub tcp_established_ns: u64,
     pub tcp_transitory_ns: u64,
@@ -60,7 +64,7 @@ impl BpfConfig {
 /// The sweeper's default period.
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 200).
+// SAFETY: plain integers, `repr(C)`, no padding (the u64s start at offset 208).
 unsafe impl aya::Pod for BpfConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,10 +96,12 @@ impl BpfConfig {
     /// it until they are `idle` without traffic; inbound packets go to the interfaces
     /// `private_ifindex` only. Needs [`BpfConfig::with_outbound`] (the fast path learns
     /// flows from the outbound mark).
+    /// `route_mtu`: the smallest MTU a route through the gateway's interfaces sets.
     pub fn with_fast_path(
         self,
         private_ifindex: &[u32],
         idle: std::time::Duration,
+        route_mtu: Option<u32>,
     ) -> Result<Self, LayoutError> {
         if private_ifindex.len() > MAX_PRIVATE {
             return Err(LayoutError::TooManyInterfaces(private_ifindex.len()));
@@ -104,6 +110,7 @@ impl BpfConfig {
         slots[..private_ifindex.len()].copy_from_slice(private_ifindex);
         Ok(Self {
             private_ifindex: slots,
+            fast_mtu: route_mtu.unwrap_or(0),
             fast_ns: (idle.as_nanos() as u64).max(1),
             ..self
         })
@@ -146,6 +153,8 @@ impl BpfConfig {
             outbound_mark: 0,
             public_ifindex: 0,
             private_ifindex: [0; MAX_PRIVATE],
+            fast_mtu: 0,
+            _pad: 0,
             udp_ns: ns(c.timeouts.udp),
             tcp_established_ns: ns(c.timeouts.tcp_established),
             tcp_transitory_ns: ns(c.timeouts.tcp_transitory),
@@ -186,7 +195,8 @@ mod tests {
 
     #[test]
     fn the_layout_has_no_hidden_padding() {
-        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4 + 8*4 + 8*8 in nat.bpf.c.
-        assert_eq!(std::mem::size_of::<BpfConfig>(), 264);
+        // 16*4 + 4 + 8*4 + 8*4 + 4 + 2 + 2 + 4 + 4 + 4 + 4 + 4 + 4 + 8*4 + 4 + 4 + 8*8
+        // in nat.bpf.c.
+        assert_eq!(std::mem::size_of::<BpfConfig>(), 272);
     }
 }

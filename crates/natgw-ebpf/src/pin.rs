@@ -337,8 +337,19 @@ pub fn pinned(dir: &Path) -> Vec<String> {
 /// Detaches the pinned programs and removes every pinned object and `dir` itself.
 /// Nothing pinned is success. Keeps going after an error and reports the first.
 pub fn remove(dir: &Path) -> Result<(), PinnedError> {
-    let mut first: Option<PinnedError> = None;
-    for name in pinned(dir).iter().filter(|n| n.starts_with("link_")) {
+    let mut first: Option<PinnedError> = stop_fast_path(dir).err();
+    // The hairpin programs first and the public egress program last: a packet that
+    // still met a private interface's program meets the public translator after it.
+    let mut links: Vec<String> = pinned(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("link_"))
+        .collect();
+    links.sort_by_key(|n| match n.as_str() {
+        "link_egress" => 2,
+        "link_ingress" => 1,
+        _ => 0,
+    });
+    for name in &links {
         if let Err(e) = unpin_link(&dir.join(name)) {
             first.get_or_insert(e);
         }
@@ -362,6 +373,27 @@ pub fn remove(dir: &Path) -> Result<(), PinnedError> {
         _ => {}
     }
     first.map_or(Ok(()), Err)
+}
+
+/// Turns the fast path of the programs pinned under `dir` off, so that the private
+/// interfaces' programs stop handing packets straight to the public interface: their
+/// packets take the kernel's path again (and whatever translates there next) before
+/// any program is detached. Programs of an older build (another config layout, no
+/// fast path) are left as they are.
+fn stop_fast_path(dir: &Path) -> Result<(), PinnedError> {
+    let Ok(map) = open(dir, CONFIG) else {
+        return Ok(());
+    };
+    let Ok(mut array) = Array::<MapData, BpfConfig>::try_from(Map::Array(map)) else {
+        return Ok(());
+    };
+    match array.get(&0, 0) {
+        Ok(mut c) if c.fast_ns != 0 => {
+            c.fast_ns = 0;
+            array.set(0, c, 0).map_err(map_err(dir, CONFIG))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn open(dir: &Path, name: &str) -> Result<MapData, PinnedError> {

@@ -429,6 +429,7 @@ fn programs_config(
         .with_fast_path(
             &private,
             std::time::Duration::from_secs(natgw_core::dataplane::FAST_IDLE_SECS),
+            plane.route_mtu,
         )
         .map_err(natgw_ebpf::PlaneError::from)?;
     Ok((config, pinned))

@@ -245,6 +245,33 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// (output interface, MTU) of every IPv4 route, in any table, that sets an MTU
+    /// (`ip route show table all | grep mtu`).
+    pub fn route_mtus(&self) -> Result<Vec<(u32, u32)>, NetlinkError> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(u32::from(RouteHeader::RT_TABLE_UNSPEC))
+            .build();
+        let messages: Vec<RouteMessage> =
+            self.dump("dump routes", self.handle.route().get(filter).execute())?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                let oif = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })?;
+                let mtu = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
+                        netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
+                        _ => None,
+                    }),
+                    _ => None,
+                })?;
+                (mtu > 0).then_some((oif, mtu))
+            })
+            .collect())
+    }
+
     /// `ip route add TO via VIA proto OWNER`. A route to TO that is already there is
     /// an error (EEXIST): it is not natgw's, so natgw must neither record it as its own
     /// nor silently leave the desired route out.

@@ -81,6 +81,7 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         links,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,
+        route_mtus: netlink.route_mtus()?,
         sysctls,
         nft_present,
         table: if nft_present {
@@ -112,6 +113,7 @@ pub fn observe_network(netlink: &Netlink) -> Result<Observed, ObserveError> {
         links: netlink.links()?,
         addresses: netlink.addresses()?,
         routes: netlink.routes()?,
+        route_mtus: netlink.route_mtus()?,
         ..Observed::default()
     })
 }

@@ -111,6 +111,7 @@ fn ebpf_up_translates_udp_tcp_and_ping_then_down_leaves_nothing() {
             "natgw_config",
             "natgw_counters",
             "natgw_events",
+            "natgw_fast",
             "natgw_fragments",
             "natgw_icmp_rate",
             "natgw_logging",
@@ -525,7 +526,7 @@ fn time_exceeded_quotes_the_public_endpoint(test: &str, dataplane: &str) {
         return;
     };
     let from = std::net::SocketAddrV4::new(SERVER, server().port());
-    let quoted = quoted_by_gateway(&lab, from, to, 1, 11);
+    let quoted = quoted_by_gateway(&lab, from, to, 1, 11, 13);
     assert_eq!(
         quoted,
         Some(mapped),
@@ -576,7 +577,7 @@ fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
         || (dataplane == "ebpf").then(|| ebpf_counter(&status_json(&lab), "drop_unsupported"));
     let unsupported_before = unsupported();
     lab.ip("head", &["link", "set", "lan0", "down"]).unwrap();
-    let quoted = quoted_by_gateway(&lab, from, to, 64, 5);
+    let quoted = quoted_by_gateway(&lab, from, to, 64, 5, 13);
     lab.ip("head", &["link", "set", "lan0", "up"]).unwrap();
     assert!(redirects() > before, "control: the kernel sent no redirect");
     if dataplane == "ebpf" {
@@ -601,14 +602,15 @@ fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
 }
 
 /// The endpoint quoted by the first ICMP message of `icmp_type` the public side gets
-/// from the gateway while it sends datagrams `from` (an endpoint of `pub`) with `ttl`
-/// to `to` (for 3 s).
+/// from the gateway while it sends UDP datagrams of `len` bytes (at least 13) `from`
+/// (an endpoint of `pub`) with `ttl` to `to` (for 3 s), DF set.
 fn quoted_by_gateway(
     lab: &Lab,
     from: std::net::SocketAddrV4,
     to: std::net::SocketAddrV4,
     ttl: u32,
     icmp_type: u8,
+    len: u16,
 ) -> Option<SocketAddr> {
     natgw_lab::in_netns(&lab.ns("pub"), move || {
         use socket2::{Domain, Protocol, Socket, Type};
@@ -619,11 +621,25 @@ fn quoted_by_gateway(
         udp.bind(&SocketAddr::new(IpAddr::V4(*from.ip()), 0).into())
             .unwrap();
         udp.set_ttl(ttl).unwrap();
+        // DF, whatever path MTU this side has learnt (it would fragment instead).
+        let probe: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: setsockopt on our own socket with a valid c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&udp),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&probe as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
         let mut datagram = Vec::new();
         datagram.extend_from_slice(&from.port().to_be_bytes());
         datagram.extend_from_slice(&to.port().to_be_bytes());
-        datagram.extend_from_slice(&13u16.to_be_bytes());
+        datagram.extend_from_slice(&len.to_be_bytes());
         datagram.extend_from_slice(&[0, 0, b'h', b'o', b'p', b'!', b'!']);
+        datagram.resize(usize::from(len), b'.');
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while std::time::Instant::now() < deadline {
             udp.send_to(&datagram, &SocketAddr::V4(to).into()).unwrap();
@@ -1119,6 +1135,32 @@ fn ebpf_a_switch_to_nftables_leaves_no_running_flow_untranslated() {
         return;
     };
     let (private, public, sent) = steady_stream(&lab, Stream::ONE_FLOW, || {
+        std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
+        assert_exit(&up(&lab, &config), 0);
+    });
+    assert_eq!(
+        private, 0,
+        "{private} of {sent} packets left with the private source"
+    );
+    assert!(public > sent / 2, "{public} of {sent} arrived translated");
+    assert_eq!(status_json(&lab)["dataplane"], "nftables");
+    assert_exit(&natgw(&lab, &["down"]), 0);
+}
+
+/// The same with flows on the fast path: the private interfaces' programs hand them
+/// straight to the public interface, so the fast path is turned off before any
+/// program is detached, and the public egress program goes last.
+#[test]
+fn ebpf_a_switch_to_nftables_leaves_no_fast_flow_untranslated() {
+    let Some((lab, config, _server)) = up_with_server(
+        "ebpf_a_switch_to_nftables_leaves_no_fast_flow_untranslated",
+        FAST_PATH,
+    ) else {
+        return;
+    };
+    let (private, public, sent) = steady_stream(&lab, Stream::ONE_FLOW, || {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(ebpf_counter(&status_json(&lab), "fast_out") > 0);
         std::fs::write(&config, "public = \"wan0\"\nprivate = [\"lan0\"]\n").unwrap();
         assert_exit(&up(&lab, &config), 0);
     });
@@ -2017,8 +2059,42 @@ fn ebpf_fast_path_carries_established_flows_past_netfilter() {
         nft_counter(&lab, "outbound"),
         nft_counter(&lab, "inbound_admitted"),
     );
+    // A copy of every UDP datagram that reaches the server's namespace, IP header first.
+    let seen = natgw_lab::in_netns(&lab.ns("pub"), || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        raw.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        raw
+    })
+    .unwrap();
     ask_repeatedly(&socket, 20, mapped);
     let after = status_json(&lab);
+    // Outbound too, routing's TTL: the node's 64, one less at the gateway.
+    let mut ttls = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while let Ok(n) = seen.recv(&mut buf) {
+        // SAFETY: recv initialised the first n bytes.
+        let b: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let from = std::net::Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+        let hl = usize::from(b[0] & 0x0f) * 4;
+        let sport = u16::from_be_bytes([b[hl], b[hl + 1]]);
+        if SocketAddr::new(IpAddr::V4(from), sport) == mapped {
+            ttls.push(b[8]);
+        }
+    }
+    assert_eq!(
+        ttls,
+        vec![63; 20],
+        "TTLs of the node's datagrams at the server"
+    );
     let grew = |name: &str| ebpf_counter(&after, name) - ebpf_counter(&before, name);
     assert_eq!(grew("fast_out"), 20, "{after}");
     assert_eq!(grew("fast_in"), 20, "{after}");
@@ -2148,7 +2224,7 @@ fn ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops() {
 #[test]
 fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
     use std::os::fd::AsRawFd;
-    let Some((lab, _config, _server)) = up_with_server_on(
+    let Some((lab, config, _server)) = up_with_server_on(
         "ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel",
         "ebpf",
         FAST_PATH,
@@ -2183,7 +2259,7 @@ fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
         panic!("IPv4 only")
     };
     let from = std::net::SocketAddrV4::new(SERVER, server().port());
-    assert_eq!(quoted_by_gateway(&lab, from, to, 1, 11), Some(mapped));
+    assert_eq!(quoted_by_gateway(&lab, from, to, 1, 11, 13), Some(mapped));
     let mut buf = [0u8; 128];
     socket
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -2193,35 +2269,110 @@ fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
         "a TTL-1 datagram was delivered"
     );
 
-    // Outbound, TTL 1: never reaches the server (which would answer).
+    // Outbound, TTL 1: never reaches the server (which would answer); the node gets
+    // time exceeded from the gateway.
+    let icmp = natgw_lab::in_netns(&lab.ns("n1"), || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        raw.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        raw
+    })
+    .unwrap();
     socket.set_ttl(1).unwrap();
     socket.send(b"who am i").unwrap();
     assert!(
         socket.recv(&mut buf).is_err(),
         "a TTL-1 datagram was forwarded"
     );
+    let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    let time_exceeded = (0..10).any(|_| match icmp.recv(&mut raw) {
+        Ok(n) => {
+            // SAFETY: recv initialised the first n bytes.
+            let b: Vec<u8> = raw[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            let hl = usize::from(b[0] & 0x0f) * 4;
+            b[12..16] == PRIVATE_GATEWAY.octets() && b.get(hl) == Some(&11)
+        }
+        Err(_) => false,
+    });
+    assert!(time_exceeded, "no time exceeded from the gateway");
     socket.set_ttl(64).unwrap();
     ask_repeatedly(&socket, 1, mapped);
 
-    // Too big for the public link: fragmentation needed reaches the node.
-    in_ns(&lab, "head", &["ip", "link", "set", "wan0", "mtu", "1400"]);
-    let big = vec![b'x'; 1450];
-    let _ = socket.send(&big);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a c_int we own.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            (&mut mtu as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    // Too big for the public link, by 2 bytes (the link's MTU, not the frame's room):
+    // fragmentation needed reaches the node. Then too big for the route's MTU.
+    let learnt = |ip_length: usize| {
+        let _ = socket.send(&vec![b'x'; ip_length - 28]);
+        std::thread::sleep(Duration::from_millis(300));
+        // The error fragmentation needed left on the socket (EMSGSIZE), taken.
+        let _ = socket.take_error();
+        let mut mtu: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU,
+                (&mut mtu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        mtu
     };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    assert_eq!(mtu, 1400, "the node did not learn the public link's MTU");
+    in_ns(&lab, "head", &["ip", "link", "set", "wan0", "mtu", "1400"]);
+    assert_eq!(learnt(1402), 1400, "the node did not learn the link's MTU");
+    ask_repeatedly(&socket, 2, mapped);
+    let route = format!("{SERVER}/32");
+    let via = UPSTREAM.to_string();
+    in_ns(
+        &lab,
+        "head",
+        &[
+            "ip", "route", "add", &route, "via", &via, "dev", "wan0", "mtu", "1300",
+        ],
+    );
+    assert_eq!(learnt(1350), 1300, "the node did not learn the route's MTU");
+    in_ns(&lab, "head", &["ip", "route", "del", &route]);
+
+    // Inbound: a route towards the node with a smaller MTU (the kernel's forwarding
+    // honours it, the programs' route lookup does not), there when `up` runs: a
+    // datagram bigger than it gets fragmentation needed at the sender's side.
+    let node = format!("{}/32", Lab::node_address(1));
+    in_ns(
+        &lab,
+        "head",
+        &["ip", "route", "add", &node, "dev", "lan0", "mtu", "1300"],
+    );
+    assert_exit(&up(&lab, &config), 0);
+    let fast_in = fast("fast_in");
+    ask_repeatedly(&socket, 3, mapped);
+    assert!(fast("fast_in") > fast_in, "not on the fast path again");
+    assert_eq!(
+        quoted_by_gateway(&lab, from, to, 64, 3, 1350 - 20),
+        Some(mapped),
+        "no fragmentation needed for a datagram above the route's MTU"
+    );
+    // Inbound, 2 bytes over the private link's MTU (within the room its frames have).
+    in_ns(&lab, "head", &["ip", "route", "del", &node]);
+    in_ns(&lab, "head", &["ip", "link", "set", "lan0", "mtu", "1400"]);
+    assert_exit(&up(&lab, &config), 0);
+    let fast_in = fast("fast_in");
+    ask_repeatedly(&socket, 3, mapped);
+    assert!(fast("fast_in") > fast_in, "not on the fast path again");
+    assert_eq!(
+        quoted_by_gateway(&lab, from, to, 64, 3, 1402 - 20),
+        Some(mapped),
+        "no fragmentation needed for a datagram above the link's MTU"
+    );
     drop(socket);
     assert_exit(&natgw(&lab, &["down"]), 0);
 }

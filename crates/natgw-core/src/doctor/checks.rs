@@ -774,22 +774,32 @@ fn fast_path(inputs: &Inputs, roles: &Roles) -> Option<Finding> {
         Ok(chains) => chains,
         Err(skip) => return Some(skip),
     };
+    // Routing's hooks: a fast packet meets none of them (and no netdev ingress chain of
+    // the public interface either, which the programs run before).
     let foreign: Vec<String> = chains
         .iter()
-        .filter(|c| !c.is_natgw() && c.hook == Some(Hook::Forward) && !c.rules.is_empty())
-        .map(|c| format!("{} {}", c.table, c.name))
+        .filter(|c| !c.is_natgw() && !c.rules.is_empty())
+        .filter_map(|c| {
+            let hook = match c.hook? {
+                Hook::Prerouting => "prerouting",
+                Hook::Forward => "forward",
+                Hook::Postrouting => "postrouting",
+                _ => return None,
+            };
+            Some(format!("{} {} ({hook})", c.table, c.name))
+        })
         .collect();
     let public = roles.public.name.as_str();
     Some(if foreign.is_empty() {
         Finding::pass(
             ID,
-            format!("no foreign forward rules: for flows the forward path has carried, the fast path skips only natgw's own between the private side and {public}"),
+            format!("no foreign prerouting, forward or postrouting rules: for flows the forward path has carried, the fast path skips only natgw's own between the private side and {public}"),
         )
     } else {
         Finding::warn(
             ID,
             format!(
-                "fast_path = true: forward chain(s) {} see only the first packets of each flow between the private side and {public}; rules that count, limit or drop later packets, or that change while a flow keeps going, do not apply to the rest of it (a flow leaves the fast path after {} s without traffic)",
+                "fast_path = true: chain(s) {} see only the first packets of each flow between the private side and {public}; rules that count, limit or drop later packets, or that change while a flow keeps going, do not apply to the rest of it (a flow leaves the fast path after {} s without traffic)",
                 foreign.join(", "),
                 crate::dataplane::FAST_IDLE_SECS
             ),
@@ -1490,7 +1500,7 @@ mod tests {
         assert_eq!(f.status, Status::Warn, "{f:?}");
         assert!(
             f.detail
-                .contains("forward chain(s) ip guard forward see only the first packets"),
+                .contains("chain(s) ip guard forward (forward) see only the first packets"),
             "{f:?}"
         );
         let alone = all(&inputs(&fast, &o, chains(&[NATGW])));
