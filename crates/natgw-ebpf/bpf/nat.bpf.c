@@ -1562,6 +1562,20 @@ static __always_inline int is_private_ifindex(const struct config *c, __u32 ifin
 	return 0;
 }
 
+// The route lookup the kernel makes for p arriving on `in` with `tos`.
+static __always_inline void fib_query(const struct packet *p, __u32 in, __u8 tos,
+				      struct bpf_fib_lookup *f)
+{
+	f->family = AF_INET;
+	f->l4_protocol = p->proto;
+	f->sport = p->sport;
+	f->dport = p->dport;
+	f->ipv4_src = p->src;
+	f->ipv4_dst = p->dst;
+	f->ifindex = in;
+	f->tos = tos;
+}
+
 // The kernel's ip_forward for a fast flow's packet that arrived on `in`: the header
 // checks of ip_rcv, the route (as the kernel would look it up for it) with its MTU,
 // the TTL, the queueing priority of its TOS, and the neighbour (through the kernel's
@@ -1584,14 +1598,7 @@ static __always_inline long fast_forward(struct __sk_buff *skb, const struct con
 	if (!size || size > limit)
 		return -1;
 	struct bpf_fib_lookup f = {};
-	f.family = AF_INET;
-	f.l4_protocol = p->proto;
-	f.sport = p->sport;
-	f.dport = p->dport;
-	f.ipv4_src = p->src;
-	f.ipv4_dst = p->dst;
-	f.ifindex = in;
-	f.tos = hdr[1];
+	fib_query(p, in, hdr[1], &f);
 	f.tot_len = size;
 	if (bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
@@ -1791,17 +1798,10 @@ static __always_inline void mark_outbound(struct __sk_buff *skb, const struct co
 	__u32 dst = bpf_ntohl(p->dst);
 	if ((dst >> 28) == 0xe || dst == 0xffffffff || (dst >> 24) == 0)
 		return;
-	struct bpf_fib_lookup f = {};
-	f.family = AF_INET;
-	f.l4_protocol = p->proto;
-	f.sport = p->sport;
-	f.dport = p->dport;
-	f.ipv4_src = p->src;
-	f.ipv4_dst = p->dst;
-	f.ifindex = skb->ingress_ifindex;
 	__u8 tos = 0;
-	if (!bpf_skb_load_bytes(skb, p->ip + 1, &tos, 1))
-		f.tos = tos;
+	bpf_skb_load_bytes(skb, p->ip + 1, &tos, 1);
+	struct bpf_fib_lookup f = {};
+	fib_query(p, skb->ingress_ifindex, tos, &f);
 	long r = bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH);
 	// Too big for the public link is still routed there (and fragmented, or
 	// answered with fragmentation-needed, by the kernel).

@@ -444,45 +444,17 @@ on_both_planes!(
 );
 
 fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
-    use std::os::fd::AsRawFd;
     let Some((lab, _, _server)) = up_with_server_on(test, dataplane, "") else {
         return;
     };
     // The node's connected socket, path MTU discovery on; its mapping from the echo.
     let (socket, mapped) = node_socket(&lab, 0, |s| {
-        let on: libc::c_int = libc::IP_PMTUDISC_DO;
-        // SAFETY: setsockopt on our own socket with a valid c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_pmtu_discovery(s, libc::IP_PMTUDISC_DO);
         s.connect(server()).unwrap();
     })
     .expect("the node's datagram answered");
     assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
-    let mtu_of = |s: &std::net::UdpSocket| {
-        let mut mtu: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int we own.
-        let rc = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU,
-                (&mut mtu as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        mtu
-    };
-    assert_eq!(mtu_of(&socket), 1500, "control: no PMTU learnt yet");
+    assert_eq!(path_mtu(&socket), 1500, "control: no PMTU learnt yet");
 
     // A router on the public side (the upstream) says the translated datagram is too big.
     let error = frag_needed(mapped, server(), 1400, 1200);
@@ -499,7 +471,7 @@ fn fragmentation_needed_reaches_the_node(test: &str, dataplane: &str) {
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // The node learnt the path MTU: the error reached it, translated back (RFC 5508).
-    assert_eq!(mtu_of(&socket), 1200);
+    assert_eq!(path_mtu(&socket), 1200);
     if dataplane == "ebpf" {
         let status = status_json(&lab);
         assert!(ebpf_counter(&status, "in_translated") >= 2, "{status}");
@@ -601,6 +573,57 @@ fn redirects_never_quote_a_private_host(test: &str, dataplane: &str) {
     assert_exit(&natgw(&lab, &["down"]), 0);
 }
 
+/// Sets a socket's path MTU discovery (`IP_MTU_DISCOVER`: `IP_PMTUDISC_DO` sends with
+/// DF and learns, `IP_PMTUDISC_PROBE` sends with DF up to the link's MTU).
+fn set_pmtu_discovery(socket: &impl std::os::fd::AsRawFd, how: libc::c_int) {
+    // SAFETY: setsockopt on an open socket with a valid c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&how as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// The path MTU a connected socket has learnt (`IP_MTU`).
+fn path_mtu(socket: &impl std::os::fd::AsRawFd) -> libc::c_int {
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    mtu
+}
+
+/// A raw IPv4 socket of `protocol` in `role`'s namespace that sees a copy of every
+/// packet of that protocol for the namespace (`timeout` per read).
+fn raw_socket(
+    lab: &Lab,
+    role: &str,
+    protocol: socket2::Protocol,
+    timeout: Duration,
+) -> socket2::Socket {
+    natgw_lab::in_netns(&lab.ns(role), move || {
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(protocol))
+            .unwrap();
+        raw.set_read_timeout(Some(timeout)).unwrap();
+        raw
+    })
+    .unwrap()
+}
+
 /// The endpoint quoted by the first ICMP message of `icmp_type` the public side gets
 /// from the gateway while it sends UDP datagrams of `len` bytes (at least 13) `from`
 /// (an endpoint of `pub`) with `ttl` to `to` (for 3 s), DF set.
@@ -622,18 +645,7 @@ fn quoted_by_gateway(
             .unwrap();
         udp.set_ttl(ttl).unwrap();
         // DF, whatever path MTU this side has learnt (it would fragment instead).
-        let probe: libc::c_int = libc::IP_PMTUDISC_PROBE;
-        // SAFETY: setsockopt on our own socket with a valid c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&udp),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&probe as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_pmtu_discovery(&udp, libc::IP_PMTUDISC_PROBE);
         let mut datagram = Vec::new();
         datagram.extend_from_slice(&from.port().to_be_bytes());
         datagram.extend_from_slice(&to.port().to_be_bytes());
@@ -2041,9 +2053,8 @@ fn ask_repeatedly(socket: &std::net::UdpSocket, n: usize, mapped: SocketAddr) {
 /// batches between the namespaces) carries 8 MiB intact.
 #[test]
 fn ebpf_fast_path_carries_established_flows_past_netfilter() {
-    let Some((lab, _config, _server)) = up_with_server_on(
+    let Some((lab, _config, _server)) = up_with_server(
         "ebpf_fast_path_carries_established_flows_past_netfilter",
-        "ebpf",
         FAST_PATH,
     ) else {
         return;
@@ -2060,18 +2071,12 @@ fn ebpf_fast_path_carries_established_flows_past_netfilter() {
         nft_counter(&lab, "inbound_admitted"),
     );
     // A copy of every UDP datagram that reaches the server's namespace, IP header first.
-    let seen = natgw_lab::in_netns(&lab.ns("pub"), || {
-        let raw = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        raw.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        raw
-    })
-    .unwrap();
+    let seen = raw_socket(
+        &lab,
+        "pub",
+        socket2::Protocol::UDP,
+        Duration::from_millis(200),
+    );
     ask_repeatedly(&socket, 20, mapped);
     let after = status_json(&lab);
     // Outbound too, routing's TTL: the node's 64, one less at the gateway.
@@ -2175,9 +2180,8 @@ fn ebpf_fast_path_carries_established_flows_past_netfilter() {
 /// packet of it, while another flow of the same node goes the fast way.
 #[test]
 fn ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops() {
-    let Some((lab, _config, _server)) = up_with_server_on(
+    let Some((lab, _config, _server)) = up_with_server(
         "ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops",
-        "ebpf",
         FAST_PATH,
     ) else {
         return;
@@ -2223,27 +2227,14 @@ fn ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops() {
 /// gets fragmentation needed, and the node learns the path MTU.
 #[test]
 fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
-    use std::os::fd::AsRawFd;
-    let Some((lab, config, _server)) = up_with_server_on(
+    let Some((lab, config, _server)) = up_with_server(
         "ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel",
-        "ebpf",
         FAST_PATH,
     ) else {
         return;
     };
     let (socket, mapped) = node_socket(&lab, 0, |s| {
-        let on: libc::c_int = libc::IP_PMTUDISC_DO;
-        // SAFETY: setsockopt on our own socket with a valid c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_pmtu_discovery(s, libc::IP_PMTUDISC_DO);
         s.connect(server()).unwrap();
     })
     .expect("the node's datagram answered");
@@ -2271,18 +2262,12 @@ fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
 
     // Outbound, TTL 1: never reaches the server (which would answer); the node gets
     // time exceeded from the gateway.
-    let icmp = natgw_lab::in_netns(&lab.ns("n1"), || {
-        let raw = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::ICMPV4),
-        )
-        .unwrap();
-        raw.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        raw
-    })
-    .unwrap();
+    let icmp = raw_socket(
+        &lab,
+        "n1",
+        socket2::Protocol::ICMPV4,
+        Duration::from_millis(500),
+    );
     socket.set_ttl(1).unwrap();
     socket.send(b"who am i").unwrap();
     assert!(
@@ -2313,20 +2298,7 @@ fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
         std::thread::sleep(Duration::from_millis(300));
         // The error fragmentation needed left on the socket (EMSGSIZE), taken.
         let _ = socket.take_error();
-        let mut mtu: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int we own.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU,
-                (&mut mtu as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        mtu
+        path_mtu(&socket)
     };
     in_ns(&lab, "head", &["ip", "link", "set", "wan0", "mtu", "1400"]);
     assert_eq!(learnt(1402), 1400, "the node did not learn the link's MTU");
