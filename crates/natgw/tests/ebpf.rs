@@ -2214,6 +2214,17 @@ fn ebpf_fast_path_never_carries_a_flow_a_forward_rule_drops() {
     );
     let dropped = in_ns(&lab, "head", &["nft", "list", "table", "ip", "guard"]);
     assert!(dropped.contains("counter packets 20 "), "{dropped}");
+    // doctor names the chain that now sees only the first packets of each flow.
+    let (_, report) = doctor(&lab, &[]);
+    let finding = check(&report, "fast-path");
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert!(
+        finding["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ip guard forward (forward)"),
+        "{finding}"
+    );
     // The same node socket's flow to the server is carried, and goes the fast way.
     socket.connect(server()).unwrap();
     ask_repeatedly(&socket, 5, mapped);
