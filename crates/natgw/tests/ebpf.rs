@@ -2053,12 +2053,20 @@ fn ask_repeatedly(socket: &std::net::UdpSocket, n: usize, mapped: SocketAddr) {
 /// batches between the namespaces) carries 8 MiB intact.
 #[test]
 fn ebpf_fast_path_carries_established_flows_past_netfilter() {
-    let Some((lab, _config, _server)) = up_with_server(
+    let Some((lab, config, _server)) = up_with_server(
         "ebpf_fast_path_carries_established_flows_past_netfilter",
         FAST_PATH,
     ) else {
         return;
     };
+    // In sync, and a second `up` changes nothing.
+    assert_eq!(status_json(&lab)["in_sync"], true);
+    let again = up(&lab, &config);
+    assert!(
+        stdout(&again).contains("no changes: the gateway is already in place"),
+        "{}",
+        text(&again)
+    );
     let (socket, mapped) = node_socket(&lab, 0, |s| s.connect(server()).unwrap())
         .expect("the node's datagram answered");
     assert_eq!(mapped.ip(), IpAddr::V4(HEAD_PUBLIC));
@@ -2335,7 +2343,10 @@ fn ebpf_fast_path_leaves_expiring_ttls_and_too_big_packets_to_the_kernel() {
         "head",
         &["ip", "route", "add", &node, "dev", "lan0", "mtu", "1300"],
     );
+    // The programs' route-MTU cap is part of the gateway: status sees the change as drift.
+    assert_eq!(status_json(&lab)["in_sync"], false);
     assert_exit(&up(&lab, &config), 0);
+    assert_eq!(status_json(&lab)["in_sync"], true);
     let fast_in = fast("fast_in");
     ask_repeatedly(&socket, 3, mapped);
     assert!(fast("fast_in") > fast_in, "not on the fast path again");
