@@ -354,7 +354,7 @@ fn dataplane(
                 observed
                     .route_mtus
                     .iter()
-                    .filter(|(oif, _)| gateway_links.contains(oif))
+                    .filter(|(oif, _)| *oif == 0 || gateway_links.contains(oif))
                     .map(|(_, mtu)| *mtu)
                     .min()
             })

@@ -15,7 +15,8 @@ pub struct Observed {
     /// Routes of the main table.
     pub routes: Vec<Route>,
     /// (output interface index, MTU) of the IPv4 routes, in any table, that set an
-    /// MTU (`ip route ... mtu 1400`).
+    /// MTU (`ip route ... mtu 1400`); interface 0: the route names none (a nexthop
+    /// object's), so it may go through any.
     #[serde(default)]
     pub route_mtus: Vec<(u32, u32)>,
     /// The sysctls natgw cares about, by dotted name (`net.ipv4.ip_forward`).

@@ -1592,15 +1592,24 @@ static __always_inline long fast_forward(struct __sk_buff *skb, const struct con
 	if (bpf_skb_load_bytes(skb, p->ip, hdr, 20) || fold(bpf_csum_diff(NULL, 0, (void *)hdr, 20, 0)))
 		return -1;
 	__u16 total = ((__u16)hdr[2] << 8) | hdr[3];
-	if (skb->len != ETH_HLEN + total || hdr[8] <= 1)
+	if (hdr[8] <= 1)
 		return -1;
+	// A short frame's Ethernet padding is cut off, as ip_rcv trims it; other bytes
+	// past the IP packet are the kernel's to judge.
+	if (skb->len != ETH_HLEN + total) {
+		if (skb->len != ETH_ZLEN || ETH_HLEN + total > ETH_ZLEN ||
+		    bpf_skb_change_tail(skb, ETH_HLEN + total, 0))
+			return -1;
+	}
 	__u32 size = fast_size(skb, p);
 	if (!size || size > limit)
 		return -1;
 	struct bpf_fib_lookup f = {};
 	fib_query(p, in, hdr[1], &f);
 	f.tot_len = size;
-	if (bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS)
+	// An IPv4 route via an IPv6 next hop (RFC 5549) answers in IPv6: the kernel's.
+	if (bpf_fib_lookup(skb, &f, sizeof(f), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS ||
+	    f.family != AF_INET)
 		return -1;
 	if (out ? f.ifindex != c->public_ifindex : !is_private_ifindex(c, f.ifindex))
 		return -1;

@@ -246,30 +246,43 @@ impl Netlink {
     }
 
     /// (output interface, MTU) of every IPv4 route, in any table, that sets an MTU
-    /// (`ip route show table all | grep mtu`).
+    /// (`ip route show table all | grep mtu`): one pair per interface of a multipath
+    /// route, and interface 0 for a route that names none (a nexthop object's).
     pub fn route_mtus(&self) -> Result<Vec<(u32, u32)>, NetlinkError> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new()
             .table_id(u32::from(RouteHeader::RT_TABLE_UNSPEC))
             .build();
         let messages: Vec<RouteMessage> =
             self.dump("dump routes", self.handle.route().get(filter).execute())?;
-        Ok(messages
-            .iter()
-            .filter_map(|m| {
-                let oif = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(index) => Some(*index),
+        let mut found = Vec::new();
+        for m in &messages {
+            let mtu = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
+                    netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
                     _ => None,
-                })?;
-                let mtu = m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
-                        netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
-                        _ => None,
-                    }),
-                    _ => None,
-                })?;
-                (mtu > 0).then_some((oif, mtu))
-            })
-            .collect())
+                }),
+                _ => None,
+            });
+            let Some(mtu) = mtu.filter(|mtu| *mtu > 0) else {
+                continue;
+            };
+            let mut interfaces: Vec<u32> = m
+                .attributes
+                .iter()
+                .flat_map(|a| match a {
+                    RouteAttribute::Oif(index) => vec![*index],
+                    RouteAttribute::MultiPath(hops) => {
+                        hops.iter().map(|h| h.interface_index).collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect();
+            if interfaces.is_empty() {
+                interfaces.push(0);
+            }
+            found.extend(interfaces.into_iter().map(|oif| (oif, mtu)));
+        }
+        Ok(found)
     }
 
     /// `ip route add TO via VIA proto OWNER`. A route to TO that is already there is
