@@ -1487,10 +1487,11 @@ static __always_inline void fast_key(const struct packet *p, int out, struct ses
 
 // Packets the kernel must see are never fast: not for this host's MAC, fragments,
 // IP options, a TCP SYN (natgw's MSS clamp and every foreign rule see each new
-// connection), protocols and ICMP types the programs do not translate.
-static __always_inline int fast_eligible(struct __sk_buff *skb, const struct packet *p,
-					 __u8 echo_type)
+// connection), protocols and ICMP types the programs do not translate (a query out,
+// its reply in).
+static __always_inline int fast_eligible(struct __sk_buff *skb, const struct packet *p, int out)
 {
+	__u8 echo_type = out ? 8 : 0;
 	if (skb->pkt_type != PACKET_HOST || p->later_fragment || p->more_fragments || p->bad_l4 ||
 	    has_options(p))
 		return 0;
@@ -1503,11 +1504,8 @@ static __always_inline int fast_eligible(struct __sk_buff *skb, const struct pac
 
 // What must fit the route's MTU: the IP packet, or each segment of a GSO packet.
 // 0: unknown (the kernel's path).
-static __always_inline __u32 fast_size(struct __sk_buff *skb, const struct packet *p)
+static __always_inline __u32 fast_size(struct __sk_buff *skb, const struct packet *p, __u16 total)
 {
-	__u16 total;
-	if (load16(skb, p->ip + 2, &total))
-		return 0;
 	if (!skb->gso_size)
 		return total;
 	__u8 doff = 0;
@@ -1539,7 +1537,10 @@ static __always_inline __u32 fast_known(const struct config *c, const struct pac
 static __always_inline void fast_record(struct __sk_buff *skb, const struct config *c,
 					const struct packet *p, __u32 in, __u64 now)
 {
-	__u32 size = fast_size(skb, p);
+	__u16 total;
+	if (load16(skb, p->ip + 2, &total))
+		return;
+	__u32 size = fast_size(skb, p, total);
 	struct session_key k = {};
 	fast_key(p, 1, &k);
 	struct fast_flow *known = bpf_map_lookup_elem(&natgw_fast, &k);
@@ -1601,7 +1602,7 @@ static __always_inline long fast_forward(struct __sk_buff *skb, const struct con
 		    bpf_skb_change_tail(skb, ETH_HLEN + total, 0))
 			return -1;
 	}
-	__u32 size = fast_size(skb, p);
+	__u32 size = fast_size(skb, p, total);
 	if (!size || size > limit)
 		return -1;
 	struct bpf_fib_lookup f = {};
@@ -1627,6 +1628,18 @@ static __always_inline long fast_forward(struct __sk_buff *skb, const struct con
 	count(out ? C_FAST_OUT : C_FAST_IN);
 	struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = f.ipv4_dst};
 	return bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0);
+}
+
+// The fast path for p, outbound (natgw_private) or inbound after its translation
+// (natgw_ingress): the verdict, or -1 when the packet takes the kernel's path.
+static __always_inline long fast_path(struct __sk_buff *skb, const struct config *c,
+				      const struct packet *p, int out, __u64 now)
+{
+	if (!c->fast_ns || !fast_eligible(skb, p, out))
+		return -1;
+	__u32 in = skb->ingress_ifindex;
+	__u32 limit = fast_known(c, p, out, in, now);
+	return limit ? fast_forward(skb, c, p, in, out, limit) : -1;
 }
 
 SEC("classifier")
@@ -1745,17 +1758,10 @@ int natgw_ingress(struct __sk_buff *skb)
 	// natgw's forward filter accepts what carries this mark, and nothing else unsolicited.
 	set_mark(skb, c);
 	count(C_IN_TRANSLATED);
-	if (c->fast_ns) {
-		p.dst = internal.addr;
-		p.dport = internal.port;
-		__u32 limit = fast_eligible(skb, &p, 0) ? fast_known(c, &p, 0, 0, now) : 0;
-		if (limit) {
-			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 0, limit);
-			if (r >= 0)
-				return r;
-		}
-	}
-	return TC_ACT_OK;
+	p.dst = internal.addr;
+	p.dport = internal.port;
+	long fast = fast_path(skb, c, &p, 0, now);
+	return fast >= 0 ? fast : TC_ACT_OK;
 }
 
 // --- hairpinning (RFC 4787 REQ-9): a private host's packet for a public endpoint of
@@ -1835,14 +1841,9 @@ int natgw_private(struct __sk_buff *skb)
 	// Everything but private hosts' packets for the gateway's public addresses is
 	// left alone (marked when it leaves through the public interface), and not counted.
 	if (!is_pool(c, p.dst)) {
-		__u32 limit = c->fast_ns && fast_eligible(skb, &p, 8)
-				      ? fast_known(c, &p, 1, skb->ingress_ifindex, now_ns(c))
-				      : 0;
-		if (limit) {
-			long r = fast_forward(skb, c, &p, skb->ingress_ifindex, 1, limit);
-			if (r >= 0)
-				return r;
-		}
+		long fast = fast_path(skb, c, &p, 1, now_ns(c));
+		if (fast >= 0)
+			return fast;
 		mark_outbound(skb, c, &p);
 		return TC_ACT_OK;
 	}

@@ -26,6 +26,9 @@ pub enum NetlinkError {
     },
 }
 
+/// (output interface index, MTU) of routes that set an MTU (`Observed::route_mtus`).
+pub type RouteMtus = Vec<(u32, u32)>;
+
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
     handle: Handle,
@@ -231,58 +234,28 @@ impl Netlink {
         Ok(found)
     }
 
-    /// `ip route show table main` and `ip -6 route show table main`
-    pub fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
+    /// `ip route show table main` and `ip -6 route show table main`, and (output
+    /// interface, MTU) of every IPv4 route, in any table, that sets an MTU
+    /// (`ip route show table all | grep mtu`): one dump per family serves both.
+    pub fn routes(&self) -> Result<(Vec<Route>, RouteMtus), NetlinkError> {
         let mut routes = Vec::new();
+        let mut mtus = Vec::new();
+        // Every table (route_of keeps the main one's).
+        let all = u32::from(RouteHeader::RT_TABLE_UNSPEC);
         for filter in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(all).build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().table_id(all).build(),
         ] {
             let messages: Vec<RouteMessage> =
                 self.dump("dump routes", self.handle.route().get(filter).execute())?;
-            routes.extend(messages.into_iter().filter_map(route_of));
-        }
-        Ok(routes)
-    }
-
-    /// (output interface, MTU) of every IPv4 route, in any table, that sets an MTU
-    /// (`ip route show table all | grep mtu`): one pair per interface of a multipath
-    /// route, and interface 0 for a route that names none (a nexthop object's).
-    pub fn route_mtus(&self) -> Result<Vec<(u32, u32)>, NetlinkError> {
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(u32::from(RouteHeader::RT_TABLE_UNSPEC))
-            .build();
-        let messages: Vec<RouteMessage> =
-            self.dump("dump routes", self.handle.route().get(filter).execute())?;
-        let mut found = Vec::new();
-        for m in &messages {
-            let mtu = m.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
-                    netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
-                    _ => None,
-                }),
-                _ => None,
-            });
-            let Some(mtu) = mtu.filter(|mtu| *mtu > 0) else {
-                continue;
-            };
-            let mut interfaces: Vec<u32> = m
-                .attributes
-                .iter()
-                .flat_map(|a| match a {
-                    RouteAttribute::Oif(index) => vec![*index],
-                    RouteAttribute::MultiPath(hops) => {
-                        hops.iter().map(|h| h.interface_index).collect()
-                    }
-                    _ => Vec::new(),
-                })
-                .collect();
-            if interfaces.is_empty() {
-                interfaces.push(0);
+            for m in messages {
+                if m.header.address_family == netlink_packet_route::AddressFamily::Inet {
+                    mtus.extend(route_mtus(&m));
+                }
+                routes.extend(route_of(m));
             }
-            found.extend(interfaces.into_iter().map(|oif| (oif, mtu)));
         }
-        Ok(found)
+        Ok((routes, mtus))
     }
 
     /// `ip route add TO via VIA proto OWNER`. A route to TO that is already there is
@@ -478,6 +451,34 @@ fn route_message_with(spec: &RouteSpec, protocol: u8) -> RouteMessage {
         .gateway(spec.via)
         .expect("gateway family checked by detection");
     builder.protocol(RouteProtocol::from(protocol)).build()
+}
+
+/// (output interface, MTU) of a route that sets an MTU: one pair per interface of a
+/// multipath route, interface 0 for a route that names none (a nexthop object's).
+fn route_mtus(m: &RouteMessage) -> Vec<(u32, u32)> {
+    let mtu = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
+            netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        }),
+        _ => None,
+    });
+    let Some(mtu) = mtu.filter(|mtu| *mtu > 0) else {
+        return Vec::new();
+    };
+    let mut interfaces: Vec<u32> = m
+        .attributes
+        .iter()
+        .flat_map(|a| match a {
+            RouteAttribute::Oif(index) => vec![*index],
+            RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if interfaces.is_empty() {
+        interfaces.push(0);
+    }
+    interfaces.into_iter().map(|oif| (oif, mtu)).collect()
 }
 
 fn route_of(m: RouteMessage) -> Option<Route> {

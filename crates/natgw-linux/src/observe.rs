@@ -75,13 +75,14 @@ pub fn observe(netlink: &Netlink, dataplane: &dyn Dataplane) -> Result<Observed,
         }
         Err(e) => return Err(e.into()),
     };
+    let (routes, route_mtus) = netlink.routes()?;
     Ok(Observed {
         initial_netns: is_initial_netns(),
         kernel_release: sysctl::read("kernel.osrelease").ok(),
         links,
         addresses: netlink.addresses()?,
-        routes: netlink.routes()?,
-        route_mtus: netlink.route_mtus()?,
+        routes,
+        route_mtus,
         sysctls,
         nft_present,
         table: if nft_present {
@@ -112,8 +113,7 @@ pub fn observe_network(netlink: &Netlink) -> Result<Observed, ObserveError> {
     Ok(Observed {
         links: netlink.links()?,
         addresses: netlink.addresses()?,
-        routes: netlink.routes()?,
-        route_mtus: netlink.route_mtus()?,
+        routes: netlink.routes()?.0,
         ..Observed::default()
     })
 }
