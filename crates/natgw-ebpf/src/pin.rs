@@ -381,10 +381,7 @@ pub fn remove(dir: &Path) -> Result<(), PinnedError> {
 /// any program is detached. Programs of an older build (another config layout, no
 /// fast path) are left as they are.
 fn stop_fast_path(dir: &Path) -> Result<(), PinnedError> {
-    let Ok(map) = open(dir, CONFIG) else {
-        return Ok(());
-    };
-    let Ok(mut array) = Array::<MapData, BpfConfig>::try_from(Map::Array(map)) else {
+    let Ok(mut array) = config_map(dir) else {
         return Ok(());
     };
     match array.get(&0, 0) {
@@ -414,9 +411,12 @@ fn map_err(dir: &Path, name: &str) -> impl Fn(MapError) -> PinnedError {
 
 /// The configuration the pinned programs run with.
 pub fn config(dir: &Path) -> Result<BpfConfig, PinnedError> {
-    let array: Array<MapData, BpfConfig> =
-        Array::try_from(Map::Array(open(dir, CONFIG)?)).map_err(map_err(dir, CONFIG))?;
-    array.get(&0, 0).map_err(map_err(dir, CONFIG))
+    config_map(dir)?.get(&0, 0).map_err(map_err(dir, CONFIG))
+}
+
+/// The pinned `natgw_config` (an error when it is another build's layout).
+fn config_map(dir: &Path) -> Result<Array<MapData, BpfConfig>, PinnedError> {
+    Array::try_from(Map::Array(open(dir, CONFIG)?)).map_err(map_err(dir, CONFIG))
 }
 
 /// The pinned programs' counters, summed over CPUs.
